@@ -1,0 +1,4 @@
+"""Receipts (format, canonical encoding, signing) and attribution engines.
+
+This package imports no other package of the project.
+"""

@@ -1,0 +1,59 @@
+"""Canonical msgpack: the same value always encodes to the same bytes.
+
+Rules: map keys are strings, sorted by their UTF-8 bytes; integers take their
+shortest form (msgpack does this already); strings are str, bytes are bin; no
+floats (weights are integer parts-per-million), no other types. Decoding is
+strict: bytes that are not the canonical encoding of what they decode to are
+rejected, so one receipt has exactly one byte form.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import msgpack
+
+_INT_MIN = -(2**63)
+_INT_MAX = 2**64 - 1
+
+
+class CanonicalError(ValueError):
+    """The value cannot be encoded canonically, or the bytes are not canonical."""
+
+
+def _normalise(value: Any) -> Any:
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        if not _INT_MIN <= value <= _INT_MAX:
+            raise CanonicalError("integer out of the 64-bit range")
+        return value
+    if isinstance(value, str | bytes):
+        return value
+    if isinstance(value, list | tuple):
+        return [_normalise(item) for item in value]
+    if isinstance(value, Mapping):
+        if not all(isinstance(key, str) for key in value):
+            raise CanonicalError("map keys must be strings")
+        ordered = sorted(value, key=lambda key: key.encode("utf-8"))
+        return {key: _normalise(value[key]) for key in ordered}
+    raise CanonicalError(f"type {type(value).__name__} has no canonical encoding")
+
+
+def encode(value: Any) -> bytes:
+    """Encode ``value`` canonically."""
+    packed: bytes = msgpack.packb(_normalise(value), use_bin_type=True)
+    return packed
+
+
+def decode(data: bytes) -> Any:
+    """Decode canonical bytes; raise :class:`CanonicalError` for anything else."""
+    try:
+        value = msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
+    except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError,
+            msgpack.StackError) as exc:
+        raise CanonicalError(f"not valid msgpack: {exc}") from None
+    if encode(value) != data:
+        raise CanonicalError("not the canonical encoding")
+    return value

@@ -1,0 +1,114 @@
+"""One exception hierarchy; each error knows its HTTP status and OpenAI type/code.
+
+The HTTP layer turns any :class:`EdgedError` into
+``{"error": {"message", "type", "param", "code"}}`` with ``status``; anything
+else becomes a 500 whose message reveals nothing about the internals.
+Messages never contain prompts, outputs, paths or secrets.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class EdgedError(Exception):
+    status = 500
+    type = "server_error"
+    code: str | None = "internal_error"
+
+    def __init__(self, message: str, *, param: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.message, self.type, self.param, self.code)
+
+
+def error_body(message: str, type_: str, param: str | None = None,
+               code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+class InvalidRequest(EdgedError):
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class InvalidJSON(InvalidRequest):
+    code = "invalid_json"
+
+
+class ContextLengthExceeded(InvalidRequest):
+    code = "context_length_exceeded"
+
+
+class Unauthorized(EdgedError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class Forbidden(EdgedError):
+    status = 403
+    type = "permission_error"
+    code = "forbidden"
+
+
+class NotFound(EdgedError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+class MethodNotAllowed(EdgedError):
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
+
+
+class Conflict(EdgedError):
+    status = 409
+    type = "invalid_request_error"
+    code = "conflict"
+
+
+class PayloadTooLarge(EdgedError):
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class Unsupported(EdgedError):
+    status = 400
+    type = "invalid_request_error"
+    code = "unsupported"
+
+
+class Overloaded(EdgedError):
+    """The model's wait queue is full; try again after ``retry_after`` seconds."""
+
+    status = 503
+    type = "server_error"
+    code = "queue_full"
+
+    def __init__(self, message: str, *, retry_after: int = 1) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after)})
+        self.retry_after = retry_after
+
+
+class NotReady(EdgedError):
+    status = 503
+    type = "server_error"
+    code = "not_ready"
+
+
+class InternalError(EdgedError):
+    pass

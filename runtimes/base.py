@@ -1,0 +1,138 @@
+"""The one interface every model backend implements.
+
+A backend is blocking: the daemon's scheduler calls it from a dedicated thread,
+never from the event loop. Generation is a generator of events so that the
+caller can stream text as it is produced and stop early: it yields
+:class:`Delta` items and finally exactly one :class:`Done`. Setting the
+``cancel`` event makes the backend stop after the current token and finish
+with ``finish_reason="cancelled"``; the :class:`Done` still reports the tokens
+actually produced.
+
+Errors that depend on the request (a prompt longer than the context) are raised
+before the first event is yielded, so a caller can pull one event and still
+answer with a plain error instead of a half-open stream.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+FinishReason = Literal["stop", "length", "cancelled"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything a backend needs to load one model."""
+
+    name: str
+    path: Path
+    chat_format: str | None = None
+    context_length: int = 2048
+    threads: int | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: str  # "system", "user" or "assistant"
+    content: str
+
+
+Prompt = str | Sequence[ChatMessage]
+"""A raw completion prompt, or a chat conversation that the backend formats."""
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    max_tokens: int | None = None  # None: until end of text or the context is full
+    temperature: float = 0.8
+    top_p: float = 0.95
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Delta:
+    """A piece of generated text (one or more tokens' worth)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Done:
+    """The last event of a generation."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: FinishReason
+
+
+@dataclass(frozen=True)
+class EmbeddingResult:
+    vectors: list[list[float]]
+    prompt_tokens: int
+
+
+class BackendError(Exception):
+    """Base class of errors raised by backends."""
+
+
+class ContextLengthExceeded(BackendError):
+    def __init__(self, prompt_tokens: int, context_length: int) -> None:
+        super().__init__(
+            f"the prompt has {prompt_tokens} tokens; this model's context holds {context_length}"
+        )
+        self.prompt_tokens = prompt_tokens
+        self.context_length = context_length
+
+
+class UnsupportedOperation(BackendError):
+    """The backend cannot do this (embeddings on a model without them, say)."""
+
+
+class MissingDependency(BackendError):
+    """An optional dependency is not installed; the message names the pip extra."""
+
+    def __init__(self, package: str, extra: str) -> None:
+        super().__init__(f"{package} is not installed: pip install 'edged[{extra}]'")
+        self.package = package
+        self.extra = extra
+
+
+class Backend(ABC):
+    """A loaded model. Instances are created with :meth:`load`."""
+
+    runtime: ClassVar[str]
+
+    @classmethod
+    @abstractmethod
+    def load(cls, spec: ModelSpec) -> Backend:
+        """Load the model; blocking."""
+
+    @abstractmethod
+    def generate(
+        self, prompt: Prompt, params: GenerationParams, cancel: threading.Event
+    ) -> Iterator[Delta | Done]:
+        """Yield :class:`Delta` events and then one :class:`Done`."""
+
+    @abstractmethod
+    def embed(self, texts: Sequence[str]) -> EmbeddingResult:
+        """One vector per text."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Free the model's memory. Idempotent."""
+
+    @abstractmethod
+    def memory_bytes(self) -> int:
+        """An estimate of the memory this model holds."""
+
+    @property
+    def max_concurrency(self) -> int:
+        """How many generate/embed calls may run at once on this instance."""
+        return 1

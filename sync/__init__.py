@@ -1,0 +1,1 @@
+"""Merkle checkpoints and proofs, peer discovery and exchange, settlement (later issues)."""
