@@ -16,13 +16,19 @@ import msgpack
 
 _INT_MIN = -(2**63)
 _INT_MAX = 2**64 - 1
+# Far below both Python's recursion limit and msgpack's packer limit (511), so
+# hostile input nested deeper is a CanonicalError, never a RecursionError or a
+# bare ValueError escaping verify_receipt. Receipts nest three levels deep.
+MAX_DEPTH = 64
 
 
 class CanonicalError(ValueError):
     """The value cannot be encoded canonically, or the bytes are not canonical."""
 
 
-def _normalise(value: Any) -> Any:
+def _normalise(value: Any, depth: int = 0) -> Any:
+    if depth > MAX_DEPTH:
+        raise CanonicalError(f"nested deeper than {MAX_DEPTH} levels")
     if isinstance(value, bool) or value is None:
         return value
     if isinstance(value, int):
@@ -32,12 +38,12 @@ def _normalise(value: Any) -> Any:
     if isinstance(value, str | bytes):
         return value
     if isinstance(value, list | tuple):
-        return [_normalise(item) for item in value]
+        return [_normalise(item, depth + 1) for item in value]
     if isinstance(value, Mapping):
         if not all(isinstance(key, str) for key in value):
             raise CanonicalError("map keys must be strings")
         ordered = sorted(value, key=lambda key: key.encode("utf-8"))
-        return {key: _normalise(value[key]) for key in ordered}
+        return {key: _normalise(value[key], depth + 1) for key in ordered}
     raise CanonicalError(f"type {type(value).__name__} has no canonical encoding")
 
 

@@ -50,4 +50,6 @@ def owner_payees(owner_id: str, operator_id: str, operator_ppm: int) -> tuple[Pa
     """``owner/1``: the operator keeps ``operator_ppm``, the model owner the rest."""
     if not 0 <= operator_ppm <= PPM:
         raise ValueError("operator share must be within 0..1000000 ppm")
-    return split_ppm([(owner_id, "owner", PPM - operator_ppm), (operator_id, "operator", operator_ppm)])
+    return split_ppm(
+        [(owner_id, "owner", PPM - operator_ppm), (operator_id, "operator", operator_ppm)]
+    )

@@ -46,7 +46,9 @@ class ModelRef:
     adapter: bytes | None = None
 
     def to_wire(self) -> dict[str, Any]:
-        wire: dict[str, Any] = {"name": self.name, "weights": self.weights, "manifest": self.manifest}
+        wire: dict[str, Any] = {
+            "name": self.name, "weights": self.weights, "manifest": self.manifest,
+        }
         if self.adapter is not None:
             wire["adapter"] = self.adapter
         return wire
@@ -167,20 +169,20 @@ def _check_fields(fields: dict[str, Any]) -> None:
     require(fields.get("kind") in KINDS, "unknown kind")
     require(is_hash(fields.get("in")) and is_hash(fields.get("out")), "in/out must be 32 bytes")
     require(is_count(fields.get("fee")), "fee must be a non-negative integer")
-    model = fields.get("model")
+    model: Any = fields.get("model")
     require(isinstance(model, dict) and set(model) <= {"name", "weights", "manifest", "adapter"}
             and {"name", "weights", "manifest"} <= set(model), "bad model")
     require(isinstance(model["name"], str) and is_hash(model["weights"])
             and is_hash(model["manifest"]) and is_hash(model.get("adapter", ZERO_HASH)),
             "bad model")
-    usage = fields.get("usage")
+    usage: Any = fields.get("usage")
     require(isinstance(usage, dict) and set(usage) == {"in", "out"}
             and is_count(usage["in"]) and is_count(usage["out"]), "bad usage")
-    attr = fields.get("attr")
+    attr: Any = fields.get("attr")
     require(isinstance(attr, dict) and set(attr) == {"method", "params", "evidence"}
             and isinstance(attr["method"], str) and is_hash(attr["params"])
             and is_hash(attr["evidence"]), "bad attr")
-    payees = fields.get("payees")
+    payees: Any = fields.get("payees")
     require(isinstance(payees, list) and len(payees) > 0, "payees must be a non-empty list")
     for payee in payees:
         require(isinstance(payee, list) and len(payee) == 3 and isinstance(payee[0], str)

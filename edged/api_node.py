@@ -1,0 +1,175 @@
+"""The node's own endpoints: health, receipts, model management, blobs, node info."""
+
+from __future__ import annotations
+
+import base64
+import re
+from typing import Any
+
+from aiohttp import web
+
+from attribution.receipt import SignedReceipt
+from edged.appkeys import LEDGER, NODE_KEYS, READY, SCHEDULER, SERVICE, SETTINGS
+from edged.errors import InvalidRequest, NotFound, NotReady
+from edged.http_common import json_response, read_json
+from edged.models import Manifest, Price, validate_digest, validate_name
+from edged.schemas import parse_keep_alive
+
+RECEIPT_ID = re.compile(r"^[0-9a-f]{64}$")
+MAX_PAGE = 1000
+
+
+def add_node_routes(app: web.Application) -> None:
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/v1/receipts", list_receipts)
+    app.router.add_get("/v1/receipts/{id}", get_receipt)
+    app.router.add_get("/api/models", list_models)
+    app.router.add_post("/api/models", create_model)
+    app.router.add_get("/api/models/{name}", show_model)
+    app.router.add_delete("/api/models/{name}", remove_model)
+    app.router.add_post("/api/models/{name}/load", load_model)
+    app.router.add_post("/api/models/{name}/unload", unload_model)
+    app.router.add_route("HEAD", "/api/blobs/{digest}", has_blob)
+    app.router.add_put("/api/blobs/{digest}", upload_blob)
+    app.router.add_get("/api/node", node_info)
+    app.router.add_get("/api/config", show_config)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    if not request.app[READY].is_set():
+        raise NotReady("starting up")
+    return json_response({"status": "ready"})
+
+
+def receipt_json(receipt: SignedReceipt) -> dict[str, Any]:
+    return {**receipt.to_json(), "raw": base64.b64encode(receipt.raw).decode()}
+
+
+async def get_receipt(request: web.Request) -> web.Response:
+    receipt_id = request.match_info["id"].lower()
+    if not RECEIPT_ID.match(receipt_id):
+        raise InvalidRequest("a receipt id is 64 hex digits", param="id")
+    receipt = request.app[LEDGER].get(bytes.fromhex(receipt_id))
+    if receipt is None:
+        raise NotFound("no receipt with that id", param="id")
+    return json_response(receipt_json(receipt))
+
+
+def _int_query(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidRequest(f"'{name}' must be an integer", param=name) from None
+    if not low <= value <= high:
+        raise InvalidRequest(f"'{name}' must be within {low}..{high}", param=name)
+    return value
+
+
+async def list_receipts(request: web.Request) -> web.Response:
+    after_seq = _int_query(request, "after_seq", -1, -1, 2**63 - 1)
+    limit = _int_query(request, "limit", 100, 1, MAX_PAGE)
+    receipts = request.app[LEDGER].page(after_seq, limit + 1)
+    page = receipts[:limit]
+    return json_response({
+        "object": "list",
+        "data": [receipt_json(r) for r in page],
+        "has_more": len(receipts) > limit,
+        "next_after_seq": page[-1].seq if page else after_seq,
+    })
+
+
+def _model_view(request: web.Request, manifest: Manifest) -> dict[str, Any]:
+    loaded = {m.name: m for m in request.app[SCHEDULER].loaded()}
+    state = loaded.get(manifest.name)
+    return {**manifest.public_view(), "loaded": state is not None,
+            "memory_bytes": state.memory_bytes if state else 0,
+            "expires_at": state.expires_at if state else None}
+
+
+async def list_models(request: web.Request) -> web.Response:
+    manifests = request.app[SERVICE].store.list()
+    return json_response({"models": [_model_view(request, m) for m in manifests]})
+
+
+async def show_model(request: web.Request) -> web.Response:
+    manifest = request.app[SERVICE].store.get(request.match_info["name"])
+    return json_response(_model_view(request, manifest))
+
+
+async def create_model(request: web.Request) -> web.Response:
+    """Register a model whose weights were uploaded to /api/blobs first."""
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        raise InvalidRequest("the request body must be a JSON object")
+    manifest = Manifest(
+        name=validate_name(body.get("name", "")),
+        runtime=str(body.get("runtime", "llama.cpp")),
+        weights=validate_digest(body.get("weights", "")),
+        size=0,
+        owner=str(body.get("owner") or "node:" + request.app[NODE_KEYS].public_key.hex()),
+        price=Price.from_dict(body.get("price") or {}),
+        chat_format=body.get("chat_format"),
+        context_length=body.get("context_length") or 2048,
+    )
+    stored = request.app[SERVICE].store.add(manifest, replace_existing=bool(body.get("replace")))
+    return json_response(_model_view(request, stored), status=201)
+
+
+async def remove_model(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    request.app[SERVICE].store.get(name)
+    await request.app[SCHEDULER].unload(name)
+    request.app[SERVICE].store.remove(name)
+    return json_response({"deleted": name})
+
+
+async def load_model(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    body = await read_json(request)
+    keep_alive = parse_keep_alive(body.get("keep_alive")) if isinstance(body, dict) else None
+    request.app[SERVICE].store.get(name)
+    await request.app[SCHEDULER].load(name, keep_alive=keep_alive)
+    return json_response(_model_view(request, request.app[SERVICE].store.get(name)))
+
+
+async def unload_model(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    manifest = request.app[SERVICE].store.get(name)
+    await request.app[SCHEDULER].unload(name)
+    return json_response(_model_view(request, manifest))
+
+
+async def has_blob(request: web.Request) -> web.Response:
+    if not request.app[SERVICE].store.has_blob(request.match_info["digest"]):
+        raise NotFound("no such blob")
+    return web.Response(status=200)
+
+
+async def upload_blob(request: web.Request) -> web.Response:
+    """Stream a weights file into the store; it is kept only if its SHA-256 matches."""
+    store = request.app[SERVICE].store
+    digest = validate_digest(request.match_info["digest"])
+    if not store.has_blob(digest):
+        with store.blob_writer(digest) as handle:
+            async for block in request.content.iter_chunked(1 << 20):
+                handle.write(block)
+    return json_response({"digest": "sha256:" + digest}, status=201)
+
+
+async def node_info(request: web.Request) -> web.Response:
+    keys = request.app[NODE_KEYS]
+    size, head = request.app[LEDGER].head()
+    return json_response({"public_key": keys.public_key.hex(), "fingerprint": keys.fingerprint,
+                          "receipts": size, "head": head.hex()})
+
+
+async def show_config(request: web.Request) -> web.Response:
+    return json_response(request.app[SETTINGS].redacted())

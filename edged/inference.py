@@ -1,0 +1,182 @@
+"""The inference service: scheduler in, receipt out.
+
+Handlers call this module and nothing deeper. Each inference runs on a leased
+model, and ends with a receipt committed to the ledger; the receipt id
+reaches the caller only after that commit. A generation that stops early
+(the client went away mid-stream) still gets a receipt, for the tokens
+actually produced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import struct
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Any
+
+from attribution.commitments import commit, digest
+from attribution.payees import owner_payees
+from attribution.receipt import AttributionRef, ModelRef, ReceiptDraft, SignedReceipt
+from edged import errors
+from edged.keys import NodeKeys
+from edged.ledger import Ledger
+from edged.models import Manifest, ModelStore
+from edged.scheduler import Lease, Scheduler
+from edged.schemas import EmbeddingRequest, GenerateRequest
+from edged.settings import Settings
+from runtimes import ContextLengthExceeded, Delta, Done, UnsupportedOperation
+
+OWNER_METHOD = "owner/1"
+
+
+def unix_millis() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    done: Done
+    receipt: SignedReceipt
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    vectors: list[list[float]]
+    prompt_tokens: int
+    receipt: SignedReceipt
+
+
+class InferenceService:
+    def __init__(self, *, settings: Settings, store: ModelStore, scheduler: Scheduler,
+                 ledger: Ledger, keys: NodeKeys,
+                 clock_ms: Callable[[], int] = unix_millis) -> None:
+        self.settings = settings
+        self.store = store
+        self.scheduler = scheduler
+        self.ledger = ledger
+        self.keys = keys
+        self.clock_ms = clock_ms
+        self.operator_id = settings.operator_id or "node:" + keys.public_key.hex()
+
+    async def complete(self, request: GenerateRequest) -> Completion:
+        """Run a generation to its end and commit its receipt."""
+        async with self.stream(request) as stream:
+            pieces = [piece async for piece in stream]
+        assert stream.receipt is not None and stream.done is not None
+        return Completion("".join(pieces), stream.done, stream.receipt)
+
+    def stream(self, request: GenerateRequest) -> GenerationStream:
+        """An async context manager; entering it raises request errors (bad model, context
+        too long, queue full) before any output, so callers can still answer with an error."""
+        return GenerationStream(self, request)
+
+    async def embed(self, request: EmbeddingRequest) -> Embeddings:
+        manifest = self.store.get(request.model)
+        async with self._lease(manifest, request.keep_alive) as lease:
+            try:
+                result = await lease.run(lease.backend.embed, list(request.inputs))
+            except ContextLengthExceeded as exc:
+                raise errors.ContextLengthExceeded(str(exc), param="input") from None
+            except UnsupportedOperation as exc:
+                raise errors.Unsupported(str(exc), param="model") from None
+        packed = b"".join(struct.pack(f"<{len(v)}f", *v) for v in result.vectors)
+        receipt = await self._commit(manifest, "embedding", {"input": list(request.inputs)},
+                                     {"embedding": packed}, result.prompt_tokens,
+                                     len(result.vectors))
+        return Embeddings(result.vectors, result.prompt_tokens, receipt)
+
+    def _lease(self, manifest: Manifest, keep_alive: float | None
+               ) -> AbstractAsyncContextManager[Lease]:
+        return self.scheduler.lease(manifest.name, keep_alive=keep_alive)
+
+    async def _commit(self, manifest: Manifest, kind: str, committed_input: Any,
+                      committed_output: Any, input_units: int, output_units: int
+                      ) -> SignedReceipt:
+        operator_ppm = self.settings.operator_share_ppm
+        draft = ReceiptDraft(
+            ts=self.clock_ms(),
+            model=ModelRef(manifest.name, bytes.fromhex(manifest.weights), manifest.digest()),
+            kind=kind,
+            input_commitment=commit(self.keys.commitment_key, committed_input),
+            output_commitment=commit(self.keys.commitment_key, committed_output),
+            input_units=input_units,
+            output_units=output_units,
+            fee=manifest.price.fee(input_units, output_units),
+            payees=owner_payees(manifest.owner, self.operator_id, operator_ppm),
+            attr=AttributionRef(OWNER_METHOD, digest({"operator_ppm": operator_ppm}), digest({})),
+        )
+        # Shielded: once the inference happened its receipt is written, even if the
+        # client has gone away meanwhile.
+        return await asyncio.shield(self.ledger.append(draft))
+
+
+class GenerationStream:
+    """One streamed generation: ``async with service.stream(req) as s: async for text in s``.
+
+    Leaving the block early cancels the generation; the receipt for the tokens produced so
+    far is still committed, and is available as ``s.receipt`` after the block.
+    """
+
+    def __init__(self, service: InferenceService, request: GenerateRequest) -> None:
+        self.service = service
+        self.request = request
+        self.manifest = service.store.get(request.model)
+        self.cancel = threading.Event()
+        self.receipt: SignedReceipt | None = None
+        self.done: Done | None = None
+        self._text: list[str] = []
+        self._stack = contextlib.AsyncExitStack()
+        self._events: AsyncIterator[Delta | Done] | None = None
+        self._first: Delta | Done | None = None
+
+    async def __aenter__(self) -> GenerationStream:
+        lease = await self._stack.enter_async_context(
+            self.service._lease(self.manifest, self.request.keep_alive))
+        try:
+            self._events = lease.stream(self.request.prompt, self.request.params, self.cancel)
+            self._first = await anext(self._events)
+        except BaseException as exc:
+            await self._stack.aclose()
+            if isinstance(exc, ContextLengthExceeded):
+                param = "messages" if self.request.kind == "chat" else "prompt"
+                raise errors.ContextLengthExceeded(str(exc), param=param) from None
+            raise
+        return self
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self._deltas()
+
+    async def _deltas(self) -> AsyncIterator[str]:
+        assert self._events is not None
+        event = self._first
+        while event is not None:
+            if isinstance(event, Done):
+                self.done = event
+                return
+            self._text.append(event.text)
+            yield event.text
+            event = await anext(self._events, None)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        try:
+            if self.done is None:
+                # Left early: stop the backend, then collect its final counts.
+                self.cancel.set()
+                assert self._events is not None
+                async for event in self._events:
+                    if isinstance(event, Done):
+                        self.done = event
+        finally:
+            await self._stack.aclose()
+        if self.done is None:  # the backend failed; nothing was produced that we can count
+            return
+        self.receipt = await self.service._commit(
+            self.manifest, self.request.kind, self.request.committed_input(),
+            {"text": "".join(self._text)}, self.done.prompt_tokens,
+            self.done.completion_tokens)

@@ -1,0 +1,254 @@
+"""The models directory: manifests plus content-addressed weight files.
+
+Layout under ``<data_dir>/models``::
+
+    manifests/<name>.json      one manifest per model
+    blobs/sha256-<hex>         weight files, named by their SHA-256
+
+Names and digests are validated before any path is built from them, and every
+path is checked to resolve inside the store (no traversal, no symlink escape).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from attribution.commitments import digest as canonical_digest
+from edged.errors import Conflict, InvalidRequest, ModelNotFound
+
+logger = logging.getLogger(__name__)
+
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}[a-z0-9]$|^[a-z0-9]$")
+DIGEST_PATTERN = re.compile(r"^[0-9a-f]{64}$")
+RUNTIMES = ("llama.cpp", "fake")
+CHAT_FORMATS = ("gemma", "chatml")
+GGUF_MAGIC = b"GGUF"
+
+
+def validate_name(name: str) -> str:
+    if not isinstance(name, str) or not NAME_PATTERN.match(name) or ".." in name:
+        raise InvalidRequest(
+            "model names are 1-64 characters of a-z, 0-9, '.', '_' and '-', starting and "
+            "ending with a letter or digit", param="name")
+    return name
+
+
+def validate_digest(digest: str) -> str:
+    """Accept ``<hex>`` or ``sha256:<hex>``; return the bare lowercase hex."""
+    bare = digest.removeprefix("sha256:") if isinstance(digest, str) else ""
+    if not DIGEST_PATTERN.match(bare):
+        raise InvalidRequest("a digest is sha256:<64 lowercase hex digits>", param="digest")
+    return bare
+
+
+@dataclass(frozen=True)
+class Price:
+    """Fee in integer base units: per request, and per 1,000 input / output tokens."""
+
+    request: int = 0
+    input_per_1k: int = 0
+    output_per_1k: int = 0
+
+    def fee(self, input_units: int, output_units: int) -> int:
+        # Round each per-token part up so a short request is never free by truncation.
+        return (self.request + -(-input_units * self.input_per_1k // 1000)
+                + -(-output_units * self.output_per_1k // 1000))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Price:
+        unknown = set(data) - {"request", "input_per_1k", "output_per_1k"}
+        if unknown:
+            raise InvalidRequest(f"unknown price fields {sorted(unknown)}", param="price")
+        values = {}
+        for key, value in data.items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise InvalidRequest("prices are non-negative integers", param="price")
+            values[key] = value
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    name: str
+    runtime: str
+    weights: str  # sha256 hex of the weights file
+    size: int
+    owner: str
+    price: Price = field(default_factory=Price)
+    chat_format: str | None = None
+    context_length: int = 2048
+    datanets: tuple[str, ...] = ()
+    created: int = 0  # unix seconds
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["datanets"] = list(self.datanets)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        try:
+            manifest = cls(
+                name=validate_name(data["name"]),
+                runtime=str(data["runtime"]),
+                weights=validate_digest(data["weights"]),
+                size=int(data["size"]),
+                owner=str(data["owner"]),
+                price=Price.from_dict(dict(data.get("price") or {})),
+                chat_format=data.get("chat_format"),
+                context_length=int(data.get("context_length", 2048)),
+                datanets=tuple(data.get("datanets") or ()),
+                created=int(data.get("created", 0)),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidRequest(f"invalid manifest: {exc.__class__.__name__}") from None
+        return manifest.checked()
+
+    def checked(self) -> Manifest:
+        if self.runtime not in RUNTIMES:
+            raise InvalidRequest(f"unknown runtime; known: {list(RUNTIMES)}", param="runtime")
+        if self.chat_format is not None and self.chat_format not in CHAT_FORMATS:
+            raise InvalidRequest(f"unknown chat format; known: {list(CHAT_FORMATS)}",
+                                 param="chat_format")
+        if not 16 <= self.context_length <= 1 << 20:
+            raise InvalidRequest("context_length must be within 16..1048576",
+                                 param="context_length")
+        if not self.owner or len(self.owner) > 128:
+            raise InvalidRequest("owner must be 1-128 characters", param="owner")
+        return self
+
+    def digest(self) -> bytes:
+        """SHA-256 of the canonical manifest: what receipts name."""
+        data = self.to_dict()
+        data["price"] = asdict(self.price)
+        return canonical_digest(data)
+
+    def public_view(self) -> dict[str, Any]:
+        return {**self.to_dict(), "weights": "sha256:" + self.weights,
+                "manifest_digest": "sha256:" + self.digest().hex()}
+
+
+class ModelStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.blobs_dir = root / "blobs"
+        self.manifests_dir = root / "manifests"
+        for folder in (self.blobs_dir, self.manifests_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+
+    def _inside(self, folder: Path, filename: str) -> Path:
+        path = folder / filename
+        if path.is_symlink() or not path.resolve().is_relative_to(folder.resolve()):
+            raise InvalidRequest("path escapes the models directory")
+        return path
+
+    def blob_path(self, digest: str) -> Path:
+        return self._inside(self.blobs_dir, "sha256-" + validate_digest(digest))
+
+    def _manifest_path(self, name: str) -> Path:
+        return self._inside(self.manifests_dir, validate_name(name) + ".json")
+
+    def has_blob(self, digest: str) -> bool:
+        return self.blob_path(digest).is_file()
+
+    @contextlib.contextmanager
+    def blob_writer(self, expected_digest: str) -> Iterator[BinaryIO]:
+        """Write a blob through a temporary file; it appears only if its SHA-256 matches."""
+        target = self.blob_path(expected_digest)
+        fd, temp_name = tempfile.mkstemp(dir=self.blobs_dir, prefix=".incoming-")
+        temp = Path(temp_name)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                yield handle
+                handle.flush()
+                os.fsync(handle.fileno())
+            if file_sha256(temp) != validate_digest(expected_digest):
+                raise InvalidRequest("the uploaded data does not match its digest",
+                                     param="digest")
+            temp.chmod(0o644)
+            os.replace(temp, target)
+        finally:
+            temp.unlink(missing_ok=True)
+
+    def add(self, manifest: Manifest, *, replace_existing: bool = False) -> Manifest:
+        manifest = manifest.checked()
+        blob = self.blob_path(manifest.weights)
+        if not blob.is_file():
+            raise InvalidRequest("no blob with that digest; upload it first", param="weights")
+        if manifest.runtime == "llama.cpp":
+            with blob.open("rb") as handle:
+                if handle.read(4) != GGUF_MAGIC:
+                    raise InvalidRequest("the llama.cpp runtime needs a GGUF file",
+                                         param="weights")
+        path = self._manifest_path(manifest.name)
+        if path.exists() and not replace_existing:
+            raise Conflict(f"a model named {manifest.name!r} exists already", param="name")
+        manifest = replace(manifest, size=blob.stat().st_size,
+                           created=manifest.created or int(time.time()))
+        _atomic_write(path, json.dumps(manifest.to_dict(), indent=2, sort_keys=True))
+        logger.info("model %s added (%s)", manifest.name, manifest.weights[:12])
+        return manifest
+
+    def get(self, name: str) -> Manifest:
+        try:
+            path = self._manifest_path(name)
+        except InvalidRequest:
+            raise ModelNotFound(f"model {name!r} not found", param="model") from None
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ModelNotFound(f"model {name!r} not found", param="model") from None
+        return Manifest.from_dict(data)
+
+    def list(self) -> list[Manifest]:
+        manifests = []
+        for path in sorted(self.manifests_dir.glob("*.json")):
+            try:
+                manifests.append(self.get(path.stem))
+            except (InvalidRequest, ModelNotFound, ValueError):
+                logger.warning("skipping an unreadable manifest: %s", path.name)
+        return manifests
+
+    def remove(self, name: str) -> Manifest:
+        """Remove a model; its blob goes too unless another manifest uses it."""
+        manifest = self.get(name)
+        self._manifest_path(name).unlink()
+        if all(other.weights != manifest.weights for other in self.list()):
+            self.blob_path(manifest.weights).unlink(missing_ok=True)
+        logger.info("model %s removed", name)
+        return manifest
+
+    def weights_path(self, manifest: Manifest) -> Path:
+        return self.blob_path(manifest.weights)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temp_name, 0o644)
+        os.replace(temp_name, path)
+    finally:
+        Path(temp_name).unlink(missing_ok=True)

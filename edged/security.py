@@ -1,0 +1,91 @@
+"""Security middleware: Host allowlist, CORS policy, API keys, body limit.
+
+- Host: only names that mean this node (localhost, the loopback addresses, the bind
+  address, and configured ``allowed_hosts``) are served; anything else is a DNS
+  rebinding attempt and gets 403.
+- Origin: browsers may call only from configured origins (exact match, never ``*``);
+  a request with any other Origin is refused; preflights are answered here.
+- API keys: when configured, every endpoint but the health checks needs
+  ``Authorization: Bearer <key>`` (compared in constant time).
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from edged.errors import Forbidden, PayloadTooLarge, Unauthorized
+from edged.settings import Settings
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+CORS_ORIGIN = "edged.cors_origin"  # request key: the Origin that passed the policy
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]", "::1")
+CORS_ALLOW_HEADERS = "Authorization, Content-Type, OpenAI-Organization, OpenAI-Project"
+CORS_EXPOSE_HEADERS = "X-Edged-Receipt, Retry-After"
+CORS_METHODS = "GET, POST, PUT, DELETE, HEAD, OPTIONS"
+
+
+def allowed_host_names(settings: Settings) -> frozenset[str]:
+    names = {*LOOPBACK_NAMES, settings.host.lower(), *(h.lower() for h in settings.allowed_hosts)}
+    return frozenset(names)
+
+
+def _host_name(host_header: str) -> str:
+    host = host_header.strip().lower()
+    if host.startswith("["):  # [v6]:port
+        return host[: host.find("]") + 1] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def security_middleware(settings: Settings) -> web.middleware:  # type: ignore[valid-type]
+    host_names = allowed_host_names(settings)
+    origins = frozenset(settings.cors_origins)
+    keys = tuple(key.encode() for key in settings.api_keys)
+
+    def authorised(header: str) -> bool:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            return False
+        presented = token.strip().encode()
+        # Check every key so timing does not reveal which one nearly matched.
+        return any([hmac.compare_digest(presented, key) for key in keys])
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if _host_name(request.headers.get("Host", "")) not in host_names:
+            raise Forbidden("this Host is not served here", param="Host")
+        origin = request.headers.get("Origin")
+        if origin is not None and origin not in origins:
+            raise Forbidden("this Origin may not call the API", param="Origin")
+        if origin is not None:
+            request[CORS_ORIGIN] = origin
+        if request.method == "OPTIONS" and origin is not None:
+            response: web.StreamResponse = web.Response(status=204)
+        else:
+            if keys and request.path not in PUBLIC_PATHS and not authorised(
+                    request.headers.get("Authorization", "")):
+                raise Unauthorized("a valid API key is required (Authorization: Bearer ...)")
+            if (request.content_length or 0) > settings.max_body_bytes and not (
+                    request.path.startswith("/api/blobs/")):
+                raise PayloadTooLarge("the request body is too large")
+            response = await handler(request)
+        return response
+
+    return middleware
+
+
+async def add_cors_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare`` hook: by the time a response is prepared its Origin (if
+    any) has passed the middleware's check, so it is echoed back; streamed responses
+    get the headers too."""
+    origin = request.get(CORS_ORIGIN)
+    if origin is None:
+        return  # no Origin, or a refused one: refused origins learn nothing
+    response.headers["Access-Control-Allow-Origin"] = origin
+    response.headers["Vary"] = "Origin"
+    response.headers["Access-Control-Allow-Headers"] = CORS_ALLOW_HEADERS
+    response.headers["Access-Control-Allow-Methods"] = CORS_METHODS
+    response.headers["Access-Control-Expose-Headers"] = CORS_EXPOSE_HEADERS

@@ -1,0 +1,106 @@
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from edged.errors import Conflict, InvalidRequest, ModelNotFound
+from edged.models import Manifest, ModelStore, Price, validate_digest, validate_name
+
+GGUF_BYTES = b"GGUF" + b"\x00" * 60
+
+
+def _upload(store: ModelStore, data: bytes = GGUF_BYTES) -> str:
+    digest = hashlib.sha256(data).hexdigest()
+    with store.blob_writer(digest) as handle:
+        handle.write(data)
+    return digest
+
+
+def _manifest(name: str, digest: str, **overrides: object) -> Manifest:
+    fields: dict[str, object] = {"name": name, "runtime": "llama.cpp", "weights": digest,
+                                 "size": 0, "owner": "alice"}
+    return Manifest(**{**fields, **overrides})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", ["../evil", "a/b", "", "UPPER", "x" * 65, "a..b", ".hidden",
+                                  "trailing-", "sp ace", "nul\x00"])
+def test_bad_names_are_refused(name: str) -> None:
+    with pytest.raises(InvalidRequest):
+        validate_name(name)
+
+
+@pytest.mark.parametrize("digest", ["", "sha256:" + "g" * 64, "a" * 63, "../" + "a" * 61,
+                                    "sha512:" + "a" * 64])
+def test_bad_digests_are_refused(digest: str) -> None:
+    with pytest.raises(InvalidRequest):
+        validate_digest(digest)
+
+
+def test_add_get_list_remove(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path)
+    digest = _upload(store)
+    added = store.add(_manifest("tiny", digest, price=Price(request=5)))
+    assert added.size == len(GGUF_BYTES) and added.created > 0
+    assert store.get("tiny") == added
+    assert [m.name for m in store.list()] == ["tiny"]
+    with pytest.raises(Conflict):
+        store.add(_manifest("tiny", digest))
+    store.remove("tiny")
+    with pytest.raises(ModelNotFound):
+        store.get("tiny")
+    assert not store.has_blob(digest)
+
+
+def test_shared_blob_survives_removal_of_one_model(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path)
+    digest = _upload(store)
+    store.add(_manifest("one", digest))
+    store.add(_manifest("two", digest))
+    store.remove("one")
+    assert store.has_blob(digest)
+
+
+def test_blob_with_wrong_digest_is_discarded(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path)
+    wrong = hashlib.sha256(b"something else").hexdigest()
+    with pytest.raises(InvalidRequest), store.blob_writer(wrong) as handle:
+        handle.write(GGUF_BYTES)
+    assert not store.has_blob(wrong)
+    assert list(store.blobs_dir.iterdir()) == []
+
+
+def test_llama_models_must_be_gguf(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path)
+    digest = _upload(store, b"not a gguf file")
+    with pytest.raises(InvalidRequest):
+        store.add(_manifest("bad", digest))
+
+
+def test_symlinked_manifest_is_not_followed(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path / "store")
+    outside = tmp_path / "outside.json"
+    outside.write_text("{}")
+    os.symlink(outside, store.manifests_dir / "escape.json")
+    with pytest.raises(ModelNotFound):
+        store.get("escape")
+
+
+def test_unknown_model_is_model_not_found(tmp_path: Path) -> None:
+    with pytest.raises(ModelNotFound):
+        ModelStore(tmp_path).get("nothing-here")
+
+
+def test_fee_rounds_per_token_parts_up() -> None:
+    price = Price(request=100, input_per_1k=10, output_per_1k=50)
+    assert price.fee(0, 0) == 100
+    assert price.fee(1, 1) == 100 + 1 + 1
+    assert price.fee(1000, 2000) == 100 + 10 + 100
+
+
+def test_manifest_digest_changes_with_content(tmp_path: Path) -> None:
+    digest = "a" * 64
+    assert _manifest("m", digest).digest() != _manifest("m", digest, owner="bob").digest()
+    assert _manifest("m", digest).digest() == _manifest("m", digest).digest()

@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edged.settings import DEFAULT_PORT, SettingsError, load_settings
+
+
+def test_defaults_bind_loopback_on_the_documented_port(tmp_path: Path) -> None:
+    settings = load_settings(environ={"HOME": str(tmp_path)})
+    assert settings.host == "127.0.0.1"
+    assert settings.port == DEFAULT_PORT not in (8080, 11434)
+    assert settings.data_dir == tmp_path / ".local/share/edged"
+
+
+def test_precedence_defaults_file_environment_flags(tmp_path: Path) -> None:
+    config = tmp_path / "edged.toml"
+    config.write_text('port = 4001\nkeep_alive = 10\nmax_queue = 3\n')
+    environ = {"HOME": str(tmp_path), "EDGED_PORT": "4002", "EDGED_KEEP_ALIVE": "20"}
+    settings = load_settings(environ=environ, config_file=config, flags={"port": 4003})
+    assert settings.max_queue == 3  # file beats default
+    assert settings.keep_alive == 20.0  # environment beats file
+    assert settings.port == 4003  # flag beats environment
+
+
+def test_config_file_found_in_data_dir(tmp_path: Path) -> None:
+    (tmp_path / "config.toml").write_text('cors_origins = ["http://app.local"]\n')
+    settings = load_settings(environ={"EDGED_DATA_DIR": str(tmp_path)})
+    assert settings.cors_origins == ("http://app.local",)
+
+
+def test_environment_lists_are_comma_separated(tmp_path: Path) -> None:
+    settings = load_settings(environ={"HOME": str(tmp_path),
+                                      "EDGED_ALLOWED_HOSTS": "a.lan, b.lan"})
+    assert settings.allowed_hosts == ("a.lan", "b.lan")
+
+
+@pytest.mark.parametrize(("environ", "param"), [
+    ({"EDGED_HOST": "0.0.0.0"}, "host"),
+    ({"EDGED_PORT": "70000"}, "port"),
+    ({"EDGED_PORT": "eighty"}, "port"),
+    ({"EDGED_CORS_ORIGINS": "*"}, "cors_origins"),
+    ({"EDGED_OPERATOR_SHARE_PPM": "2000000"}, "operator_share_ppm"),
+])
+def test_invalid_settings_are_refused(tmp_path: Path, environ: dict[str, str],
+                                      param: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings(environ={"HOME": str(tmp_path), **environ})
+    assert caught.value.param == param
+
+
+def test_non_loopback_bind_is_allowed_with_api_keys(tmp_path: Path) -> None:
+    settings = load_settings(environ={"HOME": str(tmp_path), "EDGED_HOST": "0.0.0.0",
+                                      "EDGED_API_KEYS": "secret-one"})
+    assert settings.host == "0.0.0.0"
+
+
+def test_unknown_config_keys_are_refused(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text("prot = 1\n")
+    with pytest.raises(SettingsError):
+        load_settings(environ={"HOME": str(tmp_path)}, config_file=config)
+
+
+def test_redacted_hides_secrets(tmp_path: Path) -> None:
+    settings = load_settings(environ={"HOME": str(tmp_path), "EDGED_API_KEYS": "hunter2"})
+    shown = settings.redacted()
+    assert "hunter2" not in repr(shown)
+    assert shown["api_keys"] == ["<redacted>"]
+    assert shown["port"] == DEFAULT_PORT
