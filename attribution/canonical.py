@@ -49,7 +49,11 @@ def _normalise(value: Any, depth: int = 0) -> Any:
 
 def encode(value: Any) -> bytes:
     """Encode ``value`` canonically."""
-    packed: bytes = msgpack.packb(_normalise(value), use_bin_type=True)
+    try:
+        packed: bytes = msgpack.packb(_normalise(value), use_bin_type=True)
+    except UnicodeEncodeError:
+        # A str holding a lone surrogate has no UTF-8 form (raised by the key sort or packb).
+        raise CanonicalError("strings must be encodable as UTF-8") from None
     return packed
 
 

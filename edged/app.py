@@ -72,6 +72,8 @@ def create_app(settings: Settings, *, loader: Loader = load_backend,
                                             ledger=ledger, keys=keys, clock_ms=clock_ms)
             logger.info("node %s ready to start; settings %s", keys.fingerprint,
                         settings.redacted())
+            if not settings.install_demo_model:
+                app[READY].set()
             startup = asyncio.create_task(_finish_startup(app, store))
             try:
                 yield

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import struct
-import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
@@ -26,7 +25,7 @@ from edged import errors
 from edged.keys import NodeKeys
 from edged.ledger import Ledger
 from edged.models import Manifest, ModelStore
-from edged.scheduler import Lease, Scheduler
+from edged.scheduler import Lease, Scheduler, TokenStream
 from edged.schemas import EmbeddingRequest, GenerateRequest
 from edged.settings import Settings
 from runtimes import ContextLengthExceeded, Delta, Done, UnsupportedOperation
@@ -127,19 +126,18 @@ class GenerationStream:
         self.service = service
         self.request = request
         self.manifest = service.store.get(request.model)
-        self.cancel = threading.Event()
         self.receipt: SignedReceipt | None = None
         self.done: Done | None = None
         self._text: list[str] = []
         self._stack = contextlib.AsyncExitStack()
-        self._events: AsyncIterator[Delta | Done] | None = None
+        self._events: TokenStream | None = None
         self._first: Delta | Done | None = None
 
     async def __aenter__(self) -> GenerationStream:
         lease = await self._stack.enter_async_context(
             self.service._lease(self.manifest, self.request.keep_alive))
         try:
-            self._events = lease.stream(self.request.prompt, self.request.params, self.cancel)
+            self._events = lease.stream(self.request.prompt, self.request.params)
             self._first = await anext(self._events)
         except BaseException as exc:
             await self._stack.aclose()
@@ -167,8 +165,8 @@ class GenerationStream:
         try:
             if self.done is None:
                 # Left early: stop the backend, then collect its final counts.
-                self.cancel.set()
                 assert self._events is not None
+                self._events.cancel.set()
                 async for event in self._events:
                     if isinstance(event, Done):
                         self.done = event

@@ -166,6 +166,6 @@ def parse_embeddings(body: Any) -> EmbeddingRequest:
         isinstance(v, list) and 0 < len(v) <= MAX_EMBEDDING_INPUTS
         and all(isinstance(s, str) for s in v)),
         f"a string or a list of 1-{MAX_EMBEDDING_INPUTS} strings", required=True)
-    _get(body, "encoding_format", lambda v: v == "float", "'float'")
+    _get(body, "encoding_format", lambda v: v in ("float", "base64"), "'float' or 'base64'")
     inputs = (raw,) if isinstance(raw, str) else tuple(raw)
     return EmbeddingRequest(model, inputs, keep_alive)

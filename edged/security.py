@@ -20,7 +20,7 @@ from edged.errors import Forbidden, PayloadTooLarge, Unauthorized
 from edged.settings import Settings
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-CORS_ORIGIN = "edged.cors_origin"  # request key: the Origin that passed the policy
+CORS_ORIGIN = web.RequestKey("cors_origin", str)  # the Origin that passed the policy
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]", "::1")
 CORS_ALLOW_HEADERS = "Authorization, Content-Type, OpenAI-Organization, OpenAI-Project"

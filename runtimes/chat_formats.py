@@ -33,7 +33,9 @@ def _check_roles(messages: Sequence[ChatMessage]) -> None:
         raise BackendError("a chat needs at least one message")
     for message in messages:
         if message.role not in ROLES:
-            raise BackendError(f"unknown chat role {message.role!r}; expected one of {sorted(ROLES)}")
+            raise BackendError(
+                f"unknown chat role {message.role!r}; expected one of {sorted(ROLES)}"
+            )
 
 
 def format_gemma(messages: Sequence[ChatMessage]) -> FormattedChat:
@@ -57,7 +59,8 @@ def format_gemma(messages: Sequence[ChatMessage]) -> FormattedChat:
         role = "model" if message.role == "assistant" else "user"
         parts.append(f"<start_of_turn>{role}\n{content}<end_of_turn>\n")
     if pending_system:
-        parts.append(f"<start_of_turn>user\n{chr(10).join(pending_system)}<end_of_turn>\n")
+        system_text = "\n\n".join(pending_system)
+        parts.append(f"<start_of_turn>user\n{system_text}<end_of_turn>\n")
     parts.append("<start_of_turn>model\n")
     return FormattedChat("".join(parts), ("<end_of_turn>",))
 

@@ -1,0 +1,433 @@
+"""GGUF models through llama-cpp-python.
+
+Generation runs its own token loop over ``Llama.generate`` instead of
+``create_completion``: token counts are exact, cancellation is checked before every
+token, and text is decoded once per token with an incremental UTF-8 decoder (a
+multi-byte character split across byte tokens comes out whole) instead of
+``create_completion``'s re-detokenisation of the whole completion at each step.
+
+``llama_cpp`` is imported in :meth:`LlamaCppBackend.load`, so this module imports
+without it. ``verbose=False`` always: llama.cpp's verbose logs include prompt text.
+
+``spec.options`` (all optional): ``top_k`` (40), ``min_p`` (0.05) and
+``repeat_penalty`` (1.0), the sampler settings outside the request (llama.cpp's
+defaults, the same as ``create_completion``'s); and ``n_gpu_layers``, ``n_batch``,
+``n_ubatch``, ``flash_attn``, ``use_mmap``, ``use_mlock``, ``type_k``, ``type_v`` and
+``kv_overrides``, passed to ``llama_cpp.Llama``; ``repack`` (true): false is llama.cpp's
+``--no-repack``, which keeps weights out of the CPU's extra buffer types (weight repacking,
+AMX). Some VMs advertise AMX but fault on its instructions; ``repack=False`` avoids that.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from runtimes.base import (
+    Backend,
+    BackendError,
+    ChatMessage,
+    ContextLengthExceeded,
+    Delta,
+    Done,
+    EmbeddingResult,
+    FinishReason,
+    GenerationParams,
+    MissingDependency,
+    ModelSpec,
+    Prompt,
+)
+from runtimes.chat_formats import FormattedChat, chat_format_names, format_chat
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+    from llama_cpp import Llama
+
+SAMPLER_DEFAULTS: Mapping[str, float] = {"top_k": 40, "min_p": 0.05, "repeat_penalty": 1.0}
+LLAMA_OPTIONS = frozenset(
+    {"n_gpu_layers", "n_batch", "n_ubatch", "flash_attn", "use_mmap", "use_mlock"}
+    | {"type_k", "type_v", "kv_overrides"}
+)
+OTHER_OPTIONS = frozenset({"repack"})
+_KV_CACHE_BYTES_PER_VALUE = 2  # llama.cpp's default K/V cache type is f16
+
+
+class StopTextStream:
+    """Turns token bytes into text that never contains (the start of) a stop string.
+
+    Bytes go through an incremental UTF-8 decoder; text that could be the beginning of a
+    stop string is held back until it is known not to be one. Once a stop string is
+    complete, :attr:`stopped` is set and only the text before it is released.
+    """
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stops = tuple(s for s in stops if s)
+        self.stopped = False
+        self._decode = codecs.getincrementaldecoder("utf-8")(errors="replace").decode
+        self._pending = ""
+
+    def push(self, data: bytes) -> str:
+        """Feed one token's bytes; return the text that is now safe to emit."""
+        return self._release(self._decode(data), final=False)
+
+    def finish(self) -> str:
+        """Flush the decoder and return whatever was held back (the end of the text)."""
+        return self._release(self._decode(b"", True), final=True)
+
+    def _release(self, text: str, final: bool) -> str:
+        if self.stopped:
+            return ""
+        pending = self._pending + text
+        cut = min((i for i in (pending.find(s) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            self.stopped = True
+            self._pending = ""
+            return pending[:cut]
+        hold = 0 if final else self._partial_stop_length(pending)
+        self._pending = pending[len(pending) - hold :]
+        return pending[: len(pending) - hold]
+
+    def _partial_stop_length(self, text: str) -> int:
+        """Length of the longest tail of ``text`` that is a proper prefix of a stop string."""
+        longest = 0
+        for stop in self.stops:
+            for size in range(min(len(stop) - 1, len(text)), longest, -1):
+                if text.endswith(stop[:size]):
+                    longest = size
+                    break
+        return longest
+
+
+class _ContextGuard:
+    """A lock around one llama context that refuses, instead of deadlocking, when the
+    thread asking for it is the one driving the (suspended) generation that holds it."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.owner: int | None = None
+
+    def __enter__(self) -> None:
+        if self.owner == threading.get_ident():
+            raise BackendError(
+                "a generation on this model is still open in this thread; "
+                "exhaust or close it first"
+            )
+        self.lock.acquire()
+        self.owner = threading.get_ident()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.owner = None
+        self.lock.release()
+
+
+class LlamaCppBackend(Backend):
+    """A GGUF model loaded with llama.cpp. Chat prompts are formatted with
+    ``spec.chat_format`` or, when that is ``None``, the GGUF's own chat template."""
+
+    runtime = "llama.cpp"
+
+    def __init__(self, spec: ModelSpec, llm: Llama, llama_cpp: ModuleType) -> None:
+        self.spec = spec
+        self._llama_cpp = llama_cpp
+        self._llm: Llama | None = llm
+        self._embedder: Llama | None = None
+        self._guard = _ContextGuard()
+        self._embed_guard = _ContextGuard()
+        self._sampler = {k: spec.options.get(k, v) for k, v in SAMPLER_DEFAULTS.items()}
+        self._llama_kwargs = {k: v for k, v in spec.options.items() if k in LLAMA_OPTIONS}
+        self._n_ctx = llm.n_ctx()
+        self._vocab = llm._model.vocab  # llama-cpp-python exposes no public vocab handle
+        self._pieces: dict[int, bytes | None] = {}  # token id -> bytes, None for end-of-generation
+        self._template: Any = None  # Jinja2ChatFormatter, built on first use
+        self._weights_bytes = spec.path.stat().st_size
+        self._kv_bytes_per_context = _kv_cache_bytes(llm.metadata, self._n_ctx)
+
+    @classmethod
+    def load(cls, spec: ModelSpec) -> LlamaCppBackend:
+        """Load the GGUF at ``spec.path``.
+
+        Raises :class:`MissingDependency` when llama-cpp-python is not installed.
+        """
+        try:
+            import llama_cpp
+        except ImportError:
+            raise MissingDependency("llama-cpp-python", "llama") from None
+        unknown = set(spec.options) - LLAMA_OPTIONS - OTHER_OPTIONS - set(SAMPLER_DEFAULTS)
+        if unknown:
+            raise BackendError(f"unknown llama.cpp options {sorted(unknown)}")
+        if not spec.path.is_file():
+            raise BackendError(f"the weights file of model {spec.name!r} is missing")
+        kwargs = {k: v for k, v in spec.options.items() if k in LLAMA_OPTIONS}
+        try:
+            llm = _llama_type(llama_cpp, bool(spec.options.get("repack", True)))(
+                model_path=str(spec.path),
+                n_ctx=spec.context_length,
+                n_threads=spec.threads,
+                verbose=False,
+                **kwargs,
+            )
+        except ValueError:  # llama-cpp-python's message names the path: keep it out
+            raise BackendError(f"llama.cpp could not load model {spec.name!r}") from None
+        return cls(spec, llm, llama_cpp)
+
+    # -- generation -------------------------------------------------------------------
+
+    def generate(
+        self, prompt: Prompt, params: GenerationParams, cancel: threading.Event
+    ) -> Iterator[Delta | Done]:
+        """Tokenize and check the prompt now (errors raise here), then stream the output."""
+        with self._guard:
+            llm = self._require_open()
+            if isinstance(prompt, str):
+                tokens = self._tokenize(llm, prompt, special=False)
+                stops = params.stop
+            else:
+                chat = self._format_chat(llm, prompt)
+                tokens = self._tokenize(llm, chat.prompt, special=True)
+                stops = params.stop + tuple(s for s in chat.stop if s not in params.stop)
+            if len(tokens) >= self._n_ctx:
+                raise ContextLengthExceeded(len(tokens), self._n_ctx)
+        room = self._n_ctx - len(tokens)
+        limit = room if params.max_tokens is None else min(max(params.max_tokens, 0), room)
+        return self._stream(tokens, limit, params, stops, cancel)
+
+    def _stream(
+        self,
+        tokens: list[int],
+        limit: int,
+        params: GenerationParams,
+        stops: tuple[str, ...],
+        cancel: threading.Event,
+    ) -> Iterator[Delta | Done]:
+        with self._guard:
+            llm = self._require_open()
+            seed = self._llama_cpp.LLAMA_DEFAULT_SEED if params.seed is None else params.seed
+            # 0xFFFFFFFF is llama.cpp's "pick a random seed": keep user seeds below it.
+            llm.set_seed(seed % 0xFFFFFFFF if params.seed is not None else seed)
+            tokens_out = llm.generate(
+                tokens,
+                temp=max(params.temperature, 0.0),
+                top_p=params.top_p,
+                top_k=int(self._sampler["top_k"]),
+                min_p=float(self._sampler["min_p"]),
+                repeat_penalty=float(self._sampler["repeat_penalty"]),
+                reset=True,
+            )
+            text = StopTextStream(stops)
+            pieces, guard = self._pieces, self._guard
+            produced = 0
+            finish: FinishReason = "length"
+            try:
+                while produced < limit:
+                    if cancel.is_set() or self._llm is None:
+                        finish = "cancelled"
+                        break
+                    token = next(tokens_out)
+                    piece = pieces[token] if token in pieces else self._piece(token)
+                    if piece is None:  # end of generation: not emitted, not counted
+                        finish = "stop"
+                        break
+                    produced += 1
+                    out = text.push(piece)
+                    if text.stopped:
+                        finish = "stop"
+                    if out:
+                        yield Delta(out)
+                        guard.owner = threading.get_ident()  # whoever resumed us
+                    if text.stopped:
+                        break
+            finally:
+                tokens_out.close()
+            tail = text.finish()
+            if tail:
+                yield Delta(tail)
+            yield Done(len(tokens), produced, finish)
+
+    def _piece(self, token: int) -> bytes | None:
+        """The bytes of ``token`` (``None`` for end-of-generation), cached per token."""
+        llama_cpp = self._llama_cpp
+        piece: bytes | None = None
+        if not llama_cpp.llama_vocab_is_eog(self._vocab, token):
+            # special=False renders control tokens as nothing, as create_completion does.
+            # Called directly: the wrapper returns a fixed 32-byte buffer, padding included.
+            size = 64
+            buffer = ctypes.create_string_buffer(size)
+            written = llama_cpp.llama_token_to_piece(self._vocab, token, buffer, size, 0, False)
+            if written < 0:  # the piece is longer: -written is its size
+                size = -written
+                buffer = ctypes.create_string_buffer(size)
+                written = llama_cpp.llama_token_to_piece(
+                    self._vocab, token, buffer, size, 0, False
+                )
+            piece = buffer.raw[:written]
+        self._pieces[token] = piece
+        return piece
+
+    def _tokenize(self, llm: Llama, text: str, *, special: bool) -> list[int]:
+        # add_bos=True means "add BOS/EOS as the model's metadata says" in llama.cpp
+        # (tokenizer.ggml.add_bos_token), which is what create_completion follows too.
+        try:
+            tokens = llm.tokenize(text.encode("utf-8"), add_bos=True, special=special)
+        except RuntimeError:  # its message quotes the text
+            raise BackendError("llama.cpp could not tokenize the prompt") from None
+        bos = llm.token_bos()
+        if special and len(tokens) > 1 and tokens[0] == tokens[1] == bos:
+            tokens = tokens[1:]  # a chat template that writes {{ bos_token }} itself
+        return tokens
+
+    def _format_chat(self, llm: Llama, messages: Sequence[ChatMessage]) -> FormattedChat:
+        if self.spec.chat_format is not None:
+            return format_chat(messages, self.spec.chat_format)
+        if self._template is None:
+            template = llm.metadata.get("tokenizer.chat_template")
+            if not template:
+                raise BackendError(
+                    f"model {self.spec.name!r} has no chat template: set its chat format "
+                    f"to one of {chat_format_names()}"
+                )
+            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+            def token_text(token: int) -> str:
+                return llm._model.token_get_text(token) if token >= 0 else ""
+
+            self._template = Jinja2ChatFormatter(
+                template=template,
+                eos_token=token_text(llm.token_eos()),
+                bos_token=token_text(llm.token_bos()),
+            )
+        try:
+            rendered = self._template(
+                messages=[{"role": m.role, "content": m.content} for m in messages]
+            )
+        except Exception as exc:  # jinja2 and the template's raise_exception
+            raise BackendError(
+                f"model {self.spec.name!r}'s chat template failed: {type(exc).__name__}"
+            ) from None
+        stop = rendered.stop if isinstance(rendered.stop, list) else [rendered.stop]
+        return FormattedChat(rendered.prompt, tuple(s for s in stop if s))
+
+    # -- embeddings -------------------------------------------------------------------
+
+    def embed(self, texts: Sequence[str]) -> EmbeddingResult:
+        """L2-normalised embeddings; per-token outputs are mean-pooled."""
+        with self._embed_guard:
+            embedder = self._embedding_model()
+            counts = [len(self._tokenize(embedder, t, special=False)) for t in texts]
+            for count in counts:
+                if count > self._n_ctx:
+                    raise ContextLengthExceeded(count, self._n_ctx)
+                if count == 0:
+                    raise BackendError("cannot embed an empty text with this model")
+            pooled = embedder.pooling_type() != self._llama_cpp.LLAMA_POOLING_TYPE_NONE
+            if pooled:
+                raw: list[Any] = embedder.embed(list(texts), truncate=False)
+            else:
+                # One text per call: llama-cpp-python 0.3.36 mis-slices per-token outputs
+                # of the second and later sequences of a batch.
+                raw = [embedder.embed([t], truncate=False)[0] for t in texts]
+            vectors = [_pool_and_normalise(v, pooled) for v in raw]
+        return EmbeddingResult(vectors, sum(counts))
+
+    def _embedding_model(self) -> Llama:
+        self._require_open()
+        if self._embedder is None:
+            kwargs = {**self._llama_kwargs, "n_batch": self._n_ctx, "n_ubatch": self._n_ctx}
+            # A second context on the same file: mmap shares the weights' pages.
+            llama_type = _llama_type(self._llama_cpp, bool(self.spec.options.get("repack", True)))
+            self._embedder = llama_type(
+                model_path=str(self.spec.path),
+                n_ctx=self._n_ctx,
+                n_threads=self.spec.threads,
+                embedding=True,
+                verbose=False,
+                **kwargs,
+            )
+        return self._embedder
+
+    # -- lifetime ---------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Free both llama.cpp instances; waits for a running call on another thread."""
+        for guard, attribute in ((self._guard, "_llm"), (self._embed_guard, "_embedder")):
+            if guard.owner == threading.get_ident():
+                # A generation suspended in this very thread: it checks _llm before
+                # its next token and stops, so freeing under it is safe.
+                self._free(attribute)
+                continue
+            with guard:
+                self._free(attribute)
+
+    def _free(self, attribute: str) -> None:
+        llm: Llama | None = getattr(self, attribute)
+        setattr(self, attribute, None)
+        if llm is not None:
+            llm.close()
+
+    def memory_bytes(self) -> int:
+        """Weights file size plus the f16 KV cache of each live context."""
+        contexts = (self._llm is not None) + (self._embedder is not None)
+        return self._weights_bytes + contexts * self._kv_bytes_per_context
+
+    @property
+    def max_concurrency(self) -> int:
+        """One: a llama context holds one sequence's state."""
+        return 1
+
+    def _require_open(self) -> Llama:
+        if self._llm is None:
+            raise BackendError(f"model {self.spec.name!r} is closed")
+        return self._llm
+
+
+def _llama_type(llama_cpp: ModuleType, repack: bool) -> type[Llama]:
+    """``llama_cpp.Llama``, or a subclass that loads with ``use_extra_bufts=False``.
+
+    ``Llama()`` has no parameter for it, but its ``__init__`` assigns ``self.model_params``
+    before loading the model: a property setter adjusts the struct at that moment.
+    """
+    if repack:
+        llama: type[Llama] = llama_cpp.Llama
+        return llama
+
+    class NoRepackLlama(llama_cpp.Llama):  # type: ignore[name-defined]
+        @property
+        def model_params(self) -> Any:
+            return self.__dict__["_no_repack_model_params"]
+
+        @model_params.setter
+        def model_params(self, params: Any) -> None:
+            params.use_extra_bufts = False
+            self.__dict__["_no_repack_model_params"] = params
+
+    return NoRepackLlama
+
+
+def _kv_cache_bytes(metadata: Mapping[str, str], n_ctx: int) -> int:
+    """K and V for every layer and position, from the GGUF's hyperparameters."""
+    arch = metadata.get("general.architecture", "")
+
+    def number(key: str, default: int) -> int:
+        value = metadata.get(f"{arch}.{key}")
+        return int(value) if value and value.isdigit() else default
+
+    n_embd = number("embedding_length", 0)
+    n_head = max(number("attention.head_count", 1), 1)
+    n_head_kv = number("attention.head_count_kv", n_head)
+    key_length = number("attention.key_length", n_embd // n_head)
+    value_length = number("attention.value_length", n_embd // n_head)
+    per_token = number("block_count", 0) * n_head_kv * (key_length + value_length)
+    return per_token * n_ctx * _KV_CACHE_BYTES_PER_VALUE
+
+
+def _pool_and_normalise(raw: Any, pooled: bool) -> list[float]:
+    import numpy as np  # a dependency of llama-cpp-python
+
+    matrix = np.asarray(raw, dtype=np.float64)
+    vector = matrix if pooled else matrix.mean(axis=0)
+    norm = float(np.linalg.norm(vector))
+    result: list[float] = (vector / norm if norm > 0 else vector).tolist()
+    return result

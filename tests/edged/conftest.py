@@ -1,0 +1,71 @@
+"""Fixtures for in-process API tests: a real app on the fake runtime in a temp data dir."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from edged.app import create_app
+from edged.models import Manifest, ModelStore
+from edged.settings import Settings, load_settings
+from runtimes import Backend, ModelSpec
+from runtimes.fake import FakeBackend
+
+AppClientFactory = Callable[..., Awaitable[TestClient[Any, web.Application]]]
+FAKE_MODEL = "fake-model"
+
+
+def make_settings(data_dir: Path, **overrides: Any) -> Settings:
+    settings = load_settings(environ={"HOME": str(data_dir)},
+                             flags={"data_dir": data_dir, "install_demo_model": False})
+    return dataclasses.replace(settings, **overrides).validate()
+
+
+def install_fake_model(data_dir: Path, name: str = FAKE_MODEL, *, context_length: int = 256,
+                       **manifest_fields: Any) -> Manifest:
+    """A model of the fake runtime: a placeholder blob plus a manifest."""
+    store = ModelStore(data_dir / "models")
+    content = f"fake weights for {name}".encode()
+    digest = hashlib.sha256(content).hexdigest()
+    if not store.has_blob(digest):
+        with store.blob_writer(digest) as handle:
+            handle.write(content)
+    manifest = Manifest(name=name, runtime="fake", weights=digest, size=0,
+                        owner=manifest_fields.pop("owner", "model-owner"),
+                        context_length=context_length, **manifest_fields)
+    return store.add(manifest)
+
+
+def fake_loader(**options: Any) -> Callable[[str, ModelSpec], Backend]:
+    """A loader that builds fake backends with ``options`` (token_delay, ...)."""
+
+    def load(runtime: str, spec: ModelSpec) -> Backend:
+        assert runtime == "fake"
+        return FakeBackend.load(dataclasses.replace(spec, options={**spec.options, **options}))
+
+    return load
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "data"
+    install_fake_model(path)
+    return path
+
+
+@pytest.fixture
+def settings(data_dir: Path) -> Settings:
+    return make_settings(data_dir)
+
+
+@pytest.fixture
+async def client(aiohttp_client: AppClientFactory,
+                 settings: Settings) -> TestClient[Any, web.Application]:
+    return await aiohttp_client(create_app(settings, loader=fake_loader()))

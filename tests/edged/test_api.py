@@ -1,0 +1,187 @@
+"""The OpenAI-compatible API and the node endpoints, in process, on the fake runtime."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from attribution.chain import verify_chain
+from attribution.receipt import leaf_hash, verify_receipt
+from edged.app import create_app
+from edged.appkeys import LEDGER
+from tests.edged.conftest import FAKE_MODEL, AppClientFactory, fake_loader
+
+Client = TestClient[Any, web.Application]
+CHAT = {"model": FAKE_MODEL, "messages": [{"role": "user", "content": "hello"}],
+        "max_tokens": 5, "temperature": 0}
+
+
+def sse_events(text: str) -> list[Any]:
+    events = []
+    for block in text.split("\n\n"):
+        if block.startswith("data: "):
+            payload = block.removeprefix("data: ")
+            events.append(payload if payload == "[DONE]" else json.loads(payload))
+    return events
+
+
+async def fetch_receipt(client: Client, receipt_id: str) -> dict[str, Any]:
+    response = await client.get(f"/v1/receipts/{receipt_id}")
+    assert response.status == 200
+    body: dict[str, Any] = await response.json()
+    return body
+
+
+async def test_models_list(client: Client) -> None:
+    body = await (await client.get("/v1/models")).json()
+    assert body["object"] == "list"
+    assert [m["id"] for m in body["data"]] == [FAKE_MODEL]
+
+
+async def test_chat_completion_has_usage_and_a_committed_receipt(client: Client) -> None:
+    response = await client.post("/v1/chat/completions", json=CHAT)
+    assert response.status == 200
+    body = await response.json()
+    assert body["object"] == "chat.completion"
+    assert body["choices"][0]["message"]["role"] == "assistant"
+    assert body["choices"][0]["message"]["content"]
+    assert body["choices"][0]["finish_reason"] == "length"
+    assert body["usage"]["completion_tokens"] == 5
+    assert body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] + 5
+    assert response.headers["X-Edged-Receipt"] == body["receipt"]["id"]
+    assert body["receipt"]["seq"] == 0
+
+    stored = await fetch_receipt(client, body["receipt"]["id"])
+    raw = base64.b64decode(stored["raw"])
+    receipt = verify_receipt(raw)
+    assert leaf_hash(raw).hex() == body["receipt"]["id"] == stored["id"]
+    assert receipt.fields["kind"] == "chat"
+    assert receipt.fields["usage"] == {"in": body["usage"]["prompt_tokens"], "out": 5}
+    assert stored["model"]["name"] == FAKE_MODEL
+    assert stored["attr"]["method"] == "owner/1"
+    payees = {(p[0], p[1]): p[2] for p in stored["payees"]}
+    assert payees[("model-owner", "owner")] == 900_000
+    assert sum(payees.values()) == 1_000_000
+
+
+async def test_same_request_twice_gives_the_same_commitments(client: Client) -> None:
+    first = await (await client.post("/v1/chat/completions", json=CHAT)).json()
+    second = await (await client.post("/v1/chat/completions", json=CHAT)).json()
+    a = await fetch_receipt(client, first["receipt"]["id"])
+    b = await fetch_receipt(client, second["receipt"]["id"])
+    assert a["in"] == b["in"] and a["out"] == b["out"]
+    assert b["prev"] == a["id"] and b["seq"] == a["seq"] + 1
+
+
+async def test_streamed_chat_ends_with_receipt_then_done(client: Client) -> None:
+    response = await client.post("/v1/chat/completions",
+                                 json={**CHAT, "stream": True,
+                                       "stream_options": {"include_usage": True}})
+    assert response.status == 200
+    assert response.headers["Content-Type"].startswith("text/event-stream")
+    events = sse_events(await response.text())
+    assert events[-1] == "[DONE]"
+    final = events[-2]
+    assert final["usage"]["completion_tokens"] == 5
+    assert events[-3]["choices"][0]["finish_reason"] == "length"
+    assert events[0]["choices"][0]["delta"]["role"] == "assistant"
+    text = "".join(e["choices"][0]["delta"].get("content", "") for e in events[:-2])
+    stored = await fetch_receipt(client, final["receipt"]["id"])
+    assert stored["usage"]["out"] == 5
+
+    whole = await (await client.post("/v1/chat/completions", json=CHAT)).json()
+    assert whole["choices"][0]["message"]["content"] == text
+    assert (await fetch_receipt(client, whole["receipt"]["id"]))["out"] == stored["out"]
+
+
+async def test_completions_plain_and_streamed(client: Client) -> None:
+    request = {"model": FAKE_MODEL, "prompt": "once upon", "max_tokens": 3, "seed": 7}
+    body = await (await client.post("/v1/completions", json=request)).json()
+    assert body["object"] == "text_completion"
+    assert body["choices"][0]["text"]
+    response = await client.post("/v1/completions", json={**request, "stream": True})
+    events = sse_events(await response.text())
+    assert events[-1] == "[DONE]"
+    assert events[-2]["choices"][0]["finish_reason"] == "length"
+    assert "".join(e["choices"][0]["text"] for e in events[:-1]) == body["choices"][0]["text"]
+    assert (await fetch_receipt(client, events[-2]["receipt"]["id"]))["kind"] == "completion"
+
+
+async def test_stop_sequence_ends_generation(client: Client) -> None:
+    first = await (await client.post("/v1/completions", json={
+        "model": FAKE_MODEL, "prompt": "x", "max_tokens": 6})).json()
+    stop_word = first["choices"][0]["text"].split()[2]
+    body = await (await client.post("/v1/completions", json={
+        "model": FAKE_MODEL, "prompt": "x", "max_tokens": 6, "stop": [stop_word]})).json()
+    assert body["choices"][0]["finish_reason"] == "stop"
+    assert stop_word not in body["choices"][0]["text"]
+
+
+async def test_embeddings_for_string_and_list(client: Client) -> None:
+    one = await (await client.post("/v1/embeddings",
+                                   json={"model": FAKE_MODEL, "input": "hi"})).json()
+    assert len(one["data"]) == 1 and len(one["data"][0]["embedding"]) == 8
+    many = await (await client.post("/v1/embeddings",
+                                    json={"model": FAKE_MODEL, "input": ["a", "b", "c"]})).json()
+    assert [d["index"] for d in many["data"]] == [0, 1, 2]
+    encoded = await (await client.post("/v1/embeddings", json={
+        "model": FAKE_MODEL, "input": "hi", "encoding_format": "base64"})).json()
+    assert len(base64.b64decode(encoded["data"][0]["embedding"])) == 8 * 4
+    stored = await fetch_receipt(client, many["receipt"]["id"])
+    assert stored["kind"] == "embedding" and stored["usage"]["out"] == 3
+
+
+async def test_receipts_page_in_chain_order_and_verify(client: Client) -> None:
+    ids = []
+    for _ in range(5):
+        ids.append((await (await client.post("/v1/chat/completions", json=CHAT)).json())
+                   ["receipt"]["id"])
+    first = await (await client.get("/v1/receipts", params={"limit": 2})).json()
+    assert [r["id"] for r in first["data"]] == ids[:2] and first["has_more"]
+    rest = await (await client.get("/v1/receipts", params={
+        "after_seq": first["next_after_seq"], "limit": 10})).json()
+    assert [r["id"] for r in rest["data"]] == ids[2:] and not rest["has_more"]
+    raws = [base64.b64decode(r["raw"]) for r in first["data"] + rest["data"]]
+    report = verify_chain(raws)
+    assert report.ok and report.count == 5
+
+
+async def test_model_admin_load_and_unload(client: Client) -> None:
+    listed = (await (await client.get("/api/models")).json())["models"]
+    assert listed[0]["name"] == FAKE_MODEL and listed[0]["loaded"] is False
+    loaded = await (await client.post(f"/api/models/{FAKE_MODEL}/load")).json()
+    assert loaded["loaded"] is True
+    unloaded = await (await client.post(f"/api/models/{FAKE_MODEL}/unload")).json()
+    assert unloaded["loaded"] is False
+
+
+async def test_client_disconnect_cancels_and_still_writes_a_receipt(
+        aiohttp_client: AppClientFactory, settings: Any) -> None:
+    app = create_app(settings, loader=fake_loader(token_delay=0.02))
+    client = await aiohttp_client(app)
+    response = await client.post("/v1/chat/completions",
+                                 json={**CHAT, "max_tokens": 200, "stream": True})
+    assert response.status == 200
+    await response.content.readline()  # the first chunk arrived
+    response.close()  # hang up mid-stream
+    ledger = app[LEDGER]
+    for _ in range(200):
+        if ledger.head()[0] == 1:
+            break
+        await __import__("asyncio").sleep(0.02)
+    receipts = ledger.page(-1, 10)
+    assert len(receipts) == 1
+    assert 1 <= receipts[0].fields["usage"]["out"] < 200
+    # the slot was freed: the next request is served at once
+    body = await (await client.post("/v1/chat/completions", json=CHAT)).json()
+    assert body["receipt"]["seq"] == 1
+
+
+async def test_health_and_readiness(client: Client) -> None:
+    assert (await client.get("/healthz")).status == 200
+    ready = await client.get("/readyz")
+    assert ready.status == 200

@@ -1,0 +1,89 @@
+"""Security defaults: Host allowlist, CORS policy, API keys, and no raw text at rest."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from edged.app import create_app
+from edged.settings import Settings
+from tests.edged.conftest import FAKE_MODEL, AppClientFactory, fake_loader
+
+Client = TestClient[Any, web.Application]
+CANARY = "CANARY-7f3a9c-do-not-store"
+
+
+@pytest.mark.parametrize("host", ["evil.example", "127.0.0.1.nip.io", "attacker:3343", ""])
+async def test_foreign_host_header_is_refused(client: Client, host: str) -> None:
+    response = await client.get("/v1/models", headers={"Host": host})
+    assert response.status == 403
+    assert (await response.json())["error"]["param"] == "Host"
+
+
+@pytest.mark.parametrize("host", ["localhost:3343", "127.0.0.1", "[::1]:3343"])
+async def test_local_host_names_are_served(client: Client, host: str) -> None:
+    assert (await client.get("/v1/models", headers={"Host": host})).status == 200
+
+
+async def test_unknown_origin_is_refused_and_never_wildcarded(client: Client) -> None:
+    response = await client.get("/v1/models", headers={"Origin": "http://evil.example"})
+    assert response.status == 403
+    assert "Access-Control-Allow-Origin" not in response.headers
+
+
+async def test_configured_origin_gets_cors_headers(aiohttp_client: AppClientFactory,
+                                                   settings: Settings) -> None:
+    settings = dataclasses.replace(settings, cors_origins=("http://app.local",))
+    client = await aiohttp_client(create_app(settings, loader=fake_loader()))
+    preflight = await client.options("/v1/chat/completions",
+                                     headers={"Origin": "http://app.local",
+                                              "Access-Control-Request-Method": "POST"})
+    assert preflight.status == 204
+    assert preflight.headers["Access-Control-Allow-Origin"] == "http://app.local"
+    response = await client.get("/v1/models", headers={"Origin": "http://app.local"})
+    assert response.headers["Access-Control-Allow-Origin"] == "http://app.local"
+    streamed = await client.post("/v1/completions", headers={"Origin": "http://app.local"},
+                                 json={"model": FAKE_MODEL, "prompt": "a", "max_tokens": 2,
+                                       "stream": True})
+    assert streamed.headers["Access-Control-Allow-Origin"] == "http://app.local"
+    assert "X-Edged-Receipt" in response.headers["Access-Control-Expose-Headers"]
+
+
+async def test_api_keys_guard_everything_but_health(aiohttp_client: AppClientFactory,
+                                                    settings: Settings) -> None:
+    settings = dataclasses.replace(settings, api_keys=("k-one", "k-two"))
+    client = await aiohttp_client(create_app(settings, loader=fake_loader()))
+    assert (await client.get("/healthz")).status == 200
+    assert (await client.get("/readyz")).status == 200
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic k-one"}):
+        response = await client.get("/v1/models", headers=headers)
+        assert response.status == 401
+        assert (await response.json())["error"]["type"] == "authentication_error"
+    ok = await client.get("/v1/models", headers={"Authorization": "Bearer k-two"})
+    assert ok.status == 200
+
+
+async def test_canary_prompt_never_reaches_logs_or_disk(
+        client: Client, settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    chat = {"model": FAKE_MODEL, "messages": [{"role": "user", "content": CANARY}],
+            "max_tokens": 4}
+    assert (await client.post("/v1/chat/completions", json=chat)).status == 200
+    assert (await client.post("/v1/chat/completions", json={**chat, "stream": True})).status \
+        == 200
+    assert (await client.post("/v1/embeddings",
+                              json={"model": FAKE_MODEL, "input": CANARY})).status == 200
+    bad = await client.post("/v1/chat/completions", json={**chat, "temperature": CANARY})
+    assert CANARY not in await bad.text()
+    assert CANARY not in caplog.text
+    for path in Path(settings.data_dir).rglob("*"):
+        if path.is_file():
+            assert CANARY.encode() not in path.read_bytes(), path
+    receipts = await (await client.get("/v1/receipts")).text()
+    assert CANARY not in receipts
