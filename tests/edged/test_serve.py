@@ -1,0 +1,132 @@
+"""A real ``edged serve`` subprocess on the tiny llama model, driven by the official
+``openai`` client and by the ``edged`` CLI."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+
+from tests.conftest import TINY_CONTEXT
+from tests.support.daemon import Daemon
+
+pytestmark = pytest.mark.subprocess
+MODEL = "tiny"
+CANARY = "CANARY-9d1e-never-log-me"
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory, tiny_model_file: Path) -> Iterator[Daemon]:
+    node = Daemon(tmp_path_factory.mktemp("serve") / "data").start()
+    try:
+        node.cli("models", "add", str(tiny_model_file), "--name", MODEL, "--owner", "tiny-lab",
+                 "--price", "request=10", "--price", "output_per_1k=1000",
+                 "--chat-format", "chatml", "--context-length", str(TINY_CONTEXT))
+        yield node
+    finally:
+        node.stop()
+
+
+@pytest.fixture
+def client(daemon: Daemon) -> openai.OpenAI:
+    return openai.OpenAI(base_url=daemon.url + "/v1", api_key="unused", max_retries=0)
+
+
+def test_openai_client_chat_plain_and_streamed(client: openai.OpenAI) -> None:
+    messages = [{"role": "user", "content": "hello"}]
+    raw = client.chat.completions.with_raw_response.create(
+        model=MODEL, messages=messages, max_tokens=8, temperature=0)  # type: ignore[arg-type]
+    completion = raw.parse()
+    receipt = (completion.model_extra or {})["receipt"]
+    assert raw.headers["X-Edged-Receipt"] == receipt["id"]
+    assert completion.usage is not None and completion.usage.completion_tokens <= 8
+    assert completion.choices[0].finish_reason in ("stop", "length")
+
+    chunks = list(client.chat.completions.create(
+        model=MODEL, messages=messages, max_tokens=8, temperature=0,  # type: ignore[arg-type]
+        stream=True, stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == completion.choices[0].message.content  # greedy: the same answer
+    final = chunks[-1]
+    assert final.usage is not None
+    assert final.usage.completion_tokens == completion.usage.completion_tokens
+    streamed_receipt = (final.model_extra or {})["receipt"]
+    assert streamed_receipt["seq"] == receipt["seq"] + 1
+
+
+def test_openai_client_completions_and_embeddings(client: openai.OpenAI) -> None:
+    completion = client.completions.create(model=MODEL, prompt="abc", max_tokens=5,
+                                           temperature=0.7, top_p=0.9, seed=3, stop=["\n"])
+    assert completion.usage is not None and completion.usage.completion_tokens <= 5
+    again = client.completions.create(model=MODEL, prompt="abc", max_tokens=5,
+                                      temperature=0.7, top_p=0.9, seed=3, stop=["\n"])
+    assert again.choices[0].text == completion.choices[0].text  # same seed, same text
+    stream = client.completions.create(model=MODEL, prompt="abc", max_tokens=5, stream=True)
+    pieces = list(stream)
+    assert (pieces[-1].model_extra or {})["receipt"]["id"]
+
+    one = client.embeddings.create(model=MODEL, input="hello")  # the client asks for base64
+    many = client.embeddings.create(model=MODEL, input=["a", "bb", "ccc"])
+    assert len(one.data) == 1 and len(many.data) == 3
+    assert len(one.data[0].embedding) == len(many.data[2].embedding) > 0
+    assert (many.model_extra or {})["receipt"]["id"]
+
+
+def test_openai_client_sees_errors_in_openai_shape(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.chat.completions.create(model="nope", messages=[{"role": "user",
+                                                                  "content": "x"}])
+    assert missing.value.code == "model_not_found"
+    with pytest.raises(openai.BadRequestError) as too_long:
+        client.completions.create(model=MODEL, prompt="x" * (TINY_CONTEXT * 2))
+    assert too_long.value.code == "context_length_exceeded"
+
+
+def test_cli_models_run_receipts_keys_config(daemon: Daemon) -> None:
+    listed = daemon.cli("models", "list").stdout
+    assert MODEL in listed
+    shown = json.loads(daemon.cli("models", "show", MODEL).stdout)
+    assert shown["owner"] == "tiny-lab" and shown["chat_format"] == "chatml"
+
+    run = daemon.cli("run", MODEL, CANARY, "--max-tokens", "6", "--temperature", "0")
+    assert "receipt " in run.stderr
+    receipt_id = run.stderr.split("receipt ")[1].split()[0]
+    receipt = json.loads(daemon.cli("receipts", "show", receipt_id).stdout)
+    assert receipt["id"] == receipt_id and receipt["kind"] == "chat"
+    assert receipt["fee"] == 10 + receipt["usage"]["out"]  # 1000 per 1k output tokens
+
+    assert receipt_id in daemon.cli("receipts", "list", "--limit", "1000").stdout
+    verify = daemon.cli("receipts", "verify")
+    assert "OK" in verify.stdout
+
+    keys = json.loads(daemon.cli("keys", "show").stdout)
+    assert receipt["node"] == keys["public_key"]
+    key_files = list((daemon.data_dir / "keys").iterdir())
+    assert key_files and all(p.stat().st_mode & 0o777 == 0o600 for p in key_files)
+    config = json.loads(daemon.cli("config", "show").stdout)
+    assert config["host"] == "127.0.0.1" and config["port"] == daemon.port
+
+    # the canary prompt is nowhere on disk or in the daemon's (debug-level) log
+    assert CANARY not in daemon.log_path.read_text(errors="replace")
+    for path in daemon.data_dir.rglob("*"):
+        if path.is_file() and not path.name.startswith("sha256-"):
+            assert CANARY.encode() not in path.read_bytes(), path
+
+
+def test_cli_models_add_and_rm(daemon: Daemon, tiny_model_file: Path) -> None:
+    daemon.cli("models", "add", str(tiny_model_file), "--name", "tiny-copy")
+    assert "tiny-copy" in daemon.cli("models", "list").stdout
+    daemon.cli("models", "rm", "tiny-copy")
+    assert "tiny-copy" not in daemon.cli("models", "list").stdout
+    assert any(daemon.data_dir.glob("models/blobs/sha256-*"))  # still used by "tiny"
+    failed = daemon.cli("models", "show", "tiny-copy", check=False)
+    assert failed.returncode != 0 and "model_not_found" in failed.stderr
+
+
+def test_non_loopback_bind_without_keys_is_refused(tmp_path: Path) -> None:
+    node = Daemon(tmp_path / "data", extra_args=("--host", "0.0.0.0", "--no-demo-model"))
+    with pytest.raises(RuntimeError, match="api_keys"):
+        node.start(timeout=30)
