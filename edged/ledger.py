@@ -11,9 +11,8 @@ receipt only after the commit returned, so a receipt id that was handed out
 survives SIGKILL and power loss.
 
 The head is read from the database inside each write transaction (one index
-lookup per batch) instead of being cached, so a failed transaction cannot
-leave a stale head behind, and another process writing the same file would
-fail on the ``seq`` primary key rather than fork the chain.
+lookup per batch, under the write lock) instead of being cached, so a failed
+transaction can never leave a stale head behind to cause a gap or a fork.
 
 Only receipts are stored: commitments and digests, never prompts or outputs.
 """
@@ -132,8 +131,6 @@ class Ledger:
     def node(self) -> bytes:
         """The 32-byte public key every receipt here is signed by."""
         return self._node
-
-    # -- writing ---------------------------------------------------------------
 
     async def append(self, draft: ReceiptDraft) -> SignedReceipt:
         """Sign, chain and durably store ``draft``; return the receipt once committed.
@@ -256,8 +253,6 @@ class Ledger:
                 logger.warning("event loop closed before %d receipts were handed back",
                                len(results))
 
-    # -- reading ---------------------------------------------------------------
-
     def get(self, leaf: bytes) -> SignedReceipt | None:
         """The receipt whose id (leaf hash) is ``leaf``, or None."""
         rows = self._read(f"SELECT raw FROM {TABLE} WHERE leaf = ?", (leaf,))
@@ -269,22 +264,19 @@ class Ledger:
 
     def raw_page(self, after_seq: int = -1, limit: int = 100) -> list[bytes]:
         """Like :meth:`page` but the signed bytes only (for sync and verification)."""
-        if limit < 0:
-            raise ValueError("limit must be non-negative")
-        rows = self._read(f"SELECT raw FROM {TABLE} WHERE seq > ? ORDER BY seq LIMIT ?",
-                          (after_seq, limit))
-        return [row[0] for row in rows]
+        return [raw for _, raw in self._rows_after(after_seq, limit)]
 
     def iter_raw(self, after_seq: int = -1, page_size: int = 1000) -> Iterator[bytes]:
         """Every receipt's bytes with seq > ``after_seq``, ascending, one page in memory."""
-        while True:
-            rows = self._read(f"SELECT seq, raw FROM {TABLE} WHERE seq > ? ORDER BY seq LIMIT ?",
-                              (after_seq, page_size))
-            for _, raw in rows:
-                yield raw
-            if len(rows) < page_size:
-                return
+        while rows := self._rows_after(after_seq, page_size):
+            yield from (raw for _, raw in rows)
             after_seq = rows[-1][0]
+
+    def _rows_after(self, after_seq: int, limit: int) -> list[Any]:
+        if limit < 0:
+            raise ValueError("limit must be non-negative")
+        return self._read(f"SELECT seq, raw FROM {TABLE} WHERE seq > ? ORDER BY seq LIMIT ?",
+                          (after_seq, limit))
 
     def head(self) -> tuple[int, bytes]:
         """(number of receipts, leaf of the last one or 32 zero bytes)."""
@@ -311,8 +303,6 @@ class Ledger:
             rows: list[Any] = self._read_conn.execute(sql, params).fetchall()
         return rows
 
-    # -- lifecycle -------------------------------------------------------------
-
     def close(self) -> None:
         """Commit what is queued, stop the writer and close the connections. Idempotent."""
         with self._submit_lock:
@@ -335,8 +325,6 @@ class Ledger:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
-
-    # -- opening ---------------------------------------------------------------
 
     def _create_schema(self) -> None:
         created = not self.path.exists()

@@ -7,13 +7,15 @@ tokens. The BOS token is *not* part of the prompt: whether to add it is the mode
 decision (``tokenizer.ggml.add_bos_token``), applied by the tokenizer.
 
 A model whose ``chat_format`` is ``None`` uses the Jinja2 chat template in its GGUF
-instead; that lives in the llama.cpp backend because it needs llama-cpp-python.
+instead (:class:`TemplateChatFormat`), rendered by llama-cpp-python's formatter, which is
+imported when the first template is compiled.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from runtimes.base import BackendError, ChatMessage
 
@@ -91,3 +93,36 @@ def format_chat(messages: Sequence[ChatMessage], chat_format: str) -> FormattedC
             f"unknown chat format {chat_format!r}; known: {chat_format_names()}"
         ) from None
     return formatter(messages)
+
+
+class TemplateChatFormat:
+    """A GGUF's own ``tokenizer.chat_template`` (Jinja2), as llama-cpp-python renders it.
+
+    The template writes any BOS itself (``{{ bos_token }}``); the backend drops a second
+    BOS if the tokenizer adds one too. The stop string is the EOS token's text.
+    """
+
+    def __init__(self, template: str, *, bos_token: str, eos_token: str) -> None:
+        self.template = template
+        self.bos_token = bos_token
+        self.eos_token = eos_token
+        self._formatter: Any = None
+
+    def __call__(self, messages: Sequence[ChatMessage]) -> FormattedChat:
+        """Render ``messages``; template errors become :class:`BackendError`."""
+        _check_roles(messages)
+        try:
+            if self._formatter is None:
+                from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+                self._formatter = Jinja2ChatFormatter(
+                    template=self.template, eos_token=self.eos_token, bos_token=self.bos_token
+                )
+            rendered = self._formatter(
+                messages=[{"role": m.role, "content": m.content} for m in messages]
+            )
+        except Exception as exc:  # jinja2's errors and the template's raise_exception()
+            # Only the type: a message could quote the conversation.
+            raise BackendError(f"the model's chat template failed: {type(exc).__name__}") from None
+        stops = rendered.stop if isinstance(rendered.stop, list) else [rendered.stop]
+        return FormattedChat(rendered.prompt, tuple(s for s in stops if s))

@@ -13,7 +13,8 @@ without it. ``verbose=False`` always: llama.cpp's verbose logs include prompt te
 ``repeat_penalty`` (1.0), the sampler settings outside the request (llama.cpp's
 defaults, the same as ``create_completion``'s); and ``n_gpu_layers``, ``n_batch``,
 ``n_ubatch``, ``flash_attn``, ``use_mmap``, ``use_mlock``, ``type_k``, ``type_v`` and
-``kv_overrides``, passed to ``llama_cpp.Llama``; ``repack`` (true): false is llama.cpp's
+``kv_overrides``, passed to ``llama_cpp.Llama``; ``embedding_batch``, tokens per decode
+step when embedding with a generative model; ``repack`` (true): false is llama.cpp's
 ``--no-repack``, which keeps weights out of the CPU's extra buffer types (weight repacking,
 AMX). Some VMs advertise AMX but fault on its instructions; ``repack=False`` avoids that.
 """
@@ -40,7 +41,12 @@ from runtimes.base import (
     ModelSpec,
     Prompt,
 )
-from runtimes.chat_formats import FormattedChat, chat_format_names, format_chat
+from runtimes.chat_formats import (
+    FormattedChat,
+    TemplateChatFormat,
+    chat_format_names,
+    format_chat,
+)
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -52,7 +58,7 @@ LLAMA_OPTIONS = frozenset(
     {"n_gpu_layers", "n_batch", "n_ubatch", "flash_attn", "use_mmap", "use_mlock"}
     | {"type_k", "type_v", "kv_overrides"}
 )
-OTHER_OPTIONS = frozenset({"repack"})
+OTHER_OPTIONS = frozenset({"repack", "embedding_batch"})
 _KV_CACHE_BYTES_PER_VALUE = 2  # llama.cpp's default K/V cache type is f16
 
 
@@ -113,8 +119,7 @@ class _ContextGuard:
     def __enter__(self) -> None:
         if self.owner == threading.get_ident():
             raise BackendError(
-                "a generation on this model is still open in this thread; "
-                "exhaust or close it first"
+                "a generation on this model is still open in this thread; exhaust or close it first"
             )
         self.lock.acquire()
         self.owner = threading.get_ident()
@@ -140,11 +145,14 @@ class LlamaCppBackend(Backend):
         self._sampler = {k: spec.options.get(k, v) for k, v in SAMPLER_DEFAULTS.items()}
         self._llama_kwargs = {k: v for k, v in spec.options.items() if k in LLAMA_OPTIONS}
         self._n_ctx = llm.n_ctx()
+        self._n_vocab = llm.n_vocab()
+        self._metadata = llm.metadata
+        self._repack = bool(spec.options.get("repack", True))
         self._vocab = llm._model.vocab  # llama-cpp-python exposes no public vocab handle
         self._pieces: dict[int, bytes | None] = {}  # token id -> bytes, None for end-of-generation
-        self._template: Any = None  # Jinja2ChatFormatter, built on first use
+        self._template: TemplateChatFormat | None = None  # built on first use
         self._weights_bytes = spec.path.stat().st_size
-        self._kv_bytes_per_context = _kv_cache_bytes(llm.metadata, self._n_ctx)
+        self._kv_bytes_per_context = _kv_cache_bytes(self._metadata, self._n_ctx)
 
     @classmethod
     def load(cls, spec: ModelSpec) -> LlamaCppBackend:
@@ -242,10 +250,11 @@ class LlamaCppBackend(Backend):
                         break
             finally:
                 tokens_out.close()
-            tail = text.finish()
-            if tail:
-                yield Delta(tail)
-            yield Done(len(tokens), produced, finish)
+        # Outside the lock: a caller that stops reading at Done must not keep the context.
+        tail = text.finish()
+        if tail:
+            yield Delta(tail)
+        yield Done(len(tokens), produced, finish)
 
     def _piece(self, token: int) -> bytes | None:
         """The bytes of ``token`` (``None`` for end-of-generation), cached per token."""
@@ -260,9 +269,7 @@ class LlamaCppBackend(Backend):
             if written < 0:  # the piece is longer: -written is its size
                 size = -written
                 buffer = ctypes.create_string_buffer(size)
-                written = llama_cpp.llama_token_to_piece(
-                    self._vocab, token, buffer, size, 0, False
-                )
+                written = llama_cpp.llama_token_to_piece(self._vocab, token, buffer, size, 0, False)
             piece = buffer.raw[:written]
         self._pieces[token] = piece
         return piece
@@ -289,56 +296,76 @@ class LlamaCppBackend(Backend):
                     f"model {self.spec.name!r} has no chat template: set its chat format "
                     f"to one of {chat_format_names()}"
                 )
-            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-            def token_text(token: int) -> str:
-                return llm._model.token_get_text(token) if token >= 0 else ""
-
-            self._template = Jinja2ChatFormatter(
-                template=template,
-                eos_token=token_text(llm.token_eos()),
-                bos_token=token_text(llm.token_bos()),
+            bos, eos = llm.token_bos(), llm.token_eos()
+            self._template = TemplateChatFormat(
+                template,
+                bos_token=llm._model.token_get_text(bos) if bos >= 0 else "",
+                eos_token=llm._model.token_get_text(eos) if eos >= 0 else "",
             )
-        try:
-            rendered = self._template(
-                messages=[{"role": m.role, "content": m.content} for m in messages]
-            )
-        except Exception as exc:  # jinja2 and the template's raise_exception
-            raise BackendError(
-                f"model {self.spec.name!r}'s chat template failed: {type(exc).__name__}"
-            ) from None
-        stop = rendered.stop if isinstance(rendered.stop, list) else [rendered.stop]
-        return FormattedChat(rendered.prompt, tuple(s for s in stop if s))
+        return self._template(messages)
 
     # -- embeddings -------------------------------------------------------------------
 
     def embed(self, texts: Sequence[str]) -> EmbeddingResult:
         """L2-normalised embeddings; per-token outputs are mean-pooled."""
+        if not texts:
+            return EmbeddingResult([], 0)
         with self._embed_guard:
             embedder = self._embedding_model()
-            counts = [len(self._tokenize(embedder, t, special=False)) for t in texts]
-            for count in counts:
-                if count > self._n_ctx:
-                    raise ContextLengthExceeded(count, self._n_ctx)
-                if count == 0:
+            tokenized = [self._tokenize(embedder, t, special=False) for t in texts]
+            for tokens in tokenized:
+                if len(tokens) > self._n_ctx:
+                    raise ContextLengthExceeded(len(tokens), self._n_ctx)
+                if not tokens:
                     raise BackendError("cannot embed an empty text with this model")
-            pooled = embedder.pooling_type() != self._llama_cpp.LLAMA_POOLING_TYPE_NONE
-            if pooled:
-                raw: list[Any] = embedder.embed(list(texts), truncate=False)
-            else:
-                # One text per call: llama-cpp-python 0.3.36 mis-slices per-token outputs
-                # of the second and later sequences of a batch.
-                raw = [embedder.embed([t], truncate=False)[0] for t in texts]
-            vectors = [_pool_and_normalise(v, pooled) for v in raw]
-        return EmbeddingResult(vectors, sum(counts))
+            if embedder.pooling_type() == self._llama_cpp.LLAMA_POOLING_TYPE_NONE:
+                raw = [self._mean_token_embedding(embedder, tokens) for tokens in tokenized]
+            else:  # the model pools (an embedding model): one vector per sequence
+                raw = embedder.embed(list(texts), truncate=False)
+        return EmbeddingResult([_normalise(v) for v in raw], sum(map(len, tokenized)))
+
+    def _mean_token_embedding(self, embedder: Llama, tokens: list[int]) -> Any:
+        """Decode ``tokens`` in chunks and average the per-token embeddings.
+
+        Not ``Llama.embed``: it marks every token as an output in one batch, and a
+        generative model then also fills n_vocab logits per token (1 GB for 1000 tokens
+        of Gemma's 262k vocabulary); it also mis-slices per-token outputs of the second
+        and later texts of a batch. Chunks keep the logits small; a causal model's KV
+        cache carries the earlier chunks.
+        """
+        import numpy as np  # a dependency of llama-cpp-python
+
+        llama_cpp, context, batch = self._llama_cpp, embedder._ctx, embedder._batch
+        width = embedder.n_embd()
+        total = np.zeros(width, dtype=np.float64)
+        context.kv_cache_clear()
+        try:
+            for start in range(0, len(tokens), embedder.n_batch):
+                chunk = tokens[start : start + embedder.n_batch]
+                batch.set_batch(batch=chunk, n_past=start, logits_all=True)
+                context.decode(batch)
+                rows = llama_cpp.llama_get_embeddings(context.ctx)
+                total += np.ctypeslib.as_array(rows, shape=(len(chunk), width)).sum(axis=0)
+        finally:
+            context.kv_cache_clear()
+        return total / len(tokens)
 
     def _embedding_model(self) -> Llama:
         self._require_open()
         if self._embedder is None:
-            kwargs = {**self._llama_kwargs, "n_batch": self._n_ctx, "n_ubatch": self._n_ctx}
-            # A second context on the same file: mmap shares the weights' pages.
-            llama_type = _llama_type(self._llama_cpp, bool(self.spec.options.get("repack", True)))
-            self._embedder = llama_type(
+            # A second context on the same file: mmap shares the weights' pages. A causal
+            # model without pooling is decoded in chunks (``embedding_batch`` tokens,
+            # by default as many as keep the logits buffer near 32 MB); a pooling or
+            # bidirectional model needs each text in one batch.
+            meta, arch = self._metadata, self._metadata.get("general.architecture", "")
+            chunk = self._n_ctx
+            if meta.get(f"{arch}.pooling_type", "0") in ("0", "-1") and (
+                meta.get(f"{arch}.attention.causal", "true") != "false"
+            ):
+                default = max(8, min(512, (8 << 20) // max(self._n_vocab, 1)))
+                chunk = min(int(self.spec.options.get("embedding_batch", default)), self._n_ctx)
+            kwargs = {**self._llama_kwargs, "n_batch": chunk, "n_ubatch": chunk}
+            self._embedder = _llama_type(self._llama_cpp, self._repack)(
                 model_path=str(self.spec.path),
                 n_ctx=self._n_ctx,
                 n_threads=self.spec.threads,
@@ -423,11 +450,10 @@ def _kv_cache_bytes(metadata: Mapping[str, str], n_ctx: int) -> int:
     return per_token * n_ctx * _KV_CACHE_BYTES_PER_VALUE
 
 
-def _pool_and_normalise(raw: Any, pooled: bool) -> list[float]:
-    import numpy as np  # a dependency of llama-cpp-python
+def _normalise(vector: Any) -> list[float]:
+    import numpy as np
 
-    matrix = np.asarray(raw, dtype=np.float64)
-    vector = matrix if pooled else matrix.mean(axis=0)
-    norm = float(np.linalg.norm(vector))
-    result: list[float] = (vector / norm if norm > 0 else vector).tolist()
+    array = np.asarray(vector, dtype=np.float64)
+    norm = float(np.linalg.norm(array))
+    result: list[float] = (array / norm if norm > 0 else array).tolist()
     return result

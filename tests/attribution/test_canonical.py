@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import struct
 from typing import Any
 
@@ -59,7 +60,7 @@ def test_round_trip(value: Any) -> None:
 
 
 @given(st.dictionaries(st.text(max_size=6), values, min_size=2, max_size=8), st.randoms())
-def test_key_order_does_not_change_the_bytes(mapping: dict[str, Any], rnd: Any) -> None:
+def test_key_order_does_not_change_the_bytes(mapping: dict[str, Any], rnd: random.Random) -> None:
     items = list(mapping.items())
     rnd.shuffle(items)
     assert canonical.encode(dict(items)) == canonical.encode(mapping)

