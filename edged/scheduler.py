@@ -242,7 +242,7 @@ class Scheduler:
                        asyncio.get_running_loop())
             self._models[name] = m
             self._spawn(self._load(m))
-        elif queue and m.queued >= self._max_queue:
+        elif queue and m.queued >= self._max_queue and not _has_free_slot(m):
             raise Overloaded(f"too many requests are waiting for model {name!r}",
                              retry_after=self._retry_after(m))
         m.keep_alive = self._default_keep_alive if keep_alive is None else keep_alive
@@ -550,6 +550,12 @@ class TokenStream:
             close = getattr(events, "close", None)
             if callable(close):
                 close()  # runs the generator's cleanup here, before the slot is freed
+
+
+def _has_free_slot(m: _Model) -> bool:
+    """Whether a request arriving now gets a slot without waiting at all."""
+    return (m.ready.done() and m.backend is not None and m.active < m.capacity
+            and not m.slot_waiters)
 
 
 async def _wait_done(future: asyncio.Future[Any]) -> None:

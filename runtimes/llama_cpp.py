@@ -14,9 +14,10 @@ without it. ``verbose=False`` always: llama.cpp's verbose logs include prompt te
 defaults, the same as ``create_completion``'s); and ``n_gpu_layers``, ``n_batch``,
 ``n_ubatch``, ``flash_attn``, ``use_mmap``, ``use_mlock``, ``type_k``, ``type_v`` and
 ``kv_overrides``, passed to ``llama_cpp.Llama``; ``embedding_batch``, tokens per decode
-step when embedding with a generative model; ``repack`` (true): false is llama.cpp's
-``--no-repack``, which keeps weights out of the CPU's extra buffer types (weight repacking,
-AMX). Some VMs advertise AMX but fault on its instructions; ``repack=False`` avoids that.
+step when embedding with a generative model; ``repack`` (default: see
+:func:`default_repack`): false is llama.cpp's ``--no-repack``, which keeps weights out of
+the CPU's extra buffer types (weight repacking, AMX). Some VMs advertise AMX but fault on
+its instructions; ``repack=False`` avoids that.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import codecs
 import ctypes
 import threading
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runtimes.base import (
@@ -147,7 +149,7 @@ class LlamaCppBackend(Backend):
         self._n_ctx = llm.n_ctx()
         self._n_vocab = llm.n_vocab()
         self._metadata = llm.metadata
-        self._repack = bool(spec.options.get("repack", True))
+        self._repack = bool(spec.options.get("repack", default_repack()))
         self._vocab = llm._model.vocab  # llama-cpp-python exposes no public vocab handle
         self._pieces: dict[int, bytes | None] = {}  # token id -> bytes, None for end-of-generation
         self._template: TemplateChatFormat | None = None  # built on first use
@@ -171,7 +173,7 @@ class LlamaCppBackend(Backend):
             raise BackendError(f"the weights file of model {spec.name!r} is missing")
         kwargs = {k: v for k, v in spec.options.items() if k in LLAMA_OPTIONS}
         try:
-            llm = _llama_type(llama_cpp, bool(spec.options.get("repack", True)))(
+            llm = _llama_type(llama_cpp, bool(spec.options.get("repack", default_repack())))(
                 model_path=str(spec.path),
                 n_ctx=spec.context_length,
                 n_threads=spec.threads,
@@ -408,6 +410,23 @@ class LlamaCppBackend(Backend):
         if self._llm is None:
             raise BackendError(f"model {self.spec.name!r} is closed")
         return self._llm
+
+
+def default_repack(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether to let llama.cpp repack weights into its extra CPU buffer types by default.
+
+    Off when the CPU advertises AMX: llama.cpp then routes quantised matmuls through AMX
+    tiles, and some VMs (this project's build machine among them) advertise AMX but fault
+    on its first ``ldtilecfg``, killing the process. Elsewhere repacking is a speed-up.
+    """
+    try:
+        with cpuinfo.open(encoding="ascii", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    return "amx_tile" not in line.split()
+    except OSError:
+        pass
+    return True
 
 
 def _llama_type(llama_cpp: ModuleType, repack: bool) -> type[Llama]:

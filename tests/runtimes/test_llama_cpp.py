@@ -25,7 +25,7 @@ from runtimes.base import (
     Prompt,
 )
 from runtimes.chat_formats import format_chat
-from runtimes.llama_cpp import LlamaCppBackend, StopTextStream
+from runtimes.llama_cpp import LlamaCppBackend, StopTextStream, default_repack
 from tests.runtimes.conftest import TINY_CONTEXT, tiny_spec
 from tests.support.tiny_gguf import N_EMBD, N_LAYER, byte_token, write_tiny_llama_gguf
 
@@ -374,8 +374,6 @@ def test_gemma_chat_and_embeddings(gemma_gguf_path: Path) -> None:
         chat_format="gemma",
         context_length=512,
         threads=None,
-        # This VM advertises AMX but faults on it; see the report / runtimes docstring.
-        options={"repack": False},
     )
     backend = LlamaCppBackend.load(spec)
     try:
@@ -441,3 +439,13 @@ def test_text_stream_holds_back_only_possible_stop_prefixes() -> None:
     out, stopped = stream_all(("aab",), [b"a", b"a", b"a", b"c", b"a"])
     assert out == ["", "", "a", "aac", "", "a"]
     assert not stopped
+
+
+def test_repack_defaults_off_only_where_the_cpu_advertises_amx(tmp_path: Path) -> None:
+    amx = tmp_path / "amx"
+    amx.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f amx_bf16 amx_tile amx_int8\n")
+    plain = tmp_path / "plain"
+    plain.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 fma\n")
+    assert default_repack(amx) is False
+    assert default_repack(plain) is True
+    assert default_repack(tmp_path / "missing") is True
