@@ -30,7 +30,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
@@ -122,12 +122,12 @@ class Scheduler:
         self._models: dict[str, _Model] = {}  # the current load of each name
         self._resident: set[_Model] = set()  # loading, loaded or closing: each takes a place
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._watchers: list[asyncio.Future[None]] = []
+        self._change = asyncio.Event()  # set and replaced on every notable change
         self._closed = False
 
     async def start(self) -> None:
-        """Start the scheduler. Nothing runs in the background until a model is
-        loaded (expiry uses one timer per idle model), so this only checks state."""
+        """Start the scheduler. There is no background task (expiry uses one timer
+        per idle model), so this only checks that it was not closed."""
         if self._closed:
             raise NotReady("the scheduler has been closed")
 
@@ -152,19 +152,16 @@ class Scheduler:
         while self._tasks:
             await asyncio.wait(list(self._tasks))
 
-    def lease(self, model: str, *, keep_alive: float | None = None
-              ) -> AbstractAsyncContextManager[Lease]:
-        """Hold one slot of ``model`` (loading it first if needed) for an ``async with``.
+    @asynccontextmanager
+    async def lease(self, model: str, *, keep_alive: float | None = None
+                    ) -> AsyncIterator[Lease]:
+        """``async with`` context holding one slot of ``model``, loaded first if needed.
 
         Raises ``ModelNotFound`` (from the resolver), ``Overloaded`` when ``max_queue``
         requests already wait for this model, ``NotReady`` after ``close``, or the
         loader's exception. ``keep_alive`` as in the module docstring.
         """
-        return self._lease(model, keep_alive)
-
-    @asynccontextmanager
-    async def _lease(self, name: str, keep_alive: float | None) -> AsyncIterator[Lease]:
-        m = self._claim(name, keep_alive, queue=True)
+        m = self._claim(model, keep_alive, queue=True)
         lease: Lease | None = None
         try:
             try:
@@ -242,7 +239,8 @@ class Scheduler:
                        asyncio.get_running_loop())
             self._models[name] = m
             self._spawn(self._load(m))
-        elif queue and m.queued >= self._max_queue and not _has_free_slot(m):
+        elif queue and m.queued >= self._max_queue and not (
+                m.backend is not None and m.active < m.capacity and not m.slot_waiters):
             raise Overloaded(f"too many requests are waiting for model {name!r}",
                              retry_after=self._retry_after(m))
         m.keep_alive = self._default_keep_alive if keep_alive is None else keep_alive
@@ -331,9 +329,12 @@ class Scheduler:
                 raise _Abandoned(f"nobody waits for model {m.name!r} any more")
             if len(self._resident) < self._max_loaded:
                 return
+            # Idle models already being closed free their place soon: evicting another
+            # one for the same place would unload more than needed.
+            closing = sum(1 for r in self._resident if r.retire_task and r.refs == 0)
             idle = [r for r in self._resident
                     if r.refs == 0 and r.backend is not None and r.retire_task is None]
-            if idle:
+            if idle and len(self._resident) - closing >= self._max_loaded:
                 self._retire(min(idle, key=lambda r: r.last_used), "evicted")
             await self._changed()  # a model closed or went idle
 
@@ -416,27 +417,19 @@ class Scheduler:
 
     async def _changed(self) -> None:
         """Wait for the next change that may free a place or finish a drain."""
-        watcher = asyncio.get_running_loop().create_future()
-        self._watchers.append(watcher)
-        try:
-            await watcher
-        finally:
-            if watcher in self._watchers:
-                self._watchers.remove(watcher)
+        await self._change.wait()
 
     def _notify(self) -> None:
-        watchers, self._watchers = self._watchers, []
-        for watcher in watchers:
-            if not watcher.done():
-                watcher.set_result(None)
+        self._change.set()
+        self._change = asyncio.Event()
 
 
 class Lease:
     """One slot of a loaded model, held until the ``async with`` block ends.
 
-    Use :meth:`run` and :meth:`stream` one at a time: the lease owns one
-    executor thread. Leaving the block stops an unfinished stream and waits for
-    its thread (and any :meth:`run` call) to return before freeing the slot.
+    Use :meth:`run` and :meth:`stream` one at a time: the lease owns one executor
+    thread. Leaving the block stops any unfinished stream and waits for every
+    thread it started to return before the slot is freed.
     """
 
     def __init__(self, m: _Model, started: float) -> None:
@@ -447,10 +440,13 @@ class Lease:
         self._executor = m.executor
         self._threads: set[asyncio.Future[Any]] = set()
         self._streams: list[TokenStream] = []
+        self._ended = False
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run blocking ``fn(*args)`` on the model's executor. If the caller is
         cancelled, the cancellation takes effect only once ``fn`` has returned."""
+        if self._ended:
+            raise RuntimeError("this lease has ended")
         future = asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
         self._threads.add(future)
         future.add_done_callback(self._threads.discard)
@@ -459,21 +455,31 @@ class Lease:
 
     def stream(self, prompt: Prompt, params: GenerationParams) -> TokenStream:
         """Generate on the model's executor, streaming events to the loop (see
-        :class:`TokenStream`). ``generate``'s own exception surfaces from the first
+        :class:`TokenStream`); ``generate``'s own exception surfaces from the first
         ``__anext__``."""
+        if self._ended:
+            raise RuntimeError("this lease has ended")
         stream = TokenStream(self.backend, self._executor, prompt, params)
         self._streams.append(stream)
         return stream
 
     def _interrupt(self) -> None:
+        """Ask running generations to finish early (``Done`` still comes)."""
         for stream in self._streams:
             stream.cancel.set()
 
     async def _drain(self) -> None:
-        for stream in self._streams:
-            await stream.aclose()
-        for future in list(self._threads):
-            await _wait_done(future)
+        self._ended = True
+        threads = list(self._threads)
+        threads += [t for t in (stream._stop() for stream in self._streams) if t is not None]
+        interrupted = False
+        for future in threads:  # wait for all even when cancelled, then re-raise
+            try:
+                await _wait_done(future)
+            except asyncio.CancelledError:
+                interrupted = True
+        if interrupted:
+            raise asyncio.CancelledError
 
 
 class TokenStream:
@@ -518,11 +524,18 @@ class TokenStream:
 
     async def aclose(self) -> None:
         """Stop the generation and wait until the backend has returned."""
+        thread = self._stop()
+        if thread is not None:
+            await _wait_done(thread)
+
+    def _stop(self) -> asyncio.Future[None] | None:
+        """End the stream; return the worker's future if it still runs."""
         self._finished = True
-        if self._thread is not None and not self._thread.done():
-            self._gone.set()
-            self.cancel.set()
-            await _wait_done(self._thread)
+        if self._thread is None or self._thread.done():
+            return None
+        self._gone.set()
+        self.cancel.set()
+        return self._thread
 
     def _pump(self, loop: asyncio.AbstractEventLoop) -> None:
         def emit(item: object) -> None:
@@ -550,12 +563,6 @@ class TokenStream:
             close = getattr(events, "close", None)
             if callable(close):
                 close()  # runs the generator's cleanup here, before the slot is freed
-
-
-def _has_free_slot(m: _Model) -> bool:
-    """Whether a request arriving now gets a slot without waiting at all."""
-    return (m.ready.done() and m.backend is not None and m.active < m.capacity
-            and not m.slot_waiters)
 
 
 async def _wait_done(future: asyncio.Future[Any]) -> None:

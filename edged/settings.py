@@ -86,7 +86,8 @@ class Settings:
         for item in fields(self):
             value = getattr(self, item.name)
             if item.metadata.get("secret") and value:
-                value = "<redacted>" if not isinstance(value, tuple) else ["<redacted>"] * len(value)
+                is_list = isinstance(value, tuple)
+                value = ["<redacted>"] * len(value) if is_list else "<redacted>"
             elif isinstance(value, Path):
                 value = str(value)
             elif isinstance(value, tuple):
@@ -98,8 +99,8 @@ class Settings:
         if not 0 < self.port < 65536:
             raise SettingsError("port must be within 1..65535", param="port")
         if not self.is_loopback and not self.api_keys:
-            raise SettingsError(
-                f"refusing to bind {self.host}: a non-loopback address needs api_keys", param="host")
+            raise SettingsError(f"refusing to bind {self.host}: a non-loopback address needs "
+                                "api_keys", param="host")
         if "*" in self.cors_origins:
             raise SettingsError("wildcard CORS origins are not allowed", param="cors_origins")
         if not 0 <= self.operator_share_ppm <= 1_000_000:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -25,6 +25,8 @@ MODELS: dict[str, dict[str, Any]] = {
     "duo": {"token_delay": 0.02, "max_concurrency": 2},
     "loady": {"load_delay": 0.1},
     "broken": {"fail": True},
+    "sticky": {"close_delay": 0.2},
+    "deaf": {"token_delay": 0.05, "ignore_cancel": True},
 }
 
 
@@ -46,14 +48,22 @@ class RecordingFake(FakeBackend):
         super().__init__(spec)
         self.cancels: list[threading.Event] = []
         self.peak = 0
+        self.closing = False
+
+    def close(self) -> None:
+        self.closing = True
+        time.sleep(float(self.spec.options.get("close_delay", 0.0)))
+        super().close()
 
     def generate(self, prompt: Any, params: GenerationParams,
                  cancel: threading.Event) -> Iterator[Delta | Done]:
         self.cancels.append(cancel)
+        if self.spec.options.get("ignore_cancel"):  # a backend that never checks it
+            return super().generate(prompt, params, threading.Event())
         return super().generate(prompt, params, cancel)
 
     def _run(self, *args: Any) -> Iterator[Delta | Done]:
-        inner = super()._run(*args)
+        inner = cast(Generator[Delta | Done, None, None], super()._run(*args))
         try:
             for event in inner:
                 with self._lock:
@@ -113,8 +123,8 @@ async def make() -> AsyncIterator[Make]:
         return scheduler, loader, clock
 
     yield factory
-    for scheduler in made:
-        await scheduler.close()
+    for scheduler in made:  # bounded, so that a failed test cannot hang the run
+        await asyncio.wait_for(scheduler.close(), 5)
 
 
 async def use(s: Scheduler, model: str, **options: Any) -> list[float]:
@@ -211,6 +221,22 @@ async def test_busy_models_are_not_evicted(make: Make) -> None:
     await waiting
     assert loader.loads == ["a", "b"] and names(s) == ["b"]
     assert loader.open_at_load["b"] == [] and loader.last("a").closed
+
+
+async def test_an_eviction_in_progress_is_not_repeated(make: Make) -> None:
+    s, loader, clock = make(max_loaded_models=2)
+    await use(s, "sticky")
+    clock.now += 1
+    entered, release = asyncio.Event(), asyncio.Event()
+    holder = started(hold(s, "b", entered, release))
+    await entered.wait()
+    loading = started(use(s, "c"))  # evicts sticky, the only idle model; closing takes 0.2 s
+    await wait_until(lambda: loader.last("sticky").closing)
+    release.set()
+    await holder  # b goes idle while sticky is still closing
+    assert not loader.last("sticky").closed
+    await loading
+    assert names(s) == ["b", "c"] and not loader.last("b").closed
 
 
 async def test_keep_alive_default_and_override(make: Make) -> None:
@@ -358,6 +384,16 @@ async def test_breaking_out_of_a_stream_cancels_and_waits_for_the_backend(make: 
     assert following[-1] == Done(prompt_tokens=2, completion_tokens=2, finish_reason="length")
 
 
+async def test_a_backend_ignoring_cancel_is_stopped_between_tokens(make: Make) -> None:
+    s, loader, _ = make()
+    async with s.lease("deaf") as lease:
+        async for _ in lease.stream("hello", GenerationParams(max_tokens=1000)):
+            break
+        left_at = time.monotonic()
+    assert time.monotonic() - left_at < 1.0  # not the 50 s the whole generation takes
+    assert loader.last("deaf").active == 0
+
+
 async def test_cancelled_consumer_frees_the_slot_only_after_the_backend_returned(
     make: Make,
 ) -> None:
@@ -442,7 +478,7 @@ async def test_executor_size_follows_max_concurrency(make: Make) -> None:
 
 
 async def test_unload_waits_for_admitted_requests(make: Make) -> None:
-    s, loader, _ = make()
+    s, loader, _ = make(max_loaded_models=1)
     entered, release = asyncio.Event(), asyncio.Event()
     holder = started(hold(s, "a", entered, release))
     await entered.wait()
