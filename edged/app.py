@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
@@ -62,7 +63,8 @@ def create_app(settings: Settings, *, loader: Loader = load_backend,
 
         scheduler = Scheduler(resolve, max_loaded_models=settings.max_loaded_models,
                               default_keep_alive=settings.keep_alive,
-                              max_queue=settings.max_queue, loader=loader)
+                              max_queue=settings.max_queue, loader=loader,
+                              clock=time.time)  # expires_at is shown to users: unix time
         with Ledger(settings.ledger_path, keys.signing_key) as ledger:
             await scheduler.start()
             app[NODE_KEYS] = keys

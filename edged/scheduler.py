@@ -99,16 +99,10 @@ class _Model:
 class Scheduler:
     """Loads, shares, queues and unloads models; see the module docstring."""
 
-    def __init__(
-        self,
-        resolve: Callable[[str], LoadPlan],
-        *,
-        max_loaded_models: int = 2,
-        default_keep_alive: float = 300.0,
-        max_queue: int = 16,
-        loader: Callable[[str, ModelSpec], Backend] = runtimes.load_backend,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self, resolve: Callable[[str], LoadPlan], *, max_loaded_models: int = 2,
+                 default_keep_alive: float = 300.0, max_queue: int = 16,
+                 loader: Callable[[str, ModelSpec], Backend] = runtimes.load_backend,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         """``resolve`` maps a model name to a plan and raises ``ModelNotFound``; it runs
         on the event loop when a load starts, so it must be quick."""
         if max_loaded_models < 1 or max_queue < 0:
@@ -483,14 +477,10 @@ class Lease:
 
 
 class TokenStream:
-    """The events of one generation, as an async iterator.
-
-    A worker thread pulls the backend's generator and hands each event to the
-    loop with ``call_soon_threadsafe`` (no executor round trip per token). The
-    thread starts on the first ``__anext__``. :meth:`aclose` (also run when the
-    lease ends) sets the backend's cancel event and returns only when the
-    thread has returned.
-    """
+    """The events of one generation. A worker thread, started by the first
+    ``__anext__``, pulls the backend's generator and hands each event to the loop
+    with ``call_soon_threadsafe``: no executor round trip per token. Setting
+    ``cancel`` makes the backend finish early with ``Done("cancelled")``."""
 
     def __init__(self, backend: Backend, executor: ThreadPoolExecutor, prompt: Prompt,
                  params: GenerationParams) -> None:
