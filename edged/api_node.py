@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import re
 from typing import Any
@@ -158,9 +159,9 @@ async def upload_blob(request: web.Request) -> web.Response:
     store = request.app[SERVICE].store
     digest = validate_digest(request.match_info["digest"])
     if not store.has_blob(digest):
-        with store.blob_writer(digest) as handle:
+        with store.blob_writer(digest) as writer:
             async for block in request.content.iter_chunked(1 << 20):
-                handle.write(block)
+                await asyncio.to_thread(writer.write, block)
     return json_response({"digest": "sha256:" + digest}, status=201)
 
 

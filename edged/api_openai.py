@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import secrets
 import struct
 import time
@@ -13,11 +14,13 @@ from aiohttp import web
 
 from attribution.receipt import SignedReceipt
 from edged.appkeys import SERVICE, SETTINGS
+from edged.errors import EdgedError, InternalError
 from edged.http_common import json_response, read_json
 from edged.inference import GenerationStream
 from edged.schemas import GenerateRequest, parse_chat, parse_completion, parse_embeddings
 from runtimes import Done
 
+logger = logging.getLogger(__name__)
 RECEIPT_HEADER = "X-Edged-Receipt"
 
 
@@ -140,11 +143,20 @@ async def _generate(request: web.Request, parsed: GenerateRequest) -> web.Stream
             async for text in stream:
                 await response.write(_sse(shape.chunk(text, first=first)))
                 first = False
-    except (ConnectionResetError, ConnectionError):
+        await _finish_stream(response, shape, parsed, stream)
+    except ConnectionError:
         # The client went away: the stream context cancelled the generation and
         # committed the receipt for what was produced; there is nobody to answer.
         return response
-    await _finish_stream(response, shape, parsed, stream)
+    except Exception as exc:
+        if not response.prepared:
+            raise  # nothing sent yet: the error middleware answers in the OpenAI shape
+        # Headers are out: the error travels as the stream's last event.
+        error = exc if isinstance(exc, EdgedError) else InternalError("generation failed")
+        if not isinstance(exc, EdgedError):
+            logger.exception("generation failed mid-stream")
+        await response.write(_sse(error.body()))
+        await response.write(_sse("[DONE]"))
     return response
 
 
@@ -152,11 +164,7 @@ async def _finish_stream(response: web.StreamResponse, shape: _Shape, parsed: Ge
                          stream: GenerationStream) -> None:
     done, receipt = stream.done, stream.receipt
     if done is None or receipt is None:
-        error = {"error": {"message": "generation failed", "type": "server_error",
-                           "param": None, "code": "internal_error"}}
-        await response.write(_sse(error))
-        await response.write(_sse("[DONE]"))
-        return
+        raise InternalError("generation ended without a result")
     final = shape.chunk(None, done.finish_reason)
     if parsed.include_usage:
         await response.write(_sse(final))

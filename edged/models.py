@@ -139,6 +139,21 @@ class Manifest:
                 "manifest_digest": "sha256:" + self.digest().hex()}
 
 
+class BlobWriter:
+    """Writes a blob and hashes it on the way, so it is never read twice."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self._handle = handle
+        self._digest = hashlib.sha256()
+
+    def write(self, data: bytes) -> None:
+        self._digest.update(data)
+        self._handle.write(data)
+
+    def hexdigest(self) -> str:
+        return self._digest.hexdigest()
+
+
 class ModelStore:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -163,17 +178,18 @@ class ModelStore:
         return self.blob_path(digest).is_file()
 
     @contextlib.contextmanager
-    def blob_writer(self, expected_digest: str) -> Iterator[BinaryIO]:
+    def blob_writer(self, expected_digest: str) -> Iterator[BlobWriter]:
         """Write a blob through a temporary file; it appears only if its SHA-256 matches."""
         target = self.blob_path(expected_digest)
         fd, temp_name = tempfile.mkstemp(dir=self.blobs_dir, prefix=".incoming-")
         temp = Path(temp_name)
         try:
             with os.fdopen(fd, "wb") as handle:
-                yield handle
+                writer = BlobWriter(handle)
+                yield writer
                 handle.flush()
                 os.fsync(handle.fileno())
-            if file_sha256(temp) != validate_digest(expected_digest):
+            if writer.hexdigest() != validate_digest(expected_digest):
                 raise InvalidRequest("the uploaded data does not match its digest",
                                      param="digest")
             temp.chmod(0o644)

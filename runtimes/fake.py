@@ -3,7 +3,8 @@
 It "tokenises" text into UTF-8 bytes and "generates" a fixed cycle of words
 chosen by a hash of the prompt and seed, so the same request always produces
 the same output. ``options``: ``token_delay`` (seconds slept per token, to
-exercise queues and cancellation) and ``vocabulary`` (the words to cycle).
+exercise queues and cancellation), ``vocabulary`` (the words to cycle) and
+``fail_after`` (raise a RuntimeError after that many tokens, to exercise failures).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class FakeBackend(Backend):
         self.spec = spec
         self.token_delay = float(spec.options.get("token_delay", 0.0))
         self.words = tuple(spec.options.get("vocabulary", _DEFAULT_WORDS))
+        self.fail_after: int | None = spec.options.get("fail_after")
         self.closed = False
         self.active = 0  # calls running now; tests read it
         self._lock = threading.Lock()
@@ -75,6 +77,8 @@ class FakeBackend(Backend):
                     return
                 if self.token_delay:
                     time.sleep(self.token_delay)
+                if self.fail_after is not None and count >= self.fail_after:
+                    raise RuntimeError("fake backend failure")
                 piece = self.words[(seed[count % 32] + count) % len(self.words)] + " "
                 produced += piece
                 for stop in params.stop:

@@ -185,3 +185,18 @@ async def test_health_and_readiness(client: Client) -> None:
     assert (await client.get("/healthz")).status == 200
     ready = await client.get("/readyz")
     assert ready.status == 200
+
+
+async def test_backend_failure_mid_stream_ends_with_an_error_event_and_no_receipt(
+        aiohttp_client: AppClientFactory, settings: Any) -> None:
+    app = create_app(settings, loader=fake_loader(fail_after=2))
+    client = await aiohttp_client(app)
+    response = await client.post("/v1/chat/completions", json={**CHAT, "stream": True})
+    events = sse_events(await response.text())
+    assert events[-1] == "[DONE]"
+    assert events[-2]["error"]["type"] == "server_error"
+    assert len(events) == 4  # two chunks, the error, [DONE]
+    plain = await client.post("/v1/chat/completions", json=CHAT)
+    assert plain.status == 500
+    assert (await plain.json())["error"]["code"] == "internal_error"
+    assert app[LEDGER].head()[0] == 0  # failed generations leave no receipt
