@@ -55,6 +55,10 @@ _COLUMNS: dict[str, type] = {
 }
 _INSERT = f"INSERT INTO {TABLE} (seq, leaf, raw, ts, model, kind) VALUES (?, ?, ?, ?, ?, ?)"
 _HEAD = f"SELECT seq, leaf FROM {TABLE} ORDER BY seq DESC LIMIT 1"
+# Attribution evidence (matched spans, documents): kept on the node, next to its receipt,
+# written in the same transaction, never part of what is signed or synced.
+EVIDENCE_TABLE = "evidence"
+_INSERT_EVIDENCE = f"INSERT INTO {EVIDENCE_TABLE} (leaf, data) VALUES (?, ?)"
 _SQLITE_SYNCHRONOUS_FULL = 2
 _BUSY_TIMEOUT_MS = 10_000
 
@@ -82,6 +86,7 @@ class _Pending:
     """A draft waiting for the writer, and whom to tell once it is committed."""
 
     draft: ReceiptDraft
+    evidence: bytes | None = None
     loop: asyncio.AbstractEventLoop | None = None
     future: asyncio.Future[SignedReceipt] | None = None
     sync_future: concurrent.futures.Future[SignedReceipt] | None = None
@@ -132,8 +137,11 @@ class Ledger:
         """The 32-byte public key every receipt here is signed by."""
         return self._node
 
-    async def append(self, draft: ReceiptDraft) -> SignedReceipt:
+    async def append(self, draft: ReceiptDraft, evidence: bytes | None = None) -> SignedReceipt:
         """Sign, chain and durably store ``draft``; return the receipt once committed.
+
+        ``evidence`` (the canonical bytes whose digest is the draft's ``attr.evidence``)
+        is stored in the same transaction and served by :meth:`get_evidence`.
 
         If the awaiting task is cancelled the receipt may still be committed
         (the chain stays whole; only this caller does not learn the id).
@@ -142,7 +150,7 @@ class Ledger:
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[SignedReceipt] = loop.create_future()
-        self._submit(_Pending(draft, loop=loop, future=future))
+        self._submit(_Pending(draft, evidence, loop=loop, future=future))
         return await future
 
     def append_sync(self, draft: ReceiptDraft, timeout: float | None = None) -> SignedReceipt:
@@ -208,6 +216,7 @@ class Ledger:
             row = conn.execute(_HEAD).fetchone()
             seq, prev = (row[0] + 1, row[1]) if row else (0, ZERO_HASH)
             rows: list[tuple[int, bytes, bytes, int, str, str]] = []
+            evidence_rows: list[tuple[bytes, bytes]] = []
             for pending in batch:
                 draft = pending.draft
                 try:
@@ -217,9 +226,12 @@ class Ledger:
                     continue
                 leaf = receipt.leaf
                 rows.append((seq, leaf, receipt.raw, draft.ts, draft.model.name, draft.kind))
+                if pending.evidence is not None:
+                    evidence_rows.append((leaf, pending.evidence))
                 outcomes.append(receipt)
                 seq, prev = seq + 1, leaf
             conn.executemany(_INSERT, rows)
+            conn.executemany(_INSERT_EVIDENCE, evidence_rows)
             conn.execute("COMMIT")
         except Exception as exc:
             logger.error("ledger transaction of %d receipts failed: %s", len(batch), exc)
@@ -252,6 +264,11 @@ class Ledger:
             except RuntimeError:  # the loop was closed while its appends were in flight
                 logger.warning("event loop closed before %d receipts were handed back",
                                len(results))
+
+    def get_evidence(self, leaf: bytes) -> bytes | None:
+        """The evidence stored with the receipt ``leaf``, or None."""
+        rows = self._read(f"SELECT data FROM {EVIDENCE_TABLE} WHERE leaf = ?", (leaf,))
+        return bytes(rows[0][0]) if rows else None
 
     def get(self, leaf: bytes) -> SignedReceipt | None:
         """The receipt whose id (leaf hash) is ``leaf``, or None."""
@@ -340,6 +357,10 @@ class Ledger:
                 raise LedgerError("the file is not an edged receipt ledger")
             table.create_index(["leaf"], index_name=f"{TABLE}_leaf", unique=True,
                                if_not_exists=True)
+            evidence = db.table(EVIDENCE_TABLE)
+            if not evidence.exists():
+                evidence.create({"leaf": bytes, "data": bytes}, pk="leaf", not_null={"data"},
+                                strict=True)
         except sqlite3.DatabaseError as exc:
             raise LedgerError(f"the ledger file cannot be used: {exc}") from exc
         finally:

@@ -247,7 +247,7 @@ def test_schema_and_journal(ledger: Ledger, ledger_path: Path) -> None:
     db = sqlite_utils.Database(ledger_path)
     try:
         assert db.journal_mode == "wal"
-        assert set(db.table_names()) == {"receipts"}
+        assert set(db.table_names()) == {"receipts", "evidence"}
         table = db.table("receipts")
         assert table.pks == ["seq"]
         assert table.columns_dict.keys() == {"seq", "leaf", "raw", "ts", "model", "kind"}
@@ -351,3 +351,10 @@ def test_receipts_survive_sigkill(tmp_path: Path) -> None:
         assert report.ok, report.problems
         assert report.count == ledger.count() >= len(printed)
         assert report.next_seq == report.count  # no gap anywhere
+
+
+async def test_evidence_is_stored_with_its_receipt(ledger: Ledger) -> None:
+    with_evidence = await ledger.append(make_draft(), evidence=b"\x81\xa1k\x01")
+    without = await ledger.append(make_draft())
+    assert ledger.get_evidence(with_evidence.leaf) == b"\x81\xa1k\x01"
+    assert ledger.get_evidence(without.leaf) is None
