@@ -20,17 +20,26 @@ five words barely moves the weights.
 
 from __future__ import annotations
 
+import unicodedata
+
 SPACE = 0x20
 
 
 def normalise(text: str) -> str:
     """Return ``text`` normalised (NFKC, casefold, whitespace runs -> one space, stripped)."""
-    raise NotImplementedError
+    folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
+    # str.split() with no argument splits on every Unicode whitespace run and drops
+    # leading/trailing whitespace in one pass.
+    return " ".join(folded.split())
 
 
 def normalise_bytes(text: str) -> bytes:
-    """``normalise(text)`` as UTF-8 bytes."""
-    raise NotImplementedError
+    """``normalise(text)`` as UTF-8 bytes.
+
+    Lone surrogates (which have no UTF-8 form) become ``?`` rather than failing
+    a whole inference.
+    """
+    return normalise(text).encode("utf-8", errors="replace")
 
 
 def word_bounds(data: bytes) -> list[tuple[int, int]]:
@@ -40,4 +49,13 @@ def word_bounds(data: bytes) -> list[tuple[int, int]]:
     space). ``data[start:end]`` is the word; spans snapped to words start at
     some ``start`` and end at some ``end``.
     """
-    raise NotImplementedError
+    bounds: list[tuple[int, int]] = []
+    start = 0
+    size = len(data)
+    while start < size:
+        end = data.find(b" ", start)
+        if end < 0:
+            end = size
+        bounds.append((start, end))
+        start = end + 1
+    return bounds

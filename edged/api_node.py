@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import re
 from typing import Any
 
 from aiohttp import web
 
 from attribution.receipt import SignedReceipt
-from edged.appkeys import LEDGER, NODE_KEYS, READY, SCHEDULER, SERVICE, SETTINGS
+from edged.appkeys import DATANETS, LEDGER, NODE_KEYS, READY, SCHEDULER, SERVICE, SETTINGS
 from edged.errors import InvalidRequest, NotFound, NotReady
 from edged.http_common import json_response, read_json
 from edged.models import Manifest, Price, validate_digest, validate_name
@@ -29,6 +30,7 @@ def add_node_routes(app: web.Application) -> None:
     app.router.add_post("/api/models", create_model)
     app.router.add_get("/api/models/{name}", show_model)
     app.router.add_delete("/api/models/{name}", remove_model)
+    app.router.add_patch("/api/models/{name}", update_model)
     app.router.add_post("/api/models/{name}/load", load_model)
     app.router.add_post("/api/models/{name}/unload", unload_model)
     app.router.add_route("HEAD", "/api/blobs/{digest}", has_blob)
@@ -119,9 +121,54 @@ async def create_model(request: web.Request) -> web.Response:
         price=Price.from_dict(body.get("price") or {}),
         chat_format=body.get("chat_format"),
         context_length=body.get("context_length") or 2048,
+        datanets=tuple(_string_list(body.get("datanets") or [], "datanets")),
+        data_share_ppm=_int_field(body, "data_share_ppm", 0),
+        unmatched_data_to=str(body.get("unmatched_data_to") or "owner"),
     )
     stored = request.app[SERVICE].store.add(manifest, replace_existing=bool(body.get("replace")))
     return json_response(_model_view(request, stored), status=201)
+
+
+def _string_list(value: Any, param: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InvalidRequest(f"'{param}' must be a list of strings", param=param)
+    return value
+
+
+def _int_field(body: dict[str, Any], name: str, default: int) -> int:
+    value = body.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidRequest(f"'{name}' must be an integer", param=name)
+    return value
+
+
+UPDATABLE = {"owner", "price", "datanets", "data_share_ppm", "unmatched_data_to",
+             "chat_format", "context_length"}
+
+
+async def update_model(request: web.Request) -> web.Response:
+    """Change manifest fields (not the weights); the model reloads on next use."""
+    body = await read_json(request)
+    if not isinstance(body, dict) or not body:
+        raise InvalidRequest("send an object with the fields to change")
+    unknown = set(body) - UPDATABLE
+    if unknown:
+        raise InvalidRequest(f"cannot update {sorted(unknown)}; updatable: {sorted(UPDATABLE)}")
+    store = request.app[SERVICE].store
+    current = store.get(request.match_info["name"])
+    for name in body.get("datanets") or []:
+        await asyncio.to_thread(request.app[DATANETS].get, name)  # must exist
+    changes: dict[str, Any] = dict(body)
+    if "price" in changes:
+        changes["price"] = Price.from_dict(changes["price"] or {})
+    if "datanets" in changes:
+        changes["datanets"] = tuple(_string_list(changes["datanets"], "datanets"))
+    if "data_share_ppm" in changes:
+        changes["data_share_ppm"] = _int_field(body, "data_share_ppm", 0)
+    updated = store.add(dataclasses.replace(current, **changes), replace_existing=True)
+    return json_response(_model_view(request, updated))
 
 
 async def remove_model(request: web.Request) -> web.Response:

@@ -10,9 +10,13 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
+from attribution.spans import SpanParams
+from edged.api_datanets import add_datanet_routes
 from edged.api_node import add_node_routes
 from edged.api_openai import add_openai_routes
-from edged.appkeys import LEDGER, NODE_KEYS, READY, SCHEDULER, SERVICE, SETTINGS
+from edged.appkeys import DATANETS, LEDGER, NODE_KEYS, READY, SCHEDULER, SERVICE, SETTINGS
+from edged.attributor import Attributor
+from edged.datanets import DatanetStore
 from edged.demo import install_demo_model
 from edged.http_common import error_middleware
 from edged.inference import InferenceService, unix_millis
@@ -47,11 +51,17 @@ def create_app(settings: Settings, *, loader: Loader = load_backend,
     app.on_response_prepare.append(add_cors_headers)
     add_openai_routes(app)
     add_node_routes(app)
+    add_datanet_routes(app)
 
     async def node_state(app: web.Application) -> AsyncIterator[None]:
         settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         keys = load_or_create_keys(settings.keys_dir)
         store = ModelStore(settings.models_dir)
+        datanets = DatanetStore(settings.datanets_dir)
+        attributor = Attributor(
+            datanets, operator_id=settings.operator_id or "node:" + keys.public_key.hex(),
+            operator_ppm=settings.operator_share_ppm,
+            span_params=SpanParams(min_words=settings.span_min_words))
         threads = default_threads(settings)
 
         def resolve(name: str) -> LoadPlan:
@@ -70,8 +80,10 @@ def create_app(settings: Settings, *, loader: Loader = load_backend,
             app[NODE_KEYS] = keys
             app[LEDGER] = ledger
             app[SCHEDULER] = scheduler
+            app[DATANETS] = datanets
             app[SERVICE] = InferenceService(settings=settings, store=store, scheduler=scheduler,
-                                            ledger=ledger, keys=keys, clock_ms=clock_ms)
+                                            ledger=ledger, keys=keys, attributor=attributor,
+                                            clock_ms=clock_ms)
             logger.info("node %s ready to start; settings %s", keys.fingerprint,
                         settings.redacted())
             if not settings.install_demo_model:
@@ -82,6 +94,7 @@ def create_app(settings: Settings, *, loader: Loader = load_backend,
             finally:
                 startup.cancel()
                 await scheduler.close()
+                datanets.close()
 
     app.cleanup_ctx.append(node_state)
     return app

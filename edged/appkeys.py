@@ -6,6 +6,7 @@ import asyncio
 
 from aiohttp import web
 
+from edged.datanets import DatanetStore
 from edged.inference import InferenceService
 from edged.keys import NodeKeys
 from edged.ledger import Ledger
@@ -18,3 +19,4 @@ LEDGER = web.AppKey("ledger", Ledger)
 SCHEDULER = web.AppKey("scheduler", Scheduler)
 NODE_KEYS = web.AppKey("node_keys", NodeKeys)
 READY = web.AppKey("ready", asyncio.Event)
+DATANETS = web.AppKey("datanets", DatanetStore)

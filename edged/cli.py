@@ -4,43 +4,17 @@ client of a running daemon (as ``ollama`` does)."""
 from __future__ import annotations
 
 import base64
-import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
-from edged.client import DaemonClient, DaemonError
-from edged.errors import EdgedError
-from edged.settings import Settings, load_settings, setting_help
-
-
-def _settings(ctx: click.Context, **flags: Any) -> Settings:
-    root = ctx.find_root().params
-    try:
-        return load_settings(environ=os.environ, config_file=root.get("config"),
-                             flags={"data_dir": root.get("data_dir"), **flags})
-    except EdgedError as exc:
-        raise click.ClickException(exc.message) from None
-
-
-def _client(ctx: click.Context) -> DaemonClient:
-    return DaemonClient.from_settings(_settings(ctx), url=ctx.find_root().params.get("url"))
-
-
-def _call(ctx: click.Context, method: str, path: str, **kwargs: Any) -> Any:
-    try:
-        with _client(ctx) as client:
-            return client.request(method, path, **kwargs)
-    except DaemonError as exc:
-        raise click.ClickException(str(exc)) from None
-
-
-def _print_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=True))
+from edged.cli_common import call_daemon, cli_settings, daemon_client, print_json
+from edged.cli_datanet import datanet
+from edged.client import DaemonError
+from edged.settings import setting_help
 
 
 @click.group()
@@ -69,7 +43,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None, api_keys: tupl
 
     from edged.app import create_app
 
-    settings = _settings(ctx, host=host, port=port, api_keys=api_keys or None,
+    settings = cli_settings(ctx, host=host, port=port, api_keys=api_keys or None,
                          keep_alive=keep_alive, max_loaded_models=max_loaded_models,
                          threads=threads, install_demo_model=False if no_demo_model else None)
     logging.basicConfig(level=settings.log_level.upper(),
@@ -100,7 +74,7 @@ def run(ctx: click.Context, model: str, prompt: str, max_tokens: int | None,
     body = {key: value for key, value in body.items() if value is not None}
     receipt = None
     try:
-        with _client(ctx) as client:
+        with daemon_client(ctx) as client:
             for event in client.stream_completion(path, body):
                 for choice in event.get("choices", []):
                     text = choice.get("delta", {}).get("content") if not raw else choice["text"]
@@ -128,36 +102,75 @@ def models() -> None:
 @click.option("--chat-format", type=click.Choice(["gemma", "chatml"]))
 @click.option("--context-length", type=int)
 @click.option("--runtime", default="llama.cpp", show_default=True)
+@click.option("--datanet", "datanets", multiple=True, help="datanet to attribute to (repeatable)")
+@click.option("--data-share", type=click.FloatRange(0, 1),
+              help="share of each fee owed to datanet contributors, 0..1")
 @click.option("--replace", is_flag=True, help="replace a model of the same name")
 @click.pass_context
 def models_add(ctx: click.Context, path: Path, name: str, owner: str | None,
                prices: tuple[str, ...], chat_format: str | None, context_length: int | None,
-               runtime: str, replace: bool) -> None:
+               runtime: str, datanets: tuple[str, ...], data_share: float | None,
+               replace: bool) -> None:
     """Upload the weights at PATH and register them as NAME."""
+    price = _parse_prices(prices)
+    try:
+        with daemon_client(ctx) as client:
+            click.echo(f"uploading {path.name} ...", err=True)
+            digest = client.upload_blob(path)
+            created = client.request("POST", "/api/models", json={
+                "name": name, "weights": digest, "owner": owner, "price": price,
+                "chat_format": chat_format, "context_length": context_length,
+                "runtime": runtime, "replace": replace, "datanets": list(datanets),
+                "data_share_ppm": _ppm(data_share)})
+    except DaemonError as exc:
+        raise click.ClickException(str(exc)) from None
+    print_json(created)
+
+
+def _parse_prices(prices: tuple[str, ...]) -> dict[str, int]:
     price: dict[str, int] = {}
     for item in prices:
         key, _, value = item.partition("=")
         if not value.isdigit():
             raise click.BadParameter(f"{item!r} is not KEY=N", param_hint="--price")
         price[key.strip()] = int(value)
-    try:
-        with _client(ctx) as client:
-            click.echo(f"uploading {path.name} ...", err=True)
-            digest = client.upload_blob(path)
-            created = client.request("POST", "/api/models", json={
-                "name": name, "weights": digest, "owner": owner, "price": price,
-                "chat_format": chat_format, "context_length": context_length,
-                "runtime": runtime, "replace": replace})
-    except DaemonError as exc:
-        raise click.ClickException(str(exc)) from None
-    _print_json(created)
+    return price
+
+
+def _ppm(share: float | None) -> int | None:
+    return None if share is None else round(share * 1_000_000)
+
+
+@models.command("update")
+@click.argument("name")
+@click.option("--owner", help="payee id of the model owner")
+@click.option("--price", "prices", multiple=True, metavar="KEY=N", help="as for models add")
+@click.option("--datanet", "datanets", multiple=True,
+              help="datanets to attribute to (replaces the list; repeatable)")
+@click.option("--no-datanets", is_flag=True, help="attribute to no datanet (owner/1)")
+@click.option("--data-share", type=click.FloatRange(0, 1), help="0..1")
+@click.option("--unmatched-data-to", type=click.Choice(["owner", "operator"]),
+              help="who gets the data share when no span matches")
+@click.pass_context
+def models_update(ctx: click.Context, name: str, owner: str | None, prices: tuple[str, ...],
+                  datanets: tuple[str, ...], no_datanets: bool, data_share: float | None,
+                  unmatched_data_to: str | None) -> None:
+    """Change a model's owner, price, datanets or data share."""
+    changes: dict[str, Any] = {"owner": owner, "data_share_ppm": _ppm(data_share),
+                               "unmatched_data_to": unmatched_data_to}
+    if prices:
+        changes["price"] = _parse_prices(prices)
+    if datanets or no_datanets:
+        changes["datanets"] = list(datanets)
+    changes = {key: value for key, value in changes.items() if value is not None}
+    print_json(call_daemon(ctx, "PATCH", f"/api/models/{name}", json=changes))
 
 
 @models.command("list")
 @click.pass_context
 def models_list(ctx: click.Context) -> None:
     """List installed models and whether they are loaded."""
-    for model in _call(ctx, "GET", "/api/models")["models"]:
+    for model in call_daemon(ctx, "GET", "/api/models")["models"]:
         state = "loaded" if model["loaded"] else "-"
         click.echo(f"{model['name']:<32} {model['runtime']:<10} {model['size'] / 1e6:>9.1f} MB"
                    f"  {state}")
@@ -168,7 +181,7 @@ def models_list(ctx: click.Context) -> None:
 @click.pass_context
 def models_show(ctx: click.Context, name: str) -> None:
     """Show a model's manifest."""
-    _print_json(_call(ctx, "GET", f"/api/models/{name}"))
+    print_json(call_daemon(ctx, "GET", f"/api/models/{name}"))
 
 
 @models.command("rm")
@@ -176,7 +189,7 @@ def models_show(ctx: click.Context, name: str) -> None:
 @click.pass_context
 def models_rm(ctx: click.Context, name: str) -> None:
     """Remove a model (and its weights unless another model uses them)."""
-    _call(ctx, "DELETE", f"/api/models/{name}")
+    call_daemon(ctx, "DELETE", f"/api/models/{name}")
     click.echo(f"removed {name}")
 
 
@@ -191,7 +204,7 @@ def receipts() -> None:
 @click.pass_context
 def receipts_list(ctx: click.Context, after_seq: int, limit: int) -> None:
     """List receipts in chain order."""
-    page = _call(ctx, "GET", "/v1/receipts", params={"after_seq": after_seq, "limit": limit})
+    page = call_daemon(ctx, "GET", "/v1/receipts", params={"after_seq": after_seq, "limit": limit})
     for receipt in page["data"]:
         click.echo(f"{receipt['seq']:>8}  {receipt['id']}  {receipt['kind']:<10} "
                    f"{receipt['model']['name']:<24} fee {receipt['fee']}")
@@ -202,7 +215,7 @@ def receipts_list(ctx: click.Context, after_seq: int, limit: int) -> None:
 @click.pass_context
 def receipts_show(ctx: click.Context, receipt_id: str) -> None:
     """Show one receipt."""
-    _print_json(_call(ctx, "GET", f"/v1/receipts/{receipt_id}"))
+    print_json(call_daemon(ctx, "GET", f"/v1/receipts/{receipt_id}"))
 
 
 @receipts.command("verify")
@@ -211,11 +224,12 @@ def receipts_verify(ctx: click.Context) -> None:
     """Check every signature, the whole prev chain, and that no seq is missing."""
     from attribution.chain import ChainVerifier
 
-    node = bytes.fromhex(_call(ctx, "GET", "/api/node")["public_key"])
+    node = bytes.fromhex(call_daemon(ctx, "GET", "/api/node")["public_key"])
     verifier = ChainVerifier(node=node)
     after_seq = -1
     while True:
-        page = _call(ctx, "GET", "/v1/receipts", params={"after_seq": after_seq, "limit": 1000})
+        page = call_daemon(ctx, "GET", "/v1/receipts",
+                           params={"after_seq": after_seq, "limit": 1000})
         for receipt in page["data"]:
             verifier.feed(base64.b64decode(receipt["raw"]))
         after_seq = page["next_after_seq"]
@@ -239,7 +253,7 @@ def keys() -> None:
 @click.pass_context
 def keys_show(ctx: click.Context) -> None:
     """Show the node's public key and fingerprint."""
-    _print_json(_call(ctx, "GET", "/api/node"))
+    print_json(call_daemon(ctx, "GET", "/api/node"))
 
 
 @main.group()
@@ -251,4 +265,7 @@ def config() -> None:
 @click.pass_context
 def config_show(ctx: click.Context) -> None:
     """Show the settings the daemon runs with (secrets redacted)."""
-    _print_json(_call(ctx, "GET", "/api/config"))
+    print_json(call_daemon(ctx, "GET", "/api/config"))
+
+
+main.add_command(datanet)

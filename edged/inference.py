@@ -18,10 +18,10 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 
-from attribution.commitments import commit, digest
-from attribution.payees import owner_payees
-from attribution.receipt import AttributionRef, ModelRef, ReceiptDraft, SignedReceipt
+from attribution.commitments import commit
+from attribution.receipt import ModelRef, ReceiptDraft, SignedReceipt
 from edged import errors
+from edged.attributor import Attributor
 from edged.keys import NodeKeys
 from edged.ledger import Ledger
 from edged.models import Manifest, ModelStore
@@ -29,8 +29,6 @@ from edged.scheduler import Lease, Scheduler, TokenStream
 from edged.schemas import EmbeddingRequest, GenerateRequest
 from edged.settings import Settings
 from runtimes import ContextLengthExceeded, Delta, Done, UnsupportedOperation
-
-OWNER_METHOD = "owner/1"
 
 
 def unix_millis() -> int:
@@ -53,15 +51,15 @@ class Embeddings:
 
 class InferenceService:
     def __init__(self, *, settings: Settings, store: ModelStore, scheduler: Scheduler,
-                 ledger: Ledger, keys: NodeKeys,
+                 ledger: Ledger, keys: NodeKeys, attributor: Attributor,
                  clock_ms: Callable[[], int] = unix_millis) -> None:
         self.settings = settings
         self.store = store
         self.scheduler = scheduler
         self.ledger = ledger
         self.keys = keys
+        self.attributor = attributor
         self.clock_ms = clock_ms
-        self.operator_id = settings.operator_id or "node:" + keys.public_key.hex()
 
     async def complete(self, request: GenerateRequest) -> Completion:
         """Run a generation to its end and commit its receipt."""
@@ -86,7 +84,7 @@ class InferenceService:
                 raise errors.Unsupported(str(exc), param="model") from None
         packed = b"".join(struct.pack(f"<{len(v)}f", *v) for v in result.vectors)
         receipt = await self._commit(manifest, "embedding", {"input": list(request.inputs)},
-                                     {"embedding": packed}, result.prompt_tokens,
+                                     {"embedding": packed}, None, result.prompt_tokens,
                                      len(result.vectors))
         return Embeddings(result.vectors, result.prompt_tokens, receipt)
 
@@ -95,9 +93,20 @@ class InferenceService:
         return self.scheduler.lease(manifest.name, keep_alive=keep_alive)
 
     async def _commit(self, manifest: Manifest, kind: str, committed_input: Any,
-                      committed_output: Any, input_units: int, output_units: int
-                      ) -> SignedReceipt:
-        operator_ppm = self.settings.operator_share_ppm
+                      committed_output: Any, output_text: str | None, input_units: int,
+                      output_units: int) -> SignedReceipt:
+        """Attribute, build the draft, and append it (with its evidence) to the ledger.
+
+        Shielded: once the inference happened its receipt is written, even if the client
+        has gone away meanwhile."""
+        return await asyncio.shield(self._attribute_and_append(
+            manifest, kind, committed_input, committed_output, output_text, input_units,
+            output_units))
+
+    async def _attribute_and_append(self, manifest: Manifest, kind: str, committed_input: Any,
+                                    committed_output: Any, output_text: str | None,
+                                    input_units: int, output_units: int) -> SignedReceipt:
+        attribution = await asyncio.to_thread(self.attributor.attribute, manifest, output_text)
         draft = ReceiptDraft(
             ts=self.clock_ms(),
             model=ModelRef(manifest.name, bytes.fromhex(manifest.weights), manifest.digest()),
@@ -107,12 +116,10 @@ class InferenceService:
             input_units=input_units,
             output_units=output_units,
             fee=manifest.price.fee(input_units, output_units),
-            payees=owner_payees(manifest.owner, self.operator_id, operator_ppm),
-            attr=AttributionRef(OWNER_METHOD, digest({"operator_ppm": operator_ppm}), digest({})),
+            payees=attribution.payees,
+            attr=attribution.ref,
         )
-        # Shielded: once the inference happened its receipt is written, even if the
-        # client has gone away meanwhile.
-        return await asyncio.shield(self.ledger.append(draft))
+        return await self.ledger.append(draft, attribution.evidence)
 
 
 class GenerationStream:
@@ -174,7 +181,7 @@ class GenerationStream:
             await self._stack.aclose()
         if self.done is None:  # the backend failed; nothing was produced that we can count
             return
+        text = "".join(self._text)
         self.receipt = await self.service._commit(
-            self.manifest, self.request.kind, self.request.committed_input(),
-            {"text": "".join(self._text)}, self.done.prompt_tokens,
-            self.done.completion_tokens)
+            self.manifest, self.request.kind, self.request.committed_input(), {"text": text},
+            text, self.done.prompt_tokens, self.done.completion_tokens)

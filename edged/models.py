@@ -34,6 +34,7 @@ DIGEST_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 RUNTIMES = ("llama.cpp", "fake")
 CHAT_FORMATS = ("gemma", "chatml")
 GGUF_MAGIC = b"GGUF"
+UNMATCHED_DATA_TO = ("owner", "operator")
 
 
 def validate_name(name: str) -> str:
@@ -89,6 +90,8 @@ class Manifest:
     chat_format: str | None = None
     context_length: int = 2048
     datanets: tuple[str, ...] = ()
+    data_share_ppm: int = 0  # share of each fee owed to the datanets' contributors
+    unmatched_data_to: str = "owner"  # who gets the data share when no span matches
     created: int = 0  # unix seconds
 
     def to_dict(self) -> dict[str, Any]:
@@ -109,6 +112,8 @@ class Manifest:
                 chat_format=data.get("chat_format"),
                 context_length=int(data.get("context_length", 2048)),
                 datanets=tuple(data.get("datanets") or ()),
+                data_share_ppm=int(data.get("data_share_ppm", 0)),
+                unmatched_data_to=str(data.get("unmatched_data_to", "owner")),
                 created=int(data.get("created", 0)),
             )
         except (KeyError, TypeError, ValueError) as exc:
@@ -126,6 +131,15 @@ class Manifest:
                                  param="context_length")
         if not self.owner or len(self.owner) > 128:
             raise InvalidRequest("owner must be 1-128 characters", param="owner")
+        for datanet in self.datanets:
+            validate_name(datanet)
+        if not 0 <= self.data_share_ppm <= 1_000_000:
+            raise InvalidRequest("data_share must be within 0..1", param="data_share")
+        if self.data_share_ppm and not self.datanets:
+            raise InvalidRequest("a data share needs at least one datanet", param="data_share")
+        if self.unmatched_data_to not in UNMATCHED_DATA_TO:
+            raise InvalidRequest(f"unmatched_data_to must be one of {list(UNMATCHED_DATA_TO)}",
+                                 param="unmatched_data_to")
         return self
 
     def digest(self) -> bytes:

@@ -40,6 +40,12 @@ def _host_name(host_header: str) -> str:
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
+def _streamed_upload(path: str) -> bool:
+    """Uploads read as streams with limits of their own (weights, datanet documents)."""
+    return path.startswith("/api/blobs/") or (
+        path.startswith("/api/datanets/") and path.endswith("/documents"))
+
+
 def security_middleware(settings: Settings) -> web.middleware:  # type: ignore[valid-type]
     host_names = allowed_host_names(settings)
     origins = frozenset(settings.cors_origins)
@@ -69,7 +75,7 @@ def security_middleware(settings: Settings) -> web.middleware:  # type: ignore[v
                     request.headers.get("Authorization", "")):
                 raise Unauthorized("a valid API key is required (Authorization: Bearer ...)")
             if (request.content_length or 0) > settings.max_body_bytes and not (
-                    request.path.startswith("/api/blobs/")):
+                    _streamed_upload(request.path)):
                 raise PayloadTooLarge("the request body is too large")
             response = await handler(request)
         return response

@@ -1,0 +1,132 @@
+"""Datanet management (/api/datanets) and the local-only evidence endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+from typing import Any
+
+from aiohttp import web
+
+from attribution import canonical
+from edged.appkeys import DATANETS, LEDGER, SETTINGS
+from edged.errors import Forbidden, InvalidRequest, NotFound, PayloadTooLarge
+from edged.http_common import json_response, read_json
+
+
+def add_datanet_routes(app: web.Application) -> None:
+    app.router.add_get("/api/datanets", list_datanets)
+    app.router.add_post("/api/datanets", create_datanet)
+    app.router.add_get("/api/datanets/{name}", show_datanet)
+    app.router.add_delete("/api/datanets/{name}", remove_datanet)
+    app.router.add_post("/api/datanets/{name}/documents", add_documents)
+    app.router.add_delete("/api/datanets/{name}/contributors/{contributor}", remove_contributor)
+    app.router.add_post("/api/datanets/{name}/compact", compact_datanet)
+    app.router.add_get("/v1/receipts/{id}/evidence", receipt_evidence)
+
+
+async def list_datanets(request: web.Request) -> web.Response:
+    states = await asyncio.to_thread(request.app[DATANETS].all)
+    return json_response({"datanets": [s.public_view() for s in states]})
+
+
+async def show_datanet(request: web.Request) -> web.Response:
+    state = await asyncio.to_thread(request.app[DATANETS].get, request.match_info["name"])
+    return json_response(state.public_view())
+
+
+async def create_datanet(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    name = body.get("name") if isinstance(body, dict) else None
+    if not isinstance(name, str):
+        raise InvalidRequest("'name' is required", param="name")
+    state = await asyncio.to_thread(request.app[DATANETS].create, name)
+    return json_response(state.public_view(), status=201)
+
+
+async def remove_datanet(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    await asyncio.to_thread(request.app[DATANETS].remove, name)
+    return json_response({"deleted": name})
+
+
+async def add_documents(request: web.Request) -> web.Response:
+    """Body: JSON Lines, one ``{"id": ..., "text": ...}`` per document, for one contributor
+    (query ``contributor``, optional ``payout``). Streamed, so it may exceed the usual body
+    limit up to ``max_datanet_upload_bytes``; indexed as one new segment."""
+    contributor = request.query.get("contributor", "")
+    payout = request.query.get("payout") or None
+    limit = request.app[SETTINGS].max_datanet_upload_bytes
+    documents: list[tuple[str, str]] = []
+    received = 0
+    pending = b""
+    async for chunk in request.content.iter_chunked(1 << 20):
+        received += len(chunk)
+        if received > limit:
+            raise PayloadTooLarge("the documents exceed max_datanet_upload_bytes")
+        *lines, pending = (pending + chunk).split(b"\n")
+        documents += [_document(line, len(documents) + i) for i, line in enumerate(lines)
+                      if line.strip()]
+    if pending.strip():
+        documents.append(_document(pending, len(documents)))
+    report = await asyncio.to_thread(request.app[DATANETS].add_documents,
+                                     request.match_info["name"], contributor, documents,
+                                     payout=payout)
+    return json_response({"datanet": report.datanet, "documents": report.documents,
+                          "bytes": report.bytes, "contributors": report.contributors,
+                          "segments": report.segments, "seconds": round(report.seconds, 3)},
+                         status=201)
+
+
+def _document(line: bytes, index: int) -> tuple[str, str]:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        raise InvalidRequest(f"line {index + 1} is not JSON", param="documents") from None
+    if not isinstance(record, dict) or not isinstance(record.get("text"), str) \
+            or not isinstance(record.get("id"), str):
+        raise InvalidRequest(f"line {index + 1} needs string 'id' and 'text'",
+                             param="documents")
+    return record["id"], record["text"]
+
+
+async def remove_contributor(request: web.Request) -> web.Response:
+    state = await asyncio.to_thread(request.app[DATANETS].remove_contributor,
+                                    request.match_info["name"],
+                                    request.match_info["contributor"])
+    return json_response(state.public_view())
+
+
+async def compact_datanet(request: web.Request) -> web.Response:
+    state = await asyncio.to_thread(request.app[DATANETS].compact, request.match_info["name"])
+    return json_response(state.public_view())
+
+
+def _is_local(request: web.Request) -> bool:
+    try:
+        return ipaddress.ip_address(request.remote or "").is_loopback
+    except ValueError:
+        return False
+
+
+async def receipt_evidence(request: web.Request) -> web.Response:
+    """The evidence behind a receipt's attribution: for an authorised caller on this
+    machine only (it names documents; it never leaves the node and is never synced)."""
+    if not _is_local(request):
+        raise Forbidden("evidence is served to local callers only")
+    receipt_id = request.match_info["id"].lower()
+    try:
+        leaf = bytes.fromhex(receipt_id)
+    except ValueError:
+        raise InvalidRequest("a receipt id is 64 hex digits", param="id") from None
+    if len(leaf) != 32:
+        raise InvalidRequest("a receipt id is 64 hex digits", param="id")
+    ledger = request.app[LEDGER]
+    receipt = ledger.get(leaf)
+    if receipt is None:
+        raise NotFound("no receipt with that id", param="id")
+    raw = ledger.get_evidence(leaf)
+    evidence: dict[str, Any] = canonical.decode(raw) if raw is not None else {}
+    return json_response({"id": receipt_id, "method": receipt.fields["attr"]["method"],
+                          "evidence": evidence})

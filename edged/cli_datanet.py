@@ -1,0 +1,112 @@
+"""``edged datanet ...``: HTTP client commands for datanets."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import click
+
+from edged.cli_common import call_daemon, daemon_client, print_json
+from edged.client import DaemonError
+from edged.datanets import read_document_file
+from edged.errors import EdgedError
+
+
+@click.group()
+def datanet() -> None:
+    """Contributor corpora that spans/1 attributes outputs to."""
+
+
+@datanet.command("create")
+@click.argument("name")
+@click.pass_context
+def datanet_create(ctx: click.Context, name: str) -> None:
+    """Create an empty datanet."""
+    call_daemon(ctx, "POST", "/api/datanets", json={"name": name})
+    click.echo(f"created datanet {name}")
+
+
+@datanet.command("add")
+@click.argument("name")
+@click.argument("files", nargs=-1, required=True,
+                type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--contributor", required=True, help="contributor id the documents belong to")
+@click.option("--payout", help="the contributor's payout address (0x...)")
+@click.pass_context
+def datanet_add(ctx: click.Context, name: str, files: tuple[Path, ...], contributor: str,
+                payout: str | None) -> None:
+    """Add FILES (.txt, .md, .jsonl with a text field) of one contributor to NAME."""
+    documents: list[tuple[str, str]] = []
+    with click.progressbar(files, label="reading", file=click.get_text_stream("stderr"),
+                           show_pos=True) as reading:
+        for path in reading:
+            try:
+                documents += read_document_file(path)
+            except EdgedError as exc:
+                raise click.ClickException(exc.message) from None
+    total = sum(len(text.encode("utf-8")) for _, text in documents)
+
+    def lines() -> Iterator[bytes]:
+        with click.progressbar(length=total, label="uploading",
+                               file=click.get_text_stream("stderr")) as uploading:
+            for doc_id, text in documents:
+                yield json.dumps({"id": doc_id, "text": text}).encode() + b"\n"
+                uploading.update(len(text.encode("utf-8")))
+
+    params = {"contributor": contributor, **({"payout": payout} if payout else {})}
+    try:
+        with daemon_client(ctx) as client:
+            report = client.request("POST", f"/api/datanets/{name}/documents", params=params,
+                                    content=lines(),
+                                    headers={"Content-Type": "application/x-ndjson"})
+    except DaemonError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"added {report['documents']} documents ({report['bytes']} bytes) to {name}; "
+               f"{report['contributors']} contributors, {report['segments']} segments")
+
+
+@datanet.command("list")
+@click.pass_context
+def datanet_list(ctx: click.Context) -> None:
+    """List datanets."""
+    for state in call_daemon(ctx, "GET", "/api/datanets")["datanets"]:
+        click.echo(f"{state['name']:<32} {state['documents']:>8} docs {state['bytes']:>12} "
+                   f"bytes {len(state['contributors']):>5} contributors")
+
+
+@datanet.command("show")
+@click.argument("name")
+@click.pass_context
+def datanet_show(ctx: click.Context, name: str) -> None:
+    """Show a datanet's contributors and segments."""
+    print_json(call_daemon(ctx, "GET", f"/api/datanets/{name}"))
+
+
+@datanet.command("rm")
+@click.argument("name")
+@click.pass_context
+def datanet_rm(ctx: click.Context, name: str) -> None:
+    """Remove a datanet and its index."""
+    call_daemon(ctx, "DELETE", f"/api/datanets/{name}")
+    click.echo(f"removed datanet {name}")
+
+
+@datanet.command("remove-contributor")
+@click.argument("name")
+@click.argument("contributor")
+@click.pass_context
+def datanet_remove_contributor(ctx: click.Context, name: str, contributor: str) -> None:
+    """Stop crediting CONTRIBUTOR (from the next receipt); documents go at compaction."""
+    call_daemon(ctx, "DELETE", f"/api/datanets/{name}/contributors/{contributor}")
+    click.echo(f"removed {contributor} from {name}")
+
+
+@datanet.command("compact")
+@click.argument("name")
+@click.pass_context
+def datanet_compact(ctx: click.Context, name: str) -> None:
+    """Merge NAME's segments into one, dropping removed contributors' documents."""
+    state = call_daemon(ctx, "POST", f"/api/datanets/{name}/compact")
+    click.echo(f"{name}: {state['segments']} segment(s), {state['documents']} documents")

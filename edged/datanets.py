@@ -1,0 +1,356 @@
+"""Datanets: named collections of contributor documents, indexed for ``spans/1``.
+
+Layout under ``<data_dir>/datanets/<name>/``::
+
+    datanet.json          contributors, segments, removed contributors
+    segments/seg-000001/  one immutable span-index segment per add
+
+Adding documents never rebuilds what exists: each add builds one new segment
+from just the new documents, and queries search every segment. **Compaction
+rule:** when an add would leave more than ``MAX_SEGMENTS`` segments, or on an
+explicit compact, all segments are merged into one, dropping the documents of
+removed contributors. Removing a contributor takes effect at once (it is
+excluded from every query, so the next receipts no longer credit it); its
+documents physically go at the next compaction. Adding documents for a removed
+contributor compacts first, so their old documents do not come back.
+
+Every change builds into a temporary folder and then replaces ``datanet.json``
+atomically: a failed add or a crash leaves the datanet as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from attribution.span_index import CorpusDocument, CorpusError, Segment, build_segment
+from edged.errors import Conflict, InvalidRequest, NotFound
+from edged.models import validate_name
+
+logger = logging.getLogger(__name__)
+
+MAX_SEGMENTS = 8
+CONTRIBUTOR_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@+-]{0,127}$")
+PAYOUT_PATTERN = re.compile(r"^0x[0-9a-fA-F]{40}$")
+TEXT_SUFFIXES = (".txt", ".md", ".markdown", ".text")
+JSONL_SUFFIXES = (".jsonl", ".ndjson")
+MAX_DOCUMENT_ID = 256
+
+
+class DatanetNotFound(NotFound):
+    code = "datanet_not_found"
+
+
+def validate_contributor(contributor: str) -> str:
+    if not isinstance(contributor, str) or not CONTRIBUTOR_PATTERN.match(contributor) \
+            or ".." in contributor:
+        raise InvalidRequest("contributor ids are 1-128 characters of letters, digits and "
+                             "_ . : @ + -, starting with a letter or digit",
+                             param="contributor")
+    return contributor
+
+
+def validate_payout(payout: str | None) -> str | None:
+    if payout is not None and not PAYOUT_PATTERN.match(payout):
+        raise InvalidRequest("a payout address is 0x followed by 40 hex digits",
+                             param="payout")
+    return payout
+
+
+@dataclass(frozen=True)
+class AddReport:
+    datanet: str
+    documents: int
+    bytes: int
+    contributors: int  # contributors of the datanet after the add
+    segments: int
+    seconds: float
+
+
+@dataclass
+class DatanetState:
+    """What ``datanet.json`` holds."""
+
+    name: str
+    created: int
+    contributors: dict[str, dict[str, Any]] = field(default_factory=dict)
+    removed: list[str] = field(default_factory=list)
+    segments: list[str] = field(default_factory=list)
+    next_segment: int = 1
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "created": self.created, "contributors": self.contributors,
+                "removed": self.removed, "segments": self.segments,
+                "next_segment": self.next_segment}
+
+    def public_view(self) -> dict[str, Any]:
+        active = {k: v for k, v in self.contributors.items() if k not in self.removed}
+        return {"name": self.name, "created": self.created, "segments": len(self.segments),
+                "documents": sum(c["documents"] for c in active.values()),
+                "bytes": sum(c["bytes"] for c in active.values()),
+                "contributors": [{"id": k, **v} for k, v in sorted(active.items())],
+                "removed_contributors": sorted(self.removed)}
+
+
+class DatanetStore:
+    """All datanets of a node. Methods block (index builds): call them from a thread."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._open_segments: dict[Path, Segment] = {}
+
+    def _dir(self, name: str) -> Path:
+        path = self.root / validate_name(name)
+        if path.is_symlink() or not path.resolve().is_relative_to(self.root.resolve()):
+            raise InvalidRequest("path escapes the datanets directory")
+        return path
+
+    def _read(self, name: str) -> DatanetState:
+        try:
+            data = json.loads((self._dir(name) / "datanet.json").read_text(encoding="utf-8"))
+        except InvalidRequest:
+            raise DatanetNotFound(f"datanet {name!r} not found", param="datanet") from None
+        except FileNotFoundError:
+            raise DatanetNotFound(f"datanet {name!r} not found", param="datanet") from None
+        return DatanetState(**data)
+
+    def _write(self, state: DatanetState) -> None:
+        folder = self._dir(state.name)
+        fd, temp = tempfile.mkstemp(dir=folder, prefix=".datanet-")
+        with open(fd, "w", encoding="utf-8") as handle:
+            json.dump(state.to_json(), handle, indent=2, sort_keys=True)
+        Path(temp).replace(folder / "datanet.json")
+
+    def create(self, name: str) -> DatanetState:
+        with self._lock:
+            folder = self._dir(name)
+            if (folder / "datanet.json").exists():
+                raise Conflict(f"a datanet named {name!r} exists already", param="name")
+            (folder / "segments").mkdir(parents=True, exist_ok=True)
+            state = DatanetState(name=name, created=int(time.time()))
+            self._write(state)
+            logger.info("datanet %s created", name)
+            return state
+
+    def get(self, name: str) -> DatanetState:
+        return self._read(name)
+
+    def all(self) -> list[DatanetState]:
+        states = []
+        for path in sorted(self.root.iterdir()):
+            if (path / "datanet.json").is_file():
+                try:
+                    states.append(self._read(path.name))
+                except (InvalidRequest, NotFound, ValueError, TypeError):
+                    logger.warning("skipping an unreadable datanet: %s", path.name)
+        return states
+
+    def remove(self, name: str) -> None:
+        with self._lock:
+            folder = self._dir(name)
+            self._read(name)
+            self._forget_segments(folder)
+            shutil.rmtree(folder)
+            logger.info("datanet %s removed", name)
+
+    def add_documents(self, name: str, contributor: str, documents: Sequence[tuple[str, str]],
+                      *, payout: str | None = None,
+                      progress: Callable[[int], None] | None = None) -> AddReport:
+        """Index ``(document id, text)`` pairs of one contributor as a new segment."""
+        validate_contributor(contributor)
+        validate_payout(payout)
+        if not documents:
+            raise InvalidRequest("no documents to add", param="documents")
+        for doc_id, text in documents:
+            if not isinstance(doc_id, str) or not doc_id or len(doc_id) > MAX_DOCUMENT_ID:
+                raise InvalidRequest("document ids are 1-256 characters", param="documents")
+            if not isinstance(text, str) or not text.strip():
+                raise InvalidRequest(f"document {doc_id!r} is empty", param="documents")
+            if "\x00" in text:
+                raise InvalidRequest(f"document {doc_id!r} is binary", param="documents")
+        started = time.perf_counter()
+        with self._lock:
+            state = self._read(name)
+            if contributor in state.removed:
+                state = self._compact(state)
+            corpus = [CorpusDocument(doc_id, contributor, text)
+                      for doc_id, text in _unique_ids(contributor, documents)]
+            segment_name = f"seg-{state.next_segment:06d}"
+            self._build(self._dir(name) / "segments" / segment_name, corpus, progress)
+            size = sum(len(text.encode("utf-8")) for _, text in documents)
+            entry = state.contributors.setdefault(contributor, {"payout": None, "documents": 0,
+                                                                "bytes": 0})
+            entry["documents"] += len(documents)
+            entry["bytes"] += size
+            if payout is not None:
+                entry["payout"] = payout
+            state.segments.append(segment_name)
+            state.next_segment += 1
+            self._write(state)
+            if len(state.segments) > MAX_SEGMENTS:
+                state = self._compact(state)
+            logger.info("datanet %s: %d documents added as %s", name, len(documents),
+                        segment_name)
+            return AddReport(name, len(documents), size, len(state.contributors),
+                             len(state.segments), time.perf_counter() - started)
+
+    def remove_contributor(self, name: str, contributor: str) -> DatanetState:
+        with self._lock:
+            state = self._read(name)
+            if contributor not in state.contributors or contributor in state.removed:
+                raise NotFound(f"no contributor {contributor!r} in {name!r}",
+                               param="contributor")
+            state.removed.append(contributor)
+            self._write(state)
+            logger.info("datanet %s: a contributor was removed", name)
+            return state
+
+    def compact(self, name: str) -> DatanetState:
+        with self._lock:
+            return self._compact(self._read(name))
+
+    def _compact(self, state: DatanetState) -> DatanetState:
+        """Merge every segment into one, without removed contributors' documents."""
+        folder = self._dir(state.name) / "segments"
+        removed = set(state.removed)
+        documents = [doc for doc in self._iter_documents(folder, state.segments)
+                     if doc.contributor not in removed]
+        old = list(state.segments)
+        state.segments = []
+        if documents:
+            segment_name = f"seg-{state.next_segment:06d}"
+            self._build(folder / segment_name, documents, None)
+            state.segments = [segment_name]
+            state.next_segment += 1
+        for contributor in removed:
+            state.contributors.pop(contributor, None)
+        state.removed = []
+        self._write(state)
+        for segment_name in old:
+            self._forget_segments(folder / segment_name)
+            shutil.rmtree(folder / segment_name, ignore_errors=True)
+        logger.info("datanet %s compacted into %d segment(s)", state.name, len(state.segments))
+        return state
+
+    def _iter_documents(self, folder: Path, names: Iterable[str]) -> Iterator[CorpusDocument]:
+        seen: set[str] = set()
+        for segment_name in names:
+            segment = self._segment(folder / segment_name)
+            for index in range(segment.documents):
+                doc_id, contributor = segment.document(index)
+                if doc_id in seen:  # the same file name added twice, in two segments
+                    doc_id = f"{doc_id}#{segment_name}"
+                seen.add(doc_id)
+                yield CorpusDocument(doc_id, contributor, segment.document_text(index))
+
+    @staticmethod
+    def _build(directory: Path, documents: Sequence[CorpusDocument],
+               progress: Callable[[int], None] | None) -> None:
+        try:
+            build_segment(directory, documents, progress=progress)
+        except CorpusError as exc:
+            raise InvalidRequest(str(exc), param="documents") from None
+
+    def _segment(self, directory: Path) -> Segment:
+        with self._lock:
+            segment = self._open_segments.get(directory)
+            if segment is None:
+                try:
+                    segment = Segment.open(directory)
+                except CorpusError as exc:
+                    raise InvalidRequest(f"datanet index is damaged: {exc}") from None
+                self._open_segments[directory] = segment
+            return segment
+
+    def _forget_segments(self, under: Path) -> None:
+        for path in [p for p in self._open_segments if p.is_relative_to(under)]:
+            self._open_segments.pop(path).close()
+
+    def segments_for(self, names: Iterable[str]) -> tuple[list[Segment], frozenset[str]]:
+        """Open segments of the named datanets, and the contributors to leave out."""
+        segments: list[Segment] = []
+        removed: set[str] = set()
+        with self._lock:
+            for name in names:
+                state = self._read(name)
+                folder = self._dir(name) / "segments"
+                segments += [self._segment(folder / s) for s in state.segments]
+                removed.update(state.removed)
+        return segments, frozenset(removed)
+
+    def payout_addresses(self, names: Iterable[str]) -> dict[str, str]:
+        addresses: dict[str, str] = {}
+        for name in names:
+            for contributor, entry in self._read(name).contributors.items():
+                if entry.get("payout"):
+                    addresses[contributor] = entry["payout"]
+        return addresses
+
+    def close(self) -> None:
+        with self._lock:
+            for segment in self._open_segments.values():
+                segment.close()
+            self._open_segments.clear()
+
+
+def _unique_ids(contributor: str, documents: Sequence[tuple[str, str]]
+                ) -> list[tuple[str, str]]:
+    """Document ids unique within the datanet: ``<contributor>/<id>``, with ``#n`` added to
+    repeats inside one add (ids stay data; no path is ever built from them)."""
+    seen: dict[str, int] = {}
+    unique = []
+    for doc_id, text in documents:
+        full = f"{contributor}/{doc_id}"
+        seen[full] = seen.get(full, 0) + 1
+        unique.append((full if seen[full] == 1 else f"{full}#{seen[full]}", text))
+    return unique
+
+
+def read_document_file(path: Path) -> list[tuple[str, str]]:
+    """Parse one file into ``(document id, text)`` pairs.
+
+    Plain text and Markdown are one document each; JSON Lines give one document per
+    line, from its ``text`` field (and ``id`` when present). Empty, binary and non-UTF-8
+    files are refused with a clear message.
+    """
+    data = path.read_bytes()
+    if not data.strip():
+        raise InvalidRequest(f"{path.name} is empty")
+    if b"\x00" in data:
+        raise InvalidRequest(f"{path.name} looks binary (it contains NUL bytes)")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest(f"{path.name} is not UTF-8 (byte {exc.start})") from None
+    suffix = path.suffix.lower()
+    if suffix in JSONL_SUFFIXES:
+        documents = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                raise InvalidRequest(f"{path.name}:{number} is not JSON") from None
+            if not isinstance(record, dict) or not isinstance(record.get("text"), str) \
+                    or not record["text"].strip():
+                raise InvalidRequest(f"{path.name}:{number} has no non-empty 'text' field")
+            doc_id = str(record.get("id") or f"{path.name}:{number}")
+            documents.append((doc_id[:MAX_DOCUMENT_ID], record["text"]))
+        if not documents:
+            raise InvalidRequest(f"{path.name} holds no documents")
+        return documents
+    if suffix in TEXT_SUFFIXES or not suffix:
+        return [(path.name[:MAX_DOCUMENT_ID], text)]
+    raise InvalidRequest(f"{path.name}: use .txt, .md or .jsonl files")
