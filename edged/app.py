@@ -88,7 +88,7 @@ def create_app(settings: Settings, *, loader: Loader = load_backend,
                         settings.redacted())
             if not settings.install_demo_model:
                 app[READY].set()
-            startup = asyncio.create_task(_finish_startup(app, store))
+            startup = asyncio.create_task(_finish_startup(app, store, datanets))
             try:
                 yield
             finally:
@@ -100,12 +100,14 @@ def create_app(settings: Settings, *, loader: Loader = load_backend,
     return app
 
 
-async def _finish_startup(app: web.Application, store: ModelStore) -> None:
+async def _finish_startup(app: web.Application, store: ModelStore,
+                          datanets: DatanetStore) -> None:
     """Slow first-start work; /readyz answers 503 until it is done."""
     settings = app[SETTINGS]
     if settings.install_demo_model:
         try:
-            await asyncio.to_thread(install_demo_model, store, settings.demo_model_name)
+            await asyncio.to_thread(install_demo_model, store, settings.demo_model_name,
+                                    datanets)
         except Exception:
             logger.exception("installing the demo model failed")
     app[READY].set()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,7 +40,7 @@ def datanet_add(ctx: click.Context, name: str, files: tuple[Path, ...], contribu
                 payout: str | None) -> None:
     """Add FILES (.txt, .md, .jsonl with a text field) of one contributor to NAME."""
     documents: list[tuple[str, str]] = []
-    with click.progressbar(files, label="reading", file=click.get_text_stream("stderr"),
+    with click.progressbar(files, label="reading", file=sys.stderr,
                            show_pos=True) as reading:
         for path in reading:
             try:
@@ -50,7 +51,7 @@ def datanet_add(ctx: click.Context, name: str, files: tuple[Path, ...], contribu
 
     def lines() -> Iterator[bytes]:
         with click.progressbar(length=total, label="uploading",
-                               file=click.get_text_stream("stderr")) as uploading:
+                               file=sys.stderr) as uploading:
             for doc_id, text in documents:
                 yield json.dumps({"id": doc_id, "text": text}).encode() + b"\n"
                 uploading.update(len(text.encode("utf-8")))
