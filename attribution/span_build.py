@@ -37,9 +37,10 @@ from attribution.span_format import (
     SegmentInfo,
     sha256_file,
 )
-from attribution.span_hashing import word_window_hashes
+from attribution.span_hashing import shingle_fingerprints, word_window_hashes
 
 _PROGRESS_EVERY = 1000  # documents between progress calls
+_FILTER_CHUNK = 1 << 24  # suffix-array entries filtered per numpy pass
 
 
 def build_segment(
@@ -130,7 +131,7 @@ def _write_segment(
     _save_npy(staging / SA_FILE, suffixes)
     del suffixes
     _save_npy(staging / DOCS_FILE, doc_starts)
-    shingles = _shingles(corpus, doc_starts, shingle_words)
+    shingles = _shingles(corpus, shingle_words)
     _save_npy(staging / SHINGLES_FILE, shingles)
     docs_json = {
         "ids": doc_ids,
@@ -138,7 +139,9 @@ def _write_segment(
         "contributor_of": [index_of[name] for name in contributor_names],
         "sizes": sizes,
     }
-    (staging / DOCS_JSON).write_text(json.dumps(docs_json, separators=(",", ":")))
+    with open(staging / DOCS_JSON, "w", encoding="utf-8") as handle:
+        json.dump(docs_json, handle, separators=(",", ":"))
+        _fsync(handle)
     manifest: dict[str, Any] = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
@@ -165,6 +168,12 @@ def _check_document(document: CorpusDocument, seen: set[str]) -> None:
         raise CorpusError(f"document {document.doc_id!r} has no contributor")
     if not isinstance(document.text, str):
         raise CorpusError(f"document {document.doc_id!r}: text must be a string")
+    try:
+        # Ids end up in canonical evidence, which needs them as UTF-8.
+        document.doc_id.encode("utf-8")
+        document.contributor.encode("utf-8")
+    except UnicodeEncodeError:
+        raise CorpusError(f"document {document.doc_id!r}: ids must be valid Unicode") from None
 
 
 def _word_suffix_array(corpus: bytes) -> npt.NDArray[np.signedinteger[Any]]:
@@ -177,21 +186,35 @@ def _word_suffix_array(corpus: bytes) -> npt.NDArray[np.signedinteger[Any]]:
     word_start = data == SPACE
     # The space closing a document is followed by the separator and begins nothing.
     word_start[:-1] &= data[1:] != SEPARATOR
-    kept = full[word_start[full]]
     dtype = np.int32 if len(corpus) < 2**31 else np.int64
-    return kept.astype(dtype, copy=False)
+    # In slices, so the boolean gather never costs a second corpus-sized temporary.
+    kept = [
+        full[begin : begin + _FILTER_CHUNK][word_start[full[begin : begin + _FILTER_CHUNK]]]
+        for begin in range(0, len(full), _FILTER_CHUNK)
+    ]
+    del full
+    return np.concatenate(kept).astype(dtype, copy=False)
 
 
-def _shingles(
-    corpus: bytes, doc_starts: npt.NDArray[np.int64], words: int
-) -> npt.NDArray[np.uint64]:
-    """Sorted distinct hashes of every ``words``-word window inside one document."""
+def _shingles(corpus: bytes, words: int) -> npt.NDArray[np.uint32]:
+    """Sorted distinct fingerprints of every ``words``-word window inside one document."""
     data = np.frombuffer(corpus, dtype=np.uint8)
-    spaces = np.flatnonzero(data == SPACE).astype(np.int64)
+    spaces = np.flatnonzero(data == SPACE)
     hashes = word_window_hashes(data, spaces, words)
-    document = np.searchsorted(doc_starts, spaces, side="right")
-    inside = document[:-words] == document[words:]
-    return np.unique(hashes[inside])
+    # A window crosses documents iff one of its first ``words`` spaces closes a document
+    # (is followed by the separator). data[1:][spaces] reads data[spaces + 1].
+    closing = np.zeros(len(spaces) + 1, dtype=np.int32)
+    np.cumsum(data[1:][spaces] == SEPARATOR, out=closing[1:])
+    inside = closing[words : len(hashes) + words] == closing[: len(hashes)]
+    del spaces, closing
+    fingerprints = np.sort(shingle_fingerprints(hashes[inside]))
+    if len(fingerprints) == 0:
+        return fingerprints
+    # np.unique is far slower than sort + neighbour comparison on large integer arrays.
+    distinct = np.empty(len(fingerprints), dtype=bool)
+    distinct[0] = True
+    np.not_equal(fingerprints[1:], fingerprints[:-1], out=distinct[1:])
+    return fingerprints[distinct]
 
 
 def _save_npy(path: Path, array: npt.NDArray[Any]) -> None:

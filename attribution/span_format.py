@@ -82,8 +82,12 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     if manifest["version"] != FORMAT_VERSION:
         raise CorpusError(f"segment format version {manifest['version']} is not supported "
                           f"(this build reads version {FORMAT_VERSION})")
-    if manifest["documents"] < 1 or manifest["shingle_words"] < 1:
+    if manifest["documents"] < 1:
         raise CorpusError(f"{MANIFEST}: a segment holds at least one document")
+    if manifest["shingle_words"] < 1:
+        raise CorpusError(f"{MANIFEST}: shingle_words must be at least 1")
+    if manifest["corpus_bytes"] < 4 * manifest["documents"]:  # b" x \xff" is the shortest
+        raise CorpusError(f"{MANIFEST}: corpus too small for {manifest['documents']} documents")
     files = manifest.get("files")
     if not isinstance(files, dict) or set(files) != set(DATA_FILES):
         raise CorpusError(f"{MANIFEST}: 'files' must list exactly {', '.join(DATA_FILES)}")

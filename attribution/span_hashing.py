@@ -6,6 +6,10 @@ the output are hashed with the same function and looked up with one
 ``np.searchsorted`` call, so start positions that cannot begin a long enough
 match are rejected without touching the suffix array.
 
+The table keeps 32-bit fingerprints (the top half of each 64-bit hash): half
+the size, at a false-positive rate of (distinct windows / 2**32) per lookup,
+0.3% for a 100 MB corpus.
+
 The hash is a polynomial hash modulo 2**64 computed from prefix sums, which
 numpy vectorises. It is not collision resistant against an adversary; it
 does not need to be: a collision only makes a start position a candidate,
@@ -79,3 +83,8 @@ def word_window_hashes(
     prefix, inverse = _prefix_at(array, spaces)
     # Normalising by B**-start makes the hash independent of where the window sits.
     return (prefix[words:] - prefix[:-words]) * inverse[:-words]
+
+
+def shingle_fingerprints(hashes: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint32]:
+    """The 32-bit fingerprints stored in ``shingles.npy``: the high half of each hash."""
+    return (hashes >> np.uint64(32)).astype(np.uint32)

@@ -8,7 +8,7 @@ A segment is one directory::
                    word), sorted by suffix; int32 when the corpus is < 2 GiB
     docs.npy       int64 start offset of each document in corpus.bin (sorted)
     docs.json      document ids, contributor of each document, sizes
-    shingles.npy   sorted distinct uint64 hashes of every ``shingle_words``-word window
+    shingles.npy   sorted distinct uint32 fingerprints of every ``shingle_words``-word window
 
 Padding each document with spaces makes every word, including the first and the
 last, sit between two spaces, so a word-aligned pattern is simply
@@ -49,7 +49,7 @@ from attribution.span_format import (
     read_manifest,
     sha256_file,
 )
-from attribution.span_hashing import word_window_hashes
+from attribution.span_hashing import shingle_fingerprints, word_window_hashes
 
 __all__ = [
     "DEFAULT_SHINGLE_WORDS",
@@ -61,6 +61,7 @@ __all__ = [
     "build_segment",
     "word_window_hashes",
 ]
+
 
 class Segment:
     """A read-only, memory-mapped segment. Use ``Segment.open``; close it (or use ``with``).
@@ -80,7 +81,7 @@ class Segment:
             sa_dtype = np.int32 if manifest["corpus_bytes"] < 2**31 else np.int64
             self.suffix_array = self._map_npy(directory / SA_FILE, sa_dtype, manifest["words"])
             self.doc_starts = self._map_npy(directory / DOCS_FILE, np.int64, manifest["documents"])
-            self.shingles = self._map_npy(directory / SHINGLES_FILE, np.uint64,
+            self.shingles = self._map_npy(directory / SHINGLES_FILE, np.uint32,
                                           manifest["shingles"])
         except BaseException:
             self.close()
@@ -90,6 +91,8 @@ class Segment:
         self._sa: memoryview = self.suffix_array.data
         self._words = len(self.suffix_array)
         self._doc_ids: list[str] = docs_json["ids"]
+        self._doc_sizes: list[int] = docs_json["sizes"]
+        self._doc_id_array = np.array(self._doc_ids, dtype=object)
         self.doc_contributor = np.asarray(docs_json["contributor_of"], dtype=np.int32)
         contributors = tuple(docs_json["contributors"])
         per_contributor = np.bincount(self.doc_contributor, minlength=len(contributors))
@@ -109,7 +112,11 @@ class Segment:
         self._files: dict[str, str] = {
             name: record["sha256"] for name, record in manifest["files"].items()
         }
-        self._check_layout(docs_json["sizes"])
+        try:
+            self._check_layout(docs_json["sizes"])
+        except BaseException:
+            self.close()
+            raise
 
     @classmethod
     def open(cls, directory: Path) -> Segment:
@@ -124,8 +131,11 @@ class Segment:
         return cls(directory, manifest, docs_json)
 
     def _map(self, path: Path) -> mmap.mmap:
-        with open(path, "rb") as handle:
-            mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
+            with open(path, "rb") as handle:
+                mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError) as error:  # ValueError: an empty file cannot be mapped
+            raise CorpusError(f"{path.name} cannot be mapped: {error}") from None
         self._maps.append(mapped)
         # Suffix-array lookups jump around: read-ahead would only fill memory.
         if hasattr(mapped, "madvise") and hasattr(mmap, "MADV_RANDOM"):
@@ -204,9 +214,25 @@ class Segment:
         """``(doc_id, contributor)`` of document ``index``."""
         return self._doc_ids[index], self.info.contributors[int(self.doc_contributor[index])]
 
+    def document_text(self, index: int) -> str:
+        """The normalised text of document ``index``, as indexed.
+
+        Normalisation is idempotent, so indexing this text again (to merge
+        segments, say) yields the same corpus bytes.
+        """
+        if self._closed:
+            raise CorpusError("segment is closed")
+        start = int(self.doc_starts[index]) + 1  # skip the leading pad space
+        return self._text[start : start + self._doc_sizes[index]].decode("utf-8")
+
     def doc_id(self, index: int) -> str:
         """Id of document ``index``."""
         return self._doc_ids[index]
+
+    def doc_ids_of(self, doc_indices: npt.NDArray[np.int64]) -> list[str]:
+        """Ids of the documents in ``doc_indices`` (vectorised)."""
+        ids: list[str] = self._doc_id_array[doc_indices].tolist()
+        return ids
 
     def contributor_of(self, doc_indices: npt.NDArray[np.int64]) -> npt.NDArray[np.int32]:
         """Index into ``info.contributors`` of each document in ``doc_indices``."""
@@ -314,8 +340,9 @@ class Segment:
         shingles = self.shingles
         if len(shingles) == 0:
             return np.zeros(len(hashes), dtype=np.bool_)
-        index = np.minimum(np.searchsorted(shingles, hashes), len(shingles) - 1)
-        found: npt.NDArray[np.bool_] = shingles[index] == hashes
+        fingerprints = shingle_fingerprints(hashes)
+        index = np.minimum(np.searchsorted(shingles, fingerprints), len(shingles) - 1)
+        found: npt.NDArray[np.bool_] = shingles[index] == fingerprints
         return found
 
 

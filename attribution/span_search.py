@@ -67,10 +67,14 @@ class OutputSearch:
                 return True
         return False
 
-    def extent(self, first: int) -> int:
-        """``E(first)``: the end (exclusive word index) of the longest match from ``first``."""
+    def extent(self, first: int, limit: int) -> int:
+        """``E(first)``: the end (exclusive word index) of the longest match from ``first``.
+
+        ``limit`` is a word index no match can pass; it keeps the compared
+        slices short for long outputs.
+        """
         spaces = self.spaces
-        query = self.padded[spaces[first] :]
+        query = self.padded[spaces[first] : spaces[min(limit, self.words)] + 1]
         best = first
         for segment, mask in self.segments:
             matched = segment.longest_prefix(query)
@@ -122,11 +126,18 @@ def maximal_spans(search: OutputSearch, min_words: int) -> list[tuple[int, int]]
     search over the pre-filtered candidates instead of probing every start.
     """
     candidates = search.candidates(min_words)
+    # A match of words a..b-1 (b - a >= min_words) makes every start a..b-min_words a
+    # candidate, so a match from a candidate ends within min_words of the end of
+    # its run of consecutive candidates.
+    run_end = candidates[:]
+    for i in range(len(candidates) - 2, -1, -1):
+        if candidates[i + 1] == candidates[i] + 1:
+            run_end[i] = run_end[i + 1]
     spans: list[tuple[int, int]] = []
     index = 0
     while index < len(candidates):
         first = candidates[index]
-        stop = search.extent(first)
+        stop = search.extent(first, run_end[index] + min_words)
         if stop - first >= min_words:
             spans.append((first, stop))
         if stop >= search.words:

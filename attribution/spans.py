@@ -164,9 +164,12 @@ def _count_span(search: OutputSearch, first: int, stop: int, limit: int) -> Span
         for name, n in per_contributor.items():
             by_contributor[name] = by_contributor.get(name, 0) + n
         doc_indices, doc_counts = np.unique(documents, return_counts=True)
-        for index, n in zip(doc_indices.tolist(), doc_counts.tolist(), strict=True):
-            doc_id = segment.doc_id(index)
-            by_document[doc_id] = by_document.get(doc_id, 0) + n
+        doc_ids = segment.doc_ids_of(doc_indices)
+        if not by_document:
+            by_document = dict(zip(doc_ids, doc_counts.tolist(), strict=True))
+        else:
+            for doc_id, n in zip(doc_ids, doc_counts.tolist(), strict=True):
+                by_document[doc_id] = by_document.get(doc_id, 0) + n
     spaces = search.spaces
     # Padded offsets -> offsets in the normalised output (the padding adds one byte).
     start, end = spaces[first], spaces[stop] - 1
@@ -177,7 +180,7 @@ def _count_span(search: OutputSearch, first: int, stop: int, limit: int) -> Span
         words=stop - first,
         count=sum(by_contributor.values()),
         by_contributor={name: by_contributor[name] for name in sorted(by_contributor)},
-        by_document={doc: by_document[doc] for doc in sorted(by_document)},
+        by_document=by_document,  # canonical encoding sorts keys; no need to here
         sampled=sampled,
     )
 

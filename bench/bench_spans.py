@@ -197,17 +197,19 @@ def child_query(directory: Path, outputs_file: Path, naive_count: int) -> dict[s
     before_open = memory()
     segment = Segment.open(directory)
     after_open = memory()
-    for output in outputs[:20]:  # warm-up: imports, first page faults of the top SA levels
-        attribute(output, [segment], params)
+    attribute(outputs[0], [segment], params)  # warm-up: lazy imports, first page faults
+    checkpoints = {"after 1 query": memory()}
     latencies, spans, matched, credited = [], 0, 0, 0
-    for output in outputs:
+    for number, output in enumerate(outputs, start=1):
         start = time.perf_counter_ns()
         result = attribute(output, [segment], params)
         latencies.append(time.perf_counter_ns() - start)
         spans += len(result.spans)
         matched += sum(span.text_len for span in result.spans)
         credited += bool(result.weights_ppm)
-    after_queries = memory()
+        if number in (10, 100):
+            checkpoints[f"after {number} queries"] = memory()
+    checkpoints[f"after {len(outputs)} queries"] = memory()
     naive_latencies, finder_latencies, disagreements = [], [], 0
     for output in outputs[:naive_count]:
         start = time.perf_counter_ns()
@@ -227,8 +229,7 @@ def child_query(directory: Path, outputs_file: Path, naive_count: int) -> dict[s
         "spans_per_output": spans / len(outputs),
         "matched_fraction": matched / sum(len(o.encode()) for o in outputs),
         "credited_outputs": credited,
-        "memory": {"before_open": before_open, "after_open": after_open,
-                   "after_queries": after_queries},
+        "memory": {"before_open": before_open, "after_open": after_open, **checkpoints},
         "index_bytes": index_bytes,
     }
 
@@ -315,13 +316,13 @@ def report(args: argparse.Namespace, input_mb: float, generated: float,
                                                  f"({query['disagreements']} disagreements)"),
         ("finder speed-up p50, p99", f"{percentile(naive, 0.5) / percentile(finder, 0.5):.1f}x,"
                                      f" {percentile(naive, 0.99) / percentile(finder, 0.99):.1f}x"),
-        ("RSS growth: open", f"{growth('VmRSS', 'after_open'):.1f} MiB "
-                             f"(anon {growth('RssAnon', 'after_open'):.1f}, "
-                             f"file {growth('RssFile', 'after_open'):.1f})"),
-        ("RSS growth: + queries", f"{growth('VmRSS', 'after_queries'):.1f} MiB = "
-                                  f"{100 * growth('VmRSS', 'after_queries') / index_mib:.1f}% "
-                                  f"of the index (anon {growth('RssAnon', 'after_queries'):.1f},"
-                                  f" file {growth('RssFile', 'after_queries'):.1f})"),
+        *(
+            (f"RSS growth: {stage.replace('_', ' ')}",
+             f"{growth('VmRSS', stage):6.1f} MiB = {100 * growth('VmRSS', stage) / index_mib:5.1f}%"
+             f" of the index (anon {growth('RssAnon', stage):.1f}, "
+             f"file-backed {growth('RssFile', stage):.1f})")
+            for stage in memory_kib if stage != "before_open"
+        ),
     ]
     width = max(len(name) for name, _ in rows)
     print(f"spans/1 benchmark (--mb {args.mb:g}, seed {args.seed})")

@@ -109,6 +109,14 @@ class DatanetStore:
         root.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         self._open_segments: dict[Path, Segment] = {}
+        self._remove_staging_leftovers()
+
+    def _remove_staging_leftovers(self) -> None:
+        """A crash during an index build can leave a hidden staging folder (never a half
+        segment under a real name); nothing refers to those, so they go at start-up."""
+        for staging in self.root.glob("*/segments/.*"):
+            if staging.is_dir() and not staging.is_symlink():
+                shutil.rmtree(staging, ignore_errors=True)
 
     def _dir(self, name: str) -> Path:
         path = self.root / validate_name(name)
@@ -274,8 +282,10 @@ class DatanetStore:
             return segment
 
     def _forget_segments(self, under: Path) -> None:
+        # Dropped, not closed: an attribution running right now may still hold them. Their
+        # maps close when the last reference goes (unlinked files stay readable till then).
         for path in [p for p in self._open_segments if p.is_relative_to(under)]:
-            self._open_segments.pop(path).close()
+            self._open_segments.pop(path)
 
     def segments_for(self, names: Iterable[str]) -> tuple[list[Segment], frozenset[str]]:
         """Open segments of the named datanets, and the contributors to leave out."""

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from attribution import span_hashing
 from attribution.normalise import normalise_bytes
+from attribution.span_hashing import shingle_fingerprints
 from attribution.span_index import (
     CorpusDocument,
     CorpusError,
@@ -47,6 +48,10 @@ def documents_strategy(max_docs: int = 5, max_words: int = 25) -> st.SearchStrat
     return st.lists(st.tuples(contributors, texts), min_size=1, max_size=max_docs).map(
         lambda items: [CorpusDocument(f"doc{i}", c, t) for i, (c, t) in enumerate(items)]
     )
+
+
+def spaces_of(data: bytes) -> np.ndarray:
+    return np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 32)
 
 
 def segment_of(documents: list[CorpusDocument], root: Path, name: str = "seg",
@@ -90,6 +95,17 @@ def test_occurrences_and_documents(small_segment: Segment) -> None:
     assert small_segment.documents == 3
     assert small_segment.documents_by_contributor == {"alice": 1, "bob": 2}
     assert small_segment.info.contributors == ("alice", "bob")
+
+
+def test_document_text_round_trips(small_segment: Segment, tmp_path: Path) -> None:
+    texts = [small_segment.document_text(i) for i in range(small_segment.documents)]
+    assert texts == ["the cat sat on the mat. the cat sat.",
+                     "a cat sat on the mat, concat sat there", "σίσυφοσ pushed the fine rock"]
+    # Re-indexing the stored text gives the same corpus: what merging segments relies on.
+    again = [CorpusDocument(*small_segment.document(i), texts[i]) for i in range(3)]
+    build_segment(tmp_path / "again", again)
+    corpus = (small_segment.info.directory / "corpus.bin").read_bytes()
+    assert (tmp_path / "again" / "corpus.bin").read_bytes() == corpus
 
 
 def test_longest_prefix_and_contains(small_segment: Segment) -> None:
@@ -159,17 +175,16 @@ def test_shingles_hold_exactly_the_windows_inside_documents(
     with tempfile.TemporaryDirectory() as root, segment_of(
         documents, Path(root), shingle_words=width
     ) as segment:
-        hashes = [
-            int(word_window_hashes(w + b" ", np.flatnonzero(np.frombuffer(w + b" ", np.uint8)
-                                                            == 32), width)[0])
-            for w in sorted(expected)
-        ]
-        assert sorted(set(hashes)) == segment.shingles.tolist()
+        windows = [w + b" " for w in sorted(expected)]
+        hashes = np.array([word_window_hashes(w, spaces_of(w), width)[0] for w in windows],
+                          dtype=np.uint64)
+        assert segment.shingles.tolist() == sorted(set(shingle_fingerprints(hashes).tolist()))
+        assert segment.shingles_present(hashes).all()
 
 
 def test_window_hashes_do_not_depend_on_chunking(monkeypatch: pytest.MonkeyPatch) -> None:
     data = b" " + b" ".join(str(i % 7).encode() * (i % 3 + 1) for i in range(300)) + b" "
-    spaces = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 32)
+    spaces = spaces_of(data)
     whole = word_window_hashes(data, spaces, 3)
     for chunk in (1, 7, 64, len(data), len(data) - 1):
         monkeypatch.setattr(span_hashing, "_CHUNK", chunk)
@@ -198,9 +213,10 @@ def assert_no_leftovers(parent: Path) -> None:
         [CorpusDocument("d1", "a", "x"), CorpusDocument("d1", "b", "y")],
         [CorpusDocument("", "a", "x")],
         [CorpusDocument("d1", "", "x")],
+        [CorpusDocument("d\ud800", "a", "x")],
     ],
     ids=["no-documents", "blank-document", "empty-document", "duplicate-id", "empty-id",
-         "no-contributor"],
+         "no-contributor", "surrogate-id"],
 )
 def test_bad_corpora_are_refused_without_leftovers(
     tmp_path: Path, documents: list[CorpusDocument]

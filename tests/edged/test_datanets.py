@@ -252,3 +252,19 @@ def test_demo_datanet_installs_with_one_contributor_per_file(tmp_path: Path) -> 
             "national-archives", "library-of-congress", "shakespeare-folio", "mother-goose"}
     finally:
         store.close()
+
+
+def test_staging_leftovers_of_a_crashed_build_are_removed_at_start(tmp_path: Path) -> None:
+    store = DatanetStore(tmp_path / "datanets")
+    store.create("books")
+    store.add_documents("books", "alice", [("fox.txt", ALICE_TEXT)])
+    store.close()
+    leftover = tmp_path / "datanets" / "books" / "segments" / ".seg-000002.tmp1234"
+    leftover.mkdir()
+    (leftover / "corpus.bin").write_bytes(b"partial")
+    reopened = DatanetStore(tmp_path / "datanets")
+    try:
+        assert not leftover.exists()
+        assert reopened.get("books").segments == ["seg-000001"]
+    finally:
+        reopened.close()

@@ -59,3 +59,19 @@ def test_edged_run_streams_to_the_terminal(gemma_daemon: Daemon, tmp_path: Path)
                               "--temperature", "0")
     assert result.stdout.strip()
     assert "receipt " in result.stderr
+
+
+def test_first_request_on_the_demo_model_shows_data_attribution(gemma_daemon: Daemon) -> None:
+    client = openai.OpenAI(base_url=gemma_daemon.url + "/v1", api_key="x", max_retries=0,
+                           timeout=120)
+    completion = client.completions.create(model=GEMMA, prompt="We hold these truths to be "
+                                           "self-evident,", max_tokens=24, temperature=0)
+    receipt_id = (completion.model_extra or {})["receipt"]["id"]
+    receipt = client.get(f"{gemma_daemon.url}/v1/receipts/{receipt_id}", cast_to=object)
+    assert isinstance(receipt, dict) and receipt["attr"]["method"] == "spans/1"
+    data = {p[0]: p[2] for p in receipt["payees"] if p[1] == "data"}
+    assert "national-archives" in data
+    assert sum(data.values()) == 300_000  # the demo model's data share
+    evidence = client.get(f"{gemma_daemon.url}/v1/receipts/{receipt_id}/evidence",
+                          cast_to=object)
+    assert isinstance(evidence, dict) and evidence["evidence"]["spans"]

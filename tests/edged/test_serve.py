@@ -130,3 +130,38 @@ def test_non_loopback_bind_without_keys_is_refused(tmp_path: Path) -> None:
     node = Daemon(tmp_path / "data", extra_args=("--host", "0.0.0.0", "--no-demo-model"))
     with pytest.raises(RuntimeError, match="api_keys"):
         node.start(timeout=30)
+
+
+def test_cli_datanets_and_model_update(daemon: Daemon, tmp_path: Path) -> None:
+    notes = tmp_path / "notes.md"
+    notes.write_text("the river flows past the mill and under the stone bridge at dusk\n")
+    records = tmp_path / "records.jsonl"
+    records.write_text(json.dumps({"id": "r1", "text": "a lantern swings above the harbour "
+                                   "gate while the fishermen mend their nets"}) + "\n")
+    daemon.cli("datanet", "create", "harbour")
+    added = daemon.cli("datanet", "add", "harbour", "--contributor", "st-marys",
+                       "--payout", "0x" + "12" * 20, str(notes), str(records))
+    assert "added 2 documents" in added.stdout and "1 contributors" in added.stdout
+    assert "harbour" in daemon.cli("datanet", "list").stdout
+    shown = json.loads(daemon.cli("datanet", "show", "harbour").stdout)
+    assert shown["contributors"][0]["id"] == "st-marys" and shown["documents"] == 2
+
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"\x00\x01\x02")
+    refused = daemon.cli("datanet", "add", "harbour", "--contributor", "x", str(bad),
+                         check=False)
+    assert refused.returncode != 0 and "binary" in refused.stderr
+    assert json.loads(daemon.cli("datanet", "show", "harbour").stdout)["documents"] == 2
+
+    updated = json.loads(daemon.cli("models", "update", MODEL, "--datanet", "harbour",
+                                    "--data-share", "0.25").stdout)
+    assert updated["datanets"] == ["harbour"] and updated["data_share_ppm"] == 250_000
+    run = daemon.cli("run", MODEL, "hello", "--max-tokens", "4", "--temperature", "0")
+    receipt_id = run.stderr.split("receipt ")[1].split()[0]
+    receipt = json.loads(daemon.cli("receipts", "show", receipt_id).stdout)
+    assert receipt["attr"]["method"] == "spans/1"
+    daemon.cli("datanet", "remove-contributor", "harbour", "st-marys")
+    daemon.cli("datanet", "compact", "harbour")
+    daemon.cli("models", "update", MODEL, "--no-datanets", "--data-share", "0")
+    daemon.cli("datanet", "rm", "harbour")
+    assert "harbour" not in daemon.cli("datanet", "list").stdout
