@@ -44,7 +44,10 @@ from attribution.receipt import (
     SignedReceipt,
     verify_receipt,
 )
+from edged import log_tree
 from edged.errors import InternalError
+from sync import merkle
+from sync.checkpoint import SignedCheckpoint
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +116,9 @@ class Ledger:
         self._writer_conn = self._connect()
         try:
             self._check_owner(self._writer_conn)
+            log_tree.backfill(self._writer_conn, TABLE, self._stored_size(self._writer_conn))
             self._read_conn = self._connect(read_only=True)
+            self._checkpoint_conn = self._connect()
         except BaseException:
             self._writer_conn.close()
             raise
@@ -232,6 +237,8 @@ class Ledger:
                 seq, prev = seq + 1, leaf
             conn.executemany(_INSERT, rows)
             conn.executemany(_INSERT_EVIDENCE, evidence_rows)
+            if rows:
+                log_tree.store_subtrees(conn, TABLE, rows[0][0], [row[1] for row in rows])
             conn.execute("COMMIT")
         except Exception as exc:
             logger.error("ledger transaction of %d receipts failed: %s", len(batch), exc)
@@ -264,6 +271,49 @@ class Ledger:
             except RuntimeError:  # the loop was closed while its appends were in flight
                 logger.warning("event loop closed before %d receipts were handed back",
                                len(results))
+
+    # --- the Merkle log -----------------------------------------------------------------
+
+    @staticmethod
+    def _stored_size(conn: sqlite3.Connection) -> int:
+        row = conn.execute(f"SELECT MAX(seq) FROM {TABLE}").fetchone()
+        return 0 if row[0] is None else int(row[0]) + 1
+
+    def cut_checkpoint(self, ts: int) -> SignedCheckpoint:
+        """Sign and store a checkpoint of everything committed (the latest one if the log
+        has not grown). Blocking: call it from a thread."""
+        with self._read_lock:
+            if self._read_closed:
+                raise LedgerClosedError("the ledger is closed")
+            return log_tree.cut_checkpoint(self._checkpoint_conn, TABLE, self._key, ts)
+
+    def latest_checkpoint(self) -> SignedCheckpoint | None:
+        with self._read_lock:
+            return log_tree.latest_checkpoint(self._read_conn)
+
+    def checkpoint_at(self, size: int) -> SignedCheckpoint | None:
+        with self._read_lock:
+            return log_tree.checkpoint_at(self._read_conn, size)
+
+    def inclusion_proof(self, seq: int, size: int) -> list[bytes]:
+        """RFC 6962 audit path of receipt ``seq`` in the tree of the first ``size`` receipts."""
+        if not 0 <= seq < size <= self.count():
+            raise ValueError("need 0 <= seq < size <= number of receipts")
+        with self._read_lock:
+            return merkle.inclusion_proof(seq, size, log_tree.SqlSubtrees(self._read_conn,
+                                                                          TABLE))
+
+    def consistency_proof(self, first: int, second: int) -> list[bytes]:
+        """RFC 6962 proof that the tree of ``first`` receipts is a prefix of ``second``'s."""
+        if not 0 <= first <= second <= self.count():
+            raise ValueError("need 0 <= first <= second <= number of receipts")
+        with self._read_lock:
+            return merkle.consistency_proof(first, second,
+                                            log_tree.SqlSubtrees(self._read_conn, TABLE))
+
+    def root(self, size: int) -> bytes:
+        with self._read_lock:
+            return merkle.root(size, log_tree.SqlSubtrees(self._read_conn, TABLE))
 
     def get_evidence(self, leaf: bytes) -> bytes | None:
         """The evidence stored with the receipt ``leaf``, or None."""
@@ -331,6 +381,7 @@ class Ledger:
         with self._read_lock:
             self._read_closed = True
             self._read_conn.close()
+            self._checkpoint_conn.close()
 
     async def aclose(self) -> None:
         """:meth:`close` without blocking the event loop while the last batch commits."""
@@ -357,6 +408,7 @@ class Ledger:
                 raise LedgerError("the file is not an edged receipt ledger")
             table.create_index(["leaf"], index_name=f"{TABLE}_leaf", unique=True,
                                if_not_exists=True)
+            log_tree.create_tables(db)
             evidence = db.table(EVIDENCE_TABLE)
             if not evidence.exists():
                 evidence.create({"leaf": bytes, "data": bytes}, pk="leaf", not_null={"data"},

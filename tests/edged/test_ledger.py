@@ -36,6 +36,7 @@ from edged.ledger import (
     LedgerClosedError,
     LedgerError,
 )
+from sync import merkle
 from tests.support.receipt_factory import key_from, make_draft
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -247,7 +248,7 @@ def test_schema_and_journal(ledger: Ledger, ledger_path: Path) -> None:
     db = sqlite_utils.Database(ledger_path)
     try:
         assert db.journal_mode == "wal"
-        assert set(db.table_names()) == {"receipts", "evidence"}
+        assert set(db.table_names()) == {"receipts", "evidence", "merkle", "checkpoints"}
         table = db.table("receipts")
         assert table.pks == ["seq"]
         assert table.columns_dict.keys() == {"seq", "leaf", "raw", "ts", "model", "kind"}
@@ -358,3 +359,40 @@ async def test_evidence_is_stored_with_its_receipt(ledger: Ledger) -> None:
     without = await ledger.append(make_draft())
     assert ledger.get_evidence(with_evidence.leaf) == b"\x81\xa1k\x01"
     assert ledger.get_evidence(without.leaf) is None
+
+
+async def test_merkle_tree_and_checkpoints_follow_the_log(ledger: Ledger,
+                                                          ledger_path: Path) -> None:
+    leaves: list[bytes] = []
+    sizes = []
+    for batch in (1, 2, 5, 8, 1, 13):
+        receipts = await asyncio.gather(*(ledger.append(make_draft()) for _ in range(batch)))
+        leaves += [r.leaf for r in sorted(receipts, key=lambda r: r.seq)]
+        checkpoint = ledger.cut_checkpoint(ts=1_700_000_000_000 + len(leaves))
+        checkpoint.verify()
+        assert checkpoint.checkpoint.size == len(leaves)
+        assert checkpoint.checkpoint.root == merkle.reference_root(leaves)
+        sizes.append(len(leaves))
+    assert ledger.cut_checkpoint(ts=1) == ledger.latest_checkpoint()  # no growth, no new one
+    size = len(leaves)
+    for seq in (0, 7, size - 1):
+        proof = ledger.inclusion_proof(seq, size)
+        merkle.verify_inclusion(leaves[seq], seq, size, proof, merkle.reference_root(leaves))
+    for first in sizes:
+        proof = ledger.consistency_proof(first, size)
+        merkle.verify_consistency(first, size, merkle.reference_root(leaves[:first]),
+                                  merkle.reference_root(leaves), proof)
+    with pytest.raises(ValueError):
+        ledger.inclusion_proof(size, size)
+
+
+def test_tree_is_backfilled_for_a_ledger_written_without_one(ledger_path: Path,
+                                                             node_key: SigningKey) -> None:
+    with Ledger(ledger_path, node_key) as ledger:
+        receipts = [ledger.append_sync(make_draft()) for _ in range(11)]
+    db = sqlite3.connect(ledger_path)
+    db.execute("DELETE FROM merkle")
+    db.commit()
+    db.close()
+    with Ledger(ledger_path, node_key) as ledger:
+        assert ledger.root(11) == merkle.reference_root([r.leaf for r in receipts])
