@@ -3,25 +3,26 @@
 One run starts ``edged serve`` (demo Gemma 3 270M and demo datanet ``demo-classics``) in a
 temp data dir, then:
 
-1. creates the datanet ``bench-corpus`` over the HTTP API and fills it with the seeded
-   multi-contributor corpus of ``bench_spans.py`` (``--mb`` MB, one
-   ``POST /api/datanets/bench-corpus/documents`` per contributor), plus one contributor,
-   ``bench-quotes``, whose documents quote the demo texts inside generated filler (so the
-   greedy output also matches inside the big index, not only in ``demo-classics``);
+1. loads the model without generating and creates the datanet ``bench-corpus`` over the
+   HTTP API, filled with the seeded multi-contributor corpus of ``bench_spans.py`` (``--mb``
+   MB, one ``POST /api/datanets/bench-corpus/documents`` per contributor) plus one
+   contributor, ``bench-quotes``, whose documents quote the demo texts inside generated
+   filler (so the greedy output also matches inside the big index);
 2. toggles the model between ``owner/1`` (``PATCH /api/models/gemma3-270m`` with no
-   datanets, no data share) and ``spans/1`` (``demo-classics`` + ``bench-corpus``, 30% data
-   share) and runs ``--reps`` streaming ``/v1/completions`` per mode, alternating modes
-   (greedy, ``--max-tokens`` 128, ``stream_options.include_usage``), checking each receipt's
-   ``attr.method`` through ``GET /v1/receipts/{id}``;
-3. records the daemon's resident memory (``/proc/<pid>/status``: VmRSS, RssAnon, RssFile)
-   before the datanet exists, after indexing and after the timed runs, against the index's
-   size on disk.
+   datanets and no data share) and ``spans/1`` (``demo-classics`` + ``bench-corpus``, 30%
+   data share), one warm-up each, then ``--reps`` streaming ``/v1/completions`` per mode in
+   ABBA order (greedy, ``--max-tokens`` 128, ``stream_options.include_usage``), checking
+   each receipt's ``attr.method`` through ``GET /v1/receipts/{id}``;
+3. reads the daemon's resident memory (``/proc/<pid>/status``: VmRSS, RssAnon, RssFile)
+   before the datanet exists, after indexing, after the timed runs and after a control of
+   short ``owner/1`` requests, against the index's size on disk, and the index's own
+   resident pages from ``/proc/<pid>/smaps``.
 
 *total* is from sending the request to ``[DONE]``; *tail* is from the last content chunk to
 the chunk that carries the receipt: the attribution (spans/1 only), the receipt's signature
 and its durable SQLite commit all happen there. Not a test: no asserts on timings.
 
-Run: ``.venv/bin/python bench/bench_attribution_e2e.py [--mb 20] [--reps 5]``.
+Run: ``.venv/bin/python bench/bench_attribution_e2e.py [--mb 20] [--reps 5] [--per-run]``.
 """
 
 from __future__ import annotations
@@ -40,7 +41,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -59,34 +59,35 @@ DATA_SHARE_PPM = 300_000
 # Greedy Gemma 3 270M continues the Declaration of Independence for a while, so part of its
 # output is corpus text (demo-classics, and bench-quotes inside bench-corpus).
 PROMPT = "We hold these truths to be self-evident,"
-MODES = {
+MODES: dict[str, dict[str, Any]] = {
     "owner/1": {"datanets": [], "data_share_ppm": 0},
     "spans/1": {"datanets": [DEMO_DATANET, DATANET], "data_share_ppm": DATA_SHARE_PPM},
 }
 TARGET_SHARE = 0.03  # attribution plus receipt <= 3% of a 128-token response
 TARGET_RSS = 0.10  # daemon RSS growth < 10% of the index size
 SETTLE_S = 0.3  # idle gap before each timed run (as bench_generation.py)
+CONTROL_MAX_TOKENS = 8  # the control requests: what a request alone leaves in the heap
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 class BenchError(Exception):
     """The bench cannot go on; main() prints the message and edged's log tail."""
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Run:
     """One timed streaming completion; times in seconds from sending the request."""
 
     mode: str
     tokens: int
     ttft: float
-    last: float  # last chunk with text
+    last: float  # the last chunk with text
     receipt_at: float  # the chunk carrying the receipt
     done: float  # [DONE]
     text: str
     receipt_id: str
-    method: str = ""
-    data_payees: int = 0
-    rss: dict[str, int] = dataclasses.field(default_factory=dict)  # the daemon's, after it
+    method: str = ""  # attr.method of the stored receipt
+    others_cpu: float = 0.0  # CPU seconds other processes used during the request
 
     @property
     def tail(self) -> float:
@@ -112,6 +113,11 @@ class Daemon:
         self.port = free_port()
         self.threads = threads
         self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
 
     def start(self, timeout: float = 600.0) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("EDGED_")}
@@ -151,15 +157,43 @@ class Daemon:
             return ""
 
     def memory(self) -> dict[str, int]:
-        """The daemon's resident memory in KiB: VmRSS, RssAnon, RssFile, RssShmem."""
-        assert self.process is not None
+        """The daemon's resident memory in KiB: VmRSS, RssAnon, RssFile."""
         fields: dict[str, int] = {}
-        with open(f"/proc/{self.process.pid}/status") as handle:
+        with open(f"/proc/{self.pid}/status") as handle:
             for line in handle:
                 name, _, value = line.partition(":")
-                if name in ("VmRSS", "RssAnon", "RssFile", "RssShmem"):
+                if name in ("VmRSS", "RssAnon", "RssFile"):
                     fields[name] = int(value.split()[0])
         return fields
+
+    def mapped(self, under: Path) -> dict[str, tuple[int, int]]:
+        """(mapped size, resident KiB) per file name, over the daemon's mappings of files
+        under ``under`` (summed over segments; unlinked files keep a ``(deleted)`` mark)."""
+        prefix = f"{under}/"
+        result: dict[str, tuple[int, int]] = {}
+        current: str | None = None
+        size = 0
+        with open(f"/proc/{self.pid}/smaps") as handle:
+            for line in handle:
+                parts = line.split(maxsplit=5)
+                if parts and not parts[0].endswith(":"):  # a mapping's header line
+                    path = parts[5].strip() if len(parts) > 5 else ""
+                    current = None
+                    if path.startswith(prefix):
+                        deleted = path.endswith(" (deleted)")
+                        current = Path(path.removesuffix(" (deleted)")).name + (
+                            " (deleted)" if deleted else "")
+                        low, high = (int(x, 16) for x in parts[0].split("-"))
+                        size = (high - low) // 1024
+                elif current is not None and parts[0] == "Rss:":
+                    mapped, resident = result.get(current, (0, 0))
+                    result[current] = (mapped + size, resident + int(parts[1]))
+        return result
+
+    def cpu_seconds(self) -> float:
+        with open(f"/proc/{self.pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
 
     def request(self, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
                 content_type: str = "application/json",
@@ -224,12 +258,6 @@ class Daemon:
         return Run(mode, usage["completion_tokens"], first, last, receipt_at, done,
                    "".join(pieces), receipt_id)
 
-    def check_receipt(self, run: Run) -> Run:
-        """Fetch the receipt (untimed) and record its attribution method and data payees."""
-        receipt = self.call("GET", f"/v1/receipts/{run.receipt_id}")
-        data = sum(1 for payee in receipt["payees"] if payee[1] == "data")
-        return dataclasses.replace(run, method=receipt["attr"]["method"], data_payees=data)
-
 
 # -- corpus ---------------------------------------------------------------------------------
 
@@ -263,7 +291,7 @@ def jsonl(documents: list[tuple[str, str]]) -> bytes:
 
 
 def folder_bytes(folder: Path) -> tuple[int, int]:
-    """(apparent size, allocated size) of every file under ``folder``, like ``du -b``/``du``."""
+    """(apparent size, allocated size) of the files under ``folder``: ``du -sb``, ``du -s``."""
     apparent = allocated = 0
     for path in folder.rglob("*"):
         if path.is_file() and not path.is_symlink():
@@ -273,7 +301,7 @@ def folder_bytes(folder: Path) -> tuple[int, int]:
     return apparent, allocated
 
 
-# -- running and reporting ------------------------------------------------------------------
+# -- running --------------------------------------------------------------------------------
 
 
 def loadavg() -> str:
@@ -281,6 +309,19 @@ def loadavg() -> str:
         return " ".join(f"{v:.2f}" for v in os.getloadavg())
     except OSError:
         return "?"
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all CPUs spent busy since boot (/proc/stat: all but idle and iowait)."""
+    with open("/proc/stat") as handle:
+        values = [int(v) for v in handle.readline().split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = values
+    return (user + nice + system + irq + softirq + steal) / CLOCK_TICKS
+
+
+def own_cpu_seconds(daemon: Daemon) -> float:
+    times = os.times()
+    return daemon.cpu_seconds() + times.user + times.system
 
 
 def set_mode(daemon: Daemon, mode: str) -> None:
@@ -291,28 +332,81 @@ def timed(daemon: Daemon, mode: str, max_tokens: int) -> Run:
     set_mode(daemon, mode)
     gc.collect()
     time.sleep(SETTLE_S)
-    run = daemon.check_receipt(daemon.stream(mode, max_tokens))
-    return dataclasses.replace(run, rss=daemon.memory())
+    busy, own = machine_busy_seconds(), own_cpu_seconds(daemon)
+    run = daemon.stream(mode, max_tokens)
+    others = machine_busy_seconds() - busy - (own_cpu_seconds(daemon) - own)
+    receipt = daemon.call("GET", f"/v1/receipts/{run.receipt_id}")
+    return dataclasses.replace(run, method=receipt["attr"]["method"], others_cpu=others)
 
 
-def alternating(reps: int) -> Iterator[str]:
-    """owner, spans, spans, owner, owner, spans, ...: each mode follows each mode equally
-    often after the first pair; strict ABAB with an odd count would favour one side."""
+def abba(reps: int) -> Iterator[str]:
+    """owner, spans, spans, owner, owner, spans, ...: each rep is one run per mode, and the
+    order flips every rep, so neither mode always goes first through a slow drift."""
     order = list(MODES)
     for rep in range(reps):
         yield from (order if rep % 2 == 0 else order[::-1])
+
+
+# -- reporting ------------------------------------------------------------------------------
 
 
 def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
-def print_memory(stages: dict[str, dict[str, int]], control_requests: int,
-                 index_bytes: int) -> None:
-    """RSS per stage against the reading before the datanet, and two deltas: the requests
-    after indexing, and the control (as many owner/1 requests before the datanet existed)."""
+def print_runs(runs: list[Run]) -> None:
+    print(f"{'run':>3} {'mode':<9}{'tokens':>7}{'TTFT ms':>9}{'total ms':>10}{'tail ms':>9}"
+          f"{'attr.method':>13}{'others CPU-s':>14}")
+    for number, r in enumerate(runs):
+        print(f"{number:>3} {r.mode:<9}{r.tokens:>7}{r.ttft * 1e3:>9.1f}{r.done * 1e3:>10.1f}"
+              f"{r.tail * 1e3:>9.2f}{r.method:>13}{r.others_cpu:>14.2f}")
+
+
+def print_timing(runs: list[Run], max_tokens: int) -> None:
+    by_mode = {mode: [r for r in runs if r.mode == mode] for mode in MODES}
+    header = (f"{'mode':<10}{'total ms':>10}{'tail ms':>9}{'tail share':>12}{'TTFT ms':>9}"
+              f"{'min-max total ms':>19}{'min-max tail ms':>17}")
+    print(header)
+    print("-" * len(header))
+    medians: dict[str, tuple[float, float]] = {}
+    for mode, mode_runs in by_mode.items():
+        totals = [r.done * 1e3 for r in mode_runs]
+        tails = [r.tail * 1e3 for r in mode_runs]
+        total, tail = median(totals), median(tails)
+        medians[mode] = (total, tail)
+        print(f"{mode:<10}{total:>10.1f}{tail:>9.2f}{100 * tail / total:>11.2f}%"
+              f"{median([r.ttft * 1e3 for r in mode_runs]):>9.1f}"
+              f"{min(totals):>10.0f} - {max(totals):<6.0f}{min(tails):>8.1f} - {max(tails):<6.1f}")
+    (owner_total, owner_tail), (spans_total, spans_tail) = medians["owner/1"], medians["spans/1"]
+    overhead = (spans_total - owner_total) / owner_total
+    pairs = list(zip(by_mode["owner/1"], by_mode["spans/1"], strict=True))
+    paired_total = median([(s.done - o.done) / o.done for o, s in pairs])
+    paired_tail = median([(s.tail - o.tail) * 1e3 for o, s in pairs])
+    totals = [r.done for r in runs]
+    spread = (max(totals) - min(totals)) / min(totals)
+    print()
+    print(f"end-to-end overhead spans/1 vs owner/1 (median totals): {100 * overhead:+.2f}% "
+          f"({spans_total - owner_total:+.1f} ms); paired per rep: {100 * paired_total:+.2f}%; "
+          f"the totals of all runs spread {100 * spread:.1f}%")
+    print(f"tail spans/1 - owner/1: {spans_tail - owner_tail:+.2f} ms (medians), "
+          f"{paired_tail:+.2f} ms (paired per rep)")
+    share = spans_tail / spans_total
+    added = (spans_tail - owner_tail) / owner_total
+
+    def verdict(value: float) -> str:
+        return "met" if value <= TARGET_SHARE else "NOT met"
+
+    print(f"target attribution + receipt <= {100 * TARGET_SHARE:.0f}% of a {max_tokens}-token "
+          f"response: spans/1 tail {100 * share:.2f}% of its total, {verdict(share)}; "
+          f"attribution alone (tail difference) {100 * added:.2f}%, {verdict(added)}; median "
+          f"totals {100 * overhead:+.2f}%, {verdict(overhead)} (within the noise above)")
+
+
+def print_memory(stages: dict[str, dict[str, int]], index_bytes: int,
+                 mapped: dict[str, tuple[int, int]]) -> None:
+    """RSS per stage, growth against the reading before the datanet, and the deltas."""
     index_mib = index_bytes / 2**20
-    loaded, base, indexed, final = stages.values()
+    base, indexed, after_runs, after_control = stages.values()
     fields = ("VmRSS", "RssAnon", "RssFile")
 
     def growth(later: dict[str, int], earlier: dict[str, int]) -> dict[str, float]:
@@ -321,20 +415,28 @@ def print_memory(stages: dict[str, dict[str, int]], control_requests: int,
     def row(label: str, grown: dict[str, float], reading: dict[str, int] | None = None) -> None:
         absolute = (f"{reading['VmRSS'] / 1024:>8.1f}{reading['RssAnon'] / 1024:>9.1f}"
                     f"{reading['RssFile'] / 1024:>9.1f}" if reading else f"{'':>26}")
-        print(f"{label:<40}{absolute}{grown['VmRSS']:>+9.1f}{grown['RssAnon']:>+8.1f}"
-              f"{grown['RssFile']:>+8.1f}{100 * grown['VmRSS'] / index_mib:>13.1f}%")
+        print(f"{label:<44}{absolute}{grown['VmRSS']:>+9.1f}{grown['RssAnon']:>+8.1f}"
+              f"{grown['RssFile']:>+8.1f}{100 * grown['VmRSS'] / index_mib:>9.1f}%")
 
-    print(f"{'daemon RSS, MiB (growth: vs before)':<40}{'VmRSS':>8}{'RssAnon':>9}{'RssFile':>9}"
-          f"{'growth':>9}{'anon':>8}{'file':>8}{'growth/index':>14}")
+    print(f"{'daemon RSS, MiB':<44}{'VmRSS':>8}{'RssAnon':>9}{'RssFile':>9}{'growth':>9}"
+          f"{'anon':>8}{'file':>8}{'/index':>10}")
     for stage, reading in stages.items():
         row(stage, growth(reading, base), reading)
-    row("delta: the requests after indexing", growth(final, indexed))
-    row(f"delta: control, {control_requests} owner/1 reqs, no datanet", growth(base, loaded))
-    share = growth(final, base)["VmRSS"] / index_mib
-    print(f"index on disk {index_mib:.1f} MiB; target RSS growth < {100 * TARGET_RSS:.0f}% of "
-          f"the index: {100 * share:.1f}% {'met' if share < TARGET_RSS else 'NOT met'}")
-    print("RssFile: mapped pages (the index's), clean page cache the kernel can drop and read "
-          "back; RssAnon: heap, not reclaimable; the control shows what requests alone add")
+    row("delta: indexing", growth(indexed, base))
+    row("delta: warm-ups + timed runs", growth(after_runs, indexed))
+    row("delta: control requests", growth(after_control, after_runs))
+    resident = sum(kib for _, kib in mapped.values()) / 1024
+    print(f"index pages resident in the daemon after the runs (smaps): {resident:.1f} MiB = "
+          f"{100 * resident / index_mib:.1f}% of the index: " + ", ".join(
+              f"{name} {kib / 1024:.1f}/{size / 1024:.1f}" for name, (size, kib)
+              in sorted(mapped.items())) + " MiB resident/mapped")
+    share = growth(after_runs, base)["VmRSS"] / index_mib
+    anon = growth(after_runs, base)["RssAnon"] / index_mib
+    print(f"target RSS growth < {100 * TARGET_RSS:.0f}% of the index ({index_mib:.1f} MiB) after "
+          f"the runs: {100 * share:.1f}% {'met' if share < TARGET_RSS else 'NOT met'} "
+          f"(anon {100 * anon:.1f}%, file-backed {100 * (share - anon):.1f}%)")
+    print("file-backed (RssFile) pages are mapped page cache: clean, the kernel can drop them "
+          "under memory pressure and read them back; anonymous (RssAnon) memory is the heap")
 
 
 def main() -> None:
@@ -362,24 +464,22 @@ def main() -> None:
             corpus_file.unlink()
             generated_s = time.perf_counter() - start
 
-            daemon = Daemon(base, args.threads)
             load_start = loadavg()
+            daemon = Daemon(base, args.threads)
             start = time.perf_counter()
             daemon.start()
-            start_s = time.perf_counter() - start
+            ready_s = time.perf_counter() - start
             if DATANET in {d["name"] for d in daemon.call("GET", "/api/datanets")["datanets"]}:
                 raise BenchError(f"a fresh data dir already has {DATANET!r}")
-            # Load the model, then the control: as many owner/1 requests as will follow the
-            # index, so that what requests alone add to the RSS shows (see the README).
+            # Load without generating: every generation leaves garbage in the daemon's heap
+            # until Python's cyclic GC runs (see bench/README.md), so none runs before the
+            # indexing delta is read.
             set_mode(daemon, "owner/1")
-            first = daemon.stream("owner/1", args.max_tokens)
+            start = time.perf_counter()
+            daemon.call("POST", f"/api/models/{MODEL}/load", {})
+            load_s = time.perf_counter() - start
             time.sleep(1.0)
-            memory = {"model loaded (1 request)": daemon.memory()}
-            control_requests = len(MODES) * (args.reps + 1)
-            for _ in range(control_requests):
-                daemon.stream("owner/1", args.max_tokens)
-            time.sleep(1.0)
-            memory["before the datanet"] = daemon.memory()
+            memory = {"model loaded, before the datanet": daemon.memory()}
 
             daemon.call("POST", "/api/datanets", {"name": DATANET})
             start = time.perf_counter()
@@ -387,21 +487,32 @@ def main() -> None:
                 daemon.call("POST", f"/api/datanets/{DATANET}/documents?contributor={contributor}",
                             raw=jsonl(documents), content_type="application/x-ndjson")
             index_s = time.perf_counter() - start
+            del uploads
             state = daemon.call("GET", f"/api/datanets/{DATANET}")
             time.sleep(1.0)
             memory["after indexing"] = daemon.memory()
-            index_apparent, index_allocated = folder_bytes(
-                daemon.data_dir / "datanets" / DATANET)
-            del uploads
+            index_dir = daemon.data_dir / "datanets" / DATANET
+            index_apparent, index_allocated = folder_bytes(index_dir)
 
             load_before = loadavg()
+            busy, own, wall = machine_busy_seconds(), own_cpu_seconds(daemon), time.monotonic()
             warm = {mode: timed(daemon, mode, args.max_tokens) for mode in MODES}
-            runs: list[Run] = [timed(daemon, mode, args.max_tokens)
-                               for mode in alternating(args.reps)]
+            runs = [timed(daemon, mode, args.max_tokens) for mode in abba(args.reps)]
+            wall = time.monotonic() - wall
+            others = machine_busy_seconds() - busy - (own_cpu_seconds(daemon) - own)
             load_after = loadavg()
             time.sleep(1.0)
-            memory[f"after warm-ups + {len(runs)} timed runs"] = daemon.memory()
-            evidence = daemon.call("GET", f"/v1/receipts/{warm['spans/1'].receipt_id}/evidence")
+            memory[f"after 2 warm-ups + {len(runs)} timed runs"] = daemon.memory()
+            mapped = daemon.mapped(index_dir)
+            evidence = daemon.call("GET", f"/v1/receipts/{runs[-1].receipt_id}/evidence"
+                                   if runs[-1].mode == "spans/1" else
+                                   f"/v1/receipts/{runs[-2].receipt_id}/evidence")
+            set_mode(daemon, "owner/1")
+            control = len(runs) + len(warm)
+            for _ in range(control):
+                daemon.stream("owner/1", CONTROL_MAX_TOKENS)
+            time.sleep(1.0)
+            memory[f"after {control} control requests (owner/1)"] = daemon.memory()
         except BenchError as exc:
             print(f"bench failed: {exc}")
             if daemon is not None:
@@ -412,80 +523,38 @@ def main() -> None:
             if daemon is not None:
                 daemon.stop()
 
-    by_mode = {mode: [r for r in runs if r.mode == mode] for mode in MODES}
-    print(f"python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} CPUs; "
-          f"model {MODEL}, {args.threads} threads; greedy, max_tokens {args.max_tokens}; "
-          f"{args.reps} reps per mode, alternating, after 1 warm-up each")
+    cpus = os.cpu_count() or 1
+    print(f"python {platform.python_version()}, {platform.machine()}, {cpus} CPUs, kernel "
+          f"{platform.release()}; model {MODEL}, {args.threads} threads; greedy, max_tokens "
+          f"{args.max_tokens}; {args.reps} reps per mode (ABBA) after 1 warm-up each")
     print(f"loadavg {load_start} at start, {load_before} before the timed runs, "
-          f"{load_after} after")
+          f"{load_after} after; other processes used {others:.1f} CPU-s during the "
+          f"{wall:.0f} s of runs ({100 * others / (wall * cpus):.0f}% of the machine)")
     print(f"corpus: {corpus_bytes / 1e6:.1f} MB generated ({CONTRIBUTORS} contributors, seed "
           f"{args.seed}, {generated_s:.1f} s) + {QUOTES_CONTRIBUTOR}; {DATANET}: "
           f"{state['documents']} documents, {len(state['contributors'])} contributors, "
-          f"{state['segments']} segment(s), indexed in {index_s:.1f} s "
-          f"({corpus_bytes / 1e6 / index_s:.2f} MB/s, {len(MODES['spans/1']['datanets'])} "
-          f"datanets queried)")
-    print(f"daemon ready in {start_s:.1f} s (installs the demo model and datanet); first "
-          f"request (loads the model) {first.done:.1f} s")
-    print(f"index on disk: {index_apparent / 2**20:.1f} MiB apparent, "
-          f"{index_allocated / 2**20:.1f} MiB allocated")
+          f"{state['segments']} segment(s), indexed over HTTP in {index_s:.1f} s "
+          f"({corpus_bytes / 1e6 / index_s:.2f} MB/s)")
+    print(f"index on disk: {index_apparent / 2**20:.1f} MiB (du -sb), "
+          f"{index_allocated / 2**20:.1f} MiB allocated; daemon ready in {ready_s:.1f} s, "
+          f"model load {load_s:.1f} s")
     texts = {r.text for r in [*warm.values(), *runs]}
     methods_ok = all(r.method == r.mode for r in [*warm.values(), *runs])
-    tokens = sorted({r.tokens for r in runs})
     spans = evidence["evidence"].get("spans", [])
-    matched_words = sum(span["words"] for span in spans)
     contributors = sorted({c for span in spans for c in span["by_contributor"]})
-    print("warm-up tails (first request per mode after indexing): " + ", ".join(
-        f"{mode} {run.tail * 1e3:.1f} ms" for mode, run in warm.items()))
     print(f"identical text in every run: {'yes' if len(texts) == 1 else 'NO'}; tokens "
-          f"{'/'.join(map(str, tokens))}; attr.method as the mode in every receipt: "
-          f"{'yes' if methods_ok else 'NO'}")
-    print(f"spans/1 evidence: {len(spans)} spans, {matched_words} words matched, credited: "
-          f"{', '.join(contributors) or 'nobody'}; data payees per spans/1 receipt: "
-          f"{warm['spans/1'].data_payees}")
+          f"{'/'.join(map(str, sorted({r.tokens for r in runs})))}; attr.method as the mode "
+          f"in every receipt: {'yes' if methods_ok else 'NO'}")
+    print(f"spans/1 evidence: {len(spans)} spans, {sum(s['words'] for s in spans)} words "
+          f"matched, credited {', '.join(contributors) or 'nobody'}; warm-up tails: " +
+          ", ".join(f"{mode} {run.tail * 1e3:.1f} ms" for mode, run in warm.items()))
     if args.per_run:
         print()
-        print(f"{'run':>3} {'mode':<9}{'tokens':>7}{'TTFT ms':>9}{'total ms':>10}"
-              f"{'tail ms':>9}{'method':>9}{'RSS anon MiB':>14}{'file MiB':>10}")
-        for number, r in enumerate(runs):
-            print(f"{number:>3} {r.mode:<9}{r.tokens:>7}{r.ttft * 1e3:>9.1f}"
-                  f"{r.done * 1e3:>10.1f}{r.tail * 1e3:>9.2f}{r.method:>9}"
-                  f"{r.rss['RssAnon'] / 1024:>14.1f}{r.rss['RssFile'] / 1024:>10.1f}")
+        print_runs(runs)
     print()
-    header = (f"{'mode':<10}{'total ms':>10}{'tail ms':>9}{'tail share':>12}"
-              f"{'min-max total':>17}{'min-max tail':>15}")
-    print(header)
-    print("-" * len(header))
-    medians = {}
-    for mode, mode_runs in by_mode.items():
-        total = median([r.done * 1e3 for r in mode_runs])
-        tail = median([r.tail * 1e3 for r in mode_runs])
-        medians[mode] = (total, tail)
-        totals = [r.done * 1e3 for r in mode_runs]
-        tails = [r.tail * 1e3 for r in mode_runs]
-        print(f"{mode:<10}{total:>10.1f}{tail:>9.2f}{100 * tail / total:>11.2f}%"
-              f"{min(totals):>8.0f} - {max(totals):<6.0f}{min(tails):>6.1f} - {max(tails):<6.1f}")
-    (owner_total, owner_tail), (spans_total, spans_tail) = medians["owner/1"], medians["spans/1"]
-    overhead = (spans_total - owner_total) / owner_total
-    pairs = list(zip(by_mode["owner/1"], by_mode["spans/1"], strict=True))
-    paired_tail = median([(s.tail - o.tail) * 1e3 for o, s in pairs])
-    paired_total = median([(s.done - o.done) / o.done for o, s in pairs])
-    spread = (max(r.done for r in runs) - min(r.done for r in runs)) / min(r.done for r in runs)
+    print_timing(runs, args.max_tokens)
     print()
-    print(f"spans/1 vs owner/1, end to end: {100 * overhead:+.2f}% of the median total "
-          f"({spans_total - owner_total:+.1f} ms; paired per-rep median "
-          f"{100 * paired_total:+.2f}%; all totals spread {100 * spread:.1f}%)")
-    print(f"spans/1 vs owner/1, tail: {spans_tail - owner_tail:+.2f} ms "
-          f"(paired per-rep median {paired_tail:+.2f} ms)")
-    share = spans_tail / spans_total
-    added = (spans_tail - owner_tail) / owner_total
-    print(f"target attribution + receipt <= {100 * TARGET_SHARE:.0f}% of a {args.max_tokens}-"
-          f"token response: spans/1 tail {100 * share:.2f}% of its total "
-          f"{'met' if share <= TARGET_SHARE else 'NOT met'}; tail added by spans/1 "
-          f"{100 * added:.2f}% of the owner/1 total {'met' if added <= TARGET_SHARE else 'NOT met'}"
-          f"; median totals {100 * overhead:+.2f}% "
-          f"{'met' if overhead <= TARGET_SHARE else 'NOT met'} (noise-limited: see the spread)")
-    print()
-    print_memory(memory, control_requests, index_apparent)
+    print_memory(memory, index_apparent, mapped)
 
 
 if __name__ == "__main__":

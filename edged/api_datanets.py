@@ -10,7 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from attribution import canonical
-from edged.appkeys import DATANETS, LEDGER, SETTINGS
+from edged.appkeys import DATANETS, LEDGER, SERVICE, SETTINGS
 from edged.errors import Forbidden, InvalidRequest, NotFound, PayloadTooLarge
 from edged.http_common import json_response, read_json
 
@@ -47,7 +47,8 @@ async def create_datanet(request: web.Request) -> web.Response:
 
 async def remove_datanet(request: web.Request) -> web.Response:
     name = request.match_info["name"]
-    await asyncio.to_thread(request.app[DATANETS].remove, name)
+    users = [m.name for m in request.app[SERVICE].store.list() if name in m.datanets]
+    await asyncio.to_thread(request.app[DATANETS].remove, name, in_use_by=users)
     return json_response({"deleted": name})
 
 

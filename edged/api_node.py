@@ -12,7 +12,7 @@ from aiohttp import web
 
 from attribution.receipt import SignedReceipt
 from edged.appkeys import DATANETS, LEDGER, NODE_KEYS, READY, SCHEDULER, SERVICE, SETTINGS
-from edged.errors import InvalidRequest, NotFound, NotReady
+from edged.errors import InvalidRequest, NotFound, NotReady, PayloadTooLarge
 from edged.http_common import json_response, read_json
 from edged.models import Manifest, Price, validate_digest, validate_name
 from edged.schemas import parse_keep_alive
@@ -114,19 +114,28 @@ async def create_model(request: web.Request) -> web.Response:
         raise InvalidRequest("the request body must be a JSON object")
     manifest = Manifest(
         name=validate_name(body.get("name", "")),
-        runtime=str(body.get("runtime", "llama.cpp")),
+        runtime=body.get("runtime") or "llama.cpp",
         weights=validate_digest(body.get("weights", "")),
         size=0,
-        owner=str(body.get("owner") or "node:" + request.app[NODE_KEYS].public_key.hex()),
-        price=Price.from_dict(body.get("price") or {}),
+        owner=body.get("owner") or "node:" + request.app[NODE_KEYS].public_key.hex(),
+        price=_price(body.get("price")),
         chat_format=body.get("chat_format"),
-        context_length=body.get("context_length") or 2048,
+        context_length=_int_field(body, "context_length", 2048),
         datanets=tuple(_string_list(body.get("datanets") or [], "datanets")),
         data_share_ppm=_int_field(body, "data_share_ppm", 0),
-        unmatched_data_to=str(body.get("unmatched_data_to") or "owner"),
+        unmatched_data_to=body.get("unmatched_data_to") or "owner",
     )
+    await _require_datanets(request, manifest.datanets)
     stored = request.app[SERVICE].store.add(manifest, replace_existing=bool(body.get("replace")))
     return json_response(_model_view(request, stored), status=201)
+
+
+def _price(value: Any) -> Price:
+    if value is None:
+        return Price()
+    if not isinstance(value, dict):
+        raise InvalidRequest("'price' must be an object", param="price")
+    return Price.from_dict(value)
 
 
 def _string_list(value: Any, param: str) -> list[str]:
@@ -144,6 +153,11 @@ def _int_field(body: dict[str, Any], name: str, default: int) -> int:
     return value
 
 
+async def _require_datanets(request: web.Request, names: tuple[str, ...]) -> None:
+    for name in names:
+        await asyncio.to_thread(request.app[DATANETS].get, name)  # DatanetNotFound: 404
+
+
 UPDATABLE = {"owner", "price", "datanets", "data_share_ppm", "unmatched_data_to",
              "chat_format", "context_length"}
 
@@ -158,15 +172,15 @@ async def update_model(request: web.Request) -> web.Response:
         raise InvalidRequest(f"cannot update {sorted(unknown)}; updatable: {sorted(UPDATABLE)}")
     store = request.app[SERVICE].store
     current = store.get(request.match_info["name"])
-    for name in body.get("datanets") or []:
-        await asyncio.to_thread(request.app[DATANETS].get, name)  # must exist
     changes: dict[str, Any] = dict(body)
     if "price" in changes:
-        changes["price"] = Price.from_dict(changes["price"] or {})
+        changes["price"] = _price(changes["price"])
     if "datanets" in changes:
         changes["datanets"] = tuple(_string_list(changes["datanets"], "datanets"))
-    if "data_share_ppm" in changes:
-        changes["data_share_ppm"] = _int_field(body, "data_share_ppm", 0)
+        await _require_datanets(request, changes["datanets"])
+    for name in ("data_share_ppm", "context_length"):
+        if name in changes:
+            changes[name] = _int_field(body, name, getattr(current, name))
     updated = store.add(dataclasses.replace(current, **changes), replace_existing=True)
     return json_response(_model_view(request, updated))
 
@@ -205,9 +219,14 @@ async def upload_blob(request: web.Request) -> web.Response:
     """Stream a weights file into the store; it is kept only if its SHA-256 matches."""
     store = request.app[SERVICE].store
     digest = validate_digest(request.match_info["digest"])
+    limit = request.app[SETTINGS].max_blob_bytes
     if not store.has_blob(digest):
         with store.blob_writer(digest) as writer:
+            received = 0
             async for block in request.content.iter_chunked(1 << 20):
+                received += len(block)
+                if received > limit:
+                    raise PayloadTooLarge("the file exceeds max_blob_bytes")
                 await asyncio.to_thread(writer.write, block)
     return json_response({"digest": "sha256:" + digest}, status=201)
 

@@ -14,15 +14,17 @@ from attribution.spans import SpanParams
 from edged.api_datanets import add_datanet_routes
 from edged.api_node import add_node_routes
 from edged.api_openai import add_openai_routes
+from edged.api_sync import add_sync_routes
 from edged.appkeys import DATANETS, LEDGER, NODE_KEYS, READY, SCHEDULER, SERVICE, SETTINGS
 from edged.attributor import Attributor
 from edged.datanets import DatanetStore
 from edged.demo import install_demo_model
+from edged.errors import Unsupported
 from edged.http_common import error_middleware
 from edged.inference import InferenceService, unix_millis
 from edged.keys import load_or_create_keys
 from edged.ledger import Ledger
-from edged.models import ModelStore
+from edged.models import SERVING_RUNTIMES, ModelStore
 from edged.scheduler import LoadPlan, Scheduler
 from edged.security import add_cors_headers, security_middleware
 from edged.settings import Settings
@@ -39,8 +41,11 @@ def default_threads(settings: Settings) -> int:
 
 
 def create_app(settings: Settings, *, loader: Loader = load_backend,
-               clock_ms: Callable[[], int] = unix_millis) -> web.Application:
-    """Build the daemon. Resources open in ``cleanup_ctx`` and close in reverse order."""
+               clock_ms: Callable[[], int] = unix_millis,
+               runtimes: tuple[str, ...] = SERVING_RUNTIMES) -> web.Application:
+    """Build the daemon. Resources open in ``cleanup_ctx`` and close in reverse order.
+
+    ``runtimes`` are those models may use; tests add the fake runtime with its loader."""
     settings.validate()
     app = web.Application(
         middlewares=[error_middleware, security_middleware(settings)],
@@ -52,11 +57,12 @@ def create_app(settings: Settings, *, loader: Loader = load_backend,
     add_openai_routes(app)
     add_node_routes(app)
     add_datanet_routes(app)
+    add_sync_routes(app)
 
     async def node_state(app: web.Application) -> AsyncIterator[None]:
         settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         keys = load_or_create_keys(settings.keys_dir)
-        store = ModelStore(settings.models_dir)
+        store = ModelStore(settings.models_dir, runtimes=runtimes)
         datanets = DatanetStore(settings.datanets_dir)
         attributor = Attributor(
             datanets, operator_id=settings.operator_id or "node:" + keys.public_key.hex(),
@@ -66,6 +72,9 @@ def create_app(settings: Settings, *, loader: Loader = load_backend,
 
         def resolve(name: str) -> LoadPlan:
             manifest = store.get(name)
+            if manifest.runtime not in runtimes:
+                raise Unsupported(f"this daemon does not serve the {manifest.runtime!r} runtime",
+                                  param="model")
             spec = ModelSpec(name=manifest.name, path=store.weights_path(manifest),
                              chat_format=manifest.chat_format,
                              context_length=manifest.context_length, threads=threads)
@@ -89,10 +98,13 @@ def create_app(settings: Settings, *, loader: Loader = load_backend,
             if not settings.install_demo_model:
                 app[READY].set()
             startup = asyncio.create_task(_finish_startup(app, store, datanets))
+            checkpoints = asyncio.create_task(_cut_checkpoints(ledger, settings,
+                                                               clock_ms))
             try:
                 yield
             finally:
                 startup.cancel()
+                checkpoints.cancel()
                 await scheduler.close()
                 datanets.close()
 
@@ -111,3 +123,16 @@ async def _finish_startup(app: web.Application, store: ModelStore,
         except Exception:
             logger.exception("installing the demo model failed")
     app[READY].set()
+
+
+async def _cut_checkpoints(ledger: Ledger, settings: Settings,
+                           clock_ms: Callable[[], int]) -> None:
+    """Sign a checkpoint every ``checkpoint_interval`` seconds while the log grows."""
+    while True:
+        await asyncio.sleep(settings.checkpoint_interval)
+        latest = ledger.latest_checkpoint()
+        if latest is None or latest.checkpoint.size < ledger.count():
+            try:
+                await asyncio.to_thread(ledger.cut_checkpoint, clock_ms())
+            except Exception:
+                logger.exception("cutting a checkpoint failed")

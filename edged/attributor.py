@@ -43,6 +43,11 @@ class Attributor:
         self.operator_ppm = operator_ppm
         self.span_params = span_params
 
+    def check(self, manifest: Manifest) -> None:
+        """Fail before any compute when a model names a datanet that is gone."""
+        for name in manifest.datanets:
+            self.datanets.get(name)
+
     def attribute(self, manifest: Manifest, output_text: str | None) -> Attribution:
         """Blocking (index queries): call it from a thread."""
         if output_text is None or not manifest.datanets or not manifest.data_share_ppm:

@@ -4,6 +4,7 @@ client of a running daemon (as ``ollama`` does)."""
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import sys
 from pathlib import Path
@@ -242,6 +243,47 @@ def receipts_verify(ctx: click.Context) -> None:
     click.echo(f"{report.count} receipts, head {head}: {'OK' if report.ok else 'FAILED'}")
     if not report.ok:
         sys.exit(1)
+
+
+@receipts.command("prove")
+@click.argument("receipt_id")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="bundle file (default: <id>.proof.json)")
+@click.pass_context
+def receipts_prove(ctx: click.Context, receipt_id: str, output: Path | None) -> None:
+    """Write a self-contained proof bundle: the receipt, a signed checkpoint and the
+    inclusion proof. Check it anywhere with `edged verify BUNDLE --key NODE_KEY`."""
+    from sync.bundle import ProofBundle
+    from sync.checkpoint import SignedCheckpoint
+
+    receipt = call_daemon(ctx, "GET", f"/v1/receipts/{receipt_id}")
+    proof = call_daemon(ctx, "GET", f"/v1/receipts/{receipt_id}/proof")
+    checkpoint = {k: v for k, v in proof["checkpoint"].items() if k != "raw"}
+    bundle = ProofBundle(receipt=base64.b64decode(receipt["raw"]), seq=proof["seq"],
+                         checkpoint=SignedCheckpoint.from_json(checkpoint),
+                         proof=[bytes.fromhex(step) for step in proof["proof"]])
+    target = output or Path(f"{receipt['id']}.proof.json")
+    target.write_text(json.dumps(bundle.to_json(), indent=2) + "\n", encoding="utf-8")
+    click.echo(f"wrote {target} (receipt seq {bundle.seq} in a log of {proof['size']})")
+
+
+@main.command("verify")
+@click.argument("bundle_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--key", "node_key", required=True, help="the node's public key (64 hex digits)")
+def verify_bundle_command(bundle_file: Path, node_key: str) -> None:
+    """Check a proof bundle offline: signatures and inclusion, with only the node's key."""
+    from sync.bundle import BundleError, ProofBundle, verify_bundle
+
+    try:
+        key = bytes.fromhex(node_key)
+        bundle = ProofBundle.from_json(json.loads(bundle_file.read_text(encoding="utf-8")))
+        receipt = verify_bundle(bundle, key)
+    except (BundleError, ValueError) as exc:
+        click.echo(f"INVALID: {exc}", err=True)
+        sys.exit(1)
+    size = bundle.checkpoint.checkpoint.size
+    click.echo(f"OK: receipt {receipt.leaf.hex()} (seq {receipt.seq}) is in the log of "
+               f"{size} receipts signed by {node_key[:16]}...")
 
 
 @main.group()

@@ -164,7 +164,11 @@ class DatanetStore:
                     logger.warning("skipping an unreadable datanet: %s", path.name)
         return states
 
-    def remove(self, name: str) -> None:
+    def remove(self, name: str, *, in_use_by: Sequence[str] = ()) -> None:
+        """Delete a datanet; refused while models (``in_use_by``) still attribute to it."""
+        if in_use_by:
+            raise Conflict(f"datanet {name!r} is used by models {sorted(in_use_by)}; update "
+                           "them first", param="name")
         with self._lock:
             folder = self._dir(name)
             self._read(name)
@@ -188,15 +192,20 @@ class DatanetStore:
             if "\x00" in text:
                 raise InvalidRequest(f"document {doc_id!r} is binary", param="documents")
         started = time.perf_counter()
-        with self._lock:
+        with self._lock:  # reserve a segment name; the build itself runs without the lock
             state = self._read(name)
             if contributor in state.removed:
                 state = self._compact(state)
-            corpus = [CorpusDocument(doc_id, contributor, text)
-                      for doc_id, text in _unique_ids(contributor, documents)]
             segment_name = f"seg-{state.next_segment:06d}"
-            self._build(self._dir(name) / "segments" / segment_name, corpus, progress)
-            size = sum(len(text.encode("utf-8")) for _, text in documents)
+            state.next_segment += 1
+            self._write(state)
+        corpus = [CorpusDocument(doc_id, contributor, text)
+                  for doc_id, text in _unique_ids(contributor, documents)]
+        # Queries (attribution on every request) keep running while this builds.
+        self._build(self._dir(name) / "segments" / segment_name, corpus, progress)
+        size = sum(len(text.encode("utf-8")) for _, text in documents)
+        with self._lock:
+            state = self._read(name)
             entry = state.contributors.setdefault(contributor, {"payout": None, "documents": 0,
                                                                 "bytes": 0})
             entry["documents"] += len(documents)
@@ -204,14 +213,12 @@ class DatanetStore:
             if payout is not None:
                 entry["payout"] = payout
             state.segments.append(segment_name)
-            state.next_segment += 1
             self._write(state)
             if len(state.segments) > MAX_SEGMENTS:
                 state = self._compact(state)
-            logger.info("datanet %s: %d documents added as %s", name, len(documents),
-                        segment_name)
-            return AddReport(name, len(documents), size, len(state.contributors),
-                             len(state.segments), time.perf_counter() - started)
+        logger.info("datanet %s: %d documents added as %s", name, len(documents), segment_name)
+        return AddReport(name, len(documents), size, len(state.contributors),
+                         len(state.segments), time.perf_counter() - started)
 
     def remove_contributor(self, name: str, contributor: str) -> DatanetState:
         with self._lock:

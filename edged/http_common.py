@@ -31,15 +31,20 @@ async def read_json(request: web.Request) -> Any:
     if not raw:
         return {}
     try:
-        return json.loads(raw)
+        return json.loads(raw, parse_constant=_reject_constant)
     except (ValueError, UnicodeDecodeError):
         raise InvalidJSON("the request body is not valid JSON") from None
 
 
+def _reject_constant(name: str) -> Any:
+    """NaN and Infinity are not JSON; Python's parser accepts them unless told not to."""
+    raise ValueError(f"{name} is not valid JSON")
+
+
 def json_response(data: Any, *, status: int = 200,
                   headers: dict[str, str] | None = None) -> web.Response:
-    return web.json_response(data, status=status, headers=headers,
-                             dumps=lambda value: json.dumps(value, separators=(",", ":")))
+    return web.json_response(data, status=status, headers=headers, dumps=lambda value: json.dumps(
+        value, separators=(",", ":"), allow_nan=False))
 
 
 def error_response(exc: EdgedError) -> web.Response:

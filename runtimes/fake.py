@@ -4,7 +4,8 @@ It "tokenises" text into UTF-8 bytes and "generates" a fixed cycle of words
 chosen by a hash of the prompt and seed, so the same request always produces
 the same output. ``options``: ``token_delay`` (seconds slept per token, to
 exercise queues and cancellation), ``vocabulary`` (the words to cycle) and
-``fail_after`` (raise a RuntimeError after that many tokens, to exercise failures).
+``fail_after`` (raise a RuntimeError after that many tokens, to exercise failures) and
+``echo`` (generate the prompt's own words, to check that outputs never leak).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class FakeBackend(Backend):
         self.token_delay = float(spec.options.get("token_delay", 0.0))
         self.words = tuple(spec.options.get("vocabulary", _DEFAULT_WORDS))
         self.fail_after: int | None = spec.options.get("fail_after")
+        self.echo = bool(spec.options.get("echo", False))
         self.closed = False
         self.active = 0  # calls running now; tests read it
         self._lock = threading.Lock()
@@ -57,12 +59,14 @@ class FakeBackend(Backend):
     ) -> Iterator[Delta | Done]:
         text = self._prompt_text(prompt)
         prompt_tokens = len(text.encode("utf-8"))
+        words = tuple(text.split()) if self.echo and text.split() else self.words
         if prompt_tokens >= self.spec.context_length:
             raise ContextLengthExceeded(prompt_tokens, self.spec.context_length)
-        return self._run(text, prompt_tokens, params, cancel)
+        return self._run(text, prompt_tokens, params, cancel, words)
 
     def _run(
-        self, text: str, prompt_tokens: int, params: GenerationParams, cancel: threading.Event
+        self, text: str, prompt_tokens: int, params: GenerationParams, cancel: threading.Event,
+        words: tuple[str, ...],
     ) -> Iterator[Delta | Done]:
         with self._lock:
             self.active += 1
@@ -79,7 +83,7 @@ class FakeBackend(Backend):
                     time.sleep(self.token_delay)
                 if self.fail_after is not None and count >= self.fail_after:
                     raise RuntimeError("fake backend failure")
-                piece = self.words[(seed[count % 32] + count) % len(self.words)] + " "
+                piece = words[(seed[count % 32] + count) % len(words)] + " "
                 produced += piece
                 for stop in params.stop:
                     if stop in produced:

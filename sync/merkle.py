@@ -22,7 +22,7 @@ storage layer can fetch them in one query.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol
 
 HASH_SIZE = 32
@@ -356,7 +356,21 @@ def verify_consistency(
         raise ProofError("consistency proof does not lead to the second root")
 
 
-# --- in-memory store -------------------------------------------------------------------------
+# --- in-memory stores ------------------------------------------------------------------------
+
+
+class PrefetchedSubtrees:
+    """A :class:`SubtreeReader` over rows fetched in advance.
+
+    For storage that prefers one query per operation: fetch the rows named by
+    :func:`subtrees_for_inclusion` (etc.) into a mapping, then pass this reader.
+    """
+
+    def __init__(self, rows: Mapping[tuple[int, int], bytes]) -> None:
+        self.rows = rows
+
+    def subtree(self, level: int, index: int) -> bytes:
+        return self.rows[(level, index)]
 
 
 class MemorySubtrees:

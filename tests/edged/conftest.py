@@ -13,7 +13,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from edged.app import create_app
-from edged.models import Manifest, ModelStore
+from edged.models import RUNTIMES, Manifest, ModelStore
 from edged.settings import Settings, load_settings
 from runtimes import Backend, ModelSpec
 from runtimes.fake import FakeBackend
@@ -31,7 +31,7 @@ def make_settings(data_dir: Path, **overrides: Any) -> Settings:
 def install_fake_model(data_dir: Path, name: str = FAKE_MODEL, *, context_length: int = 256,
                        **manifest_fields: Any) -> Manifest:
     """A model of the fake runtime: a placeholder blob plus a manifest."""
-    store = ModelStore(data_dir / "models")
+    store = ModelStore(data_dir / "models", runtimes=RUNTIMES)
     content = f"fake weights for {name}".encode()
     digest = hashlib.sha256(content).hexdigest()
     if not store.has_blob(digest):
@@ -68,4 +68,4 @@ def settings(data_dir: Path) -> Settings:
 @pytest.fixture
 async def client(aiohttp_client: AppClientFactory,
                  settings: Settings) -> TestClient[Any, web.Application]:
-    return await aiohttp_client(create_app(settings, loader=fake_loader()))
+    return await aiohttp_client(create_app(settings, runtimes=RUNTIMES, loader=fake_loader()))

@@ -13,6 +13,7 @@ from attribution.chain import verify_chain
 from attribution.receipt import leaf_hash, verify_receipt
 from edged.app import create_app
 from edged.appkeys import LEDGER
+from edged.models import RUNTIMES
 from tests.edged.conftest import FAKE_MODEL, AppClientFactory, fake_loader
 
 Client = TestClient[Any, web.Application]
@@ -161,7 +162,7 @@ async def test_model_admin_load_and_unload(client: Client) -> None:
 
 async def test_client_disconnect_cancels_and_still_writes_a_receipt(
         aiohttp_client: AppClientFactory, settings: Any) -> None:
-    app = create_app(settings, loader=fake_loader(token_delay=0.02))
+    app = create_app(settings, runtimes=RUNTIMES, loader=fake_loader(token_delay=0.02))
     client = await aiohttp_client(app)
     response = await client.post("/v1/chat/completions",
                                  json={**CHAT, "max_tokens": 200, "stream": True})
@@ -189,7 +190,7 @@ async def test_health_and_readiness(client: Client) -> None:
 
 async def test_backend_failure_mid_stream_ends_with_an_error_event_and_no_receipt(
         aiohttp_client: AppClientFactory, settings: Any) -> None:
-    app = create_app(settings, loader=fake_loader(fail_after=2))
+    app = create_app(settings, runtimes=RUNTIMES, loader=fake_loader(fail_after=2))
     client = await aiohttp_client(app)
     response = await client.post("/v1/chat/completions", json={**CHAT, "stream": True})
     events = sse_events(await response.text())

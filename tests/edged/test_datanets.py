@@ -18,6 +18,7 @@ from edged.app import create_app
 from edged.appkeys import LEDGER
 from edged.datanets import MAX_SEGMENTS, DatanetNotFound, DatanetStore, read_document_file
 from edged.errors import Conflict, InvalidRequest, NotFound
+from edged.models import RUNTIMES
 from edged.settings import Settings
 from tests.edged.conftest import FAKE_MODEL, AppClientFactory, fake_loader
 
@@ -173,7 +174,7 @@ async def _upload(client: Client, contributor: str, documents: list[tuple[str, s
 
 async def test_receipts_credit_the_contributor_whose_text_the_model_reproduced(
         aiohttp_client: AppClientFactory, settings: Settings) -> None:
-    client = await aiohttp_client(create_app(settings, loader=fake_loader()))
+    client = await aiohttp_client(create_app(settings, runtimes=RUNTIMES, loader=fake_loader()))
     request = {"model": FAKE_MODEL, "prompt": "tell me", "max_tokens": 12, "temperature": 0}
     generated = (await (await client.post("/v1/completions", json=request)).json())
     text = generated["choices"][0]["text"]
@@ -268,3 +269,16 @@ def test_staging_leftovers_of_a_crashed_build_are_removed_at_start(tmp_path: Pat
         assert reopened.get("books").segments == ["seg-000001"]
     finally:
         reopened.close()
+
+
+async def test_a_datanet_in_use_cannot_be_removed(client: Client) -> None:
+    assert (await client.post("/api/datanets", json={"name": "books"})).status == 201
+    await _upload(client, "alice", [("a.txt", ALICE_TEXT)])
+    assert (await client.patch(f"/api/models/{FAKE_MODEL}",
+                               json={"datanets": ["books"], "data_share_ppm": 1})).status == 200
+    refused = await client.delete("/api/datanets/books")
+    assert refused.status == 409
+    assert (await client.get("/api/datanets/books")).status == 200
+    assert (await client.patch(f"/api/models/{FAKE_MODEL}",
+                               json={"datanets": [], "data_share_ppm": 0})).status == 200
+    assert (await client.delete("/api/datanets/books")).status == 200

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import io
 from typing import Any
 
@@ -13,10 +14,12 @@ from aiohttp.test_utils import TestClient
 
 from edged.app import create_app
 from edged.appkeys import LEDGER
+from edged.models import RUNTIMES
 from edged.settings import Settings
 from tests.edged.conftest import FAKE_MODEL, AppClientFactory, fake_loader
 
 Client = TestClient[Any, web.Application]
+FAKE_BLOB = "sha256:" + hashlib.sha256(f"fake weights for {FAKE_MODEL}".encode()).hexdigest()
 CHAT = {"model": FAKE_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 
 
@@ -79,6 +82,28 @@ ERROR_CASES: list[tuple[str, str, dict[str, Any], int, str | None]] = [
      "invalid_request"),
     ("PUT", "/api/blobs/sha256:" + "0" * 64, {"data": b"GGUF"}, 400, "invalid_request"),
     ("GET", "/api/models/..%2F..%2Fetc", {}, 404, "model_not_found"),
+    ("POST", "/api/models", {"json": {"name": "big", "runtime": "fake", "weights": FAKE_BLOB,
+                                      "price": {"request": 10**23}}}, 400, "invalid_request"),
+    ("POST", "/api/models", {"json": {"name": "odd", "runtime": "fake", "weights": FAKE_BLOB,
+                                      "context_length": "abc"}}, 400, "invalid_request"),
+    ("POST", "/api/models", {"json": {"name": "ghost", "runtime": "fake", "weights": FAKE_BLOB,
+                                      "datanets": ["nope"], "data_share_ppm": 5}}, 404,
+     "datanet_not_found"),
+    ("PATCH", f"/api/models/{FAKE_MODEL}", {"json": {"context_length": "abc"}}, 400,
+     "invalid_request"),
+    ("PATCH", f"/api/models/{FAKE_MODEL}", {"json": {"owner": 5}}, 400, "invalid_request"),
+    ("PATCH", f"/api/models/{FAKE_MODEL}", {"json": {"owner": ["x"]}}, 400, "invalid_request"),
+    ("PATCH", f"/api/models/{FAKE_MODEL}", {"json": {"datanets": 5}}, 400, "invalid_request"),
+    ("PATCH", f"/api/models/{FAKE_MODEL}", {"json": {"weights": "x"}}, 400, "invalid_request"),
+    ("POST", "/v1/completions", {"data": b'{"model": "fake-model", "prompt": "x\\ud800"}'},
+     400, "invalid_request"),
+    ("POST", "/v1/chat/completions", {"data": b'{"model": "fake-model", "messages": '
+                                      b'[{"role": "user", "content": "\\udfff"}]}'},
+     400, "invalid_request"),
+    ("POST", "/v1/completions", {"data": b'{"model": "fake-model", "prompt": "x", '
+                                 b'"keep_alive": NaN}'}, 400, "invalid_json"),
+    ("POST", "/v1/completions", {"json": {"model": FAKE_MODEL, "prompt": "x",
+                                          "keep_alive": "soon"}}, 400, "invalid_request"),
 ]
 
 
@@ -97,12 +122,14 @@ async def test_error_paths_have_the_openai_shape_and_change_nothing(
     assert client.app[LEDGER].head() == before
     models = await (await client.get("/v1/models")).json()
     assert [m["id"] for m in models["data"]] == [FAKE_MODEL]
+    manifest = await (await client.get(f"/api/models/{FAKE_MODEL}")).json()
+    assert manifest["owner"] == "model-owner" and manifest["context_length"] == 256
 
 
 async def test_full_queue_answers_503_with_retry_after(aiohttp_client: AppClientFactory,
                                                        settings: Settings) -> None:
     settings = dataclasses.replace(settings, max_queue=1)
-    app = create_app(settings, loader=fake_loader(token_delay=0.05))
+    app = create_app(settings, runtimes=RUNTIMES, loader=fake_loader(token_delay=0.05))
     client = await aiohttp_client(app)
     slow = {**CHAT, "max_tokens": 20}
     running = asyncio.ensure_future(client.post("/v1/chat/completions", json=slow))
@@ -126,3 +153,26 @@ async def test_chunked_body_over_the_limit_is_413(client: Client) -> None:
     response = await client.post("/v1/chat/completions", data=chunks())
     assert response.status == 413
     assert assert_error_shape(await response.json())["code"] == "request_too_large"
+
+
+async def test_weights_upload_over_the_limit_is_413(aiohttp_client: AppClientFactory,
+                                                   settings: Settings) -> None:
+    settings = dataclasses.replace(settings, max_blob_bytes=1000)
+    client = await aiohttp_client(create_app(settings, runtimes=RUNTIMES, loader=fake_loader()))
+    data = b"GGUF" + b"\0" * 5000
+    response = await client.put("/api/blobs/sha256:" + hashlib.sha256(data).hexdigest(),
+                                data=data)
+    assert response.status == 413
+    assert assert_error_shape(await response.json())["code"] == "request_too_large"
+
+
+async def test_a_daemon_does_not_serve_the_test_runtime(aiohttp_client: AppClientFactory,
+                                                       settings: Settings) -> None:
+    client = await aiohttp_client(create_app(settings))  # production runtimes only
+    listed = await client.post("/v1/completions", json={"model": FAKE_MODEL, "prompt": "x"})
+    assert listed.status == 400
+    assert assert_error_shape(await listed.json())["code"] == "unsupported"
+    register = await client.post("/api/models", json={"name": "fakey", "runtime": "fake",
+                                                     "weights": FAKE_BLOB})
+    assert register.status == 400
+    assert client.app[LEDGER].head()[0] == 0

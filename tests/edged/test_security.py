@@ -12,6 +12,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from edged.app import create_app
+from edged.models import RUNTIMES
 from edged.settings import Settings
 from tests.edged.conftest import FAKE_MODEL, AppClientFactory, fake_loader
 
@@ -40,7 +41,7 @@ async def test_unknown_origin_is_refused_and_never_wildcarded(client: Client) ->
 async def test_configured_origin_gets_cors_headers(aiohttp_client: AppClientFactory,
                                                    settings: Settings) -> None:
     settings = dataclasses.replace(settings, cors_origins=("http://app.local",))
-    client = await aiohttp_client(create_app(settings, loader=fake_loader()))
+    client = await aiohttp_client(create_app(settings, runtimes=RUNTIMES, loader=fake_loader()))
     preflight = await client.options("/v1/chat/completions",
                                      headers={"Origin": "http://app.local",
                                               "Access-Control-Request-Method": "POST"})
@@ -58,7 +59,7 @@ async def test_configured_origin_gets_cors_headers(aiohttp_client: AppClientFact
 async def test_api_keys_guard_everything_but_health(aiohttp_client: AppClientFactory,
                                                     settings: Settings) -> None:
     settings = dataclasses.replace(settings, api_keys=("k-one", "k-two"))
-    client = await aiohttp_client(create_app(settings, loader=fake_loader()))
+    client = await aiohttp_client(create_app(settings, runtimes=RUNTIMES, loader=fake_loader()))
     assert (await client.get("/healthz")).status == 200
     assert (await client.get("/readyz")).status == 200
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic k-one"}):
@@ -69,12 +70,17 @@ async def test_api_keys_guard_everything_but_health(aiohttp_client: AppClientFac
     assert ok.status == 200
 
 
-async def test_canary_prompt_never_reaches_logs_or_disk(
-        client: Client, settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+async def test_canary_prompt_and_output_never_reach_logs_or_disk(
+        aiohttp_client: AppClientFactory, settings: Settings,
+        caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
+    # The echoing fake generates the prompt's words: the canary is in the output too.
+    client = await aiohttp_client(create_app(settings, runtimes=RUNTIMES,
+                                             loader=fake_loader(echo=True)))
     chat = {"model": FAKE_MODEL, "messages": [{"role": "user", "content": CANARY}],
             "max_tokens": 4}
-    assert (await client.post("/v1/chat/completions", json=chat)).status == 200
+    answer = await (await client.post("/v1/chat/completions", json=chat)).json()
+    assert CANARY in answer["choices"][0]["message"]["content"]
     assert (await client.post("/v1/chat/completions", json={**chat, "stream": True})).status \
         == 200
     assert (await client.post("/v1/embeddings",

@@ -1,0 +1,88 @@
+"""The node's Merkle log over HTTP: checkpoints, inclusion and consistency proofs."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from typing import Any
+
+from aiohttp import web
+
+from edged.api_node import RECEIPT_ID, _int_query
+from edged.appkeys import LEDGER
+from edged.errors import InvalidRequest, NotFound
+from edged.http_common import json_response
+from edged.inference import unix_millis
+from edged.ledger import Ledger
+from sync.checkpoint import SignedCheckpoint
+
+
+def add_sync_routes(app: web.Application) -> None:
+    app.router.add_get("/v1/sync/checkpoint", get_checkpoint)
+    app.router.add_get("/v1/sync/consistency", get_consistency)
+    app.router.add_get("/v1/receipts/{id}/proof", get_inclusion_proof)
+
+
+def checkpoint_json(signed: SignedCheckpoint) -> dict[str, Any]:
+    return {**signed.to_json(), "raw": base64.b64encode(signed.encode()).decode()}
+
+
+async def _checkpoint_covering(ledger: Ledger, size: int | None) -> SignedCheckpoint:
+    """The checkpoint of exactly ``size`` receipts (or of the whole log), cutting one on
+    demand when the log has grown past the latest."""
+    latest = ledger.latest_checkpoint()
+    if size is None:
+        if latest is None or latest.checkpoint.size < ledger.count():
+            latest = await asyncio.to_thread(ledger.cut_checkpoint, unix_millis())
+        return latest
+    existing = ledger.checkpoint_at(size)
+    if existing is None:
+        fresh = await asyncio.to_thread(ledger.cut_checkpoint, unix_millis())
+        if fresh.checkpoint.size != size:
+            raise NotFound(f"no checkpoint of size {size}; the latest is "
+                           f"{fresh.checkpoint.size}", param="size")
+        existing = fresh
+    return existing
+
+
+async def get_checkpoint(request: web.Request) -> web.Response:
+    ledger = request.app[LEDGER]
+    if request.query.get("fresh") in ("1", "true"):
+        signed = await asyncio.to_thread(ledger.cut_checkpoint, unix_millis())
+    else:
+        signed = await _checkpoint_covering(ledger, None)
+    return json_response(checkpoint_json(signed))
+
+
+async def get_inclusion_proof(request: web.Request) -> web.Response:
+    receipt_id = request.match_info["id"].lower()
+    if not RECEIPT_ID.match(receipt_id):
+        raise InvalidRequest("a receipt id is 64 hex digits", param="id")
+    ledger = request.app[LEDGER]
+    receipt = ledger.get(bytes.fromhex(receipt_id))
+    if receipt is None:
+        raise NotFound("no receipt with that id", param="id")
+    size_param = request.query.get("size")
+    size = None if size_param is None else _int_query(request, "size", 0, 1, 2**63 - 1)
+    checkpoint = await _checkpoint_covering(ledger, size)
+    size = checkpoint.checkpoint.size
+    if receipt.seq >= size:
+        raise InvalidRequest("the receipt is not in a tree of that size", param="size")
+    proof = await asyncio.to_thread(ledger.inclusion_proof, receipt.seq, size)
+    return json_response({"id": receipt_id, "seq": receipt.seq, "size": size,
+                          "proof": [step.hex() for step in proof],
+                          "checkpoint": checkpoint_json(checkpoint)})
+
+
+async def get_consistency(request: web.Request) -> web.Response:
+    ledger = request.app[LEDGER]
+    count = ledger.count()
+    first = _int_query(request, "first", 0, 0, count)
+    second = _int_query(request, "second", count, 0, count)
+    if first > second:
+        raise InvalidRequest("'first' must not exceed 'second'", param="first")
+    proof = await asyncio.to_thread(ledger.consistency_proof, first, second)
+    return json_response({"first": first, "second": second,
+                          "first_root": ledger.root(first).hex(),
+                          "second_root": ledger.root(second).hex(),
+                          "proof": [step.hex() for step in proof]})
