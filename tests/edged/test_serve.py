@@ -165,3 +165,23 @@ def test_cli_datanets_and_model_update(daemon: Daemon, tmp_path: Path) -> None:
     daemon.cli("models", "update", MODEL, "--no-datanets", "--data-share", "0")
     daemon.cli("datanet", "rm", "harbour")
     assert "harbour" not in daemon.cli("datanet", "list").stdout
+
+
+def test_cli_prove_and_offline_verify(daemon: Daemon, tmp_path: Path) -> None:
+    run = daemon.cli("run", MODEL, "prove me", "--max-tokens", "3", "--temperature", "0")
+    receipt_id = run.stderr.split("receipt ")[1].split()[0]
+    bundle = tmp_path / "bundle.json"
+    daemon.cli("receipts", "prove", receipt_id, "-o", str(bundle))
+    key = json.loads(daemon.cli("keys", "show").stdout)["public_key"]
+    daemon.stop()  # offline: nothing but the bundle and the key
+    try:
+        assert "OK" in daemon.cli("verify", str(bundle), "--key", key).stdout
+        data = json.loads(bundle.read_text())
+        data["proof"] = ["00" * 32] + data["proof"][1:] if data["proof"] else ["00" * 32]
+        bundle.write_text(json.dumps(data))
+        bad = daemon.cli("verify", str(bundle), "--key", key, check=False)
+        assert bad.returncode == 1 and "INVALID" in bad.stderr
+        other = daemon.cli("verify", str(bundle), "--key", "ab" * 32, check=False)
+        assert other.returncode == 1
+    finally:
+        daemon.start()
