@@ -68,6 +68,7 @@ TARGET_RSS = 0.10  # daemon RSS growth < 10% of the index size
 SETTLE_S = 0.3  # idle gap before each timed run (as bench_generation.py)
 CONTROL_MAX_TOKENS = 8  # the control requests: what a request alone leaves in the heap
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+DISTURBED_CPU_S = 0.5  # a run during which other processes used more CPU than this
 
 
 class BenchError(Exception):
@@ -384,10 +385,12 @@ def print_timing(runs: list[Run], max_tokens: int) -> None:
     paired_tail = median([(s.tail - o.tail) * 1e3 for o, s in pairs])
     totals = [r.done for r in runs]
     spread = (max(totals) - min(totals)) / min(totals)
+    disturbed = sum(r.others_cpu > DISTURBED_CPU_S for r in runs)
     print()
     print(f"end-to-end overhead spans/1 vs owner/1 (median totals): {100 * overhead:+.2f}% "
           f"({spans_total - owner_total:+.1f} ms); paired per rep: {100 * paired_total:+.2f}%; "
-          f"the totals of all runs spread {100 * spread:.1f}%")
+          f"the totals of all runs spread {100 * spread:.1f}%; {disturbed} of {len(runs)} runs "
+          f"shared the CPUs (other processes > {DISTURBED_CPU_S} CPU-s during the run)")
     print(f"tail spans/1 - owner/1: {spans_tail - owner_tail:+.2f} ms (medians), "
           f"{paired_tail:+.2f} ms (paired per rep)")
     share = spans_tail / spans_total

@@ -392,10 +392,5 @@ class MemorySubtrees:
         return self.root()
 
     def root(self) -> bytes:
+        """Root of the whole log."""
         return root(self.size, self)
-
-    def inclusion_proof(self, index: int, size: int | None = None) -> list[bytes]:
-        return inclusion_proof(index, self.size if size is None else size, self)
-
-    def consistency_proof(self, first: int, second: int | None = None) -> list[bytes]:
-        return consistency_proof(first, self.size if second is None else second, self)

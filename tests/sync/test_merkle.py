@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from sync.merkle import (
     EMPTY_ROOT,
     MemorySubtrees,
+    PrefetchedSubtrees,
     ProofError,
     completed_subtrees,
     consistency_proof,
@@ -211,15 +212,24 @@ def test_stored_subtrees_match_reference(batches: list[int], salt: int,
         else:
             with pytest.raises(ProofError):
                 verify_consistency(first, size, EMPTY_ROOT, tree_root, proof)
-        assert len(set(subtrees_for_consistency(first, size))) == len(
-            subtrees_for_consistency(first, size))
+        # subtrees_for_* name exactly the rows an operation reads (fetch them in one query).
+        wanted = subtrees_for_consistency(first, size)
+        assert len(set(wanted)) == len(wanted)
+        assert consistency_proof(first, size, prefetched(store, wanted)) == proof
+        assert root(size, prefetched(store, subtrees_for_root(size))) == tree_root
         if size == 0:
             continue
         index = data.draw(st.integers(0, size - 1), label="index")
         proof = inclusion_proof(index, size, store)
         assert proof == reference_inclusion_proof(index, leaves[:size])
         verify_inclusion(leaves[index], index, size, proof, tree_root)
-        assert len(subtrees_for_inclusion(index, size)) <= 2 * size.bit_length()
+        wanted = subtrees_for_inclusion(index, size)
+        assert len(set(wanted)) == len(wanted) <= 2 * size.bit_length()
+        assert inclusion_proof(index, size, prefetched(store, wanted)) == proof
+
+
+def prefetched(store: MemorySubtrees, wanted: list[tuple[int, int]]) -> PrefetchedSubtrees:
+    return PrefetchedSubtrees({coordinate: store.subtree(*coordinate) for coordinate in wanted})
 
 
 @settings(max_examples=80, deadline=None)
