@@ -14,8 +14,18 @@ from attribution.spans import SpanParams
 from edged.api_datanets import add_datanet_routes
 from edged.api_node import add_node_routes
 from edged.api_openai import add_openai_routes
+from edged.api_peers import add_peer_routes
 from edged.api_sync import add_sync_routes
-from edged.appkeys import DATANETS, LEDGER, NODE_KEYS, READY, SCHEDULER, SERVICE, SETTINGS
+from edged.appkeys import (
+    DATANETS,
+    LEDGER,
+    NODE_KEYS,
+    PEERS,
+    READY,
+    SCHEDULER,
+    SERVICE,
+    SETTINGS,
+)
 from edged.attributor import Attributor
 from edged.datanets import DatanetStore
 from edged.demo import install_demo_model
@@ -25,6 +35,7 @@ from edged.inference import InferenceService, unix_millis
 from edged.keys import load_or_create_keys
 from edged.ledger import Ledger
 from edged.models import SERVING_RUNTIMES, ModelStore
+from edged.peers import PeerStore
 from edged.scheduler import LoadPlan, Scheduler
 from edged.security import add_cors_headers, security_middleware
 from edged.settings import Settings
@@ -58,6 +69,7 @@ def create_app(settings: Settings, *, loader: Loader = load_backend,
     add_node_routes(app)
     add_datanet_routes(app)
     add_sync_routes(app)
+    add_peer_routes(app)
 
     async def node_state(app: web.Application) -> AsyncIterator[None]:
         settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -90,6 +102,8 @@ def create_app(settings: Settings, *, loader: Loader = load_backend,
             app[LEDGER] = ledger
             app[SCHEDULER] = scheduler
             app[DATANETS] = datanets
+            app[PEERS] = PeerStore(settings.data_dir / "peers.json",
+                                   own_key=keys.public_key.hex())
             app[SERVICE] = InferenceService(settings=settings, store=store, scheduler=scheduler,
                                             ledger=ledger, keys=keys, attributor=attributor,
                                             clock_ms=clock_ms)

@@ -10,6 +10,7 @@ from edged.datanets import DatanetStore
 from edged.inference import InferenceService
 from edged.keys import NodeKeys
 from edged.ledger import Ledger
+from edged.peers import PeerStore
 from edged.scheduler import Scheduler
 from edged.settings import Settings
 
@@ -20,3 +21,4 @@ SCHEDULER = web.AppKey("scheduler", Scheduler)
 NODE_KEYS = web.AppKey("node_keys", NodeKeys)
 READY = web.AppKey("ready", asyncio.Event)
 DATANETS = web.AppKey("datanets", DatanetStore)
+PEERS = web.AppKey("peers", PeerStore)

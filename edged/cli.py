@@ -286,6 +286,39 @@ def verify_bundle_command(bundle_file: Path, node_key: str) -> None:
                f"{size} receipts signed by {node_key[:16]}...")
 
 
+@main.group(invoke_without_command=True)
+@click.pass_context
+def peers(ctx: click.Context) -> None:
+    """Known peers and their trust (no subcommand: list them)."""
+    if ctx.invoked_subcommand is None:
+        listing = call_daemon(ctx, "GET", "/api/peers")
+        for peer in listing["trusted"]:
+            click.echo(f"{peer['fingerprint']}  trusted  {peer['label'] or '-':<20} {peer['key']}")
+        for url in listing["static"]:
+            click.echo(f"{'static':<16}  address  {url}")
+        if not listing["trusted"] and not listing["static"]:
+            click.echo("no peers")
+
+
+@peers.command("trust")
+@click.argument("key")
+@click.option("--label", default="", help="a name for this peer")
+@click.pass_context
+def peers_trust(ctx: click.Context, key: str, label: str) -> None:
+    """Enrol a peer's node key (from its `edged keys show`) for sync."""
+    peer = call_daemon(ctx, "POST", "/api/peers/trust", json={"key": key, "label": label})
+    click.echo(f"trusted {peer['fingerprint']}")
+
+
+@peers.command("untrust")
+@click.argument("key")
+@click.pass_context
+def peers_untrust(ctx: click.Context, key: str) -> None:
+    """Remove a peer's key from the trusted set."""
+    call_daemon(ctx, "DELETE", f"/api/peers/trust/{key}")
+    click.echo(f"untrusted {key[:16]}")
+
+
 @main.group()
 def keys() -> None:
     """The node's keys."""

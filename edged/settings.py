@@ -62,6 +62,7 @@ class Settings:
     default_max_tokens: int = _setting(512, "max_tokens when a request gives none")
     operator_id: str = _setting("", "payee id of this node's operator (default: the node key)")
     operator_share_ppm: int = _setting(100_000, "operator share of each fee, in parts per million")
+    peers: tuple[str, ...] = _setting((), "static peer URLs (http://host:port), no mDNS needed")
     checkpoint_interval: float = _setting(30.0, "seconds between signed checkpoints of the "
                                           "receipt log (when it has grown)")
     span_min_words: int = _setting(5, "spans/1: shortest verbatim span credited, in words")
