@@ -94,6 +94,12 @@ class Run:
     def tail(self) -> float:
         return self.receipt_at - self.last
 
+    @property
+    def decode_rate(self) -> float:
+        """Tokens per second between the first and the last content chunk."""
+        span = self.last - self.ttft
+        return (self.tokens - 1) / span if span > 0 and self.tokens > 1 else float("nan")
+
 
 # -- the daemon -----------------------------------------------------------------------------
 
@@ -356,17 +362,17 @@ def median(values: list[float]) -> float:
 
 
 def print_runs(runs: list[Run]) -> None:
-    print(f"{'run':>3} {'mode':<9}{'tokens':>7}{'TTFT ms':>9}{'total ms':>10}{'tail ms':>9}"
-          f"{'attr.method':>13}{'others CPU-s':>14}")
+    print(f"{'run':>3} {'mode':<9}{'tokens':>7}{'TTFT ms':>9}{'decode':>8}{'total ms':>10}"
+          f"{'tail ms':>9}{'attr.method':>13}{'others CPU-s':>14}")
     for number, r in enumerate(runs):
-        print(f"{number:>3} {r.mode:<9}{r.tokens:>7}{r.ttft * 1e3:>9.1f}{r.done * 1e3:>10.1f}"
-              f"{r.tail * 1e3:>9.2f}{r.method:>13}{r.others_cpu:>14.2f}")
+        print(f"{number:>3} {r.mode:<9}{r.tokens:>7}{r.ttft * 1e3:>9.1f}{r.decode_rate:>8.2f}"
+              f"{r.done * 1e3:>10.1f}{r.tail * 1e3:>9.2f}{r.method:>13}{r.others_cpu:>14.2f}")
 
 
 def print_timing(runs: list[Run], max_tokens: int) -> None:
     by_mode = {mode: [r for r in runs if r.mode == mode] for mode in MODES}
     header = (f"{'mode':<10}{'total ms':>10}{'tail ms':>9}{'tail share':>12}{'TTFT ms':>9}"
-              f"{'min-max total ms':>19}{'min-max tail ms':>17}")
+              f"{'decode tok/s':>14}{'min-max total ms':>19}{'min-max tail ms':>17}")
     print(header)
     print("-" * len(header))
     medians: dict[str, tuple[float, float]] = {}
@@ -377,6 +383,7 @@ def print_timing(runs: list[Run], max_tokens: int) -> None:
         medians[mode] = (total, tail)
         print(f"{mode:<10}{total:>10.1f}{tail:>9.2f}{100 * tail / total:>11.2f}%"
               f"{median([r.ttft * 1e3 for r in mode_runs]):>9.1f}"
+              f"{median([r.decode_rate for r in mode_runs]):>14.2f}"
               f"{min(totals):>10.0f} - {max(totals):<6.0f}{min(tails):>8.1f} - {max(tails):<6.1f}")
     (owner_total, owner_tail), (spans_total, spans_tail) = medians["owner/1"], medians["spans/1"]
     overhead = (spans_total - owner_total) / owner_total
@@ -391,6 +398,13 @@ def print_timing(runs: list[Run], max_tokens: int) -> None:
           f"({spans_total - owner_total:+.1f} ms); paired per rep: {100 * paired_total:+.2f}%; "
           f"the totals of all runs spread {100 * spread:.1f}%; {disturbed} of {len(runs)} runs "
           f"shared the CPUs (other processes > {DISTURBED_CPU_S} CPU-s during the run)")
+    quiet = {mode: [r.done for r in mode_runs if r.others_cpu <= DISTURBED_CPU_S]
+             for mode, mode_runs in by_mode.items()}
+    if all(quiet.values()):
+        owner_quiet, spans_quiet = median(quiet["owner/1"]), median(quiet["spans/1"])
+        print(f"the same over the undisturbed runs only ({len(quiet['owner/1'])} owner/1, "
+              f"{len(quiet['spans/1'])} spans/1): {1e3 * owner_quiet:.1f} vs "
+              f"{1e3 * spans_quiet:.1f} ms, {100 * (spans_quiet / owner_quiet - 1):+.2f}%")
     print(f"tail spans/1 - owner/1: {spans_tail - owner_tail:+.2f} ms (medians), "
           f"{paired_tail:+.2f} ms (paired per rep)")
     share = spans_tail / spans_total

@@ -95,19 +95,24 @@ def checkpoint_at(conn: sqlite3.Connection, size: int) -> SignedCheckpoint | Non
 
 
 def cut_checkpoint(conn: sqlite3.Connection, receipts_table: str, key: SigningKey,
-                   ts: int) -> SignedCheckpoint:
-    """Sign a checkpoint of the whole committed log, unless the latest one already covers it.
+                   ts: int, size: int | None = None) -> SignedCheckpoint:
+    """Sign a checkpoint of the whole committed log (or of its first ``size`` receipts: a
+    prefix, so consistent with every other), unless one of that size exists.
 
     One ``BEGIN IMMEDIATE`` transaction reads the size, computes the root from stored
     subtrees, signs and stores, so no append can slip in between."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         row = conn.execute(f"SELECT MAX(seq) FROM {receipts_table}").fetchone()
-        size = 0 if row[0] is None else row[0] + 1
-        latest = latest_checkpoint(conn)
-        if latest is not None and latest.checkpoint.size == size:
+        log_size = 0 if row[0] is None else row[0] + 1
+        if size is None:
+            size = log_size
+        elif not 0 <= size <= log_size:
+            raise ValueError("a checkpoint cannot cover receipts that do not exist")
+        existing = checkpoint_at(conn, size)
+        if existing is not None:
             conn.execute("COMMIT")
-            return latest
+            return existing
         tree_root = root(size, SqlSubtrees(conn, receipts_table))
         signed = Checkpoint(bytes(key.verify_key), size, tree_root, ts).sign(key)
         conn.execute(f"INSERT INTO {CHECKPOINT_TABLE} (size, root, ts, raw) VALUES (?, ?, ?, ?)",

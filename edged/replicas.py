@@ -1,0 +1,172 @@
+"""Receipts of other nodes, held for store and forward.
+
+``<data_dir>/replicas.sqlite3`` keeps, per trusted origin: its receipts (deduped on
+``(origin, seq)``), the Merkle subtrees over them (so new batches are checked against
+the root incrementally), the checkpoints it signed, and equivocation evidence. An
+origin caught signing two inconsistent checkpoints is frozen: nothing more of it is
+accepted or forwarded.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import sqlite_utils
+
+from sync.checkpoint import SignedCheckpoint
+
+_BUSY_TIMEOUT_MS = 10_000
+
+
+@dataclass(frozen=True)
+class OriginHead:
+    origin: bytes
+    size: int  # receipts held, contiguous from 0
+    checkpoint: SignedCheckpoint | None
+    frozen: bool
+
+
+class OriginSubtrees:
+    """``sync.merkle.SubtreeReader`` over one origin's stored tree."""
+
+    def __init__(self, conn: sqlite3.Connection, origin: bytes) -> None:
+        self.conn = conn
+        self.origin = origin
+
+    def subtree(self, level: int, index: int) -> bytes:
+        if level == 0:
+            row = self.conn.execute("SELECT leaf FROM receipts WHERE origin = ? AND seq = ?",
+                                    (self.origin, index)).fetchone()
+        else:
+            row = self.conn.execute("SELECT hash FROM merkle WHERE origin = ? AND level = ? "
+                                    "AND idx = ?", (self.origin, level, index)).fetchone()
+        if row is None:
+            raise LookupError(f"subtree ({level}, {index}) of this origin is not stored")
+        return bytes(row[0])
+
+
+class ReplicaStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        db = sqlite_utils.Database(path)
+        db.enable_wal()
+        tables = {
+            "receipts": ({"origin": bytes, "seq": int, "leaf": bytes, "raw": bytes},
+                         ("origin", "seq")),
+            "merkle": ({"origin": bytes, "level": int, "idx": int, "hash": bytes},
+                       ("origin", "level", "idx")),
+            "checkpoints": ({"origin": bytes, "size": int, "raw": bytes}, ("origin", "size")),
+            "equivocations": ({"origin": bytes, "first": bytes, "second": bytes, "ts": int},
+                              None),
+        }
+        for name, (columns, pk) in tables.items():
+            if not db.table(name).exists():
+                db.table(name).create(columns, pk=pk)
+        db.close()
+        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+        self._conn.execute("PRAGMA synchronous = FULL")
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    # --- reads --------------------------------------------------------------------------
+
+    def size(self, origin: bytes) -> int:
+        with self._lock:
+            row = self._conn.execute("SELECT MAX(seq) FROM receipts WHERE origin = ?",
+                                     (origin,)).fetchone()
+        return 0 if row[0] is None else int(row[0]) + 1
+
+    def leaf(self, origin: bytes, seq: int) -> bytes | None:
+        with self._lock:
+            row = self._conn.execute("SELECT leaf FROM receipts WHERE origin = ? AND seq = ?",
+                                     (origin, seq)).fetchone()
+        return bytes(row[0]) if row else None
+
+    def raw_range(self, origin: bytes, start: int, end: int) -> list[bytes]:
+        with self._lock:
+            rows = self._conn.execute("SELECT raw FROM receipts WHERE origin = ? AND seq >= ? "
+                                      "AND seq < ? ORDER BY seq", (origin, start, end)).fetchall()
+        return [bytes(row[0]) for row in rows]
+
+    def latest_checkpoint(self, origin: bytes) -> SignedCheckpoint | None:
+        with self._lock:
+            row = self._conn.execute("SELECT raw FROM checkpoints WHERE origin = ? ORDER BY size "
+                                     "DESC LIMIT 1", (origin,)).fetchone()
+        return SignedCheckpoint.decode(bytes(row[0])) if row else None
+
+    def checkpoints(self, origin: bytes) -> list[SignedCheckpoint]:
+        with self._lock:
+            rows = self._conn.execute("SELECT raw FROM checkpoints WHERE origin = ? ORDER BY "
+                                      "size", (origin,)).fetchall()
+        return [SignedCheckpoint.decode(bytes(row[0])) for row in rows]
+
+    def is_frozen(self, origin: bytes) -> bool:
+        with self._lock:
+            row = self._conn.execute("SELECT 1 FROM equivocations WHERE origin = ? LIMIT 1",
+                                     (origin,)).fetchone()
+        return row is not None
+
+    def heads(self) -> list[OriginHead]:
+        with self._lock:
+            origins = [bytes(r[0]) for r in self._conn.execute(
+                "SELECT DISTINCT origin FROM checkpoints ORDER BY origin")]
+        return [OriginHead(o, self.size(o), self.latest_checkpoint(o), self.is_frozen(o))
+                for o in origins]
+
+    def evidence(self) -> list[tuple[bytes, SignedCheckpoint, SignedCheckpoint, int]]:
+        with self._lock:
+            rows = self._conn.execute("SELECT origin, first, second, ts FROM equivocations "
+                                      "ORDER BY ts").fetchall()
+        return [(bytes(o), SignedCheckpoint.decode(bytes(a)), SignedCheckpoint.decode(bytes(b)),
+                 int(ts)) for o, a, b, ts in rows]
+
+    def subtrees(self, origin: bytes) -> OriginSubtrees:
+        """A reader for verification; use it only under :meth:`locked`."""
+        return OriginSubtrees(self._conn, origin)
+
+    # --- writes -------------------------------------------------------------------------
+
+    def store(self, origin: bytes, receipts: Sequence[tuple[int, bytes, bytes]],
+              subtree_rows: Sequence[tuple[int, int, bytes]],
+              checkpoint: SignedCheckpoint) -> int:
+        """Store verified receipts, their subtrees and the checkpoint in one transaction;
+        returns how many receipts were new."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                before = self._conn.total_changes
+                self._conn.executemany(
+                    "INSERT OR IGNORE INTO receipts (origin, seq, leaf, raw) VALUES (?, ?, ?, ?)",
+                    [(origin, seq, leaf, raw) for seq, leaf, raw in receipts])
+                added = self._conn.total_changes - before
+                self._conn.executemany(
+                    "INSERT OR IGNORE INTO merkle (origin, level, idx, hash) VALUES (?, ?, ?, ?)",
+                    [(origin, level, idx, value) for level, idx, value in subtree_rows
+                     if level > 0])
+                self._conn.execute(
+                    "INSERT OR IGNORE INTO checkpoints (origin, size, raw) VALUES (?, ?, ?)",
+                    (origin, checkpoint.checkpoint.size, checkpoint.encode()))
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+        return added
+
+    def record_equivocation(self, origin: bytes, first: SignedCheckpoint,
+                            second: SignedCheckpoint) -> bool:
+        """Keep both checkpoints as evidence and freeze the origin; True the first time."""
+        frozen = self.is_frozen(origin)
+        with self._lock:
+            self._conn.execute("INSERT INTO equivocations (origin, first, second, ts) VALUES "
+                               "(?, ?, ?, ?)", (origin, first.encode(), second.encode(),
+                                                int(time.time() * 1000)))
+        return not frozen
