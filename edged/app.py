@@ -12,16 +12,19 @@ from aiohttp import web
 
 from attribution.spans import SpanParams
 from edged.api_datanets import add_datanet_routes
+from edged.api_exchange import add_exchange_routes
 from edged.api_node import add_node_routes
 from edged.api_openai import add_openai_routes
 from edged.api_peers import add_peer_routes
 from edged.api_sync import add_sync_routes
 from edged.appkeys import (
     DATANETS,
+    EXCHANGE,
     LEDGER,
     NODE_KEYS,
     PEERS,
     READY,
+    REQUEST_VERIFIER,
     SCHEDULER,
     SERVICE,
     SETTINGS,
@@ -30,16 +33,20 @@ from edged.attributor import Attributor
 from edged.datanets import DatanetStore
 from edged.demo import install_demo_model
 from edged.errors import Unsupported
+from edged.exchange import ExchangeService
 from edged.http_common import error_middleware
 from edged.inference import InferenceService, unix_millis
 from edged.keys import load_or_create_keys
 from edged.ledger import Ledger
 from edged.models import SERVING_RUNTIMES, ModelStore
 from edged.peers import PeerStore
+from edged.replicas import ReplicaStore
 from edged.scheduler import LoadPlan, Scheduler
 from edged.security import add_cors_headers, security_middleware
 from edged.settings import Settings
 from runtimes import Backend, ModelSpec, load_backend
+from sync.auth import RequestVerifier
+from sync.discovery import Discovery
 
 logger = logging.getLogger(__name__)
 MAX_DEFAULT_THREADS = 8
@@ -70,6 +77,7 @@ def create_app(settings: Settings, *, loader: Loader = load_backend,
     add_datanet_routes(app)
     add_sync_routes(app)
     add_peer_routes(app)
+    add_exchange_routes(app)
 
     async def node_state(app: web.Application) -> AsyncIterator[None]:
         settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -102,8 +110,18 @@ def create_app(settings: Settings, *, loader: Loader = load_backend,
             app[LEDGER] = ledger
             app[SCHEDULER] = scheduler
             app[DATANETS] = datanets
-            app[PEERS] = PeerStore(settings.data_dir / "peers.json",
-                                   own_key=keys.public_key.hex())
+            peers = PeerStore(settings.data_dir / "peers.json", own_key=keys.public_key.hex())
+            app[PEERS] = peers
+            replicas = ReplicaStore(settings.data_dir / "replicas.sqlite3")
+            exchange = ExchangeService(ledger=ledger, replicas=replicas, peers=peers,
+                                       settings=settings, signing_key=keys.signing_key,
+                                       clock_ms=clock_ms)
+            app[EXCHANGE] = exchange
+            app[REQUEST_VERIFIER] = RequestVerifier(peers.is_trusted)
+            if settings.mdns_interfaces:
+                exchange.discovery = Discovery(keys.fingerprint, settings.port,
+                                               interfaces=list(settings.mdns_interfaces))
+                await exchange.discovery.start()
             app[SERVICE] = InferenceService(settings=settings, store=store, scheduler=scheduler,
                                             ledger=ledger, keys=keys, attributor=attributor,
                                             clock_ms=clock_ms)
@@ -114,11 +132,17 @@ def create_app(settings: Settings, *, loader: Loader = load_backend,
             startup = asyncio.create_task(_finish_startup(app, store, datanets))
             checkpoints = asyncio.create_task(_cut_checkpoints(ledger, settings,
                                                                clock_ms))
+            syncing = asyncio.create_task(exchange.run_forever(
+                lambda: list(settings.peers) + [url for url, _ in exchange.discovered()]))
             try:
                 yield
             finally:
                 startup.cancel()
                 checkpoints.cancel()
+                syncing.cancel()
+                if exchange.discovery is not None:
+                    await exchange.discovery.close()
+                replicas.close()
                 await scheduler.close()
                 datanets.close()
 

@@ -7,12 +7,14 @@ import asyncio
 from aiohttp import web
 
 from edged.datanets import DatanetStore
+from edged.exchange import ExchangeService
 from edged.inference import InferenceService
 from edged.keys import NodeKeys
 from edged.ledger import Ledger
 from edged.peers import PeerStore
 from edged.scheduler import Scheduler
 from edged.settings import Settings
+from sync.auth import RequestVerifier
 
 SETTINGS = web.AppKey("settings", Settings)
 SERVICE = web.AppKey("service", InferenceService)
@@ -22,3 +24,5 @@ NODE_KEYS = web.AppKey("node_keys", NodeKeys)
 READY = web.AppKey("ready", asyncio.Event)
 DATANETS = web.AppKey("datanets", DatanetStore)
 PEERS = web.AppKey("peers", PeerStore)
+EXCHANGE = web.AppKey("exchange", ExchangeService)
+REQUEST_VERIFIER = web.AppKey("request_verifier", RequestVerifier)

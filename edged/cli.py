@@ -294,9 +294,15 @@ def peers(ctx: click.Context) -> None:
         listing = call_daemon(ctx, "GET", "/api/peers")
         for peer in listing["trusted"]:
             click.echo(f"{peer['fingerprint']}  trusted  {peer['label'] or '-':<20} {peer['key']}")
-        for url in listing["static"]:
-            click.echo(f"{'static':<16}  address  {url}")
-        if not listing["trusted"] and not listing["static"]:
+        status = call_daemon(ctx, "GET", "/api/sync/status")
+        for peer in status["peers"]:
+            state = "ok" if peer["last_ok"] else (peer["last_error"] or "not yet synced")
+            click.echo(f"{'address':<16}  {state:<16} {peer['url']} "
+                       f"({peer['received']} received)")
+        for origin in status["origins"]:
+            frozen = "  FROZEN (equivocation)" if origin["frozen"] else ""
+            click.echo(f"{origin['origin'][:16]}  holds {origin['held']} receipts{frozen}")
+        if not listing["trusted"] and not status["peers"]:
             click.echo("no peers")
 
 
@@ -317,6 +323,22 @@ def peers_untrust(ctx: click.Context, key: str) -> None:
     """Remove a peer's key from the trusted set."""
     call_daemon(ctx, "DELETE", f"/api/peers/trust/{key}")
     click.echo(f"untrusted {key[:16]}")
+
+
+@main.group()
+def sync() -> None:
+    """Receipt exchange with trusted peers."""
+
+
+@sync.command("now")
+@click.pass_context
+def sync_now(ctx: click.Context) -> None:
+    """Run a sync round with every known peer now."""
+    results = call_daemon(ctx, "POST", "/api/sync/now")["peers"]
+    for url, result in sorted(results.items()):
+        click.echo(f"{url}: {result}")
+    if not results:
+        click.echo("no peers to sync with")
 
 
 @main.group()

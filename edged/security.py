@@ -22,6 +22,7 @@ from edged.settings import Settings
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 CORS_ORIGIN = web.RequestKey("cors_origin", str)  # the Origin that passed the policy
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
+NODE_SIGNED_PATHS = frozenset({"/v1/sync/heads", "/v1/sync/pull", "/v1/sync/push"})
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]", "::1")
 CORS_ALLOW_HEADERS = "Authorization, Content-Type, OpenAI-Organization, OpenAI-Project"
 CORS_EXPOSE_HEADERS = "X-Edged-Receipt, Retry-After"
@@ -61,6 +62,10 @@ def security_middleware(settings: Settings) -> web.middleware:  # type: ignore[v
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path in NODE_SIGNED_PATHS and "Origin" not in request.headers:
+            # Peers reach us by any address and carry their own node signature, checked
+            # by the handler; browsers (Origin) never get this way around the checks.
+            return await handler(request)
         if _host_name(request.headers.get("Host", "")) not in host_names:
             raise Forbidden("this Host is not served here", param="Host")
         origin = request.headers.get("Origin")

@@ -63,6 +63,9 @@ class Settings:
     operator_id: str = _setting("", "payee id of this node's operator (default: the node key)")
     operator_share_ppm: int = _setting(100_000, "operator share of each fee, in parts per million")
     peers: tuple[str, ...] = _setting((), "static peer URLs (http://host:port), no mDNS needed")
+    sync_interval: float = _setting(10.0, "seconds between sync rounds with peers")
+    mdns_interfaces: tuple[str, ...] = _setting(
+        (), "addresses to advertise and browse _edged._tcp on (empty: mDNS off)")
     checkpoint_interval: float = _setting(30.0, "seconds between signed checkpoints of the "
                                           "receipt log (when it has grown)")
     span_min_words: int = _setting(5, "spans/1: shortest verbatim span credited, in words")
@@ -116,6 +119,8 @@ class Settings:
         if not 0 <= self.operator_share_ppm <= 1_000_000:
             raise SettingsError("operator_share_ppm must be within 0..1000000",
                                 param="operator_share_ppm")
+        if self.sync_interval <= 0:
+            raise SettingsError("sync_interval must be positive", param="sync_interval")
         if self.checkpoint_interval <= 0:
             raise SettingsError("checkpoint_interval must be positive",
                                 param="checkpoint_interval")

@@ -48,6 +48,7 @@ class Daemon:
 
     def start(self, timeout: float = 60.0) -> Daemon:
         self.starts += 1
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [*EDGED, "--data-dir", str(self.data_dir), "serve", "--port", str(self.port),

@@ -1,0 +1,128 @@
+"""Node-to-node sync over HTTP. ``heads``, ``pull`` and ``push`` are authenticated by the
+caller's node signature (sync.auth), not by API keys, and only trusted keys get through;
+the rest is for the local operator."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import web
+
+from edged.appkeys import EXCHANGE, REQUEST_VERIFIER, SETTINGS
+from edged.errors import EdgedError, Forbidden, InvalidRequest, PayloadTooLarge, Unauthorized
+from edged.exchange import MSGPACK, SyncRefused
+from edged.http_common import json_response
+from sync.auth import AuthError
+from sync.batch import MAX_BATCH_BYTES
+
+SIGNED_PATHS = frozenset({"/v1/sync/heads", "/v1/sync/pull", "/v1/sync/push"})
+
+
+def add_exchange_routes(app: web.Application) -> None:
+    app.router.add_get("/v1/sync/heads", heads)
+    app.router.add_get("/v1/sync/pull", pull)
+    app.router.add_post("/v1/sync/push", push)
+    app.router.add_get("/v1/sync/evidence", evidence)
+    app.router.add_post("/api/sync/now", sync_now)
+    app.router.add_get("/api/sync/status", sync_status)
+
+
+async def _authenticate(request: web.Request, body: bytes = b"") -> bytes:
+    try:
+        return request.app[REQUEST_VERIFIER].verify(request.method, request.path_qs,
+                                                    request.headers, body)
+    except AuthError as exc:
+        raise (Forbidden if exc.status == 403 else Unauthorized)(exc.message) from None
+
+
+def _refused(exc: SyncRefused) -> EdgedError:
+    error = EdgedError(exc.message)
+    error.status, error.type = exc.status, "invalid_request_error"
+    error.code = {400: "invalid_batch", 403: "forbidden", 409: "equivocation"}.get(exc.status)
+    return error
+
+
+async def heads(request: web.Request) -> web.Response:
+    await _authenticate(request)
+    service = request.app[EXCHANGE]
+    return json_response({"heads": await asyncio.to_thread(service.heads)})
+
+
+def _hex_query(request: web.Request, name: str) -> bytes:
+    try:
+        value = bytes.fromhex(request.query.get(name, ""))
+    except ValueError:
+        value = b""
+    if len(value) != 32:
+        raise InvalidRequest(f"'{name}' must be 64 hex digits", param=name)
+    return value
+
+
+def _count_query(request: web.Request, name: str, default: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or len(raw) > 18:
+        raise InvalidRequest(f"'{name}' must be a non-negative integer", param=name)
+    return int(raw)
+
+
+async def pull(request: web.Request) -> web.Response:
+    await _authenticate(request)
+    origin = _hex_query(request, "origin")
+    have = _count_query(request, "have", 0)
+    known = _count_query(request, "known", 0)
+    limit = _count_query(request, "limit", 1000)
+    try:
+        batch = await asyncio.to_thread(request.app[EXCHANGE].make_batch, origin, have, known,
+                                        limit)
+    except SyncRefused as exc:
+        raise _refused(exc) from None
+    except ValueError as exc:
+        raise InvalidRequest(str(exc)) from None
+    return web.Response(body=batch.encode(), content_type=MSGPACK)
+
+
+async def push(request: web.Request) -> web.Response:
+    if (request.content_length or 0) > MAX_BATCH_BYTES:
+        raise PayloadTooLarge("batch too large")
+    body = await request.content.read(MAX_BATCH_BYTES + 1)
+    if len(body) > MAX_BATCH_BYTES:
+        raise PayloadTooLarge("batch too large")
+    await _authenticate(request, body)
+    try:
+        stored = await asyncio.to_thread(request.app[EXCHANGE].ingest, body)
+    except SyncRefused as exc:
+        raise _refused(exc) from None
+    return json_response({"stored": stored})
+
+
+async def evidence(request: web.Request) -> web.Response:
+    items = request.app[EXCHANGE].replicas.evidence()
+    return json_response({"equivocations": [
+        {"origin": origin.hex(), "first": first.to_json(), "second": second.to_json(),
+         "ts": ts} for origin, first, second, ts in items]})
+
+
+async def sync_now(request: web.Request) -> web.Response:
+    results = await request.app[EXCHANGE].sync_round(_peer_urls(request.app), force=True)
+    return json_response({"peers": results})
+
+
+def _peer_urls(app: web.Application) -> list[str]:
+    return list(app[SETTINGS].peers) + [url for url, _ in app[EXCHANGE].discovered()]
+
+
+async def sync_status(request: web.Request) -> web.Response:
+    service = request.app[EXCHANGE]
+    peers: list[dict[str, Any]] = []
+    for url in _peer_urls(request.app):
+        state = service.states.get(url)
+        peers.append({"url": url, "last_ok": state.last_ok if state else None,
+                      "last_error": state.last_error if state else None,
+                      "received": state.received if state else 0,
+                      "failures": state.failures if state else 0})
+    origins = [{"origin": h.origin.hex(), "held": h.size, "frozen": h.frozen}
+               for h in service.replicas.heads()]
+    return json_response({"peers": peers, "origins": origins})

@@ -1,0 +1,218 @@
+"""Receipt exchange between trusted nodes: heads, pull, push, and the sync loop.
+
+Every node serves batches of its own log (checkpoints of any prefix, signed on demand)
+and of the other trusted origins it holds (store and forward: only at sizes that origin
+signed). A received batch is verified completely (sync.batch.verify_batch) before
+anything is stored; an origin caught equivocating is frozen, its two checkpoints kept
+as evidence, and the event logged once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from edged.ledger import Ledger
+from edged.peers import PeerStore
+from edged.replicas import ReplicaStore
+from edged.settings import Settings
+from sync import merkle
+from sync.auth import sign_request
+from sync.batch import MAX_BATCH_RECEIPTS, Batch, BatchError, Equivocation, verify_batch
+from sync.discovery import Discovery
+
+logger = logging.getLogger(__name__)
+MSGPACK = "application/msgpack"
+MAX_BACKOFF_S = 300.0
+
+
+class SyncRefused(Exception):
+    """A batch or request this node will not accept (the HTTP layer answers 400/403)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass
+class PeerState:
+    url: str
+    failures: int = 0
+    next_attempt: float = 0.0
+    last_ok: float | None = None
+    last_error: str | None = None
+    received: int = 0
+
+
+@dataclass
+class ExchangeService:
+    ledger: Ledger
+    replicas: ReplicaStore
+    peers: PeerStore
+    settings: Settings
+    signing_key: Any  # nacl SigningKey
+    clock_ms: Callable[[], int]
+    states: dict[str, PeerState] = field(default_factory=dict)
+    # One replica connection: serving and ingesting take turns (both run in threads).
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    discovery: Discovery | None = None
+
+    def discovered(self) -> list[tuple[str, str]]:
+        """``(url, node id)`` of discovered peers whose key is trusted (mDNS is a hint)."""
+        if self.discovery is None:
+            return []
+        trusted = {peer.fingerprint for peer in self.peers.trusted()}
+        found = []
+        for peer in self.discovery.peers():
+            if peer.node_id in trusted and peer.addresses:
+                host = peer.addresses[0]
+                host = f"[{host}]" if ":" in host else host
+                found.append((f"http://{host}:{peer.port}", peer.node_id))
+        return found
+
+    @property
+    def origin(self) -> bytes:
+        return bytes(self.signing_key.verify_key)
+
+    # --- serving ------------------------------------------------------------------------
+
+    def heads(self) -> list[dict[str, Any]]:
+        """What this node can serve: its own log and every unfrozen replica."""
+        own = self.ledger.cut_checkpoint(self.clock_ms())
+        heads = [{"origin": self.origin.hex(), "size": own.checkpoint.size}]
+        heads += [{"origin": h.origin.hex(), "size": h.checkpoint.checkpoint.size}
+                  for h in self.replicas.heads() if h.checkpoint and not h.frozen]
+        return heads
+
+    def make_batch(self, origin: bytes, have: int, known: int, limit: int) -> Batch:
+        """Receipts ``[have, end)`` of ``origin`` with a checkpoint of ``end`` and the
+        consistency proof from the puller's checkpoint size ``known``. Blocking."""
+        with self.lock:
+            return self._make_batch(origin, have, known, limit)
+
+    def _make_batch(self, origin: bytes, have: int, known: int, limit: int) -> Batch:
+        limit = max(1, min(limit, MAX_BATCH_RECEIPTS))
+        if origin == self.origin:
+            end = min(self.ledger.count(), have + limit)
+            if end < have or known > end:
+                raise SyncRefused(400, "nothing to serve from there")
+            checkpoint = self.ledger.cut_checkpoint(self.clock_ms(), end)
+            receipts = [r.raw for r in self.ledger.page(have - 1, end - have)]
+            proof = self.ledger.consistency_proof(known, end) if known else []
+            return Batch(origin, receipts, checkpoint, proof, known)
+        if self.replicas.is_frozen(origin):
+            raise SyncRefused(403, "that origin is frozen for equivocation")
+        held = [cp for cp in self.replicas.checkpoints(origin) if cp.checkpoint.size > have]
+        if not held:
+            raise SyncRefused(400, "no newer checkpoint of that origin held here")
+        fitting = [cp for cp in held if cp.checkpoint.size <= have + limit]
+        checkpoint = fitting[-1] if fitting else held[0]
+        end = checkpoint.checkpoint.size
+        receipts = self.replicas.raw_range(origin, have, end)
+        proof = (merkle.consistency_proof(known, end, self.replicas.subtrees(origin))
+                 if known else [])
+        return Batch(origin, receipts, checkpoint, proof, known)
+
+    def ingest(self, data: bytes) -> int:
+        """Verify and store one batch; returns how many receipts were new. Blocking."""
+        with self.lock:
+            return self._ingest(data)
+
+    def _ingest(self, data: bytes) -> int:
+        try:
+            batch = Batch.decode(data)
+        except BatchError as exc:
+            raise SyncRefused(400, str(exc)) from None
+        origin = batch.origin
+        if origin == self.origin:
+            return 0  # our own log is authoritative here
+        if not self.peers.is_trusted(origin):
+            raise SyncRefused(403, "receipts of an untrusted origin")
+        if self.replicas.is_frozen(origin):
+            raise SyncRefused(403, "that origin is frozen for equivocation")
+        known = self.replicas.latest_checkpoint(origin)
+        try:
+            verified = verify_batch(batch, known=known, have_through=self.replicas.size(origin),
+                                    stored=self.replicas.subtrees(origin))
+        except Equivocation as exc:
+            if self.replicas.record_equivocation(origin, exc.known, exc.new):
+                logger.warning("origin %s signed two inconsistent checkpoints; frozen",
+                               origin.hex()[:16])
+            raise SyncRefused(409, "equivocation: the origin is now frozen") from None
+        except BatchError as exc:
+            raise SyncRefused(400, str(exc)) from None
+        return self.replicas.store(origin, verified.new_receipts, verified.subtree_rows,
+                                   verified.checkpoint)
+
+    # --- pulling ------------------------------------------------------------------------
+
+    def _signed(self, method: str, path: str, body: bytes = b"") -> dict[str, str]:
+        return sign_request(self.signing_key, method, path, body, self.clock_ms(),
+                            secrets.token_bytes(16))
+
+    async def sync_peer(self, client: httpx.AsyncClient, url: str) -> int:
+        """Pull everything newer from one peer; returns receipts received."""
+        path = "/v1/sync/heads"
+        response = await client.get(url + path, headers=self._signed("GET", path))
+        response.raise_for_status()
+        received = 0
+        for head in response.json()["heads"]:
+            origin = bytes.fromhex(head["origin"])
+            if origin == self.origin or not self.peers.is_trusted(origin) \
+                    or self.replicas.is_frozen(origin):
+                continue
+            while (have := self.replicas.size(origin)) < head["size"]:
+                latest = self.replicas.latest_checkpoint(origin)
+                known = latest.checkpoint.size if latest else 0
+                path = (f"/v1/sync/pull?origin={origin.hex()}&have={have}&known={known}"
+                        f"&limit={MAX_BATCH_RECEIPTS}")
+                batch = await client.get(url + path, headers=self._signed("GET", path))
+                batch.raise_for_status()
+                added = await asyncio.to_thread(self.ingest, batch.content)
+                if self.replicas.size(origin) <= have:
+                    break  # no progress: do not spin
+                received += added
+        return received
+
+    async def run_forever(self, urls: Callable[[], list[str]]) -> None:
+        """The background sync loop."""
+        while True:
+            await asyncio.sleep(self.settings.sync_interval)
+            try:
+                await self.sync_round(urls())
+            except Exception:
+                logger.exception("sync round failed")
+
+    async def sync_round(self, urls: list[str], *, force: bool = False) -> dict[str, str]:
+        """One round over every peer that is due (all with ``force``); per-peer
+        exponential backoff after failures."""
+        results: dict[str, str] = {}
+        async with httpx.AsyncClient(timeout=30) as client:
+            for url in urls:
+                state = self.states.setdefault(url, PeerState(url))
+                if not force and time.monotonic() < state.next_attempt:
+                    continue
+                try:
+                    received = await self.sync_peer(client, url)
+                except (httpx.HTTPError, SyncRefused, ValueError, KeyError) as exc:
+                    state.failures += 1
+                    state.last_error = exc.__class__.__name__
+                    delay = min(MAX_BACKOFF_S, self.settings.sync_interval * 2 ** state.failures)
+                    state.next_attempt = time.monotonic() + delay
+                    results[url] = f"error: {state.last_error}"
+                    continue
+                state.failures, state.next_attempt = 0, 0.0
+                state.last_ok, state.last_error = time.time(), None
+                state.received += received
+                results[url] = f"ok: {received} new"
+        return results
+
