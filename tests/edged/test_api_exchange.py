@@ -1,0 +1,167 @@
+"""Sync endpoints under attack: every bad request or batch is refused and stores nothing."""
+
+from __future__ import annotations
+
+import io
+import secrets
+import time
+from typing import Any
+
+import msgpack
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from nacl.signing import SigningKey
+
+from attribution.payees import owner_payees
+from attribution.receipt import ZERO_HASH, AttributionRef, ModelRef, ReceiptDraft
+from edged.appkeys import EXCHANGE, PEERS
+from sync import merkle
+from sync.auth import sign_request
+from sync.batch import Batch
+from sync.checkpoint import Checkpoint
+
+Client = TestClient[Any, web.Application]
+
+
+def _log(key: SigningKey, count: int, *, salt: int = 0) -> list[bytes]:
+    raws, prev = [], ZERO_HASH
+    for seq in range(count):
+        draft = ReceiptDraft(ts=seq + salt, model=ModelRef("m", bytes(32), bytes(32)),
+                             kind="chat", input_commitment=bytes(32),
+                             output_commitment=bytes(32), input_units=1, output_units=1, fee=1,
+                             payees=owner_payees("o", "op", 0),
+                             attr=AttributionRef("owner/1", bytes(32), bytes(32)))
+        receipt = draft.finalise(key, seq, prev)
+        raws.append(receipt.raw)
+        prev = receipt.leaf
+    return raws
+
+
+def _batch(key: SigningKey, raws: list[bytes], start: int = 0, known: int = 0) -> Batch:
+    leaves = [merkle.leaf_hash(raw) for raw in raws]
+    checkpoint = Checkpoint(bytes(key.verify_key), len(raws), merkle.reference_root(leaves),
+                            int(time.time() * 1000)).sign(key)
+    proof = merkle.reference_consistency_proof(known, leaves) if known else []
+    return Batch(bytes(key.verify_key), raws[start:], checkpoint, proof, known)
+
+
+def _headers(key: SigningKey, method: str, path: str, body: bytes = b"") -> dict[str, str]:
+    return sign_request(key, method, path, body, int(time.time() * 1000),
+                        secrets.token_bytes(16))
+
+
+async def _push(client: Client, key: SigningKey, body: bytes) -> Any:
+    return await client.post("/v1/sync/push", data=body,
+                             headers=_headers(key, "POST", "/v1/sync/push", body))
+
+
+def _held(client: Client, origin: SigningKey) -> int:
+    return client.app[EXCHANGE].replicas.size(bytes(origin.verify_key))
+
+
+async def test_push_and_pull_with_a_trusted_peer(client: Client) -> None:
+    peer = SigningKey.generate()
+    client.app[PEERS].trust(bytes(peer.verify_key).hex())
+    raws = _log(peer, 6)
+    response = await _push(client, peer, _batch(peer, raws[:4]).encode())
+    assert response.status == 200 and (await response.json())["stored"] == 4
+    more = _batch(peer, raws, start=4, known=4)
+    assert (await (await _push(client, peer, more.encode())).json())["stored"] == 2
+    again = await _push(client, peer, more.encode())  # a re-send is deduped
+    assert again.status == 400 or (await again.json())["stored"] == 0
+    assert _held(client, peer) == 6
+
+    path = "/v1/sync/heads"
+    heads = await (await client.get(path, headers=_headers(peer, "GET", path))).json()
+    sizes = {h["origin"]: h["size"] for h in heads["heads"]}
+    assert sizes[bytes(peer.verify_key).hex()] == 6
+    path = f"/v1/sync/pull?origin={bytes(peer.verify_key).hex()}&have=2&known=0&limit=10"
+    pulled = await client.get(path, headers=_headers(peer, "GET", path))
+    assert pulled.status == 200
+    assert Batch.decode(await pulled.read()).receipts == raws[2:]
+
+
+async def test_bad_requests_and_batches_store_nothing(client: Client) -> None:
+    peer, stranger = SigningKey.generate(), SigningKey.generate()
+    client.app[PEERS].trust(bytes(peer.verify_key).hex())
+    raws = _log(peer, 5)
+    good = _batch(peer, raws).encode()
+
+    unsigned = await client.post("/v1/sync/push", data=good)
+    assert unsigned.status == 401
+    assert (await _push(client, stranger, good)).status == 403  # unknown caller key
+    headers = _headers(peer, "POST", "/v1/sync/push", good)
+    assert (await client.post("/v1/sync/push", data=good + b"x", headers=headers)).status == 401
+    stale = sign_request(peer, "POST", "/v1/sync/push", good, 1_000, secrets.token_bytes(16))
+    assert (await client.post("/v1/sync/push", data=good, headers=stale)).status == 401
+
+    tampered = bytearray(raws[2])
+    tampered[60] ^= 1
+    forged = _batch(peer, raws)
+    forged_sig = Batch(forged.origin, forged.receipts, type(forged.checkpoint)(
+        forged.checkpoint.checkpoint, bytes(64)), [], 0)
+    foreign = _batch(stranger, _log(stranger, 3))  # an untrusted origin
+    attacks = {
+        "tampered receipt": Batch(forged.origin, raws[:2] + [bytes(tampered)] + raws[3:],
+                                  forged.checkpoint).encode(),
+        "gap": Batch(forged.origin, raws[:2] + raws[3:], forged.checkpoint).encode(),
+        "reordered": Batch(forged.origin, [raws[1], raws[0], *raws[2:]],
+                           forged.checkpoint).encode(),
+        "forged signature": forged_sig.encode(),
+        "another origin's receipts": Batch(forged.origin, _log(stranger, 5),
+                                           forged.checkpoint).encode(),
+        "malformed": b"\x93not msgpack at all",
+        "truncated": good[: len(good) // 2],
+        "deeply nested": msgpack.packb(_nest(200)),
+    }
+    for name, body in attacks.items():
+        response = await _push(client, peer, body)
+        assert response.status == 400, name
+        assert _held(client, peer) == 0, name
+    assert (await _push(client, peer, foreign.encode())).status == 403
+    assert client.app[EXCHANGE].replicas.size(bytes(stranger.verify_key)) == 0
+
+    replayed_headers = _headers(peer, "POST", "/v1/sync/push", good)
+    first = await client.post("/v1/sync/push", data=good, headers=replayed_headers)
+    assert first.status == 200
+    replay = await client.post("/v1/sync/push", data=good, headers=replayed_headers)
+    assert replay.status == 401
+
+
+def _nest(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+async def test_shrinking_and_equivocating_checkpoints(client: Client) -> None:
+    peer = SigningKey.generate()
+    client.app[PEERS].trust(bytes(peer.verify_key).hex())
+    raws = _log(peer, 6)
+    assert (await _push(client, peer, _batch(peer, raws[:6]).encode())).status == 200
+    shrinking = _batch(peer, raws[:3], start=3, known=0)
+    assert (await _push(client, peer, shrinking.encode())).status == 400
+
+    fork = _log(peer, 6, salt=1000)  # a second history under the same key
+    fork_leaves = [merkle.leaf_hash(raw) for raw in fork]
+    same_size = Checkpoint(bytes(peer.verify_key), 6, merkle.reference_root(fork_leaves),
+                           int(time.time() * 1000)).sign(peer)
+    equivocating = Batch(bytes(peer.verify_key), [], same_size, [], 6)
+    response = await _push(client, peer, equivocating.encode())
+    assert response.status == 409
+    evidence = await (await client.get("/v1/sync/evidence")).json()
+    assert evidence["equivocations"][0]["origin"] == bytes(peer.verify_key).hex()
+    more = _batch(peer, _log(peer, 8), start=6, known=6)
+    assert (await _push(client, peer, more.encode())).status == 403  # frozen
+    assert _held(client, peer) == 6
+
+
+async def test_oversized_push_is_413(client: Client) -> None:
+    peer = SigningKey.generate()
+    client.app[PEERS].trust(bytes(peer.verify_key).hex())
+    body = b"\x00" * (9 * 1024 * 1024)
+    response = await client.post("/v1/sync/push", data=io.BytesIO(body),
+                                 headers=_headers(peer, "POST", "/v1/sync/push", body))
+    assert response.status == 413
+    assert _held(client, peer) == 0
