@@ -1,100 +1,108 @@
-"""Three real nodes on loopback find each other over zeroconf (127.0.0.1 only), trust
-each other, serve traffic and converge; a node stopped during traffic catches up."""
+"""Three real nodes find each other over zeroconf, trust each other, serve traffic and
+converge (every receipt of every origin held by every node once); a node stopped during
+traffic catches up. On loopback (127.0.0.1 only), and in network namespaces joined by
+veth pairs through a bridge."""
 
 from __future__ import annotations
 
-import json
-import time
+import os
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.conftest import TINY_CONTEXT
+from tests.support.cluster import (
+    add_tiny_model,
+    stop_serve_restart_converge,
+    trust_each_other,
+    wait_discovered,
+)
 from tests.support.daemon import Daemon, clean_environment
 
 pytestmark = pytest.mark.subprocess
 NODES = 3
+FAST = {"EDGED_SYNC_INTERVAL": "0.5", "EDGED_CHECKPOINT_INTERVAL": "0.5"}
 
 
-def _serve(node: Daemon, count: int) -> None:
-    for number in range(count):
-        response = httpx.post(node.url + "/v1/completions", json={
-            "model": "tiny", "prompt": f"r{number}", "max_tokens": 2}, timeout=30)
-        assert response.status_code == 200, response.text
-
-
-def _held(node: Daemon) -> dict[str, int]:
-    status = httpx.get(node.url + "/api/sync/status", timeout=10).json()
-    return {o["origin"]: o["held"] for o in status["origins"]}
-
-
-def _own(node: Daemon) -> tuple[str, int]:
-    info = httpx.get(node.url + "/api/node", timeout=10).json()
-    return info["public_key"], info["receipts"]
-
-
-def _converged(nodes: list[Daemon]) -> bool:
-    sizes = dict(_own(node) for node in nodes)
+def _start_cluster(nodes: list[Daemon], model_file: Path) -> list[Daemon]:
     for node in nodes:
-        key, _ = _own(node)
-        expected = {k: v for k, v in sizes.items() if k != key}
-        if _held(node) != expected:
-            return False
-    return True
-
-
-def _wait_converged(nodes: list[Daemon], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for node in nodes:
-            node.cli("sync", "now")
-        if _converged(nodes):
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"no convergence: {[(_own(n), _held(n)) for n in nodes]}")
+        node.start()
+        add_tiny_model(node, str(model_file), TINY_CONTEXT)
+    trust_each_other(nodes)
+    return nodes
 
 
 @pytest.fixture
-def nodes(tmp_path: Path, tiny_model_file: Path) -> Iterator[list[Daemon]]:
-    env = clean_environment(EDGED_MDNS_INTERFACES="127.0.0.1", EDGED_SYNC_INTERVAL="0.5",
-                            EDGED_CHECKPOINT_INTERVAL="0.5")
-    started = [Daemon(tmp_path / f"node{i}" / "data", env=env).start() for i in range(NODES)]
+def loopback_nodes(tmp_path: Path, tiny_model_file: Path) -> Iterator[list[Daemon]]:
+    env = clean_environment(EDGED_MDNS_INTERFACES="127.0.0.1", **FAST)
+    nodes = [Daemon(tmp_path / f"node{i}" / "data", env=env) for i in range(NODES)]
     try:
-        for node in started:
-            node.cli("models", "add", str(tiny_model_file), "--name", "tiny",
-                     "--context-length", str(TINY_CONTEXT))
-        keys = [json.loads(n.cli("keys", "show").stdout)["public_key"] for n in started]
-        for node, own in zip(started, keys, strict=True):
-            for key in keys:
-                if key != own:
-                    node.cli("peers", "trust", key)
-        yield started
+        yield _start_cluster(nodes, tiny_model_file)
     finally:
-        for node in started:
+        for node in nodes:
             node.stop()
 
 
-def test_nodes_discover_each_other_and_converge(nodes: list[Daemon]) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:  # discovery over mDNS on 127.0.0.1
-        listings = [n.cli("peers").stdout for n in nodes]
-        if all(text.count("http://127.0.0.1:") >= NODES - 1 for text in listings):
-            break
-        time.sleep(0.3)
-    else:
-        raise AssertionError(f"peers not discovered: {listings}")
-    for node in nodes:
-        _serve(node, 4)
-    _wait_converged(nodes)
+def test_loopback_nodes_discover_each_other_and_converge(loopback_nodes: list[Daemon]) -> None:
+    wait_discovered(loopback_nodes, "http://127.0.0.1:")
+    stop_serve_restart_converge(loopback_nodes)
 
-    stopped = nodes[2]
-    stopped.stop()
-    _serve(nodes[0], 3)
-    _serve(nodes[1], 2)
-    stopped.start()
-    _wait_converged(nodes)
-    for node in nodes:
-        held = _held(node)
-        assert len(held) == NODES - 1 and all(size > 0 for size in held.values())
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
+
+
+@pytest.fixture
+def namespaces() -> Iterator[list[tuple[str, str]]]:
+    """A hub namespace with a bridge, and one namespace per node on a veth pair to it."""
+    if shutil.which("ip") is None or os.geteuid() != 0:
+        pytest.fail("network namespace tests need iproute2 and root (CI has both)")
+    tag = f"ed{os.getpid() % 100000}"
+    hub = f"{tag}hub"
+    made: list[str] = []
+    try:
+        _ip("netns", "add", hub)
+        made.append(hub)
+        _ip("-n", hub, "link", "add", "br0", "type", "bridge")
+        _ip("-n", hub, "link", "set", "br0", "up")
+        nodes = []
+        for index in range(NODES):
+            name, address = f"{tag}n{index}", f"10.77.{os.getpid() % 200}.{index + 1}"
+            _ip("netns", "add", name)
+            made.append(name)
+            inside, outside = f"v{tag}{index}", f"p{tag}{index}"
+            _ip("link", "add", inside, "type", "veth", "peer", "name", outside)
+            _ip("link", "set", inside, "netns", name)
+            _ip("link", "set", outside, "netns", hub)
+            _ip("-n", hub, "link", "set", outside, "master", "br0")
+            _ip("-n", hub, "link", "set", outside, "up")
+            _ip("-n", name, "addr", "add", f"{address}/24", "dev", inside)
+            _ip("-n", name, "link", "set", inside, "up")
+            _ip("-n", name, "link", "set", "lo", "up")
+            _ip("-n", name, "route", "add", "224.0.0.0/4", "dev", inside)
+            nodes.append((name, address))
+        yield nodes
+    finally:
+        for name in reversed(made):
+            subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30)
+
+
+def test_nodes_in_network_namespaces_converge(namespaces: list[tuple[str, str]],
+                                              tmp_path: Path, tiny_model_file: Path) -> None:
+    nodes = []
+    for index, (name, address) in enumerate(namespaces):
+        # A non-loopback bind needs API keys; peers authenticate by node signature.
+        env = clean_environment(EDGED_MDNS_INTERFACES=address, EDGED_API_KEYS="test-key",
+                                **FAST)
+        nodes.append(Daemon(tmp_path / f"ns{index}" / "data", env=env, namespace=name,
+                            host=address, port=3343))
+    try:
+        _start_cluster(nodes, tiny_model_file)
+        wait_discovered(nodes, "http://10.77.")
+        stop_serve_restart_converge(nodes)
+    finally:
+        for node in nodes:
+            node.stop()
