@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import re
 import shutil
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -272,10 +274,16 @@ class DatanetStore:
     @staticmethod
     def _build(directory: Path, documents: Sequence[CorpusDocument],
                progress: Callable[[int], None] | None) -> None:
-        try:
-            build_segment(directory, documents, progress=progress)
-        except CorpusError as exc:
-            raise InvalidRequest(str(exc), param="documents") from None
+        """Build in a child process: the suffix array's construction needs several times
+        the corpus in memory, and a daemon's heap would keep that after the build."""
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+            try:
+                pool.submit(build_segment, directory, list(documents)).result()
+            except CorpusError as exc:
+                raise InvalidRequest(str(exc), param="documents") from None
+        if progress is not None:
+            progress(len(documents))
 
     def _segment(self, directory: Path) -> Segment:
         with self._lock:
