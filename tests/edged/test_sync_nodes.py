@@ -16,8 +16,10 @@ import pytest
 from tests.conftest import TINY_CONTEXT
 from tests.support.cluster import (
     add_tiny_model,
+    serve_traffic,
     stop_serve_restart_converge,
     trust_each_other,
+    wait_converged,
     wait_discovered,
 )
 from tests.support.daemon import Daemon, clean_environment
@@ -103,6 +105,22 @@ def test_nodes_in_network_namespaces_converge(namespaces: list[tuple[str, str]],
         _start_cluster(nodes, tiny_model_file)
         wait_discovered(nodes, "http://10.77.")
         stop_serve_restart_converge(nodes)
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+def test_static_peers_sync_without_mdns(tmp_path: Path, tiny_model_file: Path) -> None:
+    first, second = (Daemon(tmp_path / f"static{i}" / "data") for i in range(2))
+    first.env = clean_environment(EDGED_PEERS=second.url, **FAST)
+    second.env = clean_environment(EDGED_PEERS=first.url, **FAST)
+    nodes = [first, second]
+    try:
+        _start_cluster(nodes, tiny_model_file)
+        assert "http://127.0.0.1:" in first.cli("peers").stdout
+        for node in nodes:
+            serve_traffic(node, 3)
+        wait_converged(nodes)
     finally:
         for node in nodes:
             node.stop()
