@@ -26,7 +26,7 @@ import os
 import queue
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -124,7 +124,7 @@ class Ledger:
             raise
         self._read_lock = threading.Lock()
         self._read_closed = False
-        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Pending | list[_Pending] | None] = queue.SimpleQueue()
         self._submit_lock = threading.Lock()
         self._closed = False
         self._writer = threading.Thread(target=self._run_writer, name="edged-ledger-writer",
@@ -158,13 +158,25 @@ class Ledger:
         self._submit(_Pending(draft, evidence, loop=loop, future=future))
         return await future
 
+    async def append_group(self, drafts: Sequence[ReceiptDraft],
+                           evidence: Sequence[bytes | None] | None = None) -> list[SignedReceipt]:
+        """Append several receipts in ONE transaction (a dynamically batched prediction's
+        receipts); each caller's id is known only after that commit."""
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[SignedReceipt]] = [loop.create_future() for _ in drafts]
+        evidence = evidence or [None] * len(drafts)
+        group = [_Pending(draft, item, loop=loop, future=future)
+                 for draft, item, future in zip(drafts, evidence, futures, strict=True)]
+        self._submit(group)
+        return list(await asyncio.gather(*futures))
+
     def append_sync(self, draft: ReceiptDraft, timeout: float | None = None) -> SignedReceipt:
         """Blocking :meth:`append` for threads without an event loop; same writer, same order."""
         future: concurrent.futures.Future[SignedReceipt] = concurrent.futures.Future()
         self._submit(_Pending(draft, sync_future=future))
         return future.result(timeout)
 
-    def _submit(self, pending: _Pending) -> None:
+    def _submit(self, pending: _Pending | list[_Pending]) -> None:
         # The lock orders every put before close()'s stop marker, so no draft
         # can land behind it and wait forever.
         with self._submit_lock:
@@ -180,8 +192,9 @@ class Ledger:
                 first = self._queue.get()
                 if first is None:
                     break
-                batch = [first]
-                # Everything that queued up during the previous commit goes in this one.
+                batch = _flatten(first)
+                # Everything that queued up during the previous commit goes in this one
+                # (a group, queued as one item, always lands whole in one transaction).
                 while len(batch) < self._max_batch:
                     try:
                         item = self._queue.get_nowait()
@@ -190,7 +203,7 @@ class Ledger:
                     if item is None:
                         stopping = True
                         break
-                    batch.append(item)
+                    batch += _flatten(item)
                 self._commit_batch(batch)
                 batch = []
         except BaseException as exc:  # a bug here must not leave callers waiting forever
@@ -210,7 +223,7 @@ class Ledger:
             except queue.Empty:
                 return items
             if item is not None:
-                items.append(item)
+                items += _flatten(item)
 
     def _commit_batch(self, batch: list[_Pending]) -> None:
         conn = self._writer_conn
@@ -459,6 +472,10 @@ class Ledger:
                     f"the ledger was signed by node key {receipt.node.hex()[:16]}..., "
                     f"not by this node's key {self._node.hex()[:16]}...; "
                     "refusing to mix two nodes' receipts in one chain")
+
+
+def _flatten(item: _Pending | list[_Pending]) -> list[_Pending]:
+    return list(item) if isinstance(item, list) else [item]
 
 
 def _resolve(results: list[tuple[asyncio.Future[SignedReceipt], _Outcome]]) -> None:

@@ -20,7 +20,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+if TYPE_CHECKING:
+    import numpy as np
 
 FinishReason = Literal["stop", "length", "cancelled"]
 
@@ -95,6 +98,18 @@ class UnsupportedOperation(BackendError):
     """The backend cannot do this (embeddings on a model without them, say)."""
 
 
+class InvalidInput(BackendError):
+    """The request's tensors do not fit the model (name, datatype, shape or values).
+
+    ``param`` names the offending input when there is one, so the daemon can answer 400
+    and point at it.
+    """
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
 class MissingDependency(BackendError):
     """An optional dependency is not installed; the message names the pip extra."""
 
@@ -136,3 +151,15 @@ class Backend(ABC):
     def max_concurrency(self) -> int:
         """How many generate/embed calls may run at once on this instance."""
         return 1
+
+    def predict(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the model on named input tensors and return its named output tensors.
+
+        Tensor models (ONNX) implement it; a bad tensor raises :class:`InvalidInput`
+        before anything runs. The default refuses.
+        """
+        raise UnsupportedOperation(f"the {self.runtime} runtime does not serve predictions")
+
+    def describe(self) -> dict[str, Any]:
+        """Metadata about the loaded model for the API (JSON-serialisable); may be empty."""
+        return {}

@@ -10,6 +10,7 @@ from runtimes.base import Backend, BackendError, ModelSpec
 _BACKENDS = {
     "llama.cpp": "runtimes.llama_cpp:LlamaCppBackend",
     "fake": "runtimes.fake:FakeBackend",
+    "onnx": "runtimes.onnx_runtime:OnnxBackend",
 }
 
 

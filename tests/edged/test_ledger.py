@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlite_utils
@@ -396,3 +397,19 @@ def test_tree_is_backfilled_for_a_ledger_written_without_one(ledger_path: Path,
     db.close()
     with Ledger(ledger_path, node_key) as ledger:
         assert ledger.root(11) == merkle.reference_root([r.leaf for r in receipts])
+
+
+async def test_a_group_lands_in_one_transaction(ledger: Ledger) -> None:
+    commits: list[int] = []
+    original = ledger._commit_batch
+
+    def counting(batch: Any) -> None:
+        commits.append(len(batch))
+        original(batch)
+
+    ledger._commit_batch = counting  # type: ignore[method-assign]
+    receipts = await ledger.append_group([make_draft() for _ in range(7)],
+                                         [b"e"] * 7)
+    assert [r.seq for r in receipts] == list(range(7))
+    assert commits == [7]
+    assert ledger.get_evidence(receipts[3].leaf) == b"e"
