@@ -17,12 +17,14 @@ from edged.api_node import add_node_routes
 from edged.api_openai import add_openai_routes
 from edged.api_peers import add_peer_routes
 from edged.api_sync import add_sync_routes
+from edged.api_v2 import add_v2_routes
 from edged.appkeys import (
     DATANETS,
     EXCHANGE,
     LEDGER,
     NODE_KEYS,
     PEERS,
+    PREDICT,
     READY,
     REQUEST_VERIFIER,
     SCHEDULER,
@@ -40,6 +42,7 @@ from edged.keys import load_or_create_keys
 from edged.ledger import Ledger
 from edged.models import SERVING_RUNTIMES, ModelStore
 from edged.peers import PeerStore
+from edged.predict import PredictService
 from edged.replicas import ReplicaStore
 from edged.scheduler import LoadPlan, Scheduler
 from edged.security import add_cors_headers, security_middleware
@@ -78,6 +81,7 @@ def create_app(settings: Settings, *, loader: Loader = load_backend,
     add_sync_routes(app)
     add_peer_routes(app)
     add_exchange_routes(app)
+    add_v2_routes(app)
 
     async def node_state(app: web.Application) -> AsyncIterator[None]:
         settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -110,6 +114,8 @@ def create_app(settings: Settings, *, loader: Loader = load_backend,
             app[LEDGER] = ledger
             app[SCHEDULER] = scheduler
             app[DATANETS] = datanets
+            app[PREDICT] = PredictService(store=store, scheduler=scheduler, ledger=ledger,
+                                          keys=keys, attributor=attributor, clock_ms=clock_ms)
             peers = PeerStore(settings.data_dir / "peers.json", own_key=keys.public_key.hex())
             app[PEERS] = peers
             replicas = ReplicaStore(settings.data_dir / "replicas.sqlite3")

@@ -12,6 +12,7 @@ from edged.inference import InferenceService
 from edged.keys import NodeKeys
 from edged.ledger import Ledger
 from edged.peers import PeerStore
+from edged.predict import PredictService
 from edged.scheduler import Scheduler
 from edged.settings import Settings
 from sync.auth import RequestVerifier
@@ -26,3 +27,4 @@ DATANETS = web.AppKey("datanets", DatanetStore)
 PEERS = web.AppKey("peers", PeerStore)
 EXCHANGE = web.AppKey("exchange", ExchangeService)
 REQUEST_VERIFIER = web.AppKey("request_verifier", RequestVerifier)
+PREDICT = web.AppKey("predict", PredictService)

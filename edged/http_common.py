@@ -47,23 +47,26 @@ def json_response(data: Any, *, status: int = 200,
         value, separators=(",", ":"), allow_nan=False))
 
 
-def error_response(exc: EdgedError) -> web.Response:
-    return json_response(exc.body(), status=exc.status, headers=exc.headers)
+def error_response(exc: EdgedError, path: str = "") -> web.Response:
+    """The OpenAI error shape, or the Open Inference Protocol's under /v2."""
+    body: Any = {"error": exc.message} if path.startswith("/v2") else exc.body()
+    return json_response(body, status=exc.status, headers=exc.headers)
 
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Turn every failure into ``{"error": {...}}`` with the right status."""
+    path = request.path
     try:
         return await handler(request)
     except EdgedError as exc:
-        return error_response(exc)
+        return error_response(exc, path)
     except web.HTTPRequestEntityTooLarge:
-        return error_response(PayloadTooLarge("the request body is too large"))
+        return error_response(PayloadTooLarge("the request body is too large"), path)
     except web.HTTPNotFound:
-        return error_response(NotFound(f"no route for {request.method} {request.path}"))
+        return error_response(NotFound(f"no route for {request.method} {path}"), path)
     except web.HTTPMethodNotAllowed:
-        return error_response(MethodNotAllowed(f"{request.method} is not allowed here"))
+        return error_response(MethodNotAllowed(f"{request.method} is not allowed here"), path)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

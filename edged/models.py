@@ -31,8 +31,8 @@ logger = logging.getLogger(__name__)
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}[a-z0-9]$|^[a-z0-9]$")
 DIGEST_PATTERN = re.compile(r"^[0-9a-f]{64}$")
-RUNTIMES = ("llama.cpp", "fake")  # every runtime a manifest may name
-SERVING_RUNTIMES = ("llama.cpp",)  # what a daemon serves unless told otherwise (fake: tests)
+RUNTIMES = ("llama.cpp", "onnx", "fake")  # every runtime a manifest may name
+SERVING_RUNTIMES = ("llama.cpp", "onnx")  # what a daemon serves unless told otherwise (fake: tests)
 MAX_PRICE = 2**40  # base units; keeps every fee far inside the receipt's 64-bit integers
 CHAT_FORMATS = ("gemma", "chatml")
 GGUF_MAGIC = b"GGUF"
@@ -62,6 +62,7 @@ class Price:
     request: int = 0
     input_per_1k: int = 0
     output_per_1k: int = 0
+    per_row: int = 0  # predictions: per input row
 
     def fee(self, input_units: int, output_units: int) -> int:
         # Round each per-token part up so a short request is never free by truncation.
@@ -70,7 +71,7 @@ class Price:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Price:
-        unknown = set(data) - {"request", "input_per_1k", "output_per_1k"}
+        unknown = set(data) - {"request", "input_per_1k", "output_per_1k", "per_row"}
         if unknown:
             raise InvalidRequest(f"unknown price fields {sorted(unknown)}", param="price")
         values = {}
@@ -96,11 +97,21 @@ class Manifest:
     datanets: tuple[str, ...] = ()
     data_share_ppm: int = 0  # share of each fee owed to the datanets' contributors
     unmatched_data_to: str = "owner"  # who gets the data share when no span matches
+    # Tensor models (ONNX): dynamic batching, graph metadata, optional labels.
+    max_batch_size: int = 32
+    batch_delay_us: int = 2000
+    inputs: tuple[dict[str, Any], ...] = ()  # [{"name", "datatype", "shape"}]
+    outputs: tuple[dict[str, Any], ...] = ()
+    label_names: tuple[str, ...] = ()
+    embedding_output: str | None = None
     created: int = 0  # unix seconds
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["datanets"] = list(self.datanets)
+        data["inputs"] = [dict(item) for item in self.inputs]
+        data["outputs"] = [dict(item) for item in self.outputs]
+        data["label_names"] = list(self.label_names)
         return data
 
     @classmethod
@@ -118,6 +129,12 @@ class Manifest:
                 datanets=tuple(data.get("datanets") or ()),
                 data_share_ppm=int(data.get("data_share_ppm", 0)),
                 unmatched_data_to=str(data.get("unmatched_data_to", "owner")),
+                max_batch_size=int(data.get("max_batch_size", 32)),
+                batch_delay_us=int(data.get("batch_delay_us", 2000)),
+                inputs=tuple(data.get("inputs") or ()),
+                outputs=tuple(data.get("outputs") or ()),
+                label_names=tuple(data.get("label_names") or ()),
+                embedding_output=data.get("embedding_output"),
                 created=int(data.get("created", 0)),
             )
         except (KeyError, TypeError, ValueError) as exc:
@@ -190,6 +207,12 @@ def _check_types(manifest: Manifest) -> None:
         raise InvalidRequest("'chat_format' must be a string", param="chat_format")
     if not isinstance(manifest.price, Price):
         raise InvalidRequest("'price' must be an object", param="price")
+    for field_name in ("max_batch_size", "batch_delay_us"):
+        if not is_int(getattr(manifest, field_name)):
+            raise InvalidRequest(f"'{field_name}' must be an integer", param=field_name)
+    if not 1 <= manifest.max_batch_size <= 4096 or not 0 <= manifest.batch_delay_us <= 10**6:
+        raise InvalidRequest("max_batch_size is 1..4096, batch_delay_us 0..1000000",
+                             param="max_batch_size")
     if not isinstance(manifest.datanets, tuple) or not all(
             isinstance(name, str) for name in manifest.datanets):
         raise InvalidRequest("'datanets' must be a list of names", param="datanets")
@@ -247,6 +270,8 @@ class ModelStore:
         blob = self.blob_path(manifest.weights)
         if not blob.is_file():
             raise InvalidRequest("no blob with that digest; upload it first", param="weights")
+        if manifest.runtime == "onnx" and not manifest.inputs:
+            manifest = replace(manifest, **onnx_metadata(blob))
         if manifest.runtime == "llama.cpp":
             with blob.open("rb") as handle:
                 if handle.read(4) != GGUF_MAGIC:
@@ -296,6 +321,17 @@ class ModelStore:
 
     def weights_path(self, manifest: Manifest) -> Path:
         return self.blob_path(manifest.weights)
+
+
+def onnx_metadata(path: Path) -> dict[str, Any]:
+    """Inputs and outputs read from the ONNX graph (no session needed)."""
+    from runtimes.onnx_runtime import graph_metadata
+
+    try:
+        meta = graph_metadata(path)
+    except Exception:
+        raise InvalidRequest("the onnx runtime needs a valid ONNX model", param="weights") from None
+    return {"inputs": tuple(meta["inputs"]), "outputs": tuple(meta["outputs"])}
 
 
 def file_sha256(path: Path) -> str:

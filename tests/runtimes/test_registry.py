@@ -13,7 +13,7 @@ from runtimes.registry import backend_class, backend_names, load_backend
 
 
 def test_names() -> None:
-    assert backend_names() == ["fake", "llama.cpp"]
+    assert backend_names() == ["fake", "llama.cpp", "onnx"]
 
 
 def test_classes_carry_their_runtime_name() -> None:

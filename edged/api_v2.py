@@ -1,0 +1,148 @@
+"""The Open Inference Protocol v2 (KServe / Triton) over REST, JSON tensors.
+
+Errors on these paths use that protocol's shape ``{"error": "message"}`` (see
+http_common). Binary tensor data (the protocol's binary extension) is not supported:
+clients send JSON data (``binary_data=False`` in tritonclient).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from aiohttp import web
+
+from edged.api_openai import RECEIPT_HEADER, receipt_ref
+from edged.appkeys import PREDICT, READY, SCHEDULER, SERVICE
+from edged.errors import InvalidRequest, ModelNotFound
+from edged.http_common import json_response, read_json
+from edged.models import Manifest
+
+# OIP datatype <-> numpy dtype
+DATATYPES = {"BOOL": np.bool_, "UINT8": np.uint8, "INT8": np.int8, "INT16": np.int16,
+             "INT32": np.int32, "INT64": np.int64, "FP16": np.float16, "FP32": np.float32,
+             "FP64": np.float64}
+NUMPY_TO_DATATYPE = {np.dtype(v).name: k for k, v in DATATYPES.items()}
+MAX_ELEMENTS = 1 << 24
+
+
+def add_v2_routes(app: web.Application) -> None:
+    app.router.add_get("/v2", server_metadata)
+    app.router.add_get("/v2/health/live", live)
+    app.router.add_get("/v2/health/ready", ready)
+    for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+        app.router.add_get(prefix, model_metadata)
+        app.router.add_get(prefix + "/ready", model_ready)
+        app.router.add_post(prefix + "/infer", infer)
+
+
+async def server_metadata(request: web.Request) -> web.Response:
+    return json_response({"name": "edged", "version": "0.1.0", "extensions": []})
+
+
+async def live(request: web.Request) -> web.Response:
+    return json_response({"live": True})
+
+
+async def ready(request: web.Request) -> web.Response:
+    is_ready = request.app[READY].is_set()
+    return json_response({"ready": is_ready}, status=200 if is_ready else 503)
+
+
+def _tensor_model(request: web.Request) -> Manifest:
+    manifest = request.app[SERVICE].store.get(request.match_info["name"])
+    if manifest.runtime != "onnx":
+        raise ModelNotFound(f"model {manifest.name!r} is not a tensor model", param="model")
+    version = request.match_info.get("version")
+    if version not in (None, "1"):
+        raise ModelNotFound(f"model {manifest.name!r} has no version {version!r}",
+                            param="version")
+    return manifest
+
+
+async def model_metadata(request: web.Request) -> web.Response:
+    manifest = _tensor_model(request)
+    return json_response({"name": manifest.name, "versions": ["1"],
+                          "platform": "onnxruntime_onnx",
+                          "inputs": list(manifest.inputs), "outputs": list(manifest.outputs)})
+
+
+async def model_ready(request: web.Request) -> web.Response:
+    manifest = _tensor_model(request)
+    loaded = any(m.name == manifest.name for m in request.app[SCHEDULER].loaded())
+    return json_response({"name": manifest.name, "ready": True, "loaded": loaded})
+
+
+def decode_tensor(spec: Any, index: int) -> tuple[str, np.ndarray]:
+    param = f"inputs[{index}]"
+    if not isinstance(spec, dict):
+        raise InvalidRequest(f"{param} must be an object", param=param)
+    name, shape, datatype, data = (spec.get(k) for k in ("name", "shape", "datatype", "data"))
+    if not isinstance(name, str) or not name:
+        raise InvalidRequest(f"{param}.name must be a string", param=param)
+    if datatype not in DATATYPES:
+        raise InvalidRequest(f"{param}.datatype must be one of {sorted(DATATYPES)}",
+                             param=param)
+    if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise InvalidRequest(f"{param}.shape must be a list of non-negative integers",
+                             param=param)
+    size = math.prod(shape)
+    if size > MAX_ELEMENTS:
+        raise InvalidRequest(f"{param} has more than {MAX_ELEMENTS} elements", param=param)
+    flat: np.ndarray | None = (np.asarray(data, dtype=object).ravel()
+                               if isinstance(data, list) else None)
+    if flat is None or flat.size != size:
+        raise InvalidRequest(f"{param}.data must hold {size} values", param=param)
+    try:
+        array: np.ndarray = flat.astype(DATATYPES[datatype]).reshape(shape)
+    except (TypeError, ValueError, OverflowError):
+        raise InvalidRequest(f"{param}.data does not fit {datatype}", param=param) from None
+    if datatype != "BOOL" and any(isinstance(v, bool) for v in flat):
+        raise InvalidRequest(f"{param}.data holds booleans for {datatype}", param=param)
+    return name, array
+
+
+def encode_tensor(name: str, array: np.ndarray) -> dict[str, Any]:
+    datatype = NUMPY_TO_DATATYPE.get(array.dtype.name)
+    if datatype is None:
+        raise InvalidRequest(f"output {name!r} has an unsupported type")
+    data = array.ravel().tolist()
+    return {"name": name, "shape": list(array.shape), "datatype": datatype, "data": data}
+
+
+async def infer(request: web.Request) -> web.Response:
+    manifest = _tensor_model(request)
+    body = await read_json(request)
+    if not isinstance(body, dict) or not isinstance(body.get("inputs"), list) \
+            or not body["inputs"]:
+        raise InvalidRequest("'inputs' must be a non-empty list of tensors", param="inputs")
+    inputs = dict(decode_tensor(spec, i) for i, spec in enumerate(body["inputs"]))
+    if len(inputs) != len(body["inputs"]):
+        raise InvalidRequest("an input is given twice", param="inputs")
+    requested = body.get("outputs")
+    wanted: list[str] | None = None
+    if requested is not None:
+        if not isinstance(requested, list) or not all(
+                isinstance(o, dict) and isinstance(o.get("name"), str) for o in requested):
+            raise InvalidRequest("'outputs' must be a list of {name}", param="outputs")
+        wanted = [o["name"] for o in requested]
+        known = {str(o.get("name")) for o in manifest.outputs}
+        missing = [name for name in wanted if name not in known]
+        if missing:  # checked before running: a refused request writes no receipt
+            raise InvalidRequest(f"unknown outputs {missing}", param="outputs")
+    prediction = await request.app[PREDICT].predict(manifest.name, inputs)
+    outputs = prediction.outputs
+    if wanted is not None:
+        outputs = {name: outputs[name] for name in wanted if name in outputs}
+    response: dict[str, Any] = {
+        "model_name": manifest.name, "model_version": "1",
+        "outputs": [encode_tensor(name, array) for name, array in outputs.items()],
+        "parameters": {"receipt_id": prediction.receipt.leaf.hex(),
+                       "receipt_seq": prediction.receipt.seq},
+        "receipt": receipt_ref(prediction.receipt),
+    }
+    if isinstance(body.get("id"), str):
+        response["id"] = body["id"]
+    return json_response(response, headers={RECEIPT_HEADER: prediction.receipt.leaf.hex()})

@@ -1,0 +1,206 @@
+"""Predictions on tensor models (ONNX), with dynamic batching.
+
+Concurrent requests to one model wait at most the model's batching window
+(``batch_delay_us``) and are stacked along the first axis into one backend call of
+at most ``max_batch_size`` rows, then split back. Requests stack only with requests of
+the same input names, dtypes and trailing dimensions. If a stacked call is refused as
+invalid input, each request of the batch runs alone, so a malformed request fails
+alone. The receipts of one batch are committed in one transaction, and each request
+gets its result only after that commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from attribution.commitments import commit
+from attribution.receipt import ModelRef, ReceiptDraft, SignedReceipt
+from edged import errors
+from edged.attributor import Attributor
+from edged.keys import NodeKeys
+from edged.ledger import Ledger
+from edged.models import Manifest, ModelStore
+from edged.scheduler import Scheduler
+from runtimes.base import InvalidInput
+
+logger = logging.getLogger(__name__)
+
+Tensors = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    outputs: Tensors
+    rows: int
+    receipt: SignedReceipt
+
+
+@dataclass
+class _Request:
+    inputs: Tensors
+    rows: int
+    keep_alive: float | None
+    future: asyncio.Future[Prediction]
+
+    @property
+    def signature(self) -> tuple[Any, ...]:
+        return tuple(sorted((name, str(array.dtype), array.shape[1:])
+                            for name, array in self.inputs.items()))
+
+
+@dataclass
+class _Queue:
+    requests: list[_Request] = field(default_factory=list)
+    full: asyncio.Event = field(default_factory=asyncio.Event)
+    flusher: asyncio.Task[None] | None = None
+
+
+def tensor_commitment(tensors: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """The canonical form receipts commit to: dtype, shape and raw bytes per tensor."""
+    return {name: [str(array.dtype), list(array.shape), np.ascontiguousarray(array).tobytes()]
+            for name, array in sorted(tensors.items())}
+
+
+class PredictService:
+    def __init__(self, *, store: ModelStore, scheduler: Scheduler, ledger: Ledger,
+                 keys: NodeKeys, attributor: Attributor, clock_ms: Any) -> None:
+        self.store = store
+        self.scheduler = scheduler
+        self.ledger = ledger
+        self.keys = keys
+        self.attributor = attributor
+        self.clock_ms = clock_ms
+        self._queues: dict[str, _Queue] = {}
+
+    async def predict(self, model: str, inputs: Tensors,
+                      keep_alive: float | None = None) -> Prediction:
+        manifest = self.store.get(model)
+        if manifest.runtime != "onnx":
+            raise errors.Unsupported(f"model {model!r} does not serve predictions",
+                                     param="model")
+        self.attributor.check(manifest)
+        rows = _rows(inputs)
+        if rows > manifest.max_batch_size:
+            raise errors.InvalidRequest(f"at most {manifest.max_batch_size} rows per request",
+                                        param="inputs")
+        future: asyncio.Future[Prediction] = asyncio.get_running_loop().create_future()
+        queue = self._queues.setdefault(model, _Queue())
+        queue.requests.append(_Request(inputs, rows, keep_alive, future))
+        if sum(r.rows for r in queue.requests) >= manifest.max_batch_size:
+            queue.full.set()
+        if queue.flusher is None or queue.flusher.done():
+            queue.flusher = asyncio.create_task(self._flush(manifest, queue))
+        return await future
+
+    async def _flush(self, manifest: Manifest, queue: _Queue) -> None:
+        """Wait out the window (or until a batch is full), run, repeat while work waits."""
+        while queue.requests:
+            if manifest.batch_delay_us > 0:
+                with contextlib.suppress(TimeoutError):  # the window ended before a full batch
+                    await asyncio.wait_for(queue.full.wait(), manifest.batch_delay_us / 1e6)
+            queue.full.clear()
+            batch, rows = [], 0
+            for request in list(queue.requests):
+                if rows + request.rows > manifest.max_batch_size:
+                    break
+                batch.append(request)
+                rows += request.rows
+            del queue.requests[: len(batch)]
+            groups: dict[tuple[Any, ...], list[_Request]] = {}
+            for request in batch:
+                groups.setdefault(request.signature, []).append(request)
+            for group in groups.values():
+                await self._run_group(manifest, group)
+
+    async def _run_group(self, manifest: Manifest, group: list[_Request]) -> None:
+        try:
+            async with self.scheduler.lease(manifest.name,
+                                            keep_alive=group[-1].keep_alive) as lease:
+                valid = self._validated(lease.backend, group)
+                results = await self._run(lease, valid) if valid else []
+        except errors.EdgedError as exc:
+            _fail(group, exc)
+            return
+        except Exception:
+            logger.exception("prediction failed")
+            _fail(group, errors.InternalError("prediction failed"))
+            return
+        if not valid:
+            return
+        try:
+            receipts = await self._commit(manifest, valid, results)
+        except Exception:
+            logger.exception("committing prediction receipts failed")
+            _fail(valid, errors.InternalError("prediction failed"))
+            return
+        for request, outputs, receipt in zip(valid, results, receipts, strict=True):
+            if not request.future.done():
+                request.future.set_result(Prediction(outputs, request.rows, receipt))
+
+    @staticmethod
+    def _validated(backend: Any, group: list[_Request]) -> list[_Request]:
+        """Check each request on its own first, so a malformed one fails alone."""
+        check = getattr(backend, "check_inputs", None)
+        valid = []
+        for request in group:
+            try:
+                if check is not None:
+                    check(request.inputs)
+            except InvalidInput as exc:
+                _fail([request], errors.InvalidRequest(str(exc), param="inputs"))
+                continue
+            valid.append(request)
+        return valid
+
+    @staticmethod
+    async def _run(lease: Any, group: list[_Request]) -> list[Tensors]:
+        stacked = {name: np.concatenate([r.inputs[name] for r in group], axis=0)
+                   for name in group[0].inputs}
+        try:
+            outputs: Tensors = await lease.run(lease.backend.predict, stacked)
+        except InvalidInput as exc:
+            raise errors.InvalidRequest(str(exc), param="inputs") from None
+        results, start = [], 0
+        for request in group:
+            results.append({name: array[start:start + request.rows]
+                            for name, array in outputs.items()})
+            start += request.rows
+        return results
+
+    async def _commit(self, manifest: Manifest, group: list[_Request],
+                      results: list[Tensors]) -> list[SignedReceipt]:
+        attribution = self.attributor.attribute(manifest, None)
+        drafts = [ReceiptDraft(
+            ts=self.clock_ms(),
+            model=ModelRef(manifest.name, bytes.fromhex(manifest.weights), manifest.digest()),
+            kind="predict",
+            input_commitment=commit(self.keys.commitment_key, tensor_commitment(r.inputs)),
+            output_commitment=commit(self.keys.commitment_key, tensor_commitment(outputs)),
+            input_units=r.rows, output_units=r.rows,
+            fee=manifest.price.fee(0, 0) + manifest.price.per_row * r.rows,
+            payees=attribution.payees, attr=attribution.ref,
+        ) for r, outputs in zip(group, results, strict=True)]
+        return await asyncio.shield(self.ledger.append_group(drafts))
+
+
+def _rows(inputs: Mapping[str, np.ndarray]) -> int:
+    if not inputs:
+        raise errors.InvalidRequest("no inputs", param="inputs")
+    counts = {array.shape[0] if array.ndim else -1 for array in inputs.values()}
+    if len(counts) != 1 or -1 in counts or 0 in counts:
+        raise errors.InvalidRequest("every input needs the same, non-zero first (batch) "
+                                    "dimension", param="inputs")
+    return counts.pop()
+
+
+def _fail(group: list[_Request], error: errors.EdgedError) -> None:
+    for request in group:
+        if not request.future.done():
+            request.future.set_exception(error)

@@ -1,0 +1,143 @@
+"""The Open Inference Protocol v2 on a tiny ONNX classifier: metadata, inference,
+dynamic batching, receipts, and errors in the protocol's shape."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from attribution.receipt import verify_receipt
+from edged.app import create_app
+from edged.appkeys import LEDGER
+from edged.models import Manifest, ModelStore, Price
+from edged.settings import Settings
+from tests.edged.conftest import AppClientFactory
+from tests.support.tiny_onnx import LinearClassifier, write_linear_classifier
+
+Client = TestClient[Any, web.Application]
+MODEL = "tiny-clf"
+
+
+def install_onnx_model(settings: Settings, tmp_path: Path, **fields: Any) -> LinearClassifier:
+    classifier = write_linear_classifier(tmp_path / "clf.onnx", seed=3)
+    data = classifier.path.read_bytes()
+    store = ModelStore(settings.models_dir)
+    digest = hashlib.sha256(data).hexdigest()
+    with store.blob_writer(digest) as writer:
+        writer.write(data)
+    store.add(Manifest(name=MODEL, runtime="onnx", weights=digest, size=0, owner="clf-owner",
+                       price=Price(request=5, per_row=2), **fields))
+    return classifier
+
+
+@pytest.fixture
+async def v2(aiohttp_client: AppClientFactory, settings: Settings,
+             tmp_path: Path) -> tuple[Client, LinearClassifier]:
+    classifier = install_onnx_model(settings, tmp_path, batch_delay_us=20_000)
+    return await aiohttp_client(create_app(settings)), classifier
+
+
+def tensor(rows: np.ndarray, name: str = "input") -> dict[str, Any]:
+    return {"name": name, "shape": list(rows.shape), "datatype": "FP32",
+            "data": rows.ravel().tolist()}
+
+
+async def test_metadata_and_health(v2: tuple[Client, LinearClassifier]) -> None:
+    client, _ = v2
+    assert (await (await client.get("/v2/health/live")).json()) == {"live": True}
+    assert (await client.get("/v2/health/ready")).status == 200
+    meta = await (await client.get(f"/v2/models/{MODEL}")).json()
+    assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 4]}]
+    assert {o["name"] for o in meta["outputs"]} == {"probabilities", "logits"}
+    assert (await (await client.get(f"/v2/models/{MODEL}/ready")).json())["ready"] is True
+
+
+async def test_infer_returns_outputs_and_a_receipt(v2: tuple[Client, LinearClassifier]) -> None:
+    client, classifier = v2
+    rows = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
+    response = await client.post(f"/v2/models/{MODEL}/infer", json={
+        "id": "r1", "inputs": [tensor(rows)], "outputs": [{"name": "probabilities"}]})
+    assert response.status == 200
+    body = await response.json()
+    assert body["id"] == "r1" and [o["name"] for o in body["outputs"]] == ["probabilities"]
+    got = np.array(body["outputs"][0]["data"]).reshape(body["outputs"][0]["shape"])
+    np.testing.assert_allclose(got, classifier.probabilities(rows), rtol=1e-5)
+    receipt = await (await client.get(f"/v1/receipts/{body['receipt']['id']}")).json()
+    assert response.headers["X-Edged-Receipt"] == body["receipt"]["id"]
+    assert receipt["kind"] == "predict" and receipt["usage"] == {"in": 3, "out": 3}
+    assert receipt["fee"] == 5 + 2 * 3
+    verify_receipt(base64.b64decode(receipt["raw"]))
+
+
+async def test_concurrent_requests_are_batched_with_identical_results(
+        v2: tuple[Client, LinearClassifier]) -> None:
+    client, classifier = v2
+    rng = np.random.default_rng(1)
+    requests = [rng.normal(size=(n, 4)).astype(np.float32) for n in (1, 2, 3, 1)]
+    commits: list[int] = []
+    ledger = client.app[LEDGER]
+    original = ledger._commit_batch
+
+    def counting(batch: Any) -> None:
+        commits.append(len(batch))
+        original(batch)
+
+    ledger._commit_batch = counting  # type: ignore[method-assign]
+    bad = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32",
+                       "data": [float("nan")] * 4}]}
+    responses = await asyncio.gather(
+        *(client.post(f"/v2/models/{MODEL}/infer", json={"inputs": [tensor(rows)]})
+          for rows in requests),
+        client.post(f"/v2/models/{MODEL}/infer", data=b'{"inputs": [{"name": "input", '
+                    b'"shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 1e400]}]}'))
+    assert [r.status for r in responses] == [200, 200, 200, 200, 400]
+    del bad
+    for rows, response in zip(requests, responses, strict=False):
+        out = (await response.json())["outputs"]
+        probs = next(o for o in out if o["name"] == "probabilities")
+        np.testing.assert_allclose(np.array(probs["data"]).reshape(probs["shape"]),
+                                   classifier.probabilities(rows), rtol=1e-5)
+    assert commits == [4]  # the batch's four receipts: one transaction
+    assert ledger.head()[0] == 4
+
+
+@pytest.mark.parametrize(("body", "status"), [
+    ({"inputs": [{"name": "input", "shape": [1, 5], "datatype": "FP32",
+                  "data": [0.0] * 5}]}, 400),
+    ({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "INT64",
+                  "data": [1, 2, 3, 4]}]}, 400),
+    ({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [1.0]}]}, 400),
+    ({"inputs": [{"name": "nope", "shape": [1, 4], "datatype": "FP32",
+                  "data": [0.0] * 4}]}, 400),
+    ({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP99",
+                  "data": [0.0] * 4}]}, 400),
+    ({"inputs": [{"name": "input", "shape": [100000, 1000], "datatype": "FP32",
+                  "data": [0.0]}]}, 400),
+    ({"inputs": []}, 400),
+    ({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [0.0] * 4}],
+      "outputs": [{"name": "nope"}]}, 400),
+])
+async def test_bad_requests_get_protocol_errors_and_write_nothing(
+        v2: tuple[Client, LinearClassifier], body: dict[str, Any], status: int) -> None:
+    client, _ = v2
+    response = await client.post(f"/v2/models/{MODEL}/infer", json=body)
+    assert response.status == status
+    error = await response.json()
+    assert set(error) == {"error"} and isinstance(error["error"], str)
+    assert client.app[LEDGER].head()[0] == 0
+
+
+async def test_unknown_model_and_version(v2: tuple[Client, LinearClassifier]) -> None:
+    client, _ = v2
+    assert (await client.get("/v2/models/nope")).status == 404
+    assert (await client.get(f"/v2/models/{MODEL}/versions/7")).status == 404
+    missing = await client.post("/v2/models/nope/infer", json={"inputs": []})
+    assert missing.status == 404 and "error" in await missing.json()
