@@ -185,3 +185,32 @@ def test_cli_prove_and_offline_verify(daemon: Daemon, tmp_path: Path) -> None:
         assert other.returncode == 1
     finally:
         daemon.start()
+
+
+def test_tritonclient_against_a_real_daemon(daemon: Daemon, tmp_path: Path) -> None:
+    import numpy as np
+    import tritonclient.http as triton
+
+    from tests.support.tiny_onnx import write_linear_classifier
+
+    classifier = write_linear_classifier(tmp_path / "clf.onnx", seed=5)
+    daemon.cli("models", "add", str(classifier.path), "--name", "clf", "--runtime", "onnx",
+               "--price", "per_row=3")
+    client = triton.InferenceServerClient(url=daemon.url.removeprefix("http://"))
+    try:
+        assert client.is_server_live() and client.is_server_ready()
+        assert client.is_model_ready("clf")
+        metadata = client.get_model_metadata("clf")
+        assert metadata["inputs"][0]["name"] == "input"
+        rows = np.random.default_rng(2).normal(size=(2, 4)).astype(np.float32)
+        tensor = triton.InferInput("input", list(rows.shape), "FP32")
+        tensor.set_data_from_numpy(rows, binary_data=False)
+        wanted = triton.InferRequestedOutput("probabilities", binary_data=False)
+        result = client.infer("clf", [tensor], outputs=[wanted])
+        np.testing.assert_allclose(result.as_numpy("probabilities"),
+                                   classifier.probabilities(rows), rtol=1e-5)
+        receipt_id = result.get_response()["receipt"]["id"]
+        receipt = json.loads(daemon.cli("receipts", "show", receipt_id).stdout)
+        assert receipt["kind"] == "predict" and receipt["fee"] == 3 * 2
+    finally:
+        client.close()
