@@ -49,6 +49,7 @@ exactly on any machine.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -190,7 +191,18 @@ class InfluenceIndex:
             raise ValueError("damping must be positive")
         self.examples = int(examples)
         self.damping = float(damping)
-        self._scaled: FloatArray = self.vectors / self.examples
+        for array in (self.weights, self.bias, self.vectors):
+            array.setflags(write=False)
+        # Scoring layout: [C, q, k'] / n, so that score = (scaled @ r) @ [h, 1].
+        q, k = self._w.shape[0] + 1, self._w.shape[1]
+        scaled = self.vectors.reshape(-1, q, k) / self.examples
+        self._scaled_w: FloatArray = np.ascontiguousarray(scaled[:, :-1, :].transpose(0, 2, 1))
+        self._scaled_b: FloatArray = np.ascontiguousarray(scaled[:, -1, :])
+        self._scaled_w0: FloatArray = self._scaled_w[:, 0, :]
+        self._scaled_b0: FloatArray = self._scaled_b[:, 0]
+        self._w_vector: FloatArray = np.ascontiguousarray(self._w[:, 0])
+        self._b_scalar = float(self._b[0])
+        self._params = self._make_params()
 
     @property
     def features(self) -> int:
@@ -209,6 +221,9 @@ class InfluenceIndex:
         ``index`` is the SHA-256 of the layer and the vectors as little-endian
         float64 bytes, so the parameters commit to the exact index used.
         """
+        return {**self._params, "contributors": list(self.contributors)}
+
+    def _make_params(self) -> dict[str, Any]:
         hasher = hashlib.sha256()
         for array in (self.weights, self.bias, self.vectors):
             hasher.update(np.ascontiguousarray(array, dtype="<f8").tobytes())
@@ -229,24 +244,33 @@ class InfluenceIndex:
         """SHA-256 of the canonical ``params``."""
         return digest(self.params)
 
-    def _loss_gradient(self, h: npt.ArrayLike, predicted_class: int) -> FloatArray:
-        x = np.asarray(h, dtype=np.float64).ravel()
+    def score_vector(self, h: npt.ArrayLike, predicted_class: int) -> FloatArray:
+        """Scores in ``contributors`` order (see ``influence``).
+
+        ``g . v_c / n`` with ``g = [h, 1] (x) r`` and ``r`` the residual of the
+        predicted class, computed without forming ``g``: one [C, d] mat-vec
+        (binary) or a [C, k, d] tensor-vector product (softmax).
+        """
+        x = np.asarray(h, dtype=np.float64)
         if x.shape != (self.features,):
-            raise ValueError(f"features must have shape ({self.features},); got {x.shape}")
+            x = x.ravel()
+            if x.shape != (self.features,):
+                raise ValueError(f"features must have shape ({self.features},); got {x.shape}")
         if not 0 <= predicted_class < self.classes:
             raise ValueError(f"predicted_class must be in 0..{self.classes - 1}")
-        z = x @ self._w + self._b
         if self.binary:
-            residual = _sigmoid(z) - float(predicted_class)
-        else:
-            residual = _softmax(z)
-            residual[predicted_class] -= 1.0
-        x_tilde = np.append(x, 1.0)
-        return np.outer(x_tilde, residual).ravel()
-
-    def score_vector(self, h: npt.ArrayLike, predicted_class: int) -> FloatArray:
-        """Scores in ``contributors`` order (see ``influence``)."""
-        result: FloatArray = self._scaled @ self._loss_gradient(h, predicted_class)
+            z = float(x @ self._w_vector) + self._b_scalar
+            # residual of -log p(class): sigmoid(z) - class, computed stably.
+            if z >= 0:
+                residual = 1.0 / (1.0 + math.exp(-z)) - predicted_class
+            else:
+                e = math.exp(z)
+                residual = e / (1.0 + e) - predicted_class
+            result: FloatArray = (self._scaled_w0 @ x + self._scaled_b0) * residual
+            return result
+        probs = _softmax(x @ self._w + self._b)
+        probs[predicted_class] -= 1.0
+        result = (self._scaled_w @ x + self._scaled_b) @ probs
         return result
 
     def influence(self, h: npt.ArrayLike, predicted_class: int) -> dict[str, float]:

@@ -71,7 +71,9 @@ class KnnIndex:
         """SHA-256 of the canonical ``params``."""
         return digest(self.params)
 
-    def weights(self, x: npt.ArrayLike, predicted_class: int, k: int = DEFAULT_K) -> dict[str, float]:
+    def weights(
+        self, x: npt.ArrayLike, predicted_class: int, k: int = DEFAULT_K
+    ) -> dict[str, float]:
         """Signed score per contributor (every contributor present; 0.0 if none is near)."""
         if k < 1:
             raise ValueError("k must be at least 1")

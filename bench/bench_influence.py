@@ -28,6 +28,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +72,12 @@ def numpy_forward(result: ModelResult, x: np.ndarray) -> Callable[[], Any]:
     """One-row forward pass with numpy to the predicted-class probability."""
     model = result.model
     if hasattr(model, "coefs_"):
-        w0, b0, w1, b1 = model.coefs_[0], model.intercepts_[0], model.coefs_[1], model.intercepts_[1]
+        w0, b0, w1, b1 = (
+            model.coefs_[0],
+            model.intercepts_[0],
+            model.coefs_[1],
+            model.intercepts_[1],
+        )
 
         def mlp() -> Any:
             hidden = np.maximum(x @ w0 + b0, 0.0)
@@ -114,8 +120,10 @@ def fidelity_table(split: Split, results: dict[str, ModelResult]) -> None:
             f"{result.spec.name:<22}{f['influence/1']:>13.3f}{f['knn/1']:>10.3f}"
             f"{f['random']:>10.3f}{targets[key]:>9.2f}"
         )
-    print(f"\n{len(split.x_test)} test points, {len(split.names)} contributors, "
-          f"{len(split.x_train)} training examples")
+    print(
+        f"\n{len(split.x_test)} test points, {len(split.names)} contributors, "
+        f"{len(split.x_train)} training examples"
+    )
     print("\ninfluence/1 by damping (default 0.01):")
     print(f"{'model':<22}" + "".join(f"{d:>9g}" for d in DAMPINGS))
     for result in results.values():
@@ -124,24 +132,28 @@ def fidelity_table(split: Split, results: dict[str, ModelResult]) -> None:
         row = []
         for damping in DAMPINGS:
             index = bind_influence(h_train, split.y_train, split.owner, w, b, damping=damping)
-            row.append(mean_spearman(influence_scores(index, result.h_test, result.predicted),
-                                     result.truth))
+            row.append(
+                mean_spearman(
+                    influence_scores(index, result.h_test, result.predicted), result.truth
+                )
+            )
         print(f"{result.spec.name:<22}" + "".join(f"{r:>9.3f}" for r in row))
 
 
 def cost_table(split: Split, results: dict[str, ModelResult], repeats: int) -> None:
     print("\nCost per prediction (one row, microseconds; median of batches)")
-    header = (f"{'model':<22}{'bind ms':>9}{'p':>5}{'scores':>8}{'attribute':>11}"
-              f"{'sk proba':>10}{'numpy':>8}{'onnx':>8}{'scores/onnx':>13}{'scores/sk':>11}")
+    header = (
+        f"{'model':<22}{'bind ms':>9}{'p':>5}{'scores':>8}{'attribute':>11}"
+        f"{'sk proba':>10}{'numpy':>8}{'onnx':>8}{'scores/onnx':>13}{'scores/sk':>11}"
+    )
     print(header)
     for result in results.values():
         x = split.x_test[0]
         h, c = result.h_test[0], int(result.predicted[0])
         index = result.index
-        scores_s = per_call(lambda index=index, h=h, c=c: index.score_vector(h, c), repeats)
-        attribute_s = per_call(lambda index=index, h=h, c=c: index.attribute(h, c), repeats)
-        row = x[None, :]
-        sk_s = per_call(lambda m=result.model, row=row: m.predict_proba(row), repeats)
+        scores_s = per_call(partial(index.score_vector, h, c), repeats)
+        attribute_s = per_call(partial(index.attribute, h, c), repeats)
+        sk_s = per_call(partial(result.model.predict_proba, x[None, :]), repeats)
         np_s = per_call(numpy_forward(result, x), repeats)
         onnx_fn = onnx_predict(result, x)
         onnx_s = per_call(onnx_fn, repeats) if onnx_fn is not None else float("nan")
@@ -151,9 +163,11 @@ def cost_table(split: Split, results: dict[str, ModelResult], repeats: int) -> N
             f"{sk_s * 1e6:>10.1f}{np_s * 1e6:>8.1f}{onnx_s * 1e6:>8.1f}"
             f"{scores_s / onnx_s:>13.1%}{scores_s / sk_s:>11.1%}"
         )
-    print("\nscores = influence/1's per-contributor scores (gradient + one mat-vec); attribute ="
-          "\nscores + ppm + evidence dict (+ params digest inputs). Percentages: scores over the"
-          "\nmodel's own one-row prediction.")
+    print(
+        "\nscores = influence/1's per-contributor scores (gradient + one mat-vec); attribute ="
+        "\nscores + ppm + evidence dict (+ params digest inputs). Percentages: scores over the"
+        "\nmodel's own one-row prediction."
+    )
 
 
 def main() -> None:
@@ -163,8 +177,10 @@ def main() -> None:
     print(f"python {platform.python_version()}, numpy {np.__version__}, {platform.machine()}")
     started = time.perf_counter()
     split, results = run_experiment()
-    print(f"experiment (train + 8 retrainings per model + both indices): "
-          f"{time.perf_counter() - started:.1f} s")
+    print(
+        f"experiment (train + 8 retrainings per model + both indices): "
+        f"{time.perf_counter() - started:.1f} s"
+    )
     fidelity_table(split, results)
     cost_table(split, results, args.repeats)
 

@@ -127,12 +127,8 @@ def mlp_hidden(model: MLPClassifier, x: Array) -> Array:
     return hidden
 
 
-LR = ModelSpec(
-    "logistic regression", fit_lr, lambda m, x: x, lambda m: (m.coef_.T, m.intercept_)
-)
-MLP = ModelSpec(
-    "MLP (16 hidden)", fit_mlp, mlp_hidden, lambda m: (m.coefs_[1], m.intercepts_[1])
-)
+LR = ModelSpec("logistic regression", fit_lr, lambda m, x: x, lambda m: (m.coef_.T, m.intercept_))
+MLP = ModelSpec("MLP (16 hidden)", fit_mlp, mlp_hidden, lambda m: (m.coefs_[1], m.intercepts_[1]))
 
 
 def rank(values: Array) -> Array:
@@ -178,7 +174,9 @@ class ModelResult:
     fidelity: dict[str, float] = field(default_factory=dict)
 
 
-def ground_truth(spec: ModelSpec, split: Split, model: Any, predicted: Array) -> Array:
+def ground_truth(
+    spec: ModelSpec, split: Split, model: Any, predicted: npt.NDArray[np.int64]
+) -> Array:
     """Leave-one-contributor-out: drop of the predicted class's signed logit per contributor."""
     sign = np.where(predicted == 1, 1.0, -1.0)
     full = spec.logit(model, split.x_test)
@@ -189,11 +187,15 @@ def ground_truth(spec: ModelSpec, split: Split, model: Any, predicted: Array) ->
     return np.stack(columns, axis=1)
 
 
-def influence_scores(index: InfluenceIndex, h_test: Array, predicted: Array) -> Array:
+def influence_scores(
+    index: InfluenceIndex, h_test: Array, predicted: npt.NDArray[np.int64]
+) -> Array:
     return np.stack([index.score_vector(h, int(c)) for h, c in zip(h_test, predicted, strict=True)])
 
 
-def knn_scores(knn: KnnIndex, x_test: Array, predicted: Array, k: int = KNN_K) -> Array:
+def knn_scores(
+    knn: KnnIndex, x_test: Array, predicted: npt.NDArray[np.int64], k: int = KNN_K
+) -> Array:
     return np.array(
         [
             [knn.weights(x, int(c), k=k)[name] for name in knn.names]
@@ -407,3 +409,22 @@ def test_knn_weights() -> None:
     encode(knn.evidence(scores, predicted_class=0, k=1))
     everything = knn.weights(x[0], 1, k=100)
     assert everything["a"] < 0 < everything["b"]
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_scores_equal_gradient_dot_vector(k: int) -> None:
+    """score_c = (grad of -log p(predicted)) . v_c / n, with g formed explicitly."""
+    index, h = _toy_index(k)
+    for row in h[:4]:
+        for c in range(index.classes):
+            z = row @ index.weights + index.bias
+            if k == 1:
+                residual = np.array([1 / (1 + np.exp(-z[0])) - c])
+            elif k == 2:
+                residual = np.array([1 / (1 + np.exp(-(z[1] - z[0]))) - c])
+            else:
+                residual = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+                residual[c] -= 1.0
+            g = np.outer(np.append(row, 1.0), residual).ravel()
+            expected = index.vectors @ g / index.examples
+            np.testing.assert_allclose(index.score_vector(row, c), expected, rtol=1e-10)
