@@ -44,9 +44,11 @@ from sync.merkle import (
     ProofError,
     SubtreeReader,
     completed_subtrees,
-    node_hash,
     root,
     verify_consistency,
+)
+from sync.merkle import (
+    consistency_roots as merkle_consistency_roots,
 )
 
 BATCH_VERSION = 1
@@ -216,37 +218,12 @@ def _receipt_fields(raw: bytes, check_signature: bool) -> tuple[Any, Any, Any]:
 
 def consistency_roots(first: int, second: int, first_root: bytes,
                       proof: Sequence[bytes]) -> tuple[bytes, bytes] | None:
-    """The (first, second) roots a consistency proof implies, or None if malformed.
-
-    The RFC 9162 2.1.4.2 walk of :func:`sync.merkle.verify_consistency`, returning
-    the roots instead of comparing them, so a caller can tell a proof that is
-    authenticated by the second root but contradicts the first (equivocation) from
-    a proof that is merely wrong. Needs ``0 < first < second``.
-    """
-    if not 0 < first < second or not proof:
+    """The (first, second) roots a consistency proof implies, or None if malformed
+    (:func:`sync.merkle.consistency_roots` without the exception)."""
+    try:
+        return merkle_consistency_roots(first, second, first_root, proof)
+    except ProofError:
         return None
-    path = list(proof)
-    if first & (first - 1) == 0:
-        path.insert(0, first_root)
-    fn, sn = first - 1, second - 1
-    while fn & 1:
-        fn >>= 1
-        sn >>= 1
-    fr = sr = bytes(path[0])
-    for item in path[1:]:
-        if sn == 0:
-            return None
-        if fn & 1 or fn == sn:
-            fr = node_hash(item, fr)
-            sr = node_hash(item, sr)
-            while not fn & 1 and fn:
-                fn >>= 1
-                sn >>= 1
-        else:
-            sr = node_hash(sr, item)
-        fn >>= 1
-        sn >>= 1
-    return None if sn != 0 else (fr, sr)
 
 
 def _check_consistency(known: SignedCheckpoint, new: SignedCheckpoint,

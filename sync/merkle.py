@@ -327,6 +327,23 @@ def verify_consistency(
     if not proof:
         raise ProofError("empty consistency proof")
     _check_proof_hashes(proof)
+    fr, sr = consistency_roots(first, second, first_root, proof)
+    if fr != first_root:
+        raise ProofError("consistency proof does not lead to the first root")
+    if sr != second_root:
+        raise ProofError("consistency proof does not lead to the second root")
+
+
+def consistency_roots(first: int, second: int, first_root: bytes,
+                      proof: Sequence[bytes]) -> tuple[bytes, bytes]:
+    """The (first, second) roots a consistency proof implies (RFC 9162 2.1.4.2's walk),
+    for ``0 < first < second``; raises :class:`ProofError` for a proof of the wrong length.
+
+    Returning the roots rather than comparing them lets a caller tell a proof that the
+    second root authenticates but that contradicts the first (equivocation) from a
+    merely wrong one."""
+    if not 0 < first < second or not proof:
+        raise ProofError("a consistency walk needs 0 < first < second and a proof")
     path = list(proof)
     if first & (first - 1) == 0:  # first is a power of two: its root is a node of the path
         path.insert(0, first_root)
@@ -350,10 +367,7 @@ def verify_consistency(
         sn >>= 1
     if sn != 0:
         raise ProofError("proof is shorter than needed")
-    if fr != first_root:
-        raise ProofError("consistency proof does not lead to the first root")
-    if sr != second_root:
-        raise ProofError("consistency proof does not lead to the second root")
+    return fr, sr
 
 
 # --- in-memory stores ------------------------------------------------------------------------
