@@ -159,7 +159,8 @@ async def _require_datanets(request: web.Request, names: tuple[str, ...]) -> Non
 
 
 UPDATABLE = {"owner", "price", "datanets", "data_share_ppm", "unmatched_data_to",
-             "chat_format", "context_length"}
+             "chat_format", "context_length", "max_batch_size", "batch_delay_us",
+             "influence_layer", "label_names"}
 
 
 async def update_model(request: web.Request) -> web.Response:
@@ -178,7 +179,9 @@ async def update_model(request: web.Request) -> web.Response:
     if "datanets" in changes:
         changes["datanets"] = tuple(_string_list(changes["datanets"], "datanets"))
         await _require_datanets(request, changes["datanets"])
-    for name in ("data_share_ppm", "context_length"):
+    if "label_names" in changes:
+        changes["label_names"] = tuple(_string_list(changes["label_names"], "label_names"))
+    for name in ("data_share_ppm", "context_length", "max_batch_size", "batch_delay_us"):
         if name in changes:
             changes[name] = _int_field(body, name, getattr(current, name))
     updated = store.add(dataclasses.replace(current, **changes), replace_existing=True)

@@ -7,6 +7,7 @@ clients send JSON data (``binary_data=False`` in tritonclient).
 
 from __future__ import annotations
 
+import asyncio
 import math
 from typing import Any
 
@@ -14,8 +15,9 @@ import numpy as np
 from aiohttp import web
 
 from edged.api_openai import RECEIPT_HEADER, receipt_ref
-from edged.appkeys import PREDICT, READY, SCHEDULER, SERVICE
-from edged.errors import InvalidRequest, ModelNotFound
+from edged.appkeys import BINDINGS, PREDICT, READY, SCHEDULER, SERVICE, SETTINGS
+from edged.errors import InvalidRequest, ModelNotFound, PayloadTooLarge
+from edged.examples import parse_examples
 from edged.http_common import json_response, read_json
 from edged.models import Manifest
 
@@ -35,6 +37,7 @@ def add_v2_routes(app: web.Application) -> None:
         app.router.add_get(prefix, model_metadata)
         app.router.add_get(prefix + "/ready", model_ready)
         app.router.add_post(prefix + "/infer", infer)
+    app.router.add_put("/api/models/{name}/examples", bind_examples)
 
 
 async def server_metadata(request: web.Request) -> web.Response:
@@ -146,3 +149,19 @@ async def infer(request: web.Request) -> web.Response:
     if isinstance(body.get("id"), str):
         response["id"] = body["id"]
     return json_response(response, headers={RECEIPT_HEADER: prediction.receipt.leaf.hex()})
+
+
+async def bind_examples(request: web.Request) -> web.Response:
+    """Bind tabular contributor examples (``?format=npz|csv``) for ``influence/1``."""
+    manifest = _tensor_model(request)
+    limit = request.app[SETTINGS].max_datanet_upload_bytes
+    data = await request.content.read(limit + 1)
+    if len(data) > limit:
+        raise PayloadTooLarge("the examples exceed max_datanet_upload_bytes")
+    examples = parse_examples(data, request.query.get("format", "npz"))
+    weights = request.app[SERVICE].store.weights_path(manifest)
+    index = await asyncio.to_thread(request.app[BINDINGS].bind, manifest, weights, examples)
+    return json_response({"model": manifest.name, "method": "influence/1",
+                          "examples": len(examples.contributors),
+                          "contributors": len(set(examples.contributors)),
+                          "params": index.digest().hex()}, status=201)

@@ -19,6 +19,7 @@ from edged.api_peers import add_peer_routes
 from edged.api_sync import add_sync_routes
 from edged.api_v2 import add_v2_routes
 from edged.appkeys import (
+    BINDINGS,
     DATANETS,
     EXCHANGE,
     LEDGER,
@@ -35,6 +36,7 @@ from edged.attributor import Attributor
 from edged.datanets import DatanetStore
 from edged.demo import install_demo_model
 from edged.errors import Unsupported
+from edged.examples import InfluenceBindings
 from edged.exchange import ExchangeService
 from edged.http_common import error_middleware
 from edged.inference import InferenceService, unix_millis
@@ -114,8 +116,10 @@ def create_app(settings: Settings, *, loader: Loader = load_backend,
             app[LEDGER] = ledger
             app[SCHEDULER] = scheduler
             app[DATANETS] = datanets
+            app[BINDINGS] = InfluenceBindings(settings.data_dir / "influence")
             app[PREDICT] = PredictService(store=store, scheduler=scheduler, ledger=ledger,
-                                          keys=keys, attributor=attributor, clock_ms=clock_ms)
+                                          keys=keys, attributor=attributor,
+                                          bindings=app[BINDINGS], clock_ms=clock_ms)
             peers = PeerStore(settings.data_dir / "peers.json", own_key=keys.public_key.hex())
             app[PEERS] = peers
             replicas = ReplicaStore(settings.data_dir / "replicas.sqlite3")

@@ -7,6 +7,7 @@ import asyncio
 from aiohttp import web
 
 from edged.datanets import DatanetStore
+from edged.examples import InfluenceBindings
 from edged.exchange import ExchangeService
 from edged.inference import InferenceService
 from edged.keys import NodeKeys
@@ -28,3 +29,4 @@ PEERS = web.AppKey("peers", PeerStore)
 EXCHANGE = web.AppKey("exchange", ExchangeService)
 REQUEST_VERIFIER = web.AppKey("request_verifier", RequestVerifier)
 PREDICT = web.AppKey("predict", PredictService)
+BINDINGS = web.AppKey("bindings", InfluenceBindings)

@@ -14,15 +14,21 @@ fee, then :func:`attribution.payees.split_ppm` rounds once to ppm.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+
+import numpy as np
 
 from attribution import canonical
 from attribution.commitments import digest
+from attribution.influence import METHOD as INFLUENCE_METHOD
+from attribution.influence import influence_weights
 from attribution.payees import PPM, Payee, Role, split_ppm
 from attribution.receipt import AttributionRef
 from attribution.spans import METHOD as SPANS_METHOD
 from attribution.spans import SpanParams, attribute
 from edged.datanets import DatanetStore
+from edged.examples import InfluenceBindings
 from edged.models import Manifest
 
 OWNER_METHOD = "owner/1"
@@ -54,20 +60,47 @@ class Attributor:
             return self._owner_only(manifest)
         segments, excluded = self.datanets.segments_for(manifest.datanets)
         result = attribute(output_text, segments, self.span_params, excluded)
+        ref = AttributionRef(SPANS_METHOD, self.span_params.digest(), result.evidence_digest())
+        return Attribution(self._split(manifest, result.weights_ppm), ref,
+                           canonical.encode(result.evidence))
+
+    def attribute_prediction(self, manifest: Manifest, bindings: InfluenceBindings,
+                             inputs: Mapping[str, np.ndarray]) -> Attribution:
+        """``influence/1`` for a tensor model with bound examples (the influence of each
+        row on its predicted class, summed over the request's rows); ``owner/1`` else."""
+        bound = bindings.get(manifest.name) if manifest.influence_layer else None
+        if bound is None or not manifest.data_share_ppm:
+            return self._owner_only(manifest)
+        index, w, b = bound
+        assert manifest.influence_layer is not None
+        rows = np.asarray(inputs[manifest.influence_layer["features"]], dtype=np.float64)
+        totals: dict[str, float] = {}
+        for h in rows.reshape(rows.shape[0], -1):
+            logits = h @ w + b
+            predicted = int(np.argmax(logits)) if np.ndim(logits) and logits.size > 1 \
+                else int(float(np.ravel(logits)[0]) > 0)
+            for contributor, score in index.influence(h, predicted).items():
+                totals[contributor] = totals.get(contributor, 0.0) + score
+        evidence = index.evidence(totals)
+        shares = influence_weights(totals)
+        ref = AttributionRef(INFLUENCE_METHOD, index.digest(), digest(evidence))
+        return Attribution(self._split(manifest, shares), ref, canonical.encode(evidence))
+
+    def _split(self, manifest: Manifest, shares: Mapping[str, int]) -> tuple[Payee, ...]:
+        """Owner, operator and the data share split by ``shares`` (ppm of the data share)."""
         data_ppm = min(manifest.data_share_ppm, PPM - self.operator_ppm)
         owner_ppm = PPM - self.operator_ppm - data_ppm
         weights: list[tuple[str, Role, int]] = [
             (manifest.owner, "owner", owner_ppm * PPM),
             (self.operator_id, "operator", self.operator_ppm * PPM)]
-        if result.weights_ppm:
+        if shares:
             weights += [(contributor, "data", data_ppm * share)
-                        for contributor, share in result.weights_ppm.items()]
+                        for contributor, share in shares.items()]
         elif manifest.unmatched_data_to == "operator":
             weights.append((self.operator_id, "operator", data_ppm * PPM))
         else:
             weights.append((manifest.owner, "owner", data_ppm * PPM))
-        ref = AttributionRef(SPANS_METHOD, self.span_params.digest(), result.evidence_digest())
-        return Attribution(split_ppm(weights), ref, canonical.encode(result.evidence))
+        return split_ppm(weights)
 
     def _owner_only(self, manifest: Manifest) -> Attribution:
         weights: list[tuple[str, Role, int]] = [

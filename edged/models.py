@@ -104,6 +104,9 @@ class Manifest:
     outputs: tuple[dict[str, Any], ...] = ()
     label_names: tuple[str, ...] = ()
     embedding_output: str | None = None
+    # influence/1: {"features": graph input feeding the final linear layer,
+    # "weights": initializer, "bias": initializer}
+    influence_layer: dict[str, str] | None = None
     created: int = 0  # unix seconds
 
     def to_dict(self) -> dict[str, Any]:
@@ -135,6 +138,7 @@ class Manifest:
                 outputs=tuple(data.get("outputs") or ()),
                 label_names=tuple(data.get("label_names") or ()),
                 embedding_output=data.get("embedding_output"),
+                influence_layer=data.get("influence_layer"),
                 created=int(data.get("created", 0)),
             )
         except (KeyError, TypeError, ValueError) as exc:
@@ -157,8 +161,9 @@ class Manifest:
             validate_name(datanet)
         if not 0 <= self.data_share_ppm <= 1_000_000:
             raise InvalidRequest("data_share must be within 0..1", param="data_share")
-        if self.data_share_ppm and not self.datanets:
-            raise InvalidRequest("a data share needs at least one datanet", param="data_share")
+        if self.data_share_ppm and not self.datanets and not self.influence_layer:
+            raise InvalidRequest("a data share needs a datanet or bound examples",
+                                 param="data_share")
         if self.unmatched_data_to not in UNMATCHED_DATA_TO:
             raise InvalidRequest(f"unmatched_data_to must be one of {list(UNMATCHED_DATA_TO)}",
                                  param="unmatched_data_to")
@@ -213,6 +218,11 @@ def _check_types(manifest: Manifest) -> None:
     if not 1 <= manifest.max_batch_size <= 4096 or not 0 <= manifest.batch_delay_us <= 10**6:
         raise InvalidRequest("max_batch_size is 1..4096, batch_delay_us 0..1000000",
                              param="max_batch_size")
+    layer = manifest.influence_layer
+    if layer is not None and (not isinstance(layer, dict) or set(layer) != {
+            "features", "weights", "bias"} or not all(isinstance(v, str) for v in layer.values())):
+        raise InvalidRequest("influence_layer is {features, weights, bias} names",
+                             param="influence_layer")
     if not isinstance(manifest.datanets, tuple) or not all(
             isinstance(name, str) for name in manifest.datanets):
         raise InvalidRequest("'datanets' must be a list of names", param="datanets")

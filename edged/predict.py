@@ -24,6 +24,7 @@ from attribution.commitments import commit
 from attribution.receipt import ModelRef, ReceiptDraft, SignedReceipt
 from edged import errors
 from edged.attributor import Attributor
+from edged.examples import InfluenceBindings
 from edged.keys import NodeKeys
 from edged.ledger import Ledger
 from edged.models import Manifest, ModelStore
@@ -70,7 +71,9 @@ def tensor_commitment(tensors: Mapping[str, np.ndarray]) -> dict[str, Any]:
 
 class PredictService:
     def __init__(self, *, store: ModelStore, scheduler: Scheduler, ledger: Ledger,
-                 keys: NodeKeys, attributor: Attributor, clock_ms: Any) -> None:
+                 keys: NodeKeys, attributor: Attributor, bindings: InfluenceBindings,
+                 clock_ms: Any) -> None:
+        self.bindings = bindings
         self.store = store
         self.scheduler = scheduler
         self.ledger = ledger
@@ -176,7 +179,11 @@ class PredictService:
 
     async def _commit(self, manifest: Manifest, group: list[_Request],
                       results: list[Tensors]) -> list[SignedReceipt]:
-        attribution = self.attributor.attribute(manifest, None)
+        if manifest.influence_layer and self.bindings.get(manifest.name) is None:
+            await asyncio.to_thread(self.bindings.load, manifest,
+                                    self.store.weights_path(manifest))
+        attributions = [self.attributor.attribute_prediction(manifest, self.bindings, r.inputs)
+                        for r in group]
         drafts = [ReceiptDraft(
             ts=self.clock_ms(),
             model=ModelRef(manifest.name, bytes.fromhex(manifest.weights), manifest.digest()),
@@ -186,8 +193,9 @@ class PredictService:
             input_units=r.rows, output_units=r.rows,
             fee=manifest.price.fee(0, 0) + manifest.price.per_row * r.rows,
             payees=attribution.payees, attr=attribution.ref,
-        ) for r, outputs in zip(group, results, strict=True)]
-        return await asyncio.shield(self.ledger.append_group(drafts))
+        ) for r, outputs, attribution in zip(group, results, attributions, strict=True)]
+        return await asyncio.shield(self.ledger.append_group(
+            drafts, [a.evidence for a in attributions]))
 
 
 def _rows(inputs: Mapping[str, np.ndarray]) -> int:

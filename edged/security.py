@@ -44,7 +44,8 @@ def _host_name(host_header: str) -> str:
 def _streamed_upload(path: str) -> bool:
     """Uploads read as streams with limits of their own (weights, datanet documents)."""
     return path.startswith("/api/blobs/") or (
-        path.startswith("/api/datanets/") and path.endswith("/documents"))
+        path.startswith("/api/datanets/") and path.endswith("/documents")) or (
+        path.startswith("/api/models/") and path.endswith("/examples"))
 
 
 def security_middleware(settings: Settings) -> web.middleware:  # type: ignore[valid-type]
