@@ -152,19 +152,47 @@ def _ppm(share: float | None) -> int | None:
 @click.option("--data-share", type=click.FloatRange(0, 1), help="0..1")
 @click.option("--unmatched-data-to", type=click.Choice(["owner", "operator"]),
               help="who gets the data share when no span matches")
+@click.option("--influence-layer", metavar="FEATURES,WEIGHTS,BIAS",
+              help="ONNX: graph input and initializers of the final linear layer")
+@click.option("--max-batch-size", type=int, help="ONNX: dynamic batching, rows per run")
+@click.option("--batch-delay-us", type=int, help="ONNX: dynamic batching window")
 @click.pass_context
 def models_update(ctx: click.Context, name: str, owner: str | None, prices: tuple[str, ...],
                   datanets: tuple[str, ...], no_datanets: bool, data_share: float | None,
-                  unmatched_data_to: str | None) -> None:
-    """Change a model's owner, price, datanets or data share."""
+                  unmatched_data_to: str | None, influence_layer: str | None,
+                  max_batch_size: int | None, batch_delay_us: int | None) -> None:
+    """Change a model's owner, price, datanets, data share or batching."""
     changes: dict[str, Any] = {"owner": owner, "data_share_ppm": _ppm(data_share),
-                               "unmatched_data_to": unmatched_data_to}
+                               "unmatched_data_to": unmatched_data_to,
+                               "max_batch_size": max_batch_size,
+                               "batch_delay_us": batch_delay_us}
+    if influence_layer:
+        parts = influence_layer.split(",")
+        if len(parts) != 3:
+            raise click.BadParameter("FEATURES,WEIGHTS,BIAS", param_hint="--influence-layer")
+        changes["influence_layer"] = dict(zip(("features", "weights", "bias"), parts,
+                                              strict=True))
     if prices:
         changes["price"] = _parse_prices(prices)
     if datanets or no_datanets:
         changes["datanets"] = list(datanets)
     changes = {key: value for key, value in changes.items() if value is not None}
     print_json(call_daemon(ctx, "PATCH", f"/api/models/{name}", json=changes))
+
+
+@models.command("bind")
+@click.argument("name")
+@click.argument("examples", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.pass_context
+def models_bind(ctx: click.Context, name: str, examples: Path) -> None:
+    """Bind contributor examples (.npz: features, labels, contributors; or .csv:
+    contributor,label,f1,...) to an ONNX model for influence/1 attribution."""
+    kind = "csv" if examples.suffix.lower() == ".csv" else "npz"
+    result = call_daemon(ctx, "PUT", f"/api/models/{name}/examples", params={"format": kind},
+                         content=examples.read_bytes(),
+                         headers={"Content-Type": "application/octet-stream"})
+    click.echo(f"bound {result['examples']} examples of {result['contributors']} contributors "
+               f"to {name} ({result['method']})")
 
 
 @models.command("list")

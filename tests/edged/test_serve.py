@@ -212,5 +212,21 @@ def test_tritonclient_against_a_real_daemon(daemon: Daemon, tmp_path: Path) -> N
         receipt_id = result.get_response()["receipt"]["id"]
         receipt = json.loads(daemon.cli("receipts", "show", receipt_id).stdout)
         assert receipt["kind"] == "predict" and receipt["fee"] == 3 * 2
+
+        # influence/1: name the final linear layer, bind contributor examples
+        daemon.cli("models", "update", "clf", "--influence-layer",
+                   "input,linear.weight,linear.bias", "--data-share", "0.4")
+        examples = np.random.default_rng(3).normal(size=(40, 4)).astype(np.float32)
+        labels = classifier.probabilities(examples).argmax(axis=1)
+        owners = np.array(["lab-a"] * 20 + ["lab-b"] * 20)
+        np.savez(tmp_path / "examples.npz", features=examples, labels=labels,
+                 contributors=owners)
+        bound = daemon.cli("models", "bind", "clf", str(tmp_path / "examples.npz"))
+        assert "bound 40 examples of 2 contributors" in bound.stdout
+        result = client.infer("clf", [tensor], outputs=[wanted])
+        receipt = json.loads(daemon.cli("receipts", "show",
+                                        result.get_response()["receipt"]["id"]).stdout)
+        assert receipt["attr"]["method"] == "influence/1"
+        assert sum(p[2] for p in receipt["payees"] if p[1] == "data") == 400_000
     finally:
         client.close()
