@@ -35,6 +35,7 @@ from edged.appkeys import (
 from edged.attributor import Attributor
 from edged.datanets import DatanetStore
 from edged.demo import install_demo_model
+from edged.demo_classifier import install_demo_classifier
 from edged.errors import Unsupported
 from edged.examples import InfluenceBindings
 from edged.exchange import ExchangeService
@@ -168,6 +169,7 @@ async def _finish_startup(app: web.Application, store: ModelStore,
         try:
             await asyncio.to_thread(install_demo_model, store, settings.demo_model_name,
                                     datanets)
+            await asyncio.to_thread(install_demo_classifier, store, app[BINDINGS])
         except Exception:
             logger.exception("installing the demo model failed")
     app[READY].set()
