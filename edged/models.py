@@ -12,6 +12,7 @@ path is checked to resolve inside the store (no traversal, no symlink escape).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -170,7 +171,11 @@ class Manifest:
         return self
 
     def digest(self) -> bytes:
-        """SHA-256 of the canonical manifest: what receipts name."""
+        """SHA-256 of the canonical manifest: what receipts name (computed once)."""
+        return self._digest
+
+    @functools.cached_property
+    def _digest(self) -> bytes:
         data = self.to_dict()
         data["price"] = asdict(self.price)
         return canonical_digest(data)
@@ -232,6 +237,7 @@ class ModelStore:
     def __init__(self, root: Path, *, runtimes: tuple[str, ...] = SERVING_RUNTIMES) -> None:
         self.root = root
         self.runtimes = runtimes
+        self._cache: dict[str, tuple[tuple[int, int, int], Manifest]] = {}
         self.blobs_dir = root / "blobs"
         self.manifests_dir = root / "manifests"
         for folder in (self.blobs_dir, self.manifests_dir):
@@ -306,10 +312,21 @@ class ModelStore:
         except InvalidRequest:
             raise ModelNotFound(f"model {name!r} not found", param="model") from None
         try:
+            stat = path.stat()
+        except FileNotFoundError:
+            raise ModelNotFound(f"model {name!r} not found", param="model") from None
+        # Parsed manifests are cached per file version: requests look models up constantly.
+        version = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+        cached = self._cache.get(name)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ModelNotFound(f"model {name!r} not found", param="model") from None
-        return Manifest.from_dict(data)
+        manifest = Manifest.from_dict(data)
+        self._cache[name] = (version, manifest)
+        return manifest
 
     def list(self) -> list[Manifest]:
         manifests = []
