@@ -160,8 +160,8 @@ async def bind_examples(request: web.Request) -> web.Response:
         raise PayloadTooLarge("the examples exceed max_datanet_upload_bytes")
     examples = parse_examples(data, request.query.get("format", "npz"))
     weights = request.app[SERVICE].store.weights_path(manifest)
-    index = await asyncio.to_thread(request.app[BINDINGS].bind, manifest, weights, examples)
-    return json_response({"model": manifest.name, "method": "influence/1",
+    binding = await asyncio.to_thread(request.app[BINDINGS].bind, manifest, weights, examples)
+    return json_response({"model": manifest.name, "method": binding.method,
                           "examples": len(examples.contributors),
                           "contributors": len(set(examples.contributors)),
-                          "params": index.digest().hex()}, status=201)
+                          "params": binding.digest().hex()}, status=201)

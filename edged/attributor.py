@@ -21,7 +21,6 @@ import numpy as np
 
 from attribution import canonical
 from attribution.commitments import digest
-from attribution.influence import METHOD as INFLUENCE_METHOD
 from attribution.influence import influence_weights
 from attribution.payees import PPM, Payee, Role, split_ppm
 from attribution.receipt import AttributionRef
@@ -65,26 +64,26 @@ class Attributor:
                            canonical.encode(result.evidence))
 
     def attribute_prediction(self, manifest: Manifest, bindings: InfluenceBindings,
-                             inputs: Mapping[str, np.ndarray]) -> Attribution:
-        """``influence/1`` for a tensor model with bound examples (the influence of each
-        row on its predicted class, summed over the request's rows); ``owner/1`` else."""
-        bound = bindings.get(manifest.name) if manifest.influence_layer else None
-        if bound is None or not manifest.data_share_ppm:
+                             inputs: Mapping[str, np.ndarray],
+                             outputs: Mapping[str, np.ndarray]) -> Attribution:
+        """``influence/1`` (or ``knn/1``) for a tensor model with bound examples: each
+        row's scores on its predicted class, summed over the request's rows; ``owner/1``
+        when nothing is bound or the manifest has no data share."""
+        binding = bindings.get(manifest.name)
+        if binding is None or not manifest.data_share_ppm:
             return self._owner_only(manifest)
-        index, w, b = bound
-        assert manifest.influence_layer is not None
-        rows = np.asarray(inputs[manifest.influence_layer["features"]], dtype=np.float64)
+        source = inputs if binding.features in inputs else outputs
+        rows = np.asarray(source[binding.features], dtype=np.float64)
         totals: dict[str, float] = {}
-        for h in rows.reshape(rows.shape[0], -1):
-            logits = h @ w + b
-            predicted = int(np.argmax(logits)) if np.ndim(logits) and logits.size > 1 \
-                else int(float(np.ravel(logits)[0]) > 0)
-            for contributor, score in index.influence(h, predicted).items():
+        predicted = 0
+        for number, row in enumerate(rows.reshape(rows.shape[0], -1)):
+            scores, predicted = binding.scores(row, outputs, number)
+            for contributor, score in scores.items():
                 totals[contributor] = totals.get(contributor, 0.0) + score
-        evidence = index.evidence(totals)
-        shares = influence_weights(totals)
-        ref = AttributionRef(INFLUENCE_METHOD, index.digest(), digest(evidence))
-        return Attribution(self._split(manifest, shares), ref, canonical.encode(evidence))
+        evidence = binding.evidence(totals, predicted)
+        ref = AttributionRef(binding.method, binding.digest(), digest(evidence))
+        return Attribution(self._split(manifest, influence_weights(totals)), ref,
+                           canonical.encode(evidence))
 
     def _split(self, manifest: Manifest, shares: Mapping[str, int]) -> tuple[Payee, ...]:
         """Owner, operator and the data share split by ``shares`` (ppm of the data share)."""

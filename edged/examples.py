@@ -1,14 +1,14 @@
 """Tabular contributor examples bound to a tensor model, for ``influence/1``.
 
 An examples file (NPZ with ``features`` [n, d], ``labels`` [n], ``contributors`` [n];
-or CSV with columns ``contributor,label,f1..fd``) is bound to an ONNX model whose
-manifest names its final linear layer (``influence_layer``: ``features`` = the graph
-input that feeds it, ``weights`` and ``bias`` = initializer names). Binding computes
-the per-contributor influence vectors once (attribution.influence) and stores them in
-``<data_dir>/influence/<model>.npz``; every prediction is then attributed with one
-small matrix-vector product per row. Only layers fed directly by a graph input (linear
-models, e.g. skl2onnx logistic regression) are supported for now: models whose final
-layer is fed by hidden activations would need those as a declared graph output.
+or CSV with columns ``contributor,label,f1..fd``) is bound to an ONNX model. When the
+manifest names the final linear layer (``influence_layer``: ``features`` = the graph
+input, or a declared graph output carrying the hidden activations, that feeds it;
+``weights`` and ``bias`` = initializer names), binding computes the per-contributor
+influence vectors once (``influence/1``); every prediction is then attributed with one
+small matrix-vector product per row. Models without a named layer get ``knn/1`` over
+the input features instead (much weaker, see DESIGN.md). Bindings are stored in
+``<data_dir>/influence/``.
 """
 
 from __future__ import annotations
@@ -16,12 +16,17 @@ from __future__ import annotations
 import csv
 import io
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from attribution.influence import METHOD as INFLUENCE_METHOD
 from attribution.influence import InfluenceIndex, bind_influence
+from attribution.knn import METHOD as KNN_METHOD
+from attribution.knn import KnnIndex
 from edged.errors import InvalidRequest
 from edged.models import Manifest, validate_name
 
@@ -67,59 +72,158 @@ def parse_examples(data: bytes, kind: str) -> Examples:
     return Examples(features, labels.astype(np.int64), contributors)
 
 
+@dataclass(frozen=True)
+class Binding:
+    """What a prediction is attributed with: ``influence/1`` through the final linear
+    layer (fed by the graph input or by a declared hidden output), or ``knn/1`` over the
+    input features when the manifest names no layer."""
+
+    method: str
+    features: str  # the tensor (graph input or output) the method reads, per row
+    influence: InfluenceIndex | None = None
+    knn: KnnIndex | None = None
+    weights: np.ndarray | None = None
+    bias: np.ndarray | None = None
+
+    def digest(self) -> bytes:
+        index = self.influence if self.influence is not None else self.knn
+        assert index is not None
+        return index.digest()
+
+    def scores(self, row: np.ndarray, outputs: Mapping[str, np.ndarray],
+               row_index: int) -> tuple[dict[str, float], int]:
+        """Per-contributor scores for one row, and the predicted class used."""
+        if self.influence is not None:
+            assert self.weights is not None and self.bias is not None
+            logits = row @ self.weights + self.bias
+            predicted = int(np.argmax(logits)) if logits.size > 1 else int(float(logits[0]) > 0)
+            return self.influence.influence(row, predicted), predicted
+        assert self.knn is not None
+        predicted = _predicted_class(outputs, row_index)
+        return self.knn.weights(row, predicted), predicted
+
+    def evidence(self, scores: Mapping[str, float], predicted: int) -> dict[str, Any]:
+        if self.influence is not None:
+            return self.influence.evidence(scores, predicted_class=predicted)
+        assert self.knn is not None
+        return self.knn.evidence(scores, predicted_class=predicted)
+
+
+def _predicted_class(outputs: Mapping[str, np.ndarray], row: int) -> int:
+    """The class a tensor model predicted: argmax of its first float output with several
+    columns, else one column read as a probability (> 0.5) or a logit (> 0)."""
+    for array in outputs.values():
+        if array.dtype.kind == "f" and array.ndim >= 1:
+            values = array[row].ravel()
+            if values.size > 1:
+                return int(np.argmax(values))
+            value = float(values[0])
+            return int(value > 0.5) if 0.0 <= value <= 1.0 else int(value > 0)
+    return 0
+
+
 class InfluenceBindings:
-    """Influence indexes of the models that have examples bound. Blocking methods."""
+    """Attribution indexes of the models that have examples bound. Blocking methods."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
-        self._cache: dict[str, tuple[InfluenceIndex, np.ndarray, np.ndarray]] = {}
+        self._cache: dict[str, Binding] = {}
         self._lock = threading.Lock()
 
-    def _path(self, model: str) -> Path:
-        return self.root / f"{validate_name(model)}.npz"
+    def _path(self, model: str, method: str) -> Path:
+        suffix = "knn" if method == KNN_METHOD else "influence"
+        return self.root / f"{validate_name(model)}.{suffix}.npz"
 
-    def bind(self, manifest: Manifest, weights_path: Path, examples: Examples) -> InfluenceIndex:
+    def bind(self, manifest: Manifest, weights_path: Path, examples: Examples) -> Binding:
         layer = manifest.influence_layer
         if not layer:
-            raise InvalidRequest("the manifest names no influence_layer (features, weights, "
-                                 "bias)", param="influence_layer")
-        w, b = _initializers(weights_path, layer["weights"], layer["bias"])
-        d = examples.features.shape[1]
-        if w.shape[0] != d and w.ndim == 2 and w.shape[1] == d:
-            w = w.T  # Gemm with transB stores [k, d]
-        if w.shape[0] != d:
-            raise InvalidRequest("the examples' features do not fit the layer's weights")
-        index = bind_influence(examples.features, examples.labels, examples.contributors, w, b)
-        index.save(self._path(manifest.name))
+            features_name = _single_input(weights_path)
+            knn = KnnIndex(examples.features, examples.labels, examples.contributors)
+            np.savez(self._path(manifest.name, KNN_METHOD), features=examples.features,
+                     labels=examples.labels, contributors=np.array(examples.contributors))
+            binding = Binding(KNN_METHOD, features_name, knn=knn)
+        else:
+            w, b = _initializers(weights_path, layer["weights"], layer["bias"])
+            features = _layer_features(weights_path, layer["features"], examples.features)
+            w = _oriented(w, features.shape[1])
+            index = bind_influence(features, examples.labels, examples.contributors, w, b)
+            index.save(self._path(manifest.name, INFLUENCE_METHOD))
+            binding = Binding(INFLUENCE_METHOD, layer["features"], influence=index,
+                              weights=w, bias=b)
         with self._lock:
-            self._cache[manifest.name] = (index, w, b)
-        return index
+            self._cache[manifest.name] = binding
+        return binding
 
-    def get(self, model: str) -> tuple[InfluenceIndex, np.ndarray, np.ndarray] | None:
+    def get(self, model: str) -> Binding | None:
         with self._lock:
-            if model in self._cache:
-                return self._cache[model]
-        return None
+            return self._cache.get(model)
 
     def load(self, manifest: Manifest, weights_path: Path) -> None:
-        """Load a stored binding (at start-up or first use)."""
-        path = self._path(manifest.name)
-        if path.is_file() and manifest.influence_layer and self.get(manifest.name) is None:
-            layer = manifest.influence_layer
+        """Load a stored binding (after a restart, on first use)."""
+        if self.get(manifest.name) is not None:
+            return
+        layer = manifest.influence_layer
+        influence_path = self._path(manifest.name, INFLUENCE_METHOD)
+        knn_path = self._path(manifest.name, KNN_METHOD)
+        if layer and influence_path.is_file():
+            index = InfluenceIndex.load(influence_path)
             w, b = _initializers(weights_path, layer["weights"], layer["bias"])
-            index = InfluenceIndex.load(path)
-            if w.shape[0] != index.features:
-                w = w.T
-            with self._lock:
-                self._cache[manifest.name] = (index, w, b)
+            binding = Binding(INFLUENCE_METHOD, layer["features"], influence=index,
+                              weights=_oriented(w, index.features), bias=b)
+        elif not layer and knn_path.is_file():
+            with np.load(knn_path, allow_pickle=False) as stored:
+                knn = KnnIndex(stored["features"], stored["labels"],
+                               [str(c) for c in stored["contributors"]])
+            binding = Binding(KNN_METHOD, _single_input(weights_path), knn=knn)
+        else:
+            return
+        with self._lock:
+            self._cache[manifest.name] = binding
+
+
+def _oriented(w: np.ndarray, d: int) -> np.ndarray:
+    if w.ndim == 2 and w.shape[0] != d and w.shape[1] == d:
+        return w.T  # Gemm with transB stores [k, d]
+    if w.shape[0] != d:
+        raise InvalidRequest("the layer's features do not fit its weights")
+    return w
+
+
+def _graph(path: Path) -> Any:
+    import onnx
+
+    return onnx.load(str(path), load_external_data=False)
+
+
+def _single_input(path: Path) -> str:
+    graph = _graph(path).graph
+    initializers = {init.name for init in graph.initializer}
+    inputs = [i.name for i in graph.input if i.name not in initializers]
+    if len(inputs) != 1:
+        raise InvalidRequest("binding examples needs a model with exactly one input")
+    return str(inputs[0])
+
+
+def _layer_features(path: Path, name: str, inputs: np.ndarray) -> np.ndarray:
+    """The final layer's input for every example: the examples themselves when the layer
+    reads the graph input, else the declared hidden output, computed by running the model."""
+    if name == _single_input(path):
+        return inputs
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    if name not in {o.name for o in session.get_outputs()}:
+        raise InvalidRequest("influence_layer.features must be the graph input or an output",
+                             param="influence_layer")
+    feed = {session.get_inputs()[0].name: inputs.astype(np.float32)}
+    return np.asarray(session.run([name], feed)[0], dtype=np.float64).reshape(len(inputs), -1)
 
 
 def _initializers(path: Path, weights: str, bias: str) -> tuple[np.ndarray, np.ndarray]:
-    import onnx
     from onnx import numpy_helper
 
-    model = onnx.load(str(path), load_external_data=False)
+    model = _graph(path)
     found = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer
              if init.name in (weights, bias)}
     if weights not in found or bias not in found:

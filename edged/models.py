@@ -56,6 +56,16 @@ def validate_digest(digest: str) -> str:
     return bare
 
 
+def _optional_digest(value: object, param: str) -> str | None:
+    if value is None:
+        return None
+    try:
+        return validate_digest(value if isinstance(value, str) else "")
+    except InvalidRequest:
+        raise InvalidRequest(f"'{param}' is sha256:<64 lowercase hex digits>",
+                             param=param) from None
+
+
 @dataclass(frozen=True)
 class Price:
     """Fee in integer base units: per request, and per 1,000 input / output tokens."""
@@ -105,6 +115,8 @@ class Manifest:
     outputs: tuple[dict[str, Any], ...] = ()
     label_names: tuple[str, ...] = ()
     embedding_output: str | None = None
+    # Text-embedding models: sha256 hex of a Hugging Face tokenizer.json blob.
+    tokenizer: str | None = None
     # influence/1: {"features": graph input feeding the final linear layer,
     # "weights": initializer, "bias": initializer}
     influence_layer: dict[str, str] | None = None
@@ -116,6 +128,8 @@ class Manifest:
         data["inputs"] = [dict(item) for item in self.inputs]
         data["outputs"] = [dict(item) for item in self.outputs]
         data["label_names"] = list(self.label_names)
+        if self.tokenizer is None:  # absent, so manifests without one keep their digests
+            del data["tokenizer"]
         return data
 
     @classmethod
@@ -139,6 +153,7 @@ class Manifest:
                 outputs=tuple(data.get("outputs") or ()),
                 label_names=tuple(data.get("label_names") or ()),
                 embedding_output=data.get("embedding_output"),
+                tokenizer=_optional_digest(data.get("tokenizer"), "tokenizer"),
                 influence_layer=data.get("influence_layer"),
                 created=int(data.get("created", 0)),
             )
@@ -162,9 +177,13 @@ class Manifest:
             validate_name(datanet)
         if not 0 <= self.data_share_ppm <= 1_000_000:
             raise InvalidRequest("data_share must be within 0..1", param="data_share")
-        if self.data_share_ppm and not self.datanets and not self.influence_layer:
-            raise InvalidRequest("a data share needs a datanet or bound examples",
-                                 param="data_share")
+        if self.data_share_ppm and not self.datanets and self.runtime != "onnx":
+            raise InvalidRequest("a data share needs a datanet (or, for ONNX models, bound "
+                                 "examples)", param="data_share")
+        if self.tokenizer is not None:
+            if not isinstance(self.tokenizer, str) or not DIGEST_PATTERN.match(self.tokenizer):
+                raise InvalidRequest("'tokenizer' is the 64 lowercase hex digits of a blob",
+                                     param="tokenizer")
         if self.unmatched_data_to not in UNMATCHED_DATA_TO:
             raise InvalidRequest(f"unmatched_data_to must be one of {list(UNMATCHED_DATA_TO)}",
                                  param="unmatched_data_to")
@@ -213,6 +232,8 @@ def _check_types(manifest: Manifest) -> None:
     for field_name in ("size", "context_length", "data_share_ppm", "created"):
         if not is_int(getattr(manifest, field_name)):
             raise InvalidRequest(f"'{field_name}' must be an integer", param=field_name)
+    if manifest.embedding_output is not None and not isinstance(manifest.embedding_output, str):
+        raise InvalidRequest("'embedding_output' must be a string", param="embedding_output")
     if manifest.chat_format is not None and not isinstance(manifest.chat_format, str):
         raise InvalidRequest("'chat_format' must be a string", param="chat_format")
     if not isinstance(manifest.price, Price):
@@ -286,6 +307,9 @@ class ModelStore:
         blob = self.blob_path(manifest.weights)
         if not blob.is_file():
             raise InvalidRequest("no blob with that digest; upload it first", param="weights")
+        if manifest.tokenizer is not None and not self.blob_path(manifest.tokenizer).is_file():
+            raise InvalidRequest("no blob with the tokenizer's digest; upload it first",
+                                 param="tokenizer")
         if manifest.runtime == "onnx" and not manifest.inputs:
             manifest = replace(manifest, **onnx_metadata(blob))
         if manifest.runtime == "llama.cpp":
@@ -341,8 +365,12 @@ class ModelStore:
         """Remove a model; its blob goes too unless another manifest uses it."""
         manifest = self.get(name)
         self._manifest_path(name).unlink()
-        if all(other.weights != manifest.weights for other in self.list()):
+        others = self.list()
+        if all(other.weights != manifest.weights for other in others):
             self.blob_path(manifest.weights).unlink(missing_ok=True)
+        if manifest.tokenizer is not None and all(
+                manifest.tokenizer not in (other.weights, other.tokenizer) for other in others):
+            self.blob_path(manifest.tokenizer).unlink(missing_ok=True)
         logger.info("model %s removed", name)
         return manifest
 

@@ -179,11 +179,12 @@ class PredictService:
 
     async def _commit(self, manifest: Manifest, group: list[_Request],
                       results: list[Tensors]) -> list[SignedReceipt]:
-        if manifest.influence_layer and self.bindings.get(manifest.name) is None:
+        if manifest.data_share_ppm and self.bindings.get(manifest.name) is None:
             await asyncio.to_thread(self.bindings.load, manifest,
                                     self.store.weights_path(manifest))
-        attributions = [self.attributor.attribute_prediction(manifest, self.bindings, r.inputs)
-                        for r in group]
+        attributions = [self.attributor.attribute_prediction(manifest, self.bindings, r.inputs,
+                                                             outputs)
+                        for r, outputs in zip(group, results, strict=True)]
         drafts = [ReceiptDraft(
             ts=self.clock_ms(),
             model=ModelRef(manifest.name, bytes.fromhex(manifest.weights), manifest.digest()),

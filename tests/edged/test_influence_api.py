@@ -83,3 +83,77 @@ async def test_csv_examples_and_bad_files(aiohttp_client: AppClientFactory,
                                    data=body)
         assert refused.status == 400
     assert client.app[LEDGER].head()[0] == 0
+
+
+def _write_mlp(path: Path) -> Any:
+    """input [-1, 4] -> relu(x W1 + b1) = "hidden" (a declared output) -> logits -> softmax."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(11)
+    w1, b1 = rng.normal(size=(4, 5)).astype(np.float32), rng.normal(size=5).astype(np.float32)
+    w2, b2 = rng.normal(size=(5, 3)).astype(np.float32), rng.normal(size=3).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["input", "w1"], ["m1"]),
+         helper.make_node("Add", ["m1", "b1"], ["a1"]),
+         helper.make_node("Relu", ["a1"], ["hidden"]),
+         helper.make_node("MatMul", ["hidden", "w2"], ["m2"]),
+         helper.make_node("Add", ["m2", "b2"], ["logits"]),
+         helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1)],
+        "mlp", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 4])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 3]),
+         helper.make_tensor_value_info("hidden", TensorProto.FLOAT, [None, 5])],
+        [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (b1, "b1"), (w2, "w2"),
+                                                    (b2, "b2"))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+
+    def probabilities(x: np.ndarray) -> np.ndarray:
+        logits = np.maximum(x @ w1 + b1, 0) @ w2 + b2
+        exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return np.asarray(exp / exp.sum(axis=1, keepdims=True))
+
+    return probabilities
+
+
+async def _bind_and_predict(client: Client, model: str, probabilities: Any) -> dict[str, Any]:
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(60, 4)).astype(np.float32)
+    buffer = io.BytesIO()
+    np.savez(buffer, features=x, labels=probabilities(x).argmax(axis=1),
+             contributors=np.array(["a"] * 20 + ["b"] * 20 + ["c"] * 20))
+    bound = await client.put(f"/api/models/{model}/examples", data=buffer.getvalue())
+    assert bound.status == 201, await bound.text()
+    answer = await (await client.post(f"/v2/models/{model}/infer", json={
+        "inputs": [tensor(x[:2])]})).json()
+    receipt: dict[str, Any] = await (await client.get(
+        f"/v1/receipts/{answer['receipt']['id']}")).json()
+    return receipt
+
+
+async def test_influence_through_a_hidden_layer_and_knn_without_one(
+        aiohttp_client: AppClientFactory, settings: Settings, tmp_path: Path) -> None:
+    import hashlib
+
+    from edged.models import Manifest, ModelStore
+
+    probabilities = _write_mlp(tmp_path / "mlp.onnx")
+    store = ModelStore(settings.models_dir)
+    data = (tmp_path / "mlp.onnx").read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    with store.blob_writer(digest) as writer:
+        writer.write(data)
+    hidden = {"features": "hidden", "weights": "w2", "bias": "b2"}
+    store.add(Manifest(name="mlp", runtime="onnx", weights=digest, size=0, owner="o",
+                       influence_layer=hidden, data_share_ppm=300_000, batch_delay_us=0))
+    store.add(Manifest(name="mlp-knn", runtime="onnx", weights=digest, size=0, owner="o",
+                       data_share_ppm=300_000, batch_delay_us=0))
+    client = await aiohttp_client(create_app(settings))
+
+    influence = await _bind_and_predict(client, "mlp", probabilities)
+    assert influence["attr"]["method"] == "influence/1"
+    assert sum(p[2] for p in influence["payees"] if p[1] == "data") == 300_000
+    knn = await _bind_and_predict(client, "mlp-knn", probabilities)
+    assert knn["attr"]["method"] == "knn/1"
+    assert sum(p[2] for p in knn["payees"] if p[1] == "data") == 300_000
