@@ -124,10 +124,34 @@ async def create_model(request: web.Request) -> web.Response:
         datanets=tuple(_string_list(body.get("datanets") or [], "datanets")),
         data_share_ppm=_int_field(body, "data_share_ppm", 0),
         unmatched_data_to=body.get("unmatched_data_to") or "owner",
+        embedding_output=_optional_string(body, "embedding_output"),
+        tokenizer=_tokenizer_digest(request, body.get("tokenizer")),
     )
     await _require_datanets(request, manifest.datanets)
     stored = request.app[SERVICE].store.add(manifest, replace_existing=bool(body.get("replace")))
     return json_response(_model_view(request, stored), status=201)
+
+
+def _optional_string(body: dict[str, Any], name: str) -> str | None:
+    value = body.get(name)
+    if value is not None and (not isinstance(value, str) or not value):
+        raise InvalidRequest(f"'{name}' must be a non-empty string", param=name)
+    return value
+
+
+def _tokenizer_digest(request: web.Request, value: Any) -> str | None:
+    """The digest of an uploaded tokenizer.json blob, or None."""
+    if value is None:
+        return None
+    try:
+        digest = validate_digest(value)
+    except InvalidRequest:
+        raise InvalidRequest("'tokenizer' is sha256:<64 lowercase hex digits>",
+                             param="tokenizer") from None
+    if not request.app[SERVICE].store.has_blob(digest):
+        raise InvalidRequest("no blob with the tokenizer's digest; upload it first",
+                             param="tokenizer")
+    return digest
 
 
 def _price(value: Any) -> Price:

@@ -102,9 +102,15 @@ def create_app(settings: Settings, *, loader: Loader = load_backend,
             if manifest.runtime not in runtimes:
                 raise Unsupported(f"this daemon does not serve the {manifest.runtime!r} runtime",
                                   param="model")
+            options: dict[str, object] = {}
+            if manifest.tokenizer is not None:
+                options["tokenizer_path"] = str(store.blob_path(manifest.tokenizer))
+            if manifest.embedding_output is not None:
+                options["embedding_output"] = manifest.embedding_output
             spec = ModelSpec(name=manifest.name, path=store.weights_path(manifest),
                              chat_format=manifest.chat_format,
-                             context_length=manifest.context_length, threads=threads)
+                             context_length=manifest.context_length, threads=threads,
+                             options=options)
             return LoadPlan(manifest.runtime, spec)
 
         scheduler = Scheduler(resolve, max_loaded_models=settings.max_loaded_models,

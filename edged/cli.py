@@ -107,22 +107,32 @@ def models() -> None:
 @click.option("--data-share", type=click.FloatRange(0, 1),
               help="share of each fee owed to datanet contributors, 0..1")
 @click.option("--replace", is_flag=True, help="replace a model of the same name")
+@click.option("--tokenizer", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="ONNX text embedders: the model's Hugging Face tokenizer.json")
+@click.option("--embedding-output", metavar="NAME",
+              help="ONNX text embedders: the graph output to pool (default: the first)")
 @click.pass_context
 def models_add(ctx: click.Context, path: Path, name: str, owner: str | None,
                prices: tuple[str, ...], chat_format: str | None, context_length: int | None,
                runtime: str, datanets: tuple[str, ...], data_share: float | None,
-               replace: bool) -> None:
+               replace: bool, tokenizer: Path | None, embedding_output: str | None) -> None:
     """Upload the weights at PATH and register them as NAME."""
     price = _parse_prices(prices)
     try:
         with daemon_client(ctx) as client:
             click.echo(f"uploading {path.name} ...", err=True)
             digest = client.upload_blob(path)
-            created = client.request("POST", "/api/models", json={
+            body: dict[str, Any] = {
                 "name": name, "weights": digest, "owner": owner, "price": price,
                 "chat_format": chat_format, "context_length": context_length,
                 "runtime": runtime, "replace": replace, "datanets": list(datanets),
-                "data_share_ppm": _ppm(data_share)})
+                "data_share_ppm": _ppm(data_share)}
+            if tokenizer is not None:
+                click.echo(f"uploading {tokenizer.name} ...", err=True)
+                body["tokenizer"] = client.upload_blob(tokenizer)
+            if embedding_output is not None:
+                body["embedding_output"] = embedding_output
+            created = client.request("POST", "/api/models", json=body)
     except DaemonError as exc:
         raise click.ClickException(str(exc)) from None
     print_json(created)

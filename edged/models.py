@@ -180,10 +180,10 @@ class Manifest:
         if self.data_share_ppm and not self.datanets and self.runtime != "onnx":
             raise InvalidRequest("a data share needs a datanet (or, for ONNX models, bound "
                                  "examples)", param="data_share")
-        if self.tokenizer is not None:
-            if not isinstance(self.tokenizer, str) or not DIGEST_PATTERN.match(self.tokenizer):
-                raise InvalidRequest("'tokenizer' is the 64 lowercase hex digits of a blob",
-                                     param="tokenizer")
+        if self.tokenizer is not None and (
+                not isinstance(self.tokenizer, str) or not DIGEST_PATTERN.match(self.tokenizer)):
+            raise InvalidRequest("'tokenizer' is the 64 lowercase hex digits of a blob",
+                                 param="tokenizer")
         if self.unmatched_data_to not in UNMATCHED_DATA_TO:
             raise InvalidRequest(f"unmatched_data_to must be one of {list(UNMATCHED_DATA_TO)}",
                                  param="unmatched_data_to")

@@ -14,6 +14,16 @@ the CUDA libraries are missing and then silently runs on CPU, so the providers r
 :meth:`OnnxBackend.describe` are the ones the session reports it actually uses, never the
 requested ones.
 
+Text embeddings: with ``spec.options["tokenizer_path"]`` (a Hugging Face ``tokenizer.json``)
+:meth:`OnnxBackend.embed` tokenizes the texts, feeds ``input_ids`` (and ``attention_mask``
+and ``token_type_ids`` when the graph has them), takes ``spec.options["embedding_output"]``
+(default: the first tensor output) and mean-pools a ``[batch, tokens, hidden]`` output over
+the attention mask (a ``[batch, hidden]`` output is used as is), then L2-normalises. A text
+longer than the model's maximum length (``spec.options["max_length"]``, else the
+tokenizer's truncation length, else a fixed second dimension of ``input_ids``, else
+:data:`DEFAULT_MAX_TOKENS`) raises :class:`~runtimes.base.ContextLengthExceeded`: texts are
+never silently truncated.
+
 Other ``spec.options``: ``allow_non_finite`` (false: NaN/Inf in float inputs are refused),
 ``graph_optimization`` (``"all"``, the default, ``"extended"``, ``"basic"`` or
 ``"disabled"``). ``spec.threads`` sets ONNX Runtime's intra-op thread count.
@@ -23,7 +33,7 @@ shapes use -1 for a dynamic dimension. Outputs that are not tensors (sequences o
 e.g. skl2onnx's ZipMap) are described with ``datatype`` and ``shape`` None and not
 returned by :meth:`OnnxBackend.predict`: export classifiers with ``zipmap=False``.
 
-``onnxruntime`` is imported in :meth:`OnnxBackend.load` and ``onnx`` in
+``onnxruntime`` and ``tokenizers`` are imported in :meth:`OnnxBackend.load` and ``onnx`` in
 :func:`graph_metadata`, so this module imports without them.
 """
 
@@ -40,6 +50,7 @@ import numpy as np
 from runtimes.base import (
     Backend,
     BackendError,
+    ContextLengthExceeded,
     Delta,
     Done,
     EmbeddingResult,
@@ -53,6 +64,7 @@ from runtimes.base import (
 
 if TYPE_CHECKING:
     from onnxruntime import InferenceSession
+    from tokenizers import Tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +77,9 @@ DEFAULT_PROVIDER_PREFERENCE = (
 """Providers tried by default, best first (TensorRT only when configured)."""
 
 CPU_PROVIDER = "CPUExecutionProvider"
+DEFAULT_MAX_TOKENS = 512
+"""A text-embedding model's maximum length when neither options nor tokenizer give one."""
+_TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 # ONNX TensorProto element type names -> Open Inference Protocol datatype names.
 _ONNX_TO_OIP = {
@@ -219,7 +234,11 @@ class OnnxBackend(Backend):
     runtime = "onnx"
 
     def __init__(
-        self, spec: ModelSpec, session: InferenceSession, requested_providers: list[str]
+        self,
+        spec: ModelSpec,
+        session: InferenceSession,
+        requested_providers: list[str],
+        tokenizer: Tokenizer | None = None,
     ) -> None:
         self.spec = spec
         self.allow_non_finite = bool(spec.options.get("allow_non_finite", False))
@@ -236,6 +255,45 @@ class OnnxBackend(Backend):
         self._tensor_outputs = [o["name"] for o in self.outputs if o["datatype"] is not None]
         self._file_bytes = Path(spec.path).stat().st_size
         self._session: InferenceSession | None = session
+        self._tokenizer = tokenizer
+        self._max_tokens = DEFAULT_MAX_TOKENS
+        self._pad_id = 0
+        self._embedding_output: str | None = None
+        if tokenizer is not None:
+            self._setup_embeddings(tokenizer)
+
+    def _setup_embeddings(self, tokenizer: Tokenizer) -> None:
+        """Check the graph can embed text and settle the length limit and pad id."""
+        names = {str(i["name"]) for i in self.inputs}
+        if "input_ids" not in names:
+            raise BackendError(f"model {self.spec.name!r}: a text model needs an 'input_ids' input")
+        unknown = sorted(names - set(_TOKEN_INPUTS))
+        if unknown:
+            raise BackendError(
+                f"model {self.spec.name!r}: cannot feed input {unknown[0]!r} from a tokenizer"
+            )
+        wanted = self.spec.options.get("embedding_output")
+        if wanted is None:
+            if not self._tensor_outputs:
+                raise BackendError(f"model {self.spec.name!r} has no tensor output to embed with")
+            wanted = self._tensor_outputs[0]
+        if wanted not in self._tensor_outputs:
+            raise BackendError(f"model {self.spec.name!r} has no tensor output {wanted!r}")
+        self._embedding_output = str(wanted)
+        limit = self.spec.options.get("max_length")
+        truncation = tokenizer.truncation
+        ids_shape = next(i["shape"] for i in self.inputs if i["name"] == "input_ids")
+        if limit is None and truncation:
+            limit = truncation.get("max_length")
+        if limit is None and ids_shape is not None and len(ids_shape) == 2 and ids_shape[1] > 0:
+            limit = ids_shape[1]
+        self._max_tokens = int(limit) if limit else DEFAULT_MAX_TOKENS
+        padding = tokenizer.padding
+        if padding:
+            self._pad_id = int(padding.get("pad_id", 0))
+        # Whole texts, unpadded: lengths are checked and padding is done here.
+        tokenizer.no_truncation()
+        tokenizer.no_padding()
 
     @classmethod
     def load(cls, spec: ModelSpec) -> OnnxBackend:
@@ -264,7 +322,8 @@ class OnnxBackend(Backend):
             raise BackendError(
                 f"model {spec.name!r}: ONNX Runtime could not load it ({type(error).__name__})"
             ) from error
-        backend = cls(spec, session, requested)
+        tokenizer = cls._load_tokenizer(spec)
+        backend = cls(spec, session, requested, tokenizer)
         missing = [p for p in requested if p not in backend.providers]
         if missing:
             logger.warning(
@@ -274,6 +333,24 @@ class OnnxBackend(Backend):
                 ", ".join(backend.providers),
             )
         return backend
+
+    @staticmethod
+    def _load_tokenizer(spec: ModelSpec) -> Tokenizer | None:
+        path = spec.options.get("tokenizer_path")
+        if path is None:
+            return None
+        try:
+            from tokenizers import Tokenizer
+        except ImportError:
+            raise MissingDependency("tokenizers", "onnx") from None
+        if not Path(path).is_file():
+            raise BackendError(f"model {spec.name!r}: tokenizer file not found")
+        try:
+            return Tokenizer.from_file(str(path))
+        except Exception as error:  # tokenizers raises its own Exception subclasses
+            raise BackendError(
+                f"model {spec.name!r}: not a readable tokenizer.json ({type(error).__name__})"
+            ) from error
 
     def describe(self) -> dict[str, Any]:
         """Runtime, providers in use (read back from the session) and requested, tensors."""
@@ -357,7 +434,53 @@ class OnnxBackend(Backend):
         raise UnsupportedOperation("ONNX models do not generate text; use predict")
 
     def embed(self, texts: Sequence[str]) -> EmbeddingResult:
-        raise UnsupportedOperation("this ONNX model does not embed text; use predict")
+        """Tokenize, run once over the padded batch, pool, L2-normalise; one vector per text."""
+        tokenizer = self._tokenizer
+        if tokenizer is None or self._embedding_output is None:
+            raise UnsupportedOperation("this ONNX model does not embed text; use predict")
+        session = self._session
+        if session is None:
+            raise BackendError(f"model {self.spec.name!r} is closed")
+        if not texts:
+            return EmbeddingResult([], 0)
+        encodings = tokenizer.encode_batch(list(texts))
+        lengths = [len(e.ids) for e in encodings]
+        longest = max(lengths)
+        if longest > self._max_tokens:
+            raise ContextLengthExceeded(longest, self._max_tokens)
+        width = max(longest, 1)
+        ids = np.full((len(texts), width), self._pad_id, dtype=np.int64)
+        mask = np.zeros((len(texts), width), dtype=np.int64)
+        types = np.zeros((len(texts), width), dtype=np.int64)
+        for row, encoding in enumerate(encodings):
+            n = lengths[row]
+            ids[row, :n] = encoding.ids
+            mask[row, :n] = 1
+            types[row, :n] = encoding.type_ids
+        arrays = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+        feed = {}
+        for info in self.inputs:
+            name = str(info["name"])
+            dtype = OIP_TO_NUMPY.get(info["datatype"] or "INT64", np.dtype(np.int64))
+            feed[name] = arrays[name].astype(dtype, copy=False)
+        try:
+            (output,) = session.run([self._embedding_output], feed)
+        except Exception as error:  # onnxruntime's Fail, InvalidArgument...
+            raise BackendError(f"model {self.spec.name!r}: inference failed") from error
+        hidden = np.asarray(output, dtype=np.float64)
+        if hidden.ndim == 3:
+            weights = mask.astype(np.float64)[:, :, None]
+            pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1.0)
+        elif hidden.ndim == 2:
+            pooled = hidden
+        else:
+            raise BackendError(
+                f"model {self.spec.name!r}: output {self._embedding_output!r} has rank "
+                f"{hidden.ndim}; an embedding output is [batch, hidden] or [batch, tokens, hidden]"
+            )
+        norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+        vectors = pooled / np.maximum(norms, 1e-12)
+        return EmbeddingResult(vectors.astype(np.float32).tolist(), int(sum(lengths)))
 
     def close(self) -> None:
         self._session = None  # dropping the last reference frees the session

@@ -6,6 +6,9 @@
   ``"linear.weight"`` and ``"linear.bias"``.
 - :func:`write_int64_model`: input ``"ids"`` INT64 ``[batch, 2]``, output ``"total"``
   INT64 ``[batch, 1]`` (the row sums).
+- :func:`write_text_embedder`: a token-lookup text embedder (``input_ids``,
+  ``attention_mask`` -> ``last_hidden_state`` ``[batch, tokens, 8]``) with its
+  ``tokenizer.json``.
 
 Weights come from a seeded generator, so the same seed writes the same file; the reference
 arrays are returned so tests can compute the expected outputs with numpy.
@@ -92,3 +95,78 @@ def write_int64_model(path: Path) -> Path:
         initializer=[axes],
     )
     return _save(graph, path)
+
+
+EMBEDDING_VOCAB = ("[PAD]", "[UNK]", "the", "cat", "sat", "on", "mat", "a", "dog", "ran")
+EMBEDDING_DIM = 8
+
+
+@dataclass(frozen=True)
+class TextEmbedder:
+    """A token-embedding lookup graph and its tokenizer.json, for numpy references."""
+
+    path: Path
+    tokenizer_path: Path
+    table: np.ndarray  # FP32 [len(EMBEDDING_VOCAB), EMBEDDING_DIM]
+
+    def token_ids(self, text: str) -> list[int]:
+        """What the WordLevel tokenizer makes of ``text`` (lowercased, whitespace split)."""
+        index = {word: i for i, word in enumerate(EMBEDDING_VOCAB)}
+        return [index.get(word, 1) for word in text.lower().split()]
+
+    def reference(self, text: str) -> np.ndarray:
+        """Mean of the tokens' rows, L2-normalised (float64)."""
+        rows = self.table[self.token_ids(text)].astype(np.float64)
+        mean = rows.mean(axis=0)
+        return mean / np.linalg.norm(mean)
+
+
+def write_text_embedder(folder: Path, seed: int = 0, max_length: int = 16) -> TextEmbedder:
+    """Write ``embedder.onnx`` and ``tokenizer.json`` into ``folder``.
+
+    The graph takes ``input_ids`` and ``attention_mask`` (INT64 ``[batch, tokens]``) and
+    returns ``last_hidden_state`` FP32 ``[batch, tokens, 8]``: each token's row of a seeded
+    table (the mask is multiplied in, so padded positions are zeros, and the graph uses
+    both inputs). The tokenizer is a WordLevel model over :data:`EMBEDDING_VOCAB` with a
+    lowercase normalizer, whitespace pre-tokenizer, padding and truncation at ``max_length``.
+    """
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers
+    from tokenizers.models import WordLevel
+
+    rng = np.random.default_rng(seed)
+    table = rng.normal(size=(len(EMBEDDING_VOCAB), EMBEDDING_DIM)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gather", ["embeddings.weight", "input_ids"], ["gathered"], axis=0),
+            helper.make_node("Cast", ["attention_mask"], ["mask_float"], to=TensorProto.FLOAT),
+            helper.make_node("Unsqueeze", ["mask_float", "unsqueeze.axes"], ["mask_3d"]),
+            helper.make_node("Mul", ["gathered", "mask_3d"], ["last_hidden_state"]),
+        ],
+        "text_embedder",
+        [
+            helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "tokens"]),
+            helper.make_tensor_value_info(
+                "attention_mask", TensorProto.INT64, ["batch", "tokens"]
+            ),
+        ],
+        [
+            helper.make_tensor_value_info(
+                "last_hidden_state", TensorProto.FLOAT, ["batch", "tokens", EMBEDDING_DIM]
+            )
+        ],
+        initializer=[
+            numpy_helper.from_array(table, "embeddings.weight"),
+            numpy_helper.from_array(np.array([2], dtype=np.int64), "unsqueeze.axes"),
+        ],
+    )
+    path = _save(graph, folder / "embedder.onnx")
+    tokenizer = Tokenizer(
+        WordLevel({word: i for i, word in enumerate(EMBEDDING_VOCAB)}, unk_token="[UNK]")
+    )
+    tokenizer.normalizer = normalizers.Lowercase()
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+    tokenizer.enable_truncation(max_length=max_length)
+    tokenizer_path = folder / "tokenizer.json"
+    tokenizer.save(str(tokenizer_path))
+    return TextEmbedder(path, tokenizer_path, table)
