@@ -94,7 +94,9 @@ def _model_view(request: web.Request, manifest: Manifest) -> dict[str, Any]:
     state = loaded.get(manifest.name)
     return {**manifest.public_view(), "loaded": state is not None,
             "memory_bytes": state.memory_bytes if state else 0,
-            "expires_at": state.expires_at if state else None}
+            "expires_at": state.expires_at if state else None,
+            # the execution providers the session really uses (never claimed, read back)
+            "providers": state.details.get("providers") if state else None}
 
 
 async def list_models(request: web.Request) -> web.Response:

@@ -31,7 +31,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
 import runtimes
@@ -65,6 +65,7 @@ class LoadedModel:
     queued: int  # leases waiting for a slot
     expires_at: float | None  # None: never; projected from keep_alive while busy
     last_used: float
+    details: dict[str, Any] = field(default_factory=dict)  # backend.describe(): providers...
 
 
 class _Abandoned(NotReady):
@@ -218,7 +219,7 @@ class Scheduler:
             elif m.refs:
                 expires_at = None if m.keep_alive < 0 else now + m.keep_alive
             out.append(LoadedModel(m.name, m.plan.runtime, m.memory, m.active, m.queued,
-                                   expires_at, m.last_used))
+                                   expires_at, m.last_used, m.backend.describe()))
         return out
 
     # -- claims and slots ------------------------------------------------------------

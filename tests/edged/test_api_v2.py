@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestClient
 
 from attribution.receipt import verify_receipt
 from edged.app import create_app
-from edged.appkeys import LEDGER
+from edged.appkeys import LEDGER, SERVICE
 from edged.models import Manifest, ModelStore, Price
 from edged.settings import Settings
 from tests.edged.conftest import AppClientFactory
@@ -141,3 +141,21 @@ async def test_unknown_model_and_version(v2: tuple[Client, LinearClassifier]) ->
     assert (await client.get(f"/v2/models/{MODEL}/versions/7")).status == 404
     missing = await client.post("/v2/models/nope/infer", json={"inputs": []})
     assert missing.status == 404 and "error" in await missing.json()
+
+
+async def test_api_models_reports_the_providers_actually_in_use(
+        v2: tuple[Client, LinearClassifier]) -> None:
+    client, _ = v2
+    before = await (await client.get(f"/api/models/{MODEL}")).json()
+    assert before["loaded"] is False and before["providers"] is None
+    loaded = await (await client.post(f"/api/models/{MODEL}/load")).json()
+    import onnxruntime
+
+    available = onnxruntime.get_available_providers()
+    session = onnxruntime.InferenceSession(
+        str(client.app[SERVICE].store.weights_path(client.app[SERVICE].store.get(MODEL))),
+        providers=[p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
+                   if p in available])
+    # What a session really runs on here (CPU only on a machine without CUDA libraries).
+    assert loaded["providers"] == session.get_providers()
+    assert loaded["providers"][-1] == "CPUExecutionProvider"
