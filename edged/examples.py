@@ -47,7 +47,10 @@ def parse_examples(data: bytes, kind: str) -> Examples:
             with np.load(io.BytesIO(data), allow_pickle=False) as archive:
                 features = np.asarray(archive["features"], dtype=np.float64)
                 labels = np.asarray(archive["labels"])
-                contributors = [str(c) for c in archive["contributors"]]
+                raw_contributors = np.asarray(archive["contributors"])
+                if raw_contributors.ndim != 1:
+                    raise InvalidRequest("contributors must be a list, one per example")
+                contributors = [str(c) for c in raw_contributors]
         elif kind == "csv":
             rows = list(csv.reader(io.StringIO(data.decode("utf-8"))))
             header, body = rows[0], [r for r in rows[1:] if r]
@@ -60,7 +63,7 @@ def parse_examples(data: bytes, kind: str) -> Examples:
             raise InvalidRequest("examples are 'npz' or 'csv'", param="format")
     except InvalidRequest:
         raise
-    except (KeyError, ValueError, IndexError, UnicodeDecodeError, OSError):
+    except (KeyError, ValueError, IndexError, TypeError, UnicodeDecodeError, OSError):
         raise InvalidRequest(f"not a valid {kind} examples file") from None
     n = len(contributors)
     if features.ndim != 2 or not 0 < n <= MAX_EXAMPLES or features.shape[0] != n \
@@ -136,6 +139,19 @@ class InfluenceBindings:
         return self.root / f"{validate_name(model)}.{suffix}.npz"
 
     def bind(self, manifest: Manifest, weights_path: Path, examples: Examples) -> Binding:
+        """Build and store the binding; anything that does not fit the model is a 400."""
+        try:
+            return self._bind(manifest, weights_path, examples)
+        except ValueError as exc:  # shapes or labels that do not fit the model
+            if isinstance(exc, InvalidRequest):
+                raise
+            raise InvalidRequest(f"the examples do not fit the model: {exc}") from None
+
+    def _bind(self, manifest: Manifest, weights_path: Path, examples: Examples) -> Binding:
+        width = _input_width(weights_path)
+        if width is not None and examples.features.shape[1] != width:
+            raise InvalidRequest(f"the examples have {examples.features.shape[1]} features; "
+                                 f"the model's input has {width}")
         layer = manifest.influence_layer
         if not layer:
             features_name = _single_input(weights_path)
@@ -194,6 +210,17 @@ def _graph(path: Path) -> Any:
     import onnx
 
     return onnx.load(str(path), load_external_data=False)
+
+
+def _input_width(path: Path) -> int | None:
+    """The fixed last dimension of the model's single input, when the graph says it."""
+    graph = _graph(path).graph
+    initializers = {init.name for init in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in initializers]
+    if len(inputs) != 1:
+        return None
+    dims = inputs[0].type.tensor_type.shape.dim
+    return int(dims[-1].dim_value) if dims and dims[-1].dim_value > 0 else None
 
 
 def _single_input(path: Path) -> str:

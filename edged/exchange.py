@@ -10,6 +10,7 @@ as evidence, and the event logged once.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import secrets
 import threading
@@ -26,12 +27,43 @@ from edged.replicas import ReplicaStore
 from edged.settings import Settings
 from sync import merkle
 from sync.auth import sign_request
-from sync.batch import MAX_BATCH_RECEIPTS, Batch, BatchError, Equivocation, verify_batch
+from sync.batch import (
+    MAX_BATCH_BYTES,
+    MAX_BATCH_RECEIPTS,
+    Batch,
+    BatchError,
+    Equivocation,
+    verify_batch,
+)
 from sync.discovery import Discovery
 
 logger = logging.getLogger(__name__)
 MSGPACK = "application/msgpack"
 MAX_BACKOFF_S = 300.0
+MAX_HEADS = 10_000
+MAX_HEADS_BYTES = 2 * 1024 * 1024
+
+
+def _parse_heads(body: bytes) -> list[tuple[bytes, int]]:
+    """A peer's heads, strictly: a bounded list of {origin: 64 hex, size: int >= 0}."""
+    try:
+        heads = json.loads(body)["heads"]
+    except (ValueError, KeyError, TypeError):
+        raise SyncRefused(400, "malformed heads") from None
+    if not isinstance(heads, list) or len(heads) > MAX_HEADS:
+        raise SyncRefused(400, "malformed heads")
+    parsed = []
+    for head in heads:
+        origin, size = (head.get("origin"), head.get("size")) if isinstance(head, dict) \
+            else (None, None)
+        if not isinstance(origin, str) or len(origin) != 64 or not isinstance(size, int) \
+                or isinstance(size, bool) or size < 0:
+            raise SyncRefused(400, "malformed heads")
+        try:
+            parsed.append((bytes.fromhex(origin), size))
+        except ValueError:
+            raise SyncRefused(400, "malformed heads") from None
+    return parsed
 
 
 class SyncRefused(Exception):
@@ -162,26 +194,35 @@ class ExchangeService:
     async def sync_peer(self, client: httpx.AsyncClient, url: str) -> int:
         """Pull everything newer from one peer; returns receipts received."""
         path = "/v1/sync/heads"
-        response = await client.get(url + path, headers=self._signed("GET", path))
-        response.raise_for_status()
+        heads = _parse_heads(await self._bounded_get(client, url, path, MAX_HEADS_BYTES))
         received = 0
-        for head in response.json()["heads"]:
-            origin = bytes.fromhex(head["origin"])
+        for origin, size in heads:
             if origin == self.origin or not self.peers.is_trusted(origin) \
                     or self.replicas.is_frozen(origin):
                 continue
-            while (have := self.replicas.size(origin)) < head["size"]:
+            while (have := self.replicas.size(origin)) < size:
                 latest = self.replicas.latest_checkpoint(origin)
                 known = latest.checkpoint.size if latest else 0
                 path = (f"/v1/sync/pull?origin={origin.hex()}&have={have}&known={known}"
                         f"&limit={MAX_BATCH_RECEIPTS}")
-                batch = await client.get(url + path, headers=self._signed("GET", path))
-                batch.raise_for_status()
-                added = await asyncio.to_thread(self.ingest, batch.content)
+                body = await self._bounded_get(client, url, path, MAX_BATCH_BYTES)
+                added = await asyncio.to_thread(self.ingest, body)
                 if self.replicas.size(origin) <= have:
                     break  # no progress: do not spin
                 received += added
         return received
+
+    async def _bounded_get(self, client: httpx.AsyncClient, url: str, path: str,
+                           limit: int) -> bytes:
+        """A signed GET whose body may not exceed ``limit`` bytes (read as a stream)."""
+        async with client.stream("GET", url + path, headers=self._signed("GET", path)) as reply:
+            reply.raise_for_status()
+            body = bytearray()
+            async for chunk in reply.aiter_bytes():
+                body += chunk
+                if len(body) > limit:
+                    raise SyncRefused(400, "peer response too large")
+        return bytes(body)
 
     async def run_forever(self, urls: Callable[[], list[str]]) -> None:
         """The background sync loop."""
@@ -203,7 +244,8 @@ class ExchangeService:
                     continue
                 try:
                     received = await self.sync_peer(client, url)
-                except (httpx.HTTPError, SyncRefused, ValueError, KeyError) as exc:
+                except Exception as exc:  # one bad peer must not stop the round
+                    logger.info("sync with %s failed: %s", url, exc.__class__.__name__)
                     state.failures += 1
                     state.last_error = exc.__class__.__name__
                     delay = min(MAX_BACKOFF_S, self.settings.sync_interval * 2 ** state.failures)

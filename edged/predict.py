@@ -182,8 +182,7 @@ class PredictService:
         if manifest.data_share_ppm and self.bindings.get(manifest.name) is None:
             await asyncio.to_thread(self.bindings.load, manifest,
                                     self.store.weights_path(manifest))
-        attributions = [self.attributor.attribute_prediction(manifest, self.bindings, r.inputs,
-                                                             outputs)
+        attributions = [self._attribute(manifest, r.inputs, outputs)
                         for r, outputs in zip(group, results, strict=True)]
         drafts = [ReceiptDraft(
             ts=self.clock_ms(),
@@ -197,6 +196,18 @@ class PredictService:
         ) for r, outputs, attribution in zip(group, results, attributions, strict=True)]
         return await asyncio.shield(self.ledger.append_group(
             drafts, [a.evidence for a in attributions]))
+
+
+    def _attribute(self, manifest: Manifest, inputs: Tensors, outputs: Tensors) -> Any:
+        """The prediction happened and is owed to someone: if data attribution fails (a
+        binding that no longer fits the model, say), the receipt falls back to owner/1."""
+        try:
+            return self.attributor.attribute_prediction(manifest, self.bindings, inputs,
+                                                        outputs)
+        except Exception:
+            logger.warning("data attribution failed for model %s; using owner/1",
+                           manifest.name, exc_info=True)
+            return self.attributor.attribute(manifest, None)
 
 
 def _rows(inputs: Mapping[str, np.ndarray]) -> int:

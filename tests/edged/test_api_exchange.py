@@ -165,3 +165,28 @@ async def test_oversized_push_is_413(client: Client) -> None:
                                  headers=_headers(peer, "POST", "/v1/sync/push", body))
     assert response.status == 413
     assert _held(client, peer) == 0
+
+
+async def test_a_misbehaving_peer_does_not_stop_the_round(client: Client, aiohttp_server: Any,
+                                                         ) -> None:
+    peer = SigningKey.generate()
+    client.app[PEERS].trust(bytes(peer.verify_key).hex())
+
+    async def bad_heads(request: web.Request) -> web.Response:
+        return web.json_response({"heads": [{"origin": bytes(peer.verify_key).hex(),
+                                             "size": "9"}]})
+
+    async def huge_heads(request: web.Request) -> web.Response:
+        return web.Response(body=b"x" * (3 * 1024 * 1024))
+
+    servers = []
+    for handler in (bad_heads, huge_heads):
+        app = web.Application()
+        app.router.add_get("/v1/sync/heads", handler)
+        servers.append(await aiohttp_server(app))
+    urls = [str(s.make_url("")).rstrip("/") for s in servers]
+    results = await client.app[EXCHANGE].sync_round(urls)
+    assert set(results) == set(urls)
+    assert all(result.startswith("error") for result in results.values())
+    states = client.app[EXCHANGE].states
+    assert all(states[url].failures == 1 for url in urls)  # each backs off on its own

@@ -157,3 +157,33 @@ async def test_influence_through_a_hidden_layer_and_knn_without_one(
     knn = await _bind_and_predict(client, "mlp-knn", probabilities)
     assert knn["attr"]["method"] == "knn/1"
     assert sum(p[2] for p in knn["payees"] if p[1] == "data") == 300_000
+
+
+async def test_examples_that_do_not_fit_are_400_and_attribution_failures_fall_back(
+        aiohttp_client: AppClientFactory, settings: Settings, tmp_path: Path) -> None:
+    from edged.appkeys import PREDICT
+
+    install_onnx_model(settings, tmp_path, data_share_ppm=500_000, batch_delay_us=0)
+    client = await aiohttp_client(create_app(settings))
+    bad_files = {
+        "too few features": dict(features=np.zeros((4, 3)), labels=np.zeros(4, dtype=int),
+                                 contributors=np.array(["a"] * 4)),
+        "scalar contributors": dict(features=np.zeros((4, 4)), labels=np.zeros(4, dtype=int),
+                                    contributors=np.array("a")),
+    }
+    for name, arrays in bad_files.items():
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        response = await client.put(f"/api/models/{MODEL}/examples", data=buffer.getvalue())
+        assert response.status == 400, name
+
+    def broken(*args: Any) -> Any:
+        raise ValueError("binding no longer fits")
+
+    client.app[PREDICT].attributor.attribute_prediction = broken  # type: ignore[method-assign]
+    row = np.zeros((1, 4), dtype=np.float32)
+    answer = await client.post(f"/v2/models/{MODEL}/infer", json={"inputs": [tensor(row)]})
+    assert answer.status == 200
+    receipt = await (await client.get(
+        f"/v1/receipts/{(await answer.json())['receipt']['id']}")).json()
+    assert receipt["attr"]["method"] == "owner/1"
