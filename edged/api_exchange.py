@@ -11,15 +11,17 @@ from aiohttp import web
 
 from edged.appkeys import EXCHANGE, REQUEST_VERIFIER, SETTINGS
 from edged.errors import EdgedError, Forbidden, InvalidRequest, PayloadTooLarge, Unauthorized
-from edged.exchange import MSGPACK, SyncRefused
+from edged.exchange import HELLO_DOMAIN, MSGPACK, SyncRefused
 from edged.http_common import json_response
 from sync.auth import AuthError
 from sync.batch import MAX_BATCH_BYTES
 
-SIGNED_PATHS = frozenset({"/v1/sync/heads", "/v1/sync/pull", "/v1/sync/push"})
+SIGNED_PATHS = frozenset({"/v1/sync/hello", "/v1/sync/heads", "/v1/sync/pull",
+                          "/v1/sync/push"})
 
 
 def add_exchange_routes(app: web.Application) -> None:
+    app.router.add_get("/v1/sync/hello", hello)
     app.router.add_get("/v1/sync/heads", heads)
     app.router.add_get("/v1/sync/pull", pull)
     app.router.add_post("/v1/sync/push", push)
@@ -41,6 +43,18 @@ def _refused(exc: SyncRefused) -> EdgedError:
     error.status, error.type = exc.status, "invalid_request_error"
     error.code = {400: "invalid_batch", 403: "forbidden", 409: "equivocation"}.get(exc.status)
     return error
+
+
+async def hello(request: web.Request) -> web.Response:
+    """Who answers here: the node key a caller signs its sync requests for, with a
+    signature over the caller's challenge (proof this server holds that key)."""
+    challenge = request.query.get("challenge", "")
+    if len(challenge) != 32 or not all(c in "0123456789abcdef" for c in challenge):
+        raise InvalidRequest("'challenge' is 16 random bytes in lowercase hex",
+                             param="challenge")
+    service = request.app[EXCHANGE]
+    signature = service.signing_key.sign(HELLO_DOMAIN + bytes.fromhex(challenge)).signature
+    return json_response({"public_key": service.origin.hex(), "signature": signature.hex()})
 
 
 async def heads(request: web.Request) -> web.Response:

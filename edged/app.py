@@ -134,7 +134,7 @@ def create_app(settings: Settings, *, loader: Loader = load_backend,
                                        settings=settings, signing_key=keys.signing_key,
                                        clock_ms=clock_ms)
             app[EXCHANGE] = exchange
-            app[REQUEST_VERIFIER] = RequestVerifier(peers.is_trusted)
+            app[REQUEST_VERIFIER] = RequestVerifier(peers.is_trusted, audience=keys.public_key)
             if settings.mdns_interfaces:
                 exchange.discovery = Discovery(keys.fingerprint, settings.port,
                                                interfaces=list(settings.mdns_interfaces))

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+from nacl.exceptions import CryptoError
+from nacl.signing import VerifyKey
 
 from edged.ledger import Ledger
 from edged.peers import PeerStore
@@ -40,6 +42,7 @@ from sync.discovery import Discovery
 logger = logging.getLogger(__name__)
 MSGPACK = "application/msgpack"
 MAX_BACKOFF_S = 300.0
+HELLO_DOMAIN = b"edged/sync-hello/v1\0"
 MAX_HEADS = 10_000
 MAX_HEADS_BYTES = 2 * 1024 * 1024
 
@@ -187,14 +190,32 @@ class ExchangeService:
 
     # --- pulling ------------------------------------------------------------------------
 
-    def _signed(self, method: str, path: str, body: bytes = b"") -> dict[str, str]:
+    def _signed(self, method: str, path: str, audience: bytes,
+                body: bytes = b"") -> dict[str, str]:
         return sign_request(self.signing_key, method, path, body, self.clock_ms(),
-                            secrets.token_bytes(16))
+                            secrets.token_bytes(16), audience)
+
+    async def _peer_key(self, client: httpx.AsyncClient, url: str) -> bytes:
+        """The trusted key of the node at ``url``: it must sign a fresh challenge. Requests
+        are then signed for that key only, so nobody can replay them to another node."""
+        challenge = secrets.token_bytes(16)
+        reply = await client.get(url + "/v1/sync/hello", params={"challenge": challenge.hex()})
+        reply.raise_for_status()
+        data = reply.json()
+        try:
+            key = bytes.fromhex(data["public_key"])
+            VerifyKey(key).verify(HELLO_DOMAIN + challenge, bytes.fromhex(data["signature"]))
+        except (KeyError, TypeError, ValueError, CryptoError):
+            raise SyncRefused(400, "the peer did not prove its key") from None
+        if not self.peers.is_trusted(key):
+            raise SyncRefused(403, "the node at that address is not trusted")
+        return key
 
     async def sync_peer(self, client: httpx.AsyncClient, url: str) -> int:
         """Pull everything newer from one peer; returns receipts received."""
+        peer = await self._peer_key(client, url)
         path = "/v1/sync/heads"
-        heads = _parse_heads(await self._bounded_get(client, url, path, MAX_HEADS_BYTES))
+        heads = _parse_heads(await self._bounded_get(client, url, path, peer, MAX_HEADS_BYTES))
         received = 0
         for origin, size in heads:
             if origin == self.origin or not self.peers.is_trusted(origin) \
@@ -205,7 +226,7 @@ class ExchangeService:
                 known = latest.checkpoint.size if latest else 0
                 path = (f"/v1/sync/pull?origin={origin.hex()}&have={have}&known={known}"
                         f"&limit={MAX_BATCH_RECEIPTS}")
-                body = await self._bounded_get(client, url, path, MAX_BATCH_BYTES)
+                body = await self._bounded_get(client, url, path, peer, MAX_BATCH_BYTES)
                 added = await asyncio.to_thread(self.ingest, body)
                 if self.replicas.size(origin) <= have:
                     break  # no progress: do not spin
@@ -213,9 +234,10 @@ class ExchangeService:
         return received
 
     async def _bounded_get(self, client: httpx.AsyncClient, url: str, path: str,
-                           limit: int) -> bytes:
+                           audience: bytes, limit: int) -> bytes:
         """A signed GET whose body may not exceed ``limit`` bytes (read as a stream)."""
-        async with client.stream("GET", url + path, headers=self._signed("GET", path)) as reply:
+        headers = self._signed("GET", path, audience)
+        async with client.stream("GET", url + path, headers=headers) as reply:
             reply.raise_for_status()
             body = bytearray()
             async for chunk in reply.aiter_bytes():

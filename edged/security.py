@@ -22,7 +22,8 @@ from edged.settings import Settings
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 CORS_ORIGIN = web.RequestKey("cors_origin", str)  # the Origin that passed the policy
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
-NODE_SIGNED_PATHS = frozenset({"/v1/sync/heads", "/v1/sync/pull", "/v1/sync/push"})
+NODE_SIGNED_PATHS = frozenset({"/v1/sync/hello", "/v1/sync/heads", "/v1/sync/pull",
+                               "/v1/sync/push"})
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]", "::1")
 CORS_ALLOW_HEADERS = "Authorization, Content-Type, OpenAI-Organization, OpenAI-Project"
 CORS_EXPOSE_HEADERS = "X-Edged-Receipt, Retry-After"

@@ -55,31 +55,38 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def signing_bytes(method: str, path_qs: str, body: bytes, ts_ms: int, nonce: bytes) -> bytes:
+def signing_bytes(method: str, path_qs: str, body: bytes, ts_ms: int, nonce: bytes,
+                  audience: bytes | None = None) -> bytes:
     """What the caller signs: the domain, then the canonical request summary.
 
-    ``method`` is upper-cased so ``get`` and ``GET`` sign alike.
+    ``method`` is upper-cased so ``get`` and ``GET`` sign alike. ``audience`` is the
+    public key of the node the request is meant for: a request signed for one node is
+    refused by every other, so it cannot be replayed elsewhere.
     """
-    return SIGNATURE_DOMAIN + canonical.encode({
+    summary: dict[str, object] = {
         "method": method.upper(),
         "path": path_qs,
         "ts": ts_ms,
         "nonce": nonce,
         "body": hashlib.sha256(body).digest(),
-    })
+    }
+    if audience is not None:
+        summary["aud"] = audience
+    return SIGNATURE_DOMAIN + canonical.encode(summary)
 
 
 def sign_request(key: SigningKey, method: str, path_qs: str, body: bytes, ts_ms: int,
-                 nonce: bytes) -> dict[str, str]:
+                 nonce: bytes, audience: bytes | None = None) -> dict[str, str]:
     """The four ``X-Edged-*`` headers that authenticate this request as ``key``'s.
 
-    ``nonce`` must be 16 fresh random bytes (``os.urandom(16)``) per request.
+    ``nonce`` must be 16 fresh random bytes (``os.urandom(16)``) per request;
+    ``audience`` the receiving node's public key (see :func:`signing_bytes`).
     """
     if len(nonce) != NONCE_SIZE:
         raise ValueError(f"nonce must be {NONCE_SIZE} bytes")
     if not 0 <= ts_ms < 2**64:
         raise ValueError("ts_ms must be unix milliseconds")
-    signature = key.sign(signing_bytes(method, path_qs, body, ts_ms, nonce)).signature
+    signature = key.sign(signing_bytes(method, path_qs, body, ts_ms, nonce, audience)).signature
     return {
         HEADER_NODE: bytes(key.verify_key).hex(),
         HEADER_TIMESTAMP: str(ts_ms),
@@ -112,11 +119,13 @@ class RequestVerifier:
     """Checks signed sync requests and remembers accepted nonces (per instance)."""
 
     def __init__(self, trusted: Callable[[bytes], bool], *, window_ms: int = DEFAULT_WINDOW_MS,
-                 clock_ms: Callable[[], int] = _now_ms) -> None:
+                 clock_ms: Callable[[], int] = _now_ms, audience: bytes | None = None) -> None:
         """``trusted(key)`` says whether a 32-byte public key is enrolled.
 
-        A request's timestamp must be within ``window_ms`` of ``clock_ms()``.
+        A request's timestamp must be within ``window_ms`` of ``clock_ms()``. With
+        ``audience`` (this node's public key), only requests signed for it are accepted.
         """
+        self._audience = audience
         if window_ms <= 0:
             raise ValueError("window_ms must be positive")
         self._trusted = trusted
@@ -144,7 +153,8 @@ class RequestVerifier:
         if abs(now - ts_ms) > self._window_ms:
             raise AuthError(401, "stale request: timestamp outside the window")
         try:
-            VerifyKey(key).verify(signing_bytes(method, path_qs, body, ts_ms, nonce), signature)
+            VerifyKey(key).verify(signing_bytes(method, path_qs, body, ts_ms, nonce,
+                                                self._audience), signature)
         except (CryptoError, ValueError):
             raise AuthError(401, "bad request signature") from None
         if not self._trusted(key):

@@ -14,7 +14,7 @@ from nacl.signing import SigningKey
 
 from attribution.payees import owner_payees
 from attribution.receipt import ZERO_HASH, AttributionRef, ModelRef, ReceiptDraft
-from edged.appkeys import EXCHANGE, PEERS
+from edged.appkeys import EXCHANGE, NODE_KEYS, PEERS
 from sync import merkle
 from sync.auth import sign_request
 from sync.batch import Batch
@@ -45,14 +45,16 @@ def _batch(key: SigningKey, raws: list[bytes], start: int = 0, known: int = 0) -
     return Batch(bytes(key.verify_key), raws[start:], checkpoint, proof, known)
 
 
-def _headers(key: SigningKey, method: str, path: str, body: bytes = b"") -> dict[str, str]:
+def _headers(client: Client, key: SigningKey, method: str, path: str,
+             body: bytes = b"") -> dict[str, str]:
+    """Signed for the node behind ``client`` (the audience), as a peer would."""
     return sign_request(key, method, path, body, int(time.time() * 1000),
-                        secrets.token_bytes(16))
+                        secrets.token_bytes(16), client.app[NODE_KEYS].public_key)
 
 
 async def _push(client: Client, key: SigningKey, body: bytes) -> Any:
     return await client.post("/v1/sync/push", data=body,
-                             headers=_headers(key, "POST", "/v1/sync/push", body))
+                             headers=_headers(client, key, "POST", "/v1/sync/push", body))
 
 
 def _held(client: Client, origin: SigningKey) -> int:
@@ -72,11 +74,11 @@ async def test_push_and_pull_with_a_trusted_peer(client: Client) -> None:
     assert _held(client, peer) == 6
 
     path = "/v1/sync/heads"
-    heads = await (await client.get(path, headers=_headers(peer, "GET", path))).json()
+    heads = await (await client.get(path, headers=_headers(client, peer, "GET", path))).json()
     sizes = {h["origin"]: h["size"] for h in heads["heads"]}
     assert sizes[bytes(peer.verify_key).hex()] == 6
     path = f"/v1/sync/pull?origin={bytes(peer.verify_key).hex()}&have=2&known=0&limit=10"
-    pulled = await client.get(path, headers=_headers(peer, "GET", path))
+    pulled = await client.get(path, headers=_headers(client, peer, "GET", path))
     assert pulled.status == 200
     assert Batch.decode(await pulled.read()).receipts == raws[2:]
 
@@ -90,9 +92,10 @@ async def test_bad_requests_and_batches_store_nothing(client: Client) -> None:
     unsigned = await client.post("/v1/sync/push", data=good)
     assert unsigned.status == 401
     assert (await _push(client, stranger, good)).status == 403  # unknown caller key
-    headers = _headers(peer, "POST", "/v1/sync/push", good)
+    headers = _headers(client, peer, "POST", "/v1/sync/push", good)
     assert (await client.post("/v1/sync/push", data=good + b"x", headers=headers)).status == 401
-    stale = sign_request(peer, "POST", "/v1/sync/push", good, 1_000, secrets.token_bytes(16))
+    stale = sign_request(peer, "POST", "/v1/sync/push", good, 1_000, secrets.token_bytes(16),
+                         client.app[NODE_KEYS].public_key)
     assert (await client.post("/v1/sync/push", data=good, headers=stale)).status == 401
 
     tampered = bytearray(raws[2])
@@ -121,7 +124,7 @@ async def test_bad_requests_and_batches_store_nothing(client: Client) -> None:
     assert (await _push(client, peer, foreign.encode())).status == 403
     assert client.app[EXCHANGE].replicas.size(bytes(stranger.verify_key)) == 0
 
-    replayed_headers = _headers(peer, "POST", "/v1/sync/push", good)
+    replayed_headers = _headers(client, peer, "POST", "/v1/sync/push", good)
     first = await client.post("/v1/sync/push", data=good, headers=replayed_headers)
     assert first.status == 200
     replay = await client.post("/v1/sync/push", data=good, headers=replayed_headers)
@@ -162,7 +165,7 @@ async def test_oversized_push_is_413(client: Client) -> None:
     client.app[PEERS].trust(bytes(peer.verify_key).hex())
     body = b"\x00" * (9 * 1024 * 1024)
     response = await client.post("/v1/sync/push", data=io.BytesIO(body),
-                                 headers=_headers(peer, "POST", "/v1/sync/push", body))
+                                 headers=_headers(client, peer, "POST", "/v1/sync/push", body))
     assert response.status == 413
     assert _held(client, peer) == 0
 
@@ -179,14 +182,48 @@ async def test_a_misbehaving_peer_does_not_stop_the_round(client: Client, aiohtt
     async def huge_heads(request: web.Request) -> web.Response:
         return web.Response(body=b"x" * (3 * 1024 * 1024))
 
+    async def hello(request: web.Request) -> web.Response:  # the peer proves its key
+        from edged.exchange import HELLO_DOMAIN
+
+        challenge = bytes.fromhex(request.query["challenge"])
+        return web.json_response({"public_key": bytes(peer.verify_key).hex(), "signature":
+                                  peer.sign(HELLO_DOMAIN + challenge).signature.hex()})
+
     servers = []
     for handler in (bad_heads, huge_heads):
         app = web.Application()
+        app.router.add_get("/v1/sync/hello", hello)
         app.router.add_get("/v1/sync/heads", handler)
         servers.append(await aiohttp_server(app))
     urls = [str(s.make_url("")).rstrip("/") for s in servers]
     results = await client.app[EXCHANGE].sync_round(urls)
     assert set(results) == set(urls)
-    assert all(result.startswith("error") for result in results.values())
+    assert all(result == "error: SyncRefused" for result in results.values())  # got to heads
     states = client.app[EXCHANGE].states
     assert all(states[url].failures == 1 for url in urls)  # each backs off on its own
+
+
+async def test_a_request_signed_for_another_node_is_refused(client: Client) -> None:
+    peer = SigningKey.generate()
+    client.app[PEERS].trust(bytes(peer.verify_key).hex())
+    other_node = bytes(SigningKey.generate().verify_key)
+    path = "/v1/sync/heads"
+    for audience in (other_node, None):
+        headers = sign_request(peer, "GET", path, b"", int(time.time() * 1000),
+                               secrets.token_bytes(16), audience)
+        assert (await client.get(path, headers=headers)).status == 401
+    assert (await client.get(path, headers=_headers(client, peer, "GET", path))).status == 200
+
+
+async def test_hello_proves_the_node_key(client: Client) -> None:
+    from nacl.signing import VerifyKey
+
+    from edged.exchange import HELLO_DOMAIN
+
+    challenge = secrets.token_bytes(16)
+    hello = await (await client.get("/v1/sync/hello",
+                                    params={"challenge": challenge.hex()})).json()
+    assert hello["public_key"] == client.app[NODE_KEYS].public_key.hex()
+    VerifyKey(bytes.fromhex(hello["public_key"])).verify(
+        HELLO_DOMAIN + challenge, bytes.fromhex(hello["signature"]))
+    assert (await client.get("/v1/sync/hello", params={"challenge": "zz"})).status == 400
