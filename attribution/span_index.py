@@ -285,8 +285,8 @@ class Segment:
                 hi = mid
         return first, lo
 
-    def contains(self, padded: bytes) -> bool:
-        """Whether ``padded`` occurs at some word start (one binary search)."""
+    def _lower_bound(self, padded: bytes) -> int:
+        """First suffix-array entry whose suffix is not below ``padded`` (one binary search)."""
         if self._closed:
             raise CorpusError("segment is closed")
         sa, text, size = self._sa, self._text, len(padded)
@@ -298,24 +298,20 @@ class Segment:
                 lo = mid + 1
             else:
                 hi = mid
+        return lo
+
+    def contains(self, padded: bytes) -> bool:
+        """Whether ``padded`` occurs at some word start (one binary search)."""
+        lo = self._lower_bound(padded)
         if lo == self._words:
             return False
-        start = sa[lo]
-        return text[start : start + size] == padded
+        start = self._sa[lo]
+        return self._text[start : start + len(padded)] == padded
 
     def longest_prefix(self, padded: bytes) -> int:
         """Length in bytes of the longest prefix of ``padded`` found at some word start."""
-        if self._closed:
-            raise CorpusError("segment is closed")
+        lo = self._lower_bound(padded)
         sa, text, size = self._sa, self._text, len(padded)
-        lo, hi = 0, self._words
-        while lo < hi:
-            mid = (lo + hi) >> 1
-            start = sa[mid]
-            if text[start : start + size] < padded:
-                lo = mid + 1
-            else:
-                hi = mid
         # The suffixes sharing the longest prefix with ``padded`` sort next to it.
         best = 0
         for index in (lo - 1, lo):

@@ -16,9 +16,6 @@ from edged.http_common import json_response
 from sync.auth import AuthError
 from sync.batch import MAX_BATCH_BYTES
 
-SIGNED_PATHS = frozenset({"/v1/sync/hello", "/v1/sync/heads", "/v1/sync/pull",
-                          "/v1/sync/push"})
-
 
 def add_exchange_routes(app: web.Application) -> None:
     app.router.add_get("/v1/sync/hello", hello)

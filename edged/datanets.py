@@ -20,6 +20,7 @@ atomically: a failed add or a crash leaves the datanet as it was.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import multiprocessing
@@ -111,6 +112,7 @@ class DatanetStore:
         root.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         self._open_segments: dict[Path, Segment] = {}
+        self._states: dict[str, tuple[tuple[int, int, int], dict[str, Any]]] = {}
         self._remove_staging_leftovers()
 
     def _remove_staging_leftovers(self) -> None:
@@ -127,13 +129,23 @@ class DatanetStore:
         return path
 
     def _read(self, name: str) -> DatanetState:
+        """The datanet's state (a fresh copy; parsed once per file version, since every
+        attributed request reads it)."""
         try:
-            data = json.loads((self._dir(name) / "datanet.json").read_text(encoding="utf-8"))
-        except InvalidRequest:
+            path = self._dir(name) / "datanet.json"
+            stat = path.stat()
+        except (InvalidRequest, FileNotFoundError):
             raise DatanetNotFound(f"datanet {name!r} not found", param="datanet") from None
-        except FileNotFoundError:
-            raise DatanetNotFound(f"datanet {name!r} not found", param="datanet") from None
-        return DatanetState(**data)
+        version = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+        cached = self._states.get(name)
+        if cached is None or cached[0] != version:
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+            except FileNotFoundError:
+                raise DatanetNotFound(f"datanet {name!r} not found", param="datanet") from None
+            cached = (version, data)
+            self._states[name] = cached
+        return DatanetState(**copy.deepcopy(cached[1]))
 
     def _write(self, state: DatanetState) -> None:
         folder = self._dir(state.name)

@@ -21,7 +21,7 @@ from typing import Any
 from attribution.commitments import commit
 from attribution.receipt import ModelRef, ReceiptDraft, SignedReceipt
 from edged import errors
-from edged.attributor import Attributor
+from edged.attributor import Attribution, Attributor
 from edged.keys import NodeKeys
 from edged.ledger import Ledger
 from edged.models import Manifest, ModelStore
@@ -33,6 +33,24 @@ from runtimes import ContextLengthExceeded, Delta, Done, UnsupportedOperation
 
 def unix_millis() -> int:
     return time.time_ns() // 1_000_000
+
+
+def build_draft(manifest: Manifest, kind: str, commitment_key: bytes, committed_input: Any,
+                committed_output: Any, input_units: int, output_units: int, fee: int,
+                attribution: Attribution, ts: int) -> ReceiptDraft:
+    """The receipt of one inference, before the ledger gives it its place in the chain."""
+    return ReceiptDraft(
+        ts=ts,
+        model=ModelRef(manifest.name, bytes.fromhex(manifest.weights), manifest.digest()),
+        kind=kind,
+        input_commitment=commit(commitment_key, committed_input),
+        output_commitment=commit(commitment_key, committed_output),
+        input_units=input_units,
+        output_units=output_units,
+        fee=fee,
+        payees=attribution.payees,
+        attr=attribution.ref,
+    )
 
 
 @dataclass(frozen=True)
@@ -108,18 +126,10 @@ class InferenceService:
                                     committed_output: Any, output_text: str | None,
                                     input_units: int, output_units: int) -> SignedReceipt:
         attribution = await asyncio.to_thread(self.attributor.attribute, manifest, output_text)
-        draft = ReceiptDraft(
-            ts=self.clock_ms(),
-            model=ModelRef(manifest.name, bytes.fromhex(manifest.weights), manifest.digest()),
-            kind=kind,
-            input_commitment=commit(self.keys.commitment_key, committed_input),
-            output_commitment=commit(self.keys.commitment_key, committed_output),
-            input_units=input_units,
-            output_units=output_units,
-            fee=manifest.price.fee(input_units, output_units),
-            payees=attribution.payees,
-            attr=attribution.ref,
-        )
+        draft = build_draft(manifest, kind, self.keys.commitment_key, committed_input,
+                            committed_output, input_units, output_units,
+                            manifest.price.fee(input_units, output_units), attribution,
+                            self.clock_ms())
         return await self.ledger.append(draft, attribution.evidence)
 
 

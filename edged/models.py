@@ -75,10 +75,11 @@ class Price:
     output_per_1k: int = 0
     per_row: int = 0  # predictions: per input row
 
-    def fee(self, input_units: int, output_units: int) -> int:
-        # Round each per-token part up so a short request is never free by truncation.
+    def fee(self, input_units: int, output_units: int, *, rows: int = 0) -> int:
+        """Request price, per-1k-token parts (each rounded up, so a short request is never
+        free by truncation) and, for predictions, ``per_row`` times the rows."""
         return (self.request + -(-input_units * self.input_per_1k // 1000)
-                + -(-output_units * self.output_per_1k // 1000))
+                + -(-output_units * self.output_per_1k // 1000) + rows * self.per_row)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Price:

@@ -20,11 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from attribution.commitments import commit
-from attribution.receipt import ModelRef, ReceiptDraft, SignedReceipt
+from attribution.receipt import SignedReceipt
 from edged import errors
 from edged.attributor import Attributor
 from edged.examples import InfluenceBindings
+from edged.inference import build_draft
 from edged.keys import NodeKeys
 from edged.ledger import Ledger
 from edged.models import Manifest, ModelStore
@@ -184,16 +184,11 @@ class PredictService:
                                     self.store.weights_path(manifest))
         attributions = [self._attribute(manifest, r.inputs, outputs)
                         for r, outputs in zip(group, results, strict=True)]
-        drafts = [ReceiptDraft(
-            ts=self.clock_ms(),
-            model=ModelRef(manifest.name, bytes.fromhex(manifest.weights), manifest.digest()),
-            kind="predict",
-            input_commitment=commit(self.keys.commitment_key, tensor_commitment(r.inputs)),
-            output_commitment=commit(self.keys.commitment_key, tensor_commitment(outputs)),
-            input_units=r.rows, output_units=r.rows,
-            fee=manifest.price.fee(0, 0) + manifest.price.per_row * r.rows,
-            payees=attribution.payees, attr=attribution.ref,
-        ) for r, outputs, attribution in zip(group, results, attributions, strict=True)]
+        drafts = [build_draft(manifest, "predict", self.keys.commitment_key,
+                              tensor_commitment(r.inputs), tensor_commitment(outputs), r.rows,
+                              r.rows, manifest.price.fee(0, 0, rows=r.rows), attribution,
+                              self.clock_ms())
+                  for r, outputs, attribution in zip(group, results, attributions, strict=True)]
         return await asyncio.shield(self.ledger.append_group(
             drafts, [a.evidence for a in attributions]))
 
