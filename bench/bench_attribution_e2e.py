@@ -34,9 +34,7 @@ import http.client
 import json
 import os
 import platform
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -49,7 +47,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+import harness  # noqa: E402
 from bench_spans import CONTRIBUTORS, TextModel, generate_corpus  # noqa: E402
+from harness import CLOCK_TICKS, BenchError, loadavg  # noqa: E402
 
 MODEL = "gemma3-270m"
 DEMO_DATANET = "demo-classics"
@@ -67,12 +67,7 @@ TARGET_SHARE = 0.03  # attribution plus receipt <= 3% of a 128-token response
 TARGET_RSS = 0.10  # daemon RSS growth < 10% of the index size
 SETTLE_S = 0.3  # idle gap before each timed run (as bench_generation.py)
 CONTROL_MAX_TOKENS = 8  # the control requests: what a request alone leaves in the heap
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 DISTURBED_CPU_S = 0.5  # a run during which other processes used more CPU than this
-
-
-class BenchError(Exception):
-    """The bench cannot go on; main() prints the message and edged's log tail."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,64 +99,8 @@ class Run:
 # -- the daemon -----------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class Daemon:
-    """``python -m edged serve`` in a subprocess, logging to a file in its temp dir."""
-
-    def __init__(self, base: Path, threads: int) -> None:
-        self.data_dir = base / "data"
-        self.log_path = base / "edged.log"
-        self.port = free_port()
-        self.threads = threads
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def start(self, timeout: float = 600.0) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("EDGED_")}
-        env["EDGED_LOG_LEVEL"] = "warning"
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-        # --keep-alive -1: indexing may take longer than the default 300 s idle unload.
-        args = [sys.executable, "-m", "edged", "--data-dir", str(self.data_dir), "serve",
-                "--port", str(self.port), "--threads", str(self.threads), "--keep-alive", "-1"]
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
-                                            env=env, cwd=ROOT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise BenchError(f"edged exited with {self.process.returncode}")
-            try:
-                if self.request("GET", "/readyz", timeout=2)[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise BenchError("edged did not become ready in time")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def log_tail(self, chars: int = 3000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
+class Daemon(harness.Daemon):
+    """The shared daemon, plus memory readings and the timed stream."""
 
     def memory(self) -> dict[str, int]:
         """The daemon's resident memory in KiB: VmRSS, RssAnon, RssFile."""
@@ -196,30 +135,6 @@ class Daemon:
                     mapped, resident = result.get(current, (0, 0))
                     result[current] = (mapped + size, resident + int(parts[1]))
         return result
-
-    def cpu_seconds(self) -> float:
-        with open(f"/proc/{self.pid}/stat") as handle:
-            fields = handle.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
-
-    def request(self, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
-                content_type: str = "application/json",
-                timeout: float = 600) -> tuple[int, Any]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-        try:
-            data = raw if raw is not None else (None if body is None else json.dumps(body))
-            conn.request(method, path, body=data, headers={"Content-Type": content_type})
-            response = conn.getresponse()
-            payload = response.read()
-            return response.status, json.loads(payload) if payload else None
-        finally:
-            conn.close()
-
-    def call(self, method: str, path: str, body: Any = None, **kwargs: Any) -> Any:
-        status, answer = self.request(method, path, body, **kwargs)
-        if status >= 300:
-            raise BenchError(f"{method} {path} answered {status}: {answer}")
-        return answer
 
     def stream(self, mode: str, max_tokens: int) -> Run:
         """One streaming completion, timed from the request to each chunk."""
@@ -309,13 +224,6 @@ def folder_bytes(folder: Path) -> tuple[int, int]:
 
 
 # -- running --------------------------------------------------------------------------------
-
-
-def loadavg() -> str:
-    try:
-        return " ".join(f"{v:.2f}" for v in os.getloadavg())
-    except OSError:
-        return "?"
 
 
 def machine_busy_seconds() -> float:

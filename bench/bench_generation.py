@@ -30,9 +30,7 @@ import http.client
 import json
 import os
 import platform
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,6 +44,10 @@ sys.path.insert(0, str(ROOT))
 
 from runtimes.llama_cpp import _llama_type, default_repack  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "bench"))
+import harness  # noqa: E402
+from harness import BenchError, loadavg  # noqa: E402
+
 if TYPE_CHECKING:
     from llama_cpp import Llama
 
@@ -58,10 +60,6 @@ PRIME_PROMPT = "The weather report for tomorrow:"  # --cold-prompt: shares only 
 TARGET_RATIO = 0.97
 TARGET_TTFT_MS = 15.0
 SETTLE_S = 0.3  # idle gap before each timed run: lets OpenMP spinners of the other side sleep
-
-
-class BenchError(Exception):
-    """The bench cannot go on; main() prints the message (and edged's log tail) to stdout."""
 
 
 @dataclass(frozen=True)
@@ -93,75 +91,8 @@ class Run:
 # -- the daemon -----------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class Daemon:
-    """``edged serve`` in a subprocess, logging to a file in its temp dir."""
-
-    def __init__(self, base: Path, threads: int, demo: bool) -> None:
-        self.data_dir = base / "data"
-        self.log_path = base / "edged.log"
-        self.port = free_port()
-        self.threads = threads
-        self.demo = demo
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 600.0) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("EDGED_")}
-        env["EDGED_LOG_LEVEL"] = "warning"
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-        args = [sys.executable, "-m", "edged", "--data-dir", str(self.data_dir), "serve",
-                "--port", str(self.port), "--threads", str(self.threads), "--keep-alive", "-1"]
-        if not self.demo:
-            args.append("--no-demo-model")
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
-                                            env=env, cwd=ROOT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise BenchError(f"edged exited with {self.process.returncode}")
-            try:
-                if self.request("GET", "/readyz", timeout=2)[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise BenchError("edged did not become ready in time")
-
-    def log_tail(self, chars: int = 3000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def request(self, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
-                timeout: float = 600) -> tuple[int, Any]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-        try:
-            data = raw if raw is not None else (None if body is None else json.dumps(body))
-            headers = {"Content-Type": "application/octet-stream" if raw is not None
-                       else "application/json"}
-            conn.request(method, path, body=data, headers=headers)
-            response = conn.getresponse()
-            payload = response.read()
-            return response.status, json.loads(payload) if payload else None
-        finally:
-            conn.close()
+class Daemon(harness.Daemon):
+    """The shared daemon, plus model registration and the timed stream."""
 
     def register(self, path: Path, digest: str) -> None:
         """Upload ``path`` and register it as :data:`BENCH_MODEL` (same n_ctx as the demo)."""
@@ -270,13 +201,6 @@ def sha256_file(path: Path) -> str:
         while block := handle.read(1 << 20):
             digest.update(block)
     return digest.hexdigest()
-
-
-def loadavg() -> str:
-    try:
-        return " ".join(f"{v:.2f}" for v in os.getloadavg())
-    except OSError:
-        return "?"
 
 
 def timed(fn: Callable[[], Run]) -> Run:

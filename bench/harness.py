@@ -1,0 +1,117 @@
+"""What the daemon benchmarks share: an ``edged serve`` subprocess and small helpers."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class BenchError(Exception):
+    """The bench cannot go on; main() prints the message (and edged's log tail) to stdout."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def loadavg() -> str:
+    try:
+        return " ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:
+        return "?"
+
+
+class Daemon:
+    """``python -m edged serve`` in a subprocess, logging to a file in its temp dir.
+
+    ``--keep-alive -1``: a bench may idle longer than the default unload delay (indexing,
+    baselines), and a reload would land in a timed run."""
+
+    def __init__(self, base: Path, threads: int, demo: bool = True) -> None:
+        self.data_dir = base / "data"
+        self.log_path = base / "edged.log"
+        self.port = free_port()
+        self.threads = threads
+        self.demo = demo
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def start(self, timeout: float = 600.0) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EDGED_")}
+        env["EDGED_LOG_LEVEL"] = "warning"
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        args = [sys.executable, "-m", "edged", "--data-dir", str(self.data_dir), "serve",
+                "--port", str(self.port), "--threads", str(self.threads), "--keep-alive", "-1"]
+        if not self.demo:
+            args.append("--no-demo-model")
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
+                                            env=env, cwd=ROOT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise BenchError(f"edged exited with {self.process.returncode}")
+            try:
+                if self.request("GET", "/readyz", timeout=2)[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise BenchError("edged did not become ready in time")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def log_tail(self, chars: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    def cpu_seconds(self) -> float:
+        with open(f"/proc/{self.pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+
+    def request(self, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
+                content_type: str | None = None, timeout: float = 600) -> tuple[int, Any]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            data = raw if raw is not None else (None if body is None else json.dumps(body))
+            kind = content_type or ("application/octet-stream" if raw is not None
+                                    else "application/json")
+            conn.request(method, path, body=data, headers={"Content-Type": kind})
+            response = conn.getresponse()
+            payload = response.read()
+            return response.status, json.loads(payload) if payload else None
+        finally:
+            conn.close()
+
+    def call(self, method: str, path: str, body: Any = None, **kwargs: Any) -> Any:
+        status, answer = self.request(method, path, body, **kwargs)
+        if status >= 300:
+            raise BenchError(f"{method} {path} answered {status}: {answer}")
+        return answer
