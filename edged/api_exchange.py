@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
-from edged.appkeys import EXCHANGE, REQUEST_VERIFIER, SETTINGS
+from edged.appkeys import EXCHANGE, REQUEST_VERIFIER, SETTINGS, SYNC_ENDPOINT
 from edged.errors import EdgedError, Forbidden, InvalidRequest, PayloadTooLarge, Unauthorized
 from edged.exchange import HELLO_DOMAIN, MSGPACK, SyncRefused
 from edged.http_common import json_response
@@ -17,11 +17,16 @@ from sync.auth import AuthError
 from sync.batch import MAX_BATCH_BYTES
 
 
-def add_exchange_routes(app: web.Application) -> None:
+def add_sync_endpoint_routes(app: web.Application) -> None:
+    """The signed endpoints a node and a fleet manager both answer (app[SYNC_ENDPOINT])."""
     app.router.add_get("/v1/sync/hello", hello)
     app.router.add_get("/v1/sync/heads", heads)
-    app.router.add_get("/v1/sync/pull", pull)
     app.router.add_post("/v1/sync/push", push)
+
+
+def add_exchange_routes(app: web.Application) -> None:
+    add_sync_endpoint_routes(app)
+    app.router.add_get("/v1/sync/pull", pull)
     app.router.add_get("/v1/sync/evidence", evidence)
     app.router.add_post("/api/sync/now", sync_now)
     app.router.add_get("/api/sync/status", sync_status)
@@ -49,14 +54,14 @@ async def hello(request: web.Request) -> web.Response:
     if len(challenge) != 32 or not all(c in "0123456789abcdef" for c in challenge):
         raise InvalidRequest("'challenge' is 16 random bytes in lowercase hex",
                              param="challenge")
-    service = request.app[EXCHANGE]
+    service = request.app[SYNC_ENDPOINT]
     signature = service.signing_key.sign(HELLO_DOMAIN + bytes.fromhex(challenge)).signature
     return json_response({"public_key": service.origin.hex(), "signature": signature.hex()})
 
 
 async def heads(request: web.Request) -> web.Response:
     await _authenticate(request)
-    service = request.app[EXCHANGE]
+    service = request.app[SYNC_ENDPOINT]
     return json_response({"heads": await asyncio.to_thread(service.heads)})
 
 
@@ -103,7 +108,7 @@ async def push(request: web.Request) -> web.Response:
         raise PayloadTooLarge("batch too large")
     await _authenticate(request, body)
     try:
-        stored = await asyncio.to_thread(request.app[EXCHANGE].ingest, body)
+        stored = await asyncio.to_thread(request.app[SYNC_ENDPOINT].ingest, body)
     except SyncRefused as exc:
         raise _refused(exc) from None
     return json_response({"stored": stored})
@@ -117,8 +122,9 @@ async def evidence(request: web.Request) -> web.Response:
 
 
 async def sync_now(request: web.Request) -> web.Response:
-    results = await request.app[EXCHANGE].sync_round(_peer_urls(request.app), force=True)
-    return json_response({"peers": results})
+    service = request.app[EXCHANGE]
+    results = await service.sync_round(_peer_urls(request.app), force=True)
+    return json_response({"peers": results, "fleet": await service.push_round(force=True)})
 
 
 def _peer_urls(app: web.Application) -> list[str]:
@@ -136,4 +142,9 @@ async def sync_status(request: web.Request) -> web.Response:
                       "failures": state.failures if state else 0})
     origins = [{"origin": h.origin.hex(), "held": h.size, "frozen": h.frozen}
                for h in service.replicas.heads()]
-    return json_response({"peers": peers, "origins": origins})
+    fleet_url = request.app[SETTINGS].fleet_url.rstrip("/")
+    fleet = service.states.get(fleet_url) if fleet_url else None
+    return json_response({"peers": peers, "origins": origins, "fleet": None if not fleet_url else {
+        "url": fleet_url, "last_ok": fleet.last_ok if fleet else None,
+        "last_error": fleet.last_error if fleet else None,
+        "stored": fleet.received if fleet else 0, "failures": fleet.failures if fleet else 0}})

@@ -31,6 +31,7 @@ from edged.appkeys import (
     SCHEDULER,
     SERVICE,
     SETTINGS,
+    SYNC_ENDPOINT,
 )
 from edged.attributor import Attributor
 from edged.datanets import DatanetStore
@@ -134,6 +135,7 @@ def create_app(settings: Settings, *, loader: Loader = load_backend,
                                        settings=settings, signing_key=keys.signing_key,
                                        clock_ms=clock_ms)
             app[EXCHANGE] = exchange
+            app[SYNC_ENDPOINT] = exchange
             app[REQUEST_VERIFIER] = RequestVerifier(peers.is_trusted, audience=keys.public_key)
             if settings.mdns_interfaces:
                 exchange.discovery = Discovery(keys.fingerprint, settings.port,

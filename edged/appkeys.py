@@ -8,7 +8,7 @@ from aiohttp import web
 
 from edged.datanets import DatanetStore
 from edged.examples import InfluenceBindings
-from edged.exchange import ExchangeService
+from edged.exchange import ExchangeService, SyncEndpoint
 from edged.inference import InferenceService
 from edged.keys import NodeKeys
 from edged.ledger import Ledger
@@ -27,6 +27,7 @@ READY = web.AppKey("ready", asyncio.Event)
 DATANETS = web.AppKey("datanets", DatanetStore)
 PEERS = web.AppKey("peers", PeerStore)
 EXCHANGE = web.AppKey("exchange", ExchangeService)
+SYNC_ENDPOINT = web.AppKey("sync_endpoint", SyncEndpoint)
 REQUEST_VERIFIER = web.AppKey("request_verifier", RequestVerifier)
 PREDICT = web.AppKey("predict", PredictService)
 BINDINGS = web.AppKey("bindings", InfluenceBindings)

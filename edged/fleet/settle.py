@@ -1,0 +1,166 @@
+"""Settling closed epochs: anchor their checkpoints and post their payout roots.
+
+Without a chain (``chain_url`` empty) the fleet settles into its own ledger: the payout
+root of each closed epoch is fixed in ``fleet_settled_epochs`` and payees fetch their
+proofs from the fleet; :meth:`Settler.plan` shows the transactions a chain would get.
+With a chain, :class:`sync.settlement.SettlementAdapter` sends them (raw transactions kept
+and rebroadcast unchanged), and an epoch is ``final`` only when every one of its
+transactions is final at the configured confirmation depth.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from edged.fleet.epochs import Epochs
+from edged.fleet.store import FleetRefused
+from edged.settings import Settings
+
+logger = logging.getLogger(__name__)
+MAX_BACKOFF_S = 600.0
+
+
+def checkpoint_key(origin: bytes, size: int) -> str:
+    return f"checkpoint:{origin.hex()}:{size}"
+
+
+def epoch_key(epoch: int) -> str:
+    return f"epoch:{epoch}"
+
+
+@dataclass
+class ChainHealth:
+    failures: int = 0
+    next_attempt: float = 0.0
+    last_error: str | None = None
+    last_ok: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"failures": self.failures, "last_error": self.last_error,
+                "last_ok": self.last_ok,
+                "retry_in_s": max(0.0, round(self.next_attempt - time.monotonic(), 1))
+                if self.failures else None}
+
+
+@dataclass
+class Settler:
+    epochs: Epochs
+    settings: Settings
+    adapter: Any = None  # sync.settlement.SettlementAdapter when a chain is configured
+    health: ChainHealth = field(default_factory=ChainHealth)
+
+    @property
+    def mode(self) -> str:
+        return "chain" if self.adapter is not None else "local"
+
+    def plan(self) -> list[dict[str, Any]]:
+        """What settling would send, epoch by epoch, for epochs not yet final."""
+        actions: list[dict[str, Any]] = []
+        statuses = self._statuses()
+        for item in self.epochs.list():
+            epoch = item["epoch"]
+            if statuses.get(epoch_key(epoch), {}).get("status") == "final":
+                continue
+            for cp in self.epochs.checkpoints(epoch):
+                key = checkpoint_key(cp.origin, cp.end)
+                actions.append({"action": "recordCheckpoint", "epoch": epoch,
+                                "node": "0x" + cp.origin.hex(), "size": cp.end,
+                                "root": "0x" + cp.root.hex(),
+                                "status": statuses.get(key, {}).get("status", "unsent")})
+            try:
+                tree = self.epochs.payout_tree(epoch)
+            except FleetRefused as exc:
+                actions.append({"action": "postEpoch", "epoch": epoch, "error": exc.message,
+                                "status": "blocked"})
+                continue
+            actions.append({"action": "postEpoch", "epoch": epoch,
+                            "root": "0x" + tree.root.hex(), "leaf_count": tree.size,
+                            "value": str(tree.total),
+                            "status": statuses.get(epoch_key(epoch), {}).get("status",
+                                                                             "unsent")})
+        return actions
+
+    def settle(self) -> dict[str, Any]:
+        """One settlement pass (blocking). Locally: fix every closed epoch's root. On a
+        chain: send what is unsent, then refresh every status. Chain errors are recorded in
+        ``health`` and re-raised; nothing journaled is lost."""
+        results: dict[str, Any] = {"mode": self.mode, "settled": [], "blocked": {}}
+        for item in self.epochs.list():
+            epoch = item["epoch"]
+            try:
+                tree = self.epochs.payout_tree(epoch)
+            except FleetRefused as exc:
+                results["blocked"][str(epoch)] = exc.message
+                continue
+            if self.adapter is None:
+                self.epochs.mark_settled(epoch, tree, "local")
+                results["settled"].append(epoch)
+                continue
+            try:
+                for cp in self.epochs.checkpoints(epoch):
+                    self.adapter.anchor_checkpoint(cp.origin, cp.end, cp.root)
+                root = self.epochs.mark_settled(epoch, tree, "chain")
+                self.adapter.post_epoch(epoch, root, tree.size, tree.total)
+            except Exception as exc:
+                raise self._failed(exc) from exc
+            results["settled"].append(epoch)
+        if self.adapter is not None:
+            try:
+                self.adapter.refresh()
+            except Exception as exc:
+                raise self._failed(exc) from exc
+            self.health.failures, self.health.last_error = 0, None
+            self.health.last_ok = time.time()
+        return results
+
+    def _failed(self, exc: Exception) -> FleetRefused:
+        """Record a chain failure for backoff; the error to report, in the one error shape."""
+        self.health.failures += 1
+        self.health.last_error = str(exc) or exc.__class__.__name__
+        delay = min(MAX_BACKOFF_S, self.settings.settle_interval * 2 ** self.health.failures)
+        self.health.next_attempt = time.monotonic() + delay
+        logger.warning("settlement failed (%s); retrying in %.0f s",
+                       exc.__class__.__name__, delay)
+        from sync.settlement import ChainUnavailable, InsufficientFunds, SettlementError
+
+        if isinstance(exc, ChainUnavailable):
+            return FleetRefused(503, f"the chain is unreachable: {exc}; retrying with backoff, "
+                                "nothing is lost", "chain_unavailable")
+        if isinstance(exc, InsufficientFunds):
+            return FleetRefused(402, str(exc), "insufficient_funds")
+        if isinstance(exc, SettlementError):
+            return FleetRefused(502, f"settlement failed: {exc}", "settlement_failed")
+        return FleetRefused(500, "settlement failed; see the fleet's log", "settlement_failed")
+
+    def due(self) -> bool:
+        return time.monotonic() >= self.health.next_attempt
+
+    def _statuses(self) -> dict[str, dict[str, Any]]:
+        if self.adapter is None:
+            return {}
+        return {status.key: status.to_json() for status in self.adapter.statuses()}
+
+    def epoch_status(self, epoch: int, settled: dict[int, dict[str, Any]]) -> str:
+        """``unsettled``, ``local``, or the weakest status of the epoch's transactions."""
+        if epoch not in settled:
+            return "unsettled"
+        if self.adapter is None:
+            return "local"
+        statuses = self._statuses()
+        keys = [checkpoint_key(cp.origin, cp.end) for cp in self.epochs.checkpoints(epoch)]
+        found = [statuses.get(key, {}).get("status", "unsent") for key in
+                 keys + [epoch_key(epoch)]]
+        for status in ("failed", "unsent", "pending", "included"):
+            if status in found:
+                return status
+        return "final"
+
+    def status(self) -> dict[str, Any]:
+        chain: dict[str, Any] | None = None
+        if self.adapter is not None:
+            chain = self.adapter.chain_status()
+        return {"mode": self.mode, "health": self.health.to_json(), "chain": chain,
+                "transactions": list(self._statuses().values())}

@@ -1,0 +1,222 @@
+"""The fleet's store of enrolled nodes and their verified receipts.
+
+A batch is verified exactly as peers verify it (:func:`sync.batch.verify_batch`) and
+stored in the same transaction that read the state it was verified against, with the
+origin's node row locked; ``(origin, seq)`` is the receipts' primary key, so two fleet
+processes sharing one PostgreSQL can never store (or count) a receipt twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from edged.errors import EdgedError
+from edged.fleet.db import Database, Transaction
+from sync import merkle
+from sync.batch import Batch, BatchError, Equivocation, verify_batch
+from sync.checkpoint import SignedCheckpoint
+
+
+class FleetRefused(EdgedError):
+    """A request the fleet will not act on, with its HTTP status and error code."""
+
+    type = "invalid_request_error"
+
+    def __init__(self, status: int, message: str, code: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        if status in (401, 403):
+            self.type = "permission_error"
+
+
+@dataclass(frozen=True)
+class NodeRecord:
+    node: bytes
+    label: str
+    enrolled_ms: int
+    revoked_ms: int | None
+    frozen: bool
+    size: int
+    checkpoint_ts: int | None
+    last_ingest_ms: int | None
+
+    def to_json(self, now_ms: int) -> dict[str, Any]:
+        return {"node": self.node.hex(), "label": self.label, "enrolled_ms": self.enrolled_ms,
+                "revoked_ms": self.revoked_ms, "frozen": self.frozen, "size": self.size,
+                "checkpoint_ts": self.checkpoint_ts, "last_ingest_ms": self.last_ingest_ms,
+                "lag_ms": None if self.checkpoint_ts is None else max(0, now_ms
+                                                                      - self.checkpoint_ts)}
+
+
+_NODE_COLUMNS = ("node, label, enrolled_ms, revoked_ms, frozen, size, checkpoint_ts, "
+                 "last_ingest_ms")
+
+
+def _node(row: Any) -> NodeRecord:
+    return NodeRecord(bytes(row[0]), row[1], row[2], row[3], bool(row[4]), row[5], row[6],
+                      row[7])
+
+
+class _Subtrees:
+    """One origin's stored Merkle rows (level 0: the receipts' leaves), read in ``tx``."""
+
+    def __init__(self, tx: Transaction, origin: bytes) -> None:
+        self._tx = tx
+        self._origin = origin
+
+    def subtree(self, level: int, index: int) -> bytes:
+        if level == 0:
+            row = self._tx.one("SELECT leaf FROM fleet_receipts WHERE origin = ? AND seq = ?",
+                               (self._origin, index))
+        else:
+            row = self._tx.one("SELECT hash FROM fleet_merkle WHERE origin = ? AND level = ? "
+                               "AND idx = ?", (self._origin, level, index))
+        if row is None:
+            raise KeyError((level, index))
+        return bytes(row[0])
+
+
+class FleetStore:
+    def __init__(self, db: Database, clock_ms: Callable[[], int]) -> None:
+        self.db = db
+        self.clock_ms = clock_ms
+
+    # --- enrollment ----------------------------------------------------------------------
+
+    def enroll(self, node: bytes, label: str = "") -> NodeRecord:
+        """Enroll ``node`` (again, after a revocation: from now on)."""
+        now = self.clock_ms()
+        with self.db.transaction() as tx:
+            tx.execute("INSERT INTO fleet_nodes (node, label, enrolled_ms) VALUES (?, ?, ?) "
+                       "ON CONFLICT (node) DO NOTHING", (node, label, now))
+            tx.execute("UPDATE fleet_nodes SET revoked_ms = NULL, enrolled_ms = ?, label = ? "
+                       "WHERE node = ? AND revoked_ms IS NOT NULL", (now, label, node))
+            return _node(tx.one(f"SELECT {_NODE_COLUMNS} FROM fleet_nodes WHERE node = ?",
+                                (node,)))
+
+    def revoke(self, node: bytes) -> NodeRecord:
+        with self.db.transaction() as tx:
+            tx.execute("UPDATE fleet_nodes SET revoked_ms = ? WHERE node = ? AND "
+                       "revoked_ms IS NULL", (self.clock_ms(), node))
+            row = tx.one(f"SELECT {_NODE_COLUMNS} FROM fleet_nodes WHERE node = ?", (node,))
+        if row is None:
+            raise FleetRefused(404, "no such node is enrolled", "unknown_node")
+        return _node(row)
+
+    def nodes(self) -> list[NodeRecord]:
+        with self.db.reading() as tx:
+            return [_node(row) for row in tx.all(
+                f"SELECT {_NODE_COLUMNS} FROM fleet_nodes ORDER BY enrolled_ms, node")]
+
+    def node(self, node: bytes) -> NodeRecord | None:
+        with self.db.reading() as tx:
+            row = tx.one(f"SELECT {_NODE_COLUMNS} FROM fleet_nodes WHERE node = ?", (node,))
+        return None if row is None else _node(row)
+
+    def is_enrolled(self, node: bytes) -> bool:
+        """Enrolled and not revoked: may call the sync endpoints."""
+        record = self.node(node)
+        return record is not None and record.revoked_ms is None
+
+    # --- ingest --------------------------------------------------------------------------
+
+    def heads(self) -> list[dict[str, Any]]:
+        """What the fleet holds of each enrolled origin (receipts = last checkpoint size)."""
+        with self.db.reading() as tx:
+            rows = tx.all("SELECT node, size FROM fleet_nodes WHERE revoked_ms IS NULL "
+                          "ORDER BY node")
+        return [{"origin": bytes(node).hex(), "size": size} for node, size in rows]
+
+    def ingest(self, data: bytes) -> int:
+        """Verify and store one batch; returns how many receipts were new. Blocking."""
+        try:
+            batch = Batch.decode(data)
+        except BatchError as exc:
+            raise FleetRefused(400, str(exc), "invalid_batch") from None
+        origin = batch.origin
+        with self.db.transaction() as tx:
+            row = tx.lock_node(origin, _NODE_COLUMNS)
+            if row is None:
+                raise FleetRefused(403, "receipts of a node that is not enrolled",
+                                   "unknown_node")
+            record = _node(row)
+            self._check_admissible(record, batch)
+            known = self._latest_checkpoint(tx, origin)
+            try:
+                verified = verify_batch(batch, known=known, have_through=record.size,
+                                        stored=_Subtrees(tx, origin))
+            except Equivocation as exc:
+                equivocation = exc
+            except BatchError as exc:
+                raise FleetRefused(400, str(exc), "invalid_batch") from None
+            else:
+                return self._store(tx, origin, verified.new_receipts, verified.subtree_rows,
+                                   verified.checkpoint)
+        self._record_equivocation(origin, equivocation.known, equivocation.new)
+        raise FleetRefused(409, "equivocation: the node signed two inconsistent checkpoints "
+                           "and is now frozen", "equivocation")
+
+    def _check_admissible(self, record: NodeRecord, batch: Batch) -> None:
+        if record.revoked_ms is not None:
+            raise FleetRefused(403, "the node's enrollment was revoked", "revoked_node")
+        if record.frozen:
+            raise FleetRefused(403, "the node is frozen for equivocation", "frozen_node")
+        if batch.checkpoint.checkpoint.ts < record.enrolled_ms:
+            raise FleetRefused(403, "the batch's checkpoint predates the node's enrollment",
+                               "before_enrollment")
+
+    @staticmethod
+    def _latest_checkpoint(tx: Transaction, origin: bytes) -> SignedCheckpoint | None:
+        row = tx.one("SELECT checkpoint FROM fleet_nodes WHERE node = ?", (origin,))
+        return None if row is None or row[0] is None else SignedCheckpoint.decode(bytes(row[0]))
+
+    def _store(self, tx: Transaction, origin: bytes, receipts: list[tuple[int, bytes, bytes]],
+               rows: list[tuple[int, int, bytes]], checkpoint: SignedCheckpoint) -> int:
+        now = self.clock_ms()
+        cp = checkpoint.checkpoint
+        tx.insert_rows("fleet_receipts", ("origin", "seq", "leaf", "raw", "received_ms"),
+                       [(origin, seq, leaf, raw, now) for seq, leaf, raw in receipts])
+        tx.insert_rows("fleet_merkle", ("origin", "level", "idx", "hash"),
+                       [(origin, level, index, value) for level, index, value in rows if level])
+        encoded = checkpoint.encode()
+        tx.execute("INSERT INTO fleet_checkpoints (origin, size, root, ts, encoded) "
+                   "VALUES (?, ?, ?, ?, ?) ON CONFLICT (origin, size) DO NOTHING",
+                   (origin, cp.size, cp.root, cp.ts, encoded))
+        tx.execute("UPDATE fleet_nodes SET size = ?, checkpoint = ?, checkpoint_ts = ?, "
+                   "last_ingest_ms = ? WHERE node = ?",
+                   (cp.size, encoded, cp.ts, now, origin))
+        return len(receipts)
+
+    def _record_equivocation(self, origin: bytes, first: SignedCheckpoint,
+                             second: SignedCheckpoint) -> None:
+        with self.db.transaction() as tx:
+            tx.execute("INSERT INTO fleet_equivocations (origin, first, second, at_ms) "
+                       "VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                       (origin, first.encode(), second.encode(), self.clock_ms()))
+            tx.execute("UPDATE fleet_nodes SET frozen = 1 WHERE node = ?", (origin,))
+
+    def equivocations(self) -> list[dict[str, Any]]:
+        with self.db.reading() as tx:
+            rows = tx.all("SELECT origin, first, second, at_ms FROM fleet_equivocations")
+        return [{"origin": bytes(origin).hex(),
+                 "first": SignedCheckpoint.decode(bytes(first)).to_json(),
+                 "second": SignedCheckpoint.decode(bytes(second)).to_json(), "at_ms": at}
+                for origin, first, second, at in rows]
+
+    # --- proofs --------------------------------------------------------------------------
+
+    def inclusion_proof(self, origin: bytes, seq: int) -> dict[str, Any]:
+        """Inclusion of receipt ``seq`` in the latest checkpoint the fleet holds of ``origin``."""
+        with self.db.reading() as tx:
+            checkpoint = self._latest_checkpoint(tx, origin)
+            if checkpoint is None or not 0 <= seq < checkpoint.checkpoint.size:
+                raise FleetRefused(404, "no such receipt held here", "unknown_receipt")
+            size = checkpoint.checkpoint.size
+            reader = _Subtrees(tx, origin)
+            leaf = reader.subtree(0, seq)
+            proof = merkle.inclusion_proof(seq, size, reader)
+        return {"origin": origin.hex(), "seq": seq, "leaf": leaf.hex(),
+                "proof": [item.hex() for item in proof], "checkpoint": checkpoint.to_json()}
