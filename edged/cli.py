@@ -14,6 +14,7 @@ import click
 
 from edged.cli_common import call_daemon, cli_settings, daemon_client, print_json
 from edged.cli_datanet import datanet
+from edged.cli_fleet import fleet
 from edged.client import DaemonError
 from edged.settings import setting_help
 
@@ -404,3 +405,4 @@ def config_show(ctx: click.Context) -> None:
 
 
 main.add_command(datanet)
+main.add_command(fleet)

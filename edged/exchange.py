@@ -82,7 +82,8 @@ class SyncEndpoint(Protocol):
     """What answers the signed sync endpoints (hello, heads, push): a node's
     :class:`ExchangeService`, or a fleet manager."""
 
-    signing_key: Any
+    @property
+    def signing_key(self) -> Any: ...
 
     @property
     def origin(self) -> bytes: ...

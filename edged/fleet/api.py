@@ -34,6 +34,7 @@ def add_fleet_routes(app: web.Application) -> None:
     app.router.add_get("/fleet/settlement", settlement)
     app.router.add_post("/fleet/settle", settle)
     app.router.add_get("/fleet/equivocations", equivocations)
+    app.router.add_post("/fleet/chain/deploy", deploy_contract)
 
 
 def _fleet(request: web.Request) -> FleetService:
@@ -164,3 +165,11 @@ async def settle(request: web.Request) -> web.Response:
 async def equivocations(request: web.Request) -> web.Response:
     return json_response({"equivocations": await asyncio.to_thread(
         _fleet(request).store.equivocations)})
+
+
+async def deploy_contract(request: web.Request) -> web.Response:
+    settler = _fleet(request).settler
+    address = await asyncio.to_thread(settler.deploy)
+    return json_response({"contract": address,
+                          "next": "set chain_contract to this address in the fleet's settings"},
+                         status=201)

@@ -9,6 +9,7 @@ dashboard that refreshes itself.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from importlib import resources
@@ -18,6 +19,7 @@ from aiohttp import web
 
 from edged.api_exchange import add_sync_endpoint_routes
 from edged.appkeys import READY, REQUEST_VERIFIER, SETTINGS, SYNC_ENDPOINT
+from edged.exchange import SyncEndpoint
 from edged.fleet.api import FLEET, add_fleet_routes
 from edged.fleet.db import Database
 from edged.fleet.epochs import Epochs
@@ -83,7 +85,8 @@ def create_fleet_app(settings: Settings, *, clock_ms: Callable[[], int] = unix_m
                                settler=Settler(epochs, settings, adapter), keys=keys,
                                clock_ms=clock_ms)
         app[FLEET] = service
-        app[SYNC_ENDPOINT] = service
+        endpoint: SyncEndpoint = service
+        app[SYNC_ENDPOINT] = endpoint
         app[REQUEST_VERIFIER] = RequestVerifier(store.is_enrolled, audience=keys.public_key)
         app[READY].set()
         logger.info("fleet %s ready (%s store, %s settlement)", keys.fingerprint,
@@ -121,7 +124,6 @@ async def _settle_forever(service: FleetService, settings: Settings) -> None:
         await asyncio.sleep(settings.settle_interval)
         if not service.settler.due():
             continue
-        try:
+        # Failures are recorded in settler.health (shown on /fleet/settlement and /fleet/).
+        with contextlib.suppress(Exception):
             await asyncio.to_thread(service.settler.settle)
-        except Exception:
-            pass  # recorded in settler.health (shown on /fleet/settlement and the dashboard)

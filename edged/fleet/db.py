@@ -156,6 +156,14 @@ class Database:
             return statement
         return re.sub(r"\bINTEGER\b", "BIGINT", statement.replace("BLOB", "BYTEA"))
 
+    def is_unique_violation(self, exc: BaseException) -> bool:
+        """Did the database refuse a duplicate key (another writer got there first)?"""
+        if self.is_postgres:
+            import psycopg.errors
+
+            return isinstance(exc, psycopg.errors.UniqueViolation)
+        return isinstance(exc, sqlite3.IntegrityError)
+
     def translate(self, sql: str) -> str:
         return sql.replace("?", "%s") if self.is_postgres else sql
 

@@ -104,10 +104,8 @@ class Epochs:
                 tx.insert_rows("fleet_epoch_totals", ("epoch", "payee", "amount"),
                                [(epoch, payee, amount)
                                 for payee, amount in sorted(totals.amounts.items()) if amount])
-        except FleetRefused:
-            raise
         except Exception as exc:
-            if "unique" in type(exc).__name__.lower() or "UNIQUE" in str(exc):
+            if db.is_unique_violation(exc):
                 raise FleetRefused(409, "another fleet process closed this epoch; try again",
                                    "epoch_conflict") from None
             raise
@@ -133,7 +131,7 @@ class Epochs:
 
     # --- reading -------------------------------------------------------------------------
 
-    def list(self) -> list[dict[str, Any]]:
+    def closed(self) -> list[dict[str, Any]]:
         with self.store.db.reading() as tx:
             rows = tx.all("SELECT epoch, closed_ms, receipts, total FROM fleet_epochs "
                           "ORDER BY epoch")

@@ -46,7 +46,7 @@ class FleetService:
     def epoch_list(self) -> list[dict[str, Any]]:
         settled = self.epochs.settled()
         return [{**item, "settlement": self.settler.epoch_status(item["epoch"], settled)}
-                for item in self.epochs.list()]
+                for item in self.epochs.closed()]
 
     def epoch(self, epoch: int) -> dict[str, Any]:
         summary = self.epochs.summary(epoch)

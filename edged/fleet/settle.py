@@ -60,7 +60,7 @@ class Settler:
         """What settling would send, epoch by epoch, for epochs not yet final."""
         actions: list[dict[str, Any]] = []
         statuses = self._statuses()
-        for item in self.epochs.list():
+        for item in self.epochs.closed():
             epoch = item["epoch"]
             if statuses.get(epoch_key(epoch), {}).get("status") == "final":
                 continue
@@ -88,7 +88,7 @@ class Settler:
         chain: send what is unsent, then refresh every status. Chain errors are recorded in
         ``health`` and re-raised; nothing journaled is lost."""
         results: dict[str, Any] = {"mode": self.mode, "settled": [], "blocked": {}}
-        for item in self.epochs.list():
+        for item in self.epochs.closed():
             epoch = item["epoch"]
             try:
                 tree = self.epochs.payout_tree(epoch)
@@ -134,6 +134,15 @@ class Settler:
         if isinstance(exc, SettlementError):
             return FleetRefused(502, f"settlement failed: {exc}", "settlement_failed")
         return FleetRefused(500, "settlement failed; see the fleet's log", "settlement_failed")
+
+    def deploy(self) -> str:
+        """Deploy the settlement contract from the fleet's account."""
+        if self.adapter is None:
+            raise FleetRefused(409, "no chain is configured (chain_url)", "no_chain")
+        try:
+            return str(self.adapter.deploy())
+        except Exception as exc:
+            raise self._failed(exc) from exc
 
     def due(self) -> bool:
         return time.monotonic() >= self.health.next_attempt
