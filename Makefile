@@ -3,9 +3,13 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+NODE_STAMP := node_modules/.installed-stamp
 JOBS := $(shell nproc 2>/dev/null || echo 2)
+# What the tests start for real: PostgreSQL (a throwaway cluster), Chromium (the fleet
+# dashboard), Node.js + npm (solc and anvil). Installed from Debian when missing.
+APT_PACKAGES := postgresql chromium nodejs npm
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup system-deps run test lint bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -14,15 +18,31 @@ $(PY):
 # pip's wheel cache makes later installs take seconds.
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet --upgrade pip
-	CMAKE_BUILD_PARALLEL_LEVEL=$(JOBS) $(PY) -m pip install --quiet -e '.[llama,demo,test]'
+	CMAKE_BUILD_PARALLEL_LEVEL=$(JOBS) $(PY) -m pip install --quiet -e '.[llama,demo,fleet,test]'
 	touch $(STAMP)
+
+system-deps:
+	@missing=""; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v npm >/dev/null 2>&1 || missing="$$missing nodejs npm"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing from Debian:$$missing"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $(NODE_STAMP)
 
 setup: $(STAMP)
 
 run: setup
 	$(VENV)/bin/edged serve
 
-test: setup
+test: system-deps setup $(NODE_STAMP)
 	$(PY) -m pytest -q
 
 lint: setup
@@ -34,4 +54,4 @@ bench: setup
 	$(PY) bench/bench_generation.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info node_modules

@@ -1,0 +1,148 @@
+"""The fleet manager over HTTP: nodes push with the signed exchange (only enrolled keys),
+the operator enrolls, revokes, closes epochs and fetches proofs; errors in one shape."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from edged.app import create_app
+from edged.fleet.api import FLEET
+from edged.fleet.app import create_fleet_app
+from edged.models import RUNTIMES
+from edged.settings import Settings
+from sync.auth import sign_request
+from tests.edged.conftest import FAKE_MODEL, fake_loader, make_settings
+from tests.support.receipt_factory import key_from
+from tests.support.simulated_node import SimulatedNode
+
+Client = TestClient[Any, web.Application]
+
+
+@pytest.fixture
+async def fleet(tmp_path: Path) -> AsyncIterator[Client]:
+    settings = Settings(data_dir=tmp_path / "fleet-data", install_demo_model=False)
+    async with TestClient(TestServer(create_fleet_app(settings))) as client:
+        yield client
+
+
+async def _push(fleet: Client, node: SimulatedNode, body: bytes) -> Any:
+    headers = sign_request(node.key, "POST", "/v1/sync/push", body, int(time.time() * 1000),
+                           secrets.token_bytes(16), fleet.app[FLEET].origin)
+    return await fleet.post("/v1/sync/push", data=body, headers=headers)
+
+
+def _assert_error(body: Any, code: str) -> None:
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    assert body["error"]["code"] == code
+
+
+async def test_only_enrolled_nodes_may_push(fleet: Client) -> None:
+    node = SimulatedNode(key_from("a"))
+    node.append(3)
+    body = node.batch(0).encode()
+    reply = await _push(fleet, node, body)
+    assert reply.status == 403  # the request signature is from a key nobody enrolled
+    unsigned = await fleet.post("/v1/sync/push", data=body)
+    assert unsigned.status == 401
+    _assert_error(await unsigned.json(), "invalid_api_key")
+
+    enrolled = await fleet.post("/fleet/nodes", json={"node": node.origin.hex(), "label": "a"})
+    assert enrolled.status == 201
+    reply = await _push(fleet, node, body)  # its checkpoint was signed before enrollment
+    assert reply.status == 403
+    _assert_error(await reply.json(), "before_enrollment")
+    reply = await _push(fleet, node, node.batch(0).encode())
+    assert reply.status == 200 and (await reply.json()) == {"stored": 3}
+
+    revoked = await fleet.delete(f"/fleet/nodes/{node.origin.hex()}")
+    assert revoked.status == 200 and (await revoked.json())["revoked_ms"] is not None
+    node.append(1)
+    reply = await _push(fleet, node, node.batch(3).encode())
+    assert reply.status == 403
+    nodes = (await (await fleet.get("/fleet/nodes")).json())["nodes"]
+    assert [(n["label"], n["size"]) for n in nodes] == [("a", 3)]
+
+
+async def test_bad_operator_input_is_refused_in_the_error_shape(fleet: Client) -> None:
+    for body in ({"node": "zz"}, {"node": 5}, [], {"node": "ab" * 32, "label": 7}):
+        reply = await fleet.post("/fleet/nodes", json=body)
+        assert reply.status == 400, body
+        assert (await reply.json())["error"]["type"] == "invalid_request_error"
+    reply = await fleet.get("/fleet/epochs/1")
+    assert reply.status == 404
+    _assert_error(await reply.json(), "unknown_epoch")
+    reply = await fleet.get("/fleet/epochs/x")
+    assert reply.status == 400
+    reply = await fleet.post("/fleet/epochs")
+    assert reply.status == 409
+    _assert_error(await reply.json(), "empty_epoch")
+    reply = await fleet.put("/fleet/payees/someone", json={"address": "nope"})
+    assert reply.status == 400
+    _assert_error(await reply.json(), "payee_not_address")
+    reply = await fleet.get("/fleet/summary", headers={"Host": "evil.example"})
+    assert reply.status == 403  # DNS rebinding: the Host allowlist applies here too
+    reply = await fleet.post("/fleet/chain/deploy")
+    assert reply.status == 409
+    _assert_error(await reply.json(), "no_chain")
+
+
+async def test_epoch_and_proof_endpoints(fleet: Client) -> None:
+    node = SimulatedNode(key_from("a"), fee=100)
+    await fleet.post("/fleet/nodes", json={"node": node.origin.hex()})
+    node.append(4)
+    assert (await _push(fleet, node, node.batch(0).encode())).status == 200
+    closed = await (await fleet.post("/fleet/epochs")).json()
+    assert closed["total"] == 400 and closed["unresolved"] == ["operator-a"]
+    reply = await fleet.get("/fleet/epochs/1/proof/operator-a")
+    assert reply.status == 409
+    _assert_error(await reply.json(), "payee_not_address")
+    await fleet.put("/fleet/payees/operator-a", json={"address": "0x" + "33" * 20})
+    proof = await (await fleet.get("/fleet/epochs/1/proof/operator-a")).json()
+    assert proof["amount"] == "40" and proof["leaf_count"] == 3
+    plan = await (await fleet.get("/fleet/settlement")).json()
+    assert plan["mode"] == "local"
+    assert [a["action"] for a in plan["plan"]] == ["recordCheckpoint", "postEpoch"]
+    assert plan["plan"][1]["value"] == "400"
+    settled = await (await fleet.post("/fleet/settle")).json()
+    assert settled == {"mode": "local", "settled": [1], "blocked": {}}
+    listed = await (await fleet.get("/fleet/epochs")).json()
+    assert listed["epochs"][0]["settlement"] == "local"
+    inclusion = await fleet.get(f"/fleet/receipts/{node.origin.hex()}/2/proof")
+    assert inclusion.status == 200 and (await inclusion.json())["seq"] == 2
+
+
+async def test_a_node_pushes_to_the_fleet_it_trusts(fleet: Client, data_dir: Path,
+                                                    aiohttp_client: Any) -> None:
+    """A real node app (fake runtime) pushes its receipts to the fleet over HTTP."""
+    fleet_url = str(fleet.make_url("")).rstrip("/")
+    settings = make_settings(data_dir, fleet_url=fleet_url)
+    node = await aiohttp_client(create_app(settings, loader=fake_loader(), runtimes=RUNTIMES))
+    node_key = (await (await node.get("/api/node")).json())["public_key"]
+    for number in range(3):
+        reply = await node.post("/v1/completions", json={"model": FAKE_MODEL,
+                                                         "prompt": f"p{number}",
+                                                         "max_tokens": 2})
+        assert reply.status == 200
+
+    result = await (await node.post("/api/sync/now")).json()
+    assert result["fleet"][fleet_url].startswith("error")  # the fleet's key is not trusted
+    await node.post("/api/peers/trust", json={"key": fleet.app[FLEET].origin.hex()})
+    result = await (await node.post("/api/sync/now")).json()
+    assert result["fleet"][fleet_url].startswith("error")  # not enrolled at the fleet yet
+    await fleet.post("/fleet/nodes", json={"node": node_key, "label": "n1"})
+    result = await (await node.post("/api/sync/now")).json()
+    assert result["fleet"] == {fleet_url: "ok: 3 new"}
+    nodes = (await (await fleet.get("/fleet/nodes")).json())["nodes"]
+    assert nodes[0]["size"] == 3 and nodes[0]["lag_ms"] is not None
+    status = await (await node.get("/api/sync/status")).json()
+    assert status["fleet"]["stored"] == 3 and status["fleet"]["last_error"] is None
+    result = await (await node.post("/api/sync/now")).json()
+    assert result["fleet"] == {fleet_url: "ok: 0 new"}
