@@ -43,6 +43,8 @@ class Daemon:
     # test process reaches it only through them.
     namespace: str | None = None
     host: str = "127.0.0.1"
+    # ("fleet", "serve") starts a fleet manager instead of a node.
+    command: tuple[str, ...] = ("serve",)
 
     @property
     def url(self) -> str:
@@ -81,7 +83,7 @@ class Daemon:
         log = self.log_path.open("ab")
         host_args = ["--host", self.host] if self.host != "127.0.0.1" else []
         self.process = subprocess.Popen(
-            [*self._prefix, *EDGED, "--data-dir", str(self.data_dir), "serve", "--port",
+            [*self._prefix, *EDGED, "--data-dir", str(self.data_dir), *self.command, "--port",
              str(self.port), *host_args, *self.extra_args],
             stdout=log, stderr=subprocess.STDOUT, env=self.env)
         log.close()
