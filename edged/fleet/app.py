@@ -101,6 +101,8 @@ def create_fleet_app(settings: Settings, *, clock_ms: Callable[[], int] = unix_m
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if adapter is not None:
+                adapter.close()
             db.close()
 
     app.cleanup_ctx.append(fleet_state)

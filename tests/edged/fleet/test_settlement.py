@@ -1,0 +1,116 @@
+"""The fleet settling on a real anvil chain: a chain that goes down is retried with backoff
+and loses nothing; an account without funds gets a clear error; a settled epoch's status
+follows its transactions to final."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from attribution.payees import split_ppm
+from edged.fleet.api import FLEET
+from edged.fleet.app import create_fleet_app
+from edged.settings import Settings
+from tests.edged.fleet.test_api import _push
+from tests.support.anvil import AnvilNode, RpcGate, start_anvil
+from tests.support.receipt_factory import key_from
+from tests.support.simulated_node import SimulatedNode
+
+pytestmark = pytest.mark.chain
+Client = TestClient[Any, web.Application]
+PAYEES = split_ppm([("0x" + "c1" * 20, "owner", 70), ("0x" + "c2" * 20, "operator", 30)])
+
+
+@pytest.fixture
+def anvil() -> Iterator[AnvilNode]:
+    node = start_anvil()
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
+@pytest.fixture
+def gate(anvil: AnvilNode) -> Iterator[RpcGate]:
+    gate = RpcGate(anvil.url)
+    try:
+        yield gate
+    finally:
+        gate.close()
+
+
+def _settings(tmp_path: Path, chain_url: str, key_file: Path) -> Settings:
+    return Settings(data_dir=tmp_path / "fleet", install_demo_model=False, chain_url=chain_url,
+                    chain_account_key_file=key_file, chain_confirmations=2)
+
+
+@pytest.fixture
+async def fleet(tmp_path: Path, anvil: AnvilNode, gate: RpcGate) -> AsyncIterator[Client]:
+    key_file = tmp_path / "operator.key"
+    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(anvil.accounts[0][1])
+    async with TestClient(TestServer(create_fleet_app(_settings(tmp_path, gate.url,
+                                                                key_file)))) as client:
+        yield client
+
+
+async def _closed_epoch(fleet: Client) -> dict[str, Any]:
+    node = SimulatedNode(key_from("a"), fee=999, payees=PAYEES)
+    await fleet.post("/fleet/nodes", json={"node": node.origin.hex()})
+    node.append(5)
+    assert (await _push(fleet, node, node.batch(0).encode())).status == 200
+    closed: dict[str, Any] = await (await fleet.post("/fleet/epochs")).json()
+    return closed
+
+
+async def test_a_chain_that_is_down_is_retried_and_nothing_is_lost(
+        fleet: Client, gate: RpcGate, anvil: AnvilNode) -> None:
+    deployed = await fleet.post("/fleet/chain/deploy")
+    assert deployed.status == 201
+    await _closed_epoch(fleet)
+
+    gate.down = True
+    reply = await fleet.post("/fleet/settle")
+    assert reply.status == 503
+    error = (await reply.json())["error"]
+    assert error["code"] == "chain_unavailable" and "nothing is lost" in error["message"]
+    status = await (await fleet.get("/fleet/settlement")).json()
+    assert status["health"]["failures"] == 1 and status["health"]["retry_in_s"] > 0
+    assert status["chain"]["reachable"] is False
+    summary = await (await fleet.get("/fleet/summary")).json()
+    assert summary["settlement"]["failures"] == 1  # the dashboard shows it too
+
+    gate.down = False
+    reply = await fleet.post("/fleet/settle")
+    assert reply.status == 200, await reply.text()
+    epoch = await (await fleet.get("/fleet/epochs/1")).json()
+    assert epoch["settlement"] in ("pending", "included")
+    anvil.mine(2)
+    assert (await fleet.post("/fleet/settle")).status == 200
+    epoch = await (await fleet.get("/fleet/epochs/1")).json()
+    assert epoch["settlement"] == "final"
+    status = await (await fleet.get("/fleet/settlement")).json()
+    assert status["health"]["failures"] == 0
+    adapter = fleet.app[FLEET].settler.adapter
+    assert adapter.epoch(1)["total"] == epoch["total"] == 5 * 999
+
+
+async def test_an_account_without_funds_gets_a_clear_error(tmp_path: Path,
+                                                           anvil: AnvilNode) -> None:
+    # No key file yet: the fleet creates one (0600) for a new, unfunded account.
+    settings = _settings(tmp_path, anvil.url, tmp_path / "keys" / "new-account.key")
+    async with TestClient(TestServer(create_fleet_app(settings))) as fleet:
+        assert (tmp_path / "keys" / "new-account.key").stat().st_mode & 0o777 == 0o600
+        address = fleet.app[FLEET].settler.adapter.address
+        reply = await fleet.post("/fleet/chain/deploy")
+        assert reply.status == 402
+        error = (await reply.json())["error"]
+        assert error["code"] == "insufficient_funds" and address in error["message"]
+        assert anvil.balance(address) == 0
