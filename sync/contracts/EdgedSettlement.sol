@@ -56,14 +56,15 @@ contract EdgedSettlement {
     /// nothing. A different root for a size already recorded is an equivocation: the
     /// conflicting root is not recorded, the event is emitted and the node is frozen (a
     /// revert would discard the event, so this call succeeds and returns false); every later
-    /// call for a frozen node reverts with NodeFrozen.
+    /// call for a frozen node reverts with NodeFrozen. A zero size or a zero root reverts with
+    /// EmptyCheckpoint (a zero root would otherwise look recorded without being stored).
     function recordCheckpoint(bytes32 node, uint64 size, bytes32 root)
         external
         onlyOperator
         returns (bool recorded)
     {
         if (frozen[node]) revert NodeFrozen(node);
-        if (size == 0) revert EmptyCheckpoint();
+        if (size == 0 || root == bytes32(0)) revert EmptyCheckpoint();
         bytes32 known = checkpointRoot[node][size];
         if (known == root) return true;
         if (known != bytes32(0)) {

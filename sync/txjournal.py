@@ -1,0 +1,195 @@
+"""The settlement account's transaction journal: one SQLite row per transaction it signed.
+
+A row is written and committed, raw signed bytes included, *before* the transaction is
+broadcast, so a crash or an unreachable node never loses one: the adapter
+(:mod:`sync.settlement`) rebroadcasts the same bytes until the chain includes them. Rows
+are keyed by the logical action they perform (``"deploy"``, ``"checkpoint:<node>:<size>"``,
+``"epoch:<n>"``, ``"claim:<epoch>:<payee>"``); that key is what makes actions idempotent.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+STATUSES = ("pending", "included", "final", "failed")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS txs (
+    key TEXT PRIMARY KEY,
+    nonce INTEGER NOT NULL,
+    tx_hash TEXT NOT NULL,
+    raw BLOB NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'included', 'final', 'failed')),
+    block_number INTEGER,
+    block_hash TEXT,
+    error TEXT,
+    created_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS txs_nonce ON txs (nonce);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+_COLUMNS = ("key, nonce, tx_hash, raw, status, block_number, block_hash, error, "
+            "created_ms, updated_ms")
+
+
+class JournalError(RuntimeError):
+    """The journal belongs to another account or chain, or a key is written twice."""
+
+
+def now_ms() -> int:
+    """Unix time in milliseconds."""
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True)
+class JournalRow:
+    """One signed transaction and what the adapter last learnt about it."""
+
+    key: str
+    nonce: int
+    tx_hash: str
+    raw: bytes
+    status: str
+    block_number: int | None
+    block_hash: str | None
+    error: str | None
+    created_ms: int
+    updated_ms: int
+
+
+class TxJournal:
+    """A SQLite file (WAL, synchronous=FULL) of every transaction one account signed.
+
+    Safe to share between threads (one connection behind a lock).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(self.path), isolation_level=None,
+                                   check_same_thread=False)
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        """Close the database connection."""
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> TxJournal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- rows ------------------------------------------------------------------------------
+
+    def get(self, key: str) -> JournalRow | None:
+        """The row of ``key``, or None."""
+        with self._lock:
+            found = self._db.execute(f"SELECT {_COLUMNS} FROM txs WHERE key = ?",
+                                     (key,)).fetchone()
+        return None if found is None else _row(found)
+
+    def rows(self, statuses: Iterable[str] | None = None) -> list[JournalRow]:
+        """Rows in nonce order (then key), optionally only those with one of ``statuses``."""
+        query = f"SELECT {_COLUMNS} FROM txs"
+        wanted = list(statuses) if statuses is not None else None
+        params: list[object] = []
+        if wanted is not None:
+            query += f" WHERE status IN ({', '.join('?' * len(wanted))})"
+            params.extend(wanted)
+        with self._lock:
+            found = self._db.execute(query + " ORDER BY nonce, key", params).fetchall()
+        return [_row(item) for item in found]
+
+    def insert(self, row: JournalRow) -> None:
+        """Insert (and commit) a new row; :class:`JournalError` when the key exists."""
+        if row.status not in STATUSES:
+            raise ValueError(f"unknown status {row.status!r}")
+        try:
+            with self._lock:
+                self._db.execute(
+                    f"INSERT INTO txs ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (row.key, row.nonce, row.tx_hash, row.raw, row.status, row.block_number,
+                     row.block_hash, row.error, row.created_ms, row.updated_ms))
+        except sqlite3.IntegrityError as exc:
+            raise JournalError(f"journal already has a transaction for {row.key!r}") from exc
+
+    def update(self, key: str, *, status: str, block_number: int | None,
+               block_hash: str | None, error: str | None) -> JournalRow:
+        """Set a row's status fields (committed); returns the updated row."""
+        if status not in STATUSES:
+            raise ValueError(f"unknown status {status!r}")
+        with self._lock:
+            self._db.execute(
+                "UPDATE txs SET status = ?, block_number = ?, block_hash = ?, error = ?, "
+                "updated_ms = ? WHERE key = ?",
+                (status, block_number, block_hash, error, now_ms(), key))
+        updated = self.get(key)
+        if updated is None:
+            raise JournalError(f"journal has no transaction for {key!r}")
+        return updated
+
+    def archive(self, key: str) -> str:
+        """Move a (failed) row out of the way of a retry: it stays, under
+        ``"<key>#<tx hash>"``. Returns the new key."""
+        with self._lock:
+            found = self._db.execute("SELECT tx_hash FROM txs WHERE key = ?", (key,)).fetchone()
+            if found is None:
+                raise JournalError(f"journal has no transaction for {key!r}")
+            new_key = f"{key}#{found[0]}"
+            self._db.execute("DELETE FROM txs WHERE key = ?", (new_key,))
+            self._db.execute("UPDATE txs SET key = ?, updated_ms = ? WHERE key = ?",
+                             (new_key, now_ms(), key))
+        return new_key
+
+    def max_nonce(self) -> int | None:
+        """The highest nonce among rows that are not 'failed' (None when there are none)."""
+        with self._lock:
+            found = self._db.execute(
+                "SELECT MAX(nonce) FROM txs WHERE status != 'failed'").fetchone()
+        return None if found[0] is None else int(found[0])
+
+    # --- metadata --------------------------------------------------------------------------
+
+    def get_meta(self, name: str) -> str | None:
+        """A stored metadata value (``account``, ``chain_id``, ``head``), or None."""
+        with self._lock:
+            found = self._db.execute("SELECT value FROM meta WHERE name = ?",
+                                     (name,)).fetchone()
+        return None if found is None else str(found[0])
+
+    def set_meta(self, name: str, value: str) -> None:
+        """Store a metadata value (committed)."""
+        with self._lock:
+            self._db.execute("INSERT INTO meta (name, value) VALUES (?, ?) "
+                             "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                             (name, value))
+
+    def bind(self, name: str, value: str) -> None:
+        """Record ``value`` under ``name`` the first time; :class:`JournalError` when the
+        journal already holds another value (a journal serves one account on one chain)."""
+        known = self.get_meta(name)
+        if known is None:
+            self.set_meta(name, value)
+        elif known != value:
+            raise JournalError(f"the transaction journal {self.path.name} belongs to "
+                               f"{name} {known}, not {value}")
+
+
+def _row(found: tuple[Any, ...]) -> JournalRow:
+    key, nonce, tx_hash, raw, status, block_number, block_hash, error, created, updated = found
+    return JournalRow(str(key), int(nonce), str(tx_hash), bytes(raw), str(status),
+                      None if block_number is None else int(block_number),
+                      None if block_hash is None else str(block_hash),
+                      None if error is None else str(error), int(created), int(updated))
