@@ -10,9 +10,9 @@ from typing import Any
 from aiohttp import web
 
 from edged.appkeys import EXCHANGE, REQUEST_VERIFIER, SETTINGS, SYNC_ENDPOINT
-from edged.errors import EdgedError, Forbidden, InvalidRequest, PayloadTooLarge, Unauthorized
+from edged.errors import EdgedError, Forbidden, InvalidRequest, Unauthorized
 from edged.exchange import HELLO_DOMAIN, MSGPACK, SyncRefused
-from edged.http_common import json_response
+from edged.http_common import json_response, read_body
 from sync.auth import AuthError
 from sync.batch import MAX_BATCH_BYTES
 
@@ -101,11 +101,7 @@ async def pull(request: web.Request) -> web.Response:
 
 
 async def push(request: web.Request) -> web.Response:
-    if (request.content_length or 0) > MAX_BATCH_BYTES:
-        raise PayloadTooLarge("batch too large")
-    body = await request.content.read(MAX_BATCH_BYTES + 1)
-    if len(body) > MAX_BATCH_BYTES:
-        raise PayloadTooLarge("batch too large")
+    body = await read_body(request, MAX_BATCH_BYTES, "batch too large")
     await _authenticate(request, body)
     try:
         stored = await asyncio.to_thread(request.app[SYNC_ENDPOINT].ingest, body)

@@ -16,9 +16,9 @@ from aiohttp import web
 
 from edged.api_openai import RECEIPT_HEADER, receipt_ref
 from edged.appkeys import BINDINGS, PREDICT, READY, SCHEDULER, SERVICE, SETTINGS
-from edged.errors import InvalidRequest, ModelNotFound, PayloadTooLarge
+from edged.errors import InvalidRequest, ModelNotFound
 from edged.examples import parse_examples
-from edged.http_common import json_response, read_json
+from edged.http_common import json_response, read_body, read_json
 from edged.models import Manifest
 
 # OIP datatype <-> numpy dtype
@@ -155,9 +155,7 @@ async def bind_examples(request: web.Request) -> web.Response:
     """Bind tabular contributor examples (``?format=npz|csv``) for ``influence/1``."""
     manifest = _tensor_model(request)
     limit = request.app[SETTINGS].max_datanet_upload_bytes
-    data = await request.content.read(limit + 1)
-    if len(data) > limit:
-        raise PayloadTooLarge("the examples exceed max_datanet_upload_bytes")
+    data = await read_body(request, limit, "the examples exceed max_datanet_upload_bytes")
     examples = parse_examples(data, request.query.get("format", "npz"))
     weights = request.app[SERVICE].store.weights_path(manifest)
     binding = await asyncio.to_thread(request.app[BINDINGS].bind, manifest, weights, examples)

@@ -36,6 +36,20 @@ async def read_json(request: web.Request) -> Any:
         raise InvalidJSON("the request body is not valid JSON") from None
 
 
+async def read_body(request: web.Request, limit: int, message: str) -> bytes:
+    """The whole request body, read as a stream; :class:`PayloadTooLarge` past ``limit``.
+
+    (``request.content.read(n)`` returns only what has arrived so far, not ``n`` bytes.)"""
+    if (request.content_length or 0) > limit:
+        raise PayloadTooLarge(message)
+    body = bytearray()
+    async for chunk in request.content.iter_any():
+        body += chunk
+        if len(body) > limit:
+            raise PayloadTooLarge(message)
+    return bytes(body)
+
+
 def _reject_constant(name: str) -> Any:
     """NaN and Infinity are not JSON; Python's parser accepts them unless told not to."""
     raise ValueError(f"{name} is not valid JSON")

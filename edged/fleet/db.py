@@ -10,6 +10,7 @@ both understand. Writers are serialised per origin by the database itself: SQLit
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sqlite3
 import threading
@@ -143,6 +144,10 @@ class Database:
         self._local = threading.local()
         self._connections: list[Any] = []
         self._lock = threading.Lock()
+        # SQLite: one writer of this process at a time. Threads racing for SQLite's write
+        # lock back off in sleeps of up to 100 ms (multi-second tails under load).
+        self._writer = threading.Lock() if not self.is_postgres else None
+        self._column_types: dict[str, dict[str, str]] = {}
         if not self.is_postgres:
             self._path = Path(url.removeprefix("sqlite:")).expanduser()
             self._path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -195,26 +200,27 @@ class Database:
     def transaction(self) -> Iterator[Transaction]:
         """A write transaction on this thread's connection; committed on success."""
         connection = self._connection()
-        cursor = connection.cursor()
-        if not self.is_postgres:
-            cursor.execute("BEGIN IMMEDIATE")
-        try:
-            yield Transaction(self, cursor)
-        except BaseException:
-            connection.rollback() if self.is_postgres else cursor.execute("ROLLBACK")
-            raise
-        else:
-            connection.commit() if self.is_postgres else cursor.execute("COMMIT")
-        finally:
-            cursor.close()
+        with self._writer or contextlib.nullcontext():
+            cursor = connection.cursor()
+            if not self.is_postgres:
+                cursor.execute("BEGIN IMMEDIATE")
+            try:
+                yield Transaction(self, cursor)
+            except BaseException:
+                connection.rollback() if self.is_postgres else cursor.execute("ROLLBACK")
+                raise
+            else:
+                connection.commit() if self.is_postgres else cursor.execute("COMMIT")
+            finally:
+                cursor.close()
 
     @contextmanager
     def reading(self) -> Iterator[Transaction]:
         """A read-only snapshot (one transaction) on this thread's connection."""
         connection = self._connection()
         cursor = connection.cursor()
-        if not self.is_postgres:
-            cursor.execute("BEGIN")
+        cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ" if self.is_postgres
+                       else "BEGIN")
         try:
             yield Transaction(self, cursor)
         finally:
@@ -225,12 +231,25 @@ class Database:
                     rows: Sequence[Sequence[Any]]) -> None:
         names = ", ".join(columns)
         if self.is_postgres:
-            with cursor.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
+            # Binary COPY: no text escaping of bytea on either side (~25% less CPU).
+            types = self._types(cursor, table)
+            with cursor.copy(f"COPY {table} ({names}) FROM STDIN (FORMAT BINARY)") as copy:
+                copy.set_types([types[column] for column in columns])
                 for row in rows:
                     copy.write_row(row)
         else:
             marks = ", ".join("?" for _ in columns)
             cursor.executemany(f"INSERT INTO {table} ({names}) VALUES ({marks})", rows)
+
+    def _types(self, cursor: Any, table: str) -> dict[str, str]:
+        """PostgreSQL's type of each column of ``table`` (binary COPY needs them)."""
+        types = self._column_types.get(table)
+        if types is None:
+            cursor.execute("SELECT column_name, udt_name FROM information_schema.columns "
+                           "WHERE table_name = %s AND table_schema = current_schema()",
+                           (table,))
+            types = self._column_types[table] = dict(cursor.fetchall())
+        return types
 
     def close(self) -> None:
         with self._lock:

@@ -84,17 +84,23 @@ class Epochs:
         self.store = store
 
     def close(self) -> dict[str, Any]:
-        """Close the next epoch over everything verified since the last one."""
+        """Close the next epoch over everything verified since the last one.
+
+        The totals are computed in a read snapshot, so ingest goes on meanwhile (a 1M
+        receipt epoch takes seconds); the short write transaction then inserts the epoch
+        under its number, the primary key: if another fleet process closed that epoch in
+        the meantime, this one fails with ``epoch_conflict`` and nothing is written."""
         db = self.store.db
+        with db.reading() as tx:
+            epoch = (tx.one("SELECT MAX(epoch) FROM fleet_epochs")[0] or 0) + 1
+            ranges = self._open_ranges(tx)
+            if not ranges:
+                raise FleetRefused(409, "nothing new since the last epoch", "empty_epoch")
+            totals = EpochTotals()
+            for item in ranges:
+                add_receipts(totals, self._raws(tx, item))
         try:
             with db.transaction() as tx:
-                epoch = (tx.one("SELECT MAX(epoch) FROM fleet_epochs")[0] or 0) + 1
-                ranges = self._open_ranges(tx)
-                if not ranges:
-                    raise FleetRefused(409, "nothing new since the last epoch", "empty_epoch")
-                totals = EpochTotals()
-                for item in ranges:
-                    add_receipts(totals, self._raws(tx, item))
                 tx.execute("INSERT INTO fleet_epochs (epoch, closed_ms, receipts, total) "
                            "VALUES (?, ?, ?, ?)",
                            (epoch, self.store.clock_ms(), totals.receipts, totals.total))

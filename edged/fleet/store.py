@@ -138,13 +138,13 @@ class FleetStore:
             raise FleetRefused(400, str(exc), "invalid_batch") from None
         origin = batch.origin
         with self.db.transaction() as tx:
-            row = tx.lock_node(origin, _NODE_COLUMNS)
+            row = tx.lock_node(origin, _NODE_COLUMNS + ", checkpoint")
             if row is None:
                 raise FleetRefused(403, "receipts of a node that is not enrolled",
                                    "unknown_node")
             record = _node(row)
             self._check_admissible(record, batch)
-            known = self._latest_checkpoint(tx, origin)
+            known = None if row[8] is None else SignedCheckpoint.decode(bytes(row[8]))
             try:
                 verified = verify_batch(batch, known=known, have_through=record.size,
                                         stored=_Subtrees(tx, origin))

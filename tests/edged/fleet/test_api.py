@@ -3,6 +3,7 @@ the operator enrolls, revokes, closes epochs and fetches proofs; errors in one s
 
 from __future__ import annotations
 
+import io
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -36,7 +37,7 @@ async def fleet(tmp_path: Path) -> AsyncIterator[Client]:
 async def _push(fleet: Client, node: SimulatedNode, body: bytes) -> Any:
     headers = sign_request(node.key, "POST", "/v1/sync/push", body, int(time.time() * 1000),
                            secrets.token_bytes(16), fleet.app[FLEET].origin)
-    return await fleet.post("/v1/sync/push", data=body, headers=headers)
+    return await fleet.post("/v1/sync/push", data=io.BytesIO(body), headers=headers)
 
 
 def _assert_error(body: Any, code: str) -> None:
@@ -146,3 +147,15 @@ async def test_a_node_pushes_to_the_fleet_it_trusts(fleet: Client, data_dir: Pat
     assert status["fleet"]["stored"] == 3 and status["fleet"]["last_error"] is None
     result = await (await node.post("/api/sync/now")).json()
     assert result["fleet"] == {fleet_url: "ok: 0 new"}
+
+
+async def test_a_full_size_batch_arrives_whole(fleet: Client) -> None:
+    """A push of thousands of receipts (megabytes, in many TCP reads) is read whole."""
+    node = SimulatedNode(key_from("big"))
+    await fleet.post("/fleet/nodes", json={"node": node.origin.hex()})
+    node.append(4096)
+    body = node.batch(0).encode()
+    assert len(body) > 2_000_000
+    reply = await _push(fleet, node, body)
+    assert reply.status == 200, await reply.text()
+    assert (await reply.json()) == {"stored": 4096}
