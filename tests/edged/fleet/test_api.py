@@ -3,6 +3,7 @@ the operator enrolls, revokes, closes epochs and fetches proofs; errors in one s
 
 from __future__ import annotations
 
+import asyncio
 import io
 import secrets
 import time
@@ -159,3 +160,22 @@ async def test_a_full_size_batch_arrives_whole(fleet: Client) -> None:
     reply = await _push(fleet, node, body)
     assert reply.status == 200, await reply.text()
     assert (await reply.json()) == {"stored": 4096}
+
+
+async def test_epochs_close_by_themselves_every_epoch_interval(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "fleet-data", install_demo_model=False,
+                        epoch_interval=0.2)
+    async with TestClient(TestServer(create_fleet_app(settings))) as fleet:
+        node = SimulatedNode(key_from("a"))
+        await fleet.post("/fleet/nodes", json={"node": node.origin.hex()})
+        node.append(3)
+        assert (await _push(fleet, node, node.batch(0).encode())).status == 200
+        for _ in range(50):
+            epochs = (await (await fleet.get("/fleet/epochs")).json())["epochs"]
+            if epochs:
+                break
+            await asyncio.sleep(0.1)
+        assert [(e["epoch"], e["receipts"]) for e in epochs] == [(1, 3)]
+        await asyncio.sleep(0.5)  # nothing new: no empty epochs are closed
+        epochs = (await (await fleet.get("/fleet/epochs")).json())["epochs"]
+        assert len(epochs) == 1

@@ -4,6 +4,8 @@ follows its transactions to final."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -114,3 +116,24 @@ async def test_an_account_without_funds_gets_a_clear_error(tmp_path: Path,
         error = (await reply.json())["error"]
         assert error["code"] == "insufficient_funds" and address in error["message"]
         assert anvil.balance(address) == 0
+
+
+async def test_the_fleet_settles_by_itself_every_settle_interval(tmp_path: Path,
+                                                                 anvil: AnvilNode) -> None:
+    key_file = tmp_path / "operator.key"
+    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(anvil.accounts[0][1])
+    settings = dataclasses.replace(_settings(tmp_path, anvil.url, key_file),
+                                   settle_interval=0.2, chain_confirmations=1)
+    async with TestClient(TestServer(create_fleet_app(settings))) as fleet:
+        assert (await fleet.post("/fleet/chain/deploy")).status == 201
+        await _closed_epoch(fleet)
+        for _ in range(100):
+            epoch = await (await fleet.get("/fleet/epochs/1")).json()
+            if epoch["settlement"] == "final":
+                break
+            anvil.mine(1)
+            await asyncio.sleep(0.1)
+        assert epoch["settlement"] == "final"
+        assert fleet.app[FLEET].settler.adapter.epoch(1)["total"] == 5 * 999
