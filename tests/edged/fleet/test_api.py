@@ -21,7 +21,7 @@ from edged.fleet.app import create_fleet_app
 from edged.models import RUNTIMES
 from edged.settings import Settings
 from sync.auth import sign_request
-from tests.edged.conftest import FAKE_MODEL, fake_loader, make_settings
+from tests.edged.conftest import FAKE_MODEL, fake_loader, install_fake_model, make_settings
 from tests.support.receipt_factory import key_from
 from tests.support.simulated_node import SimulatedNode
 
@@ -179,3 +179,37 @@ async def test_epochs_close_by_themselves_every_epoch_interval(tmp_path: Path) -
         await asyncio.sleep(0.5)  # nothing new: no empty epochs are closed
         epochs = (await (await fleet.get("/fleet/epochs")).json())["epochs"]
         assert len(epochs) == 1
+
+
+async def test_a_node_forwards_a_peers_receipts_to_the_fleet(fleet: Client, data_dir: Path,
+                                                              tmp_path: Path,
+                                                              aiohttp_client: Any) -> None:
+    """Store and forward: node B pulled node A's receipts; A never talks to the fleet, yet
+    the fleet gets them (verified against A's own signed checkpoint) through B."""
+    node_a = await aiohttp_client(create_app(make_settings(data_dir), loader=fake_loader(),
+                                             runtimes=RUNTIMES))
+    b_dir = tmp_path / "b"
+    install_fake_model(b_dir)
+    fleet_url = str(fleet.make_url("")).rstrip("/")
+    a_url = str(node_a.make_url("")).rstrip("/")
+    node_b = await aiohttp_client(create_app(
+        make_settings(b_dir, fleet_url=fleet_url, peers=(a_url,)), loader=fake_loader(),
+        runtimes=RUNTIMES))
+    key_a = (await (await node_a.get("/api/node")).json())["public_key"]
+    key_b = (await (await node_b.get("/api/node")).json())["public_key"]
+    await node_a.post("/api/peers/trust", json={"key": key_b})
+    await node_b.post("/api/peers/trust", json={"key": key_a})
+    await node_b.post("/api/peers/trust", json={"key": fleet.app[FLEET].origin.hex()})
+    for key in (key_a, key_b):
+        await fleet.post("/fleet/nodes", json={"node": key})
+    for number in range(4):
+        reply = await node_a.post("/v1/completions", json={"model": FAKE_MODEL,
+                                                           "prompt": f"a{number}",
+                                                           "max_tokens": 2})
+        assert reply.status == 200
+    result = await (await node_b.post("/api/sync/now")).json()
+    assert result["peers"] == {a_url: "ok: 4 new"}
+    assert result["fleet"] == {fleet_url: "ok: 4 new"}
+    held = {n["node"]: n["size"] for n in (await (await fleet.get("/fleet/nodes")).json())
+            ["nodes"]}
+    assert held == {key_a: 4, key_b: 0}
