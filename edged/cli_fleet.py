@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from typing import Any
+from urllib.parse import quote
 
 import click
 
@@ -86,7 +87,7 @@ def fleet_enroll(ctx: click.Context, key: str, label: str) -> None:
 @click.pass_context
 def fleet_revoke(ctx: click.Context, key: str) -> None:
     """Revoke a node: its batches are refused from now on."""
-    print_json(call_fleet(ctx, "DELETE", f"/fleet/nodes/{key}"))
+    print_json(call_fleet(ctx, "DELETE", f"/fleet/nodes/{quote(key, safe='')}"))
 
 
 @fleet.command("epochs")
@@ -112,7 +113,7 @@ def fleet_epochs(ctx: click.Context, epoch: int | None, close: bool) -> None:
 @click.pass_context
 def fleet_proof(ctx: click.Context, epoch: int, payee: str) -> None:
     """Print PAYEE's claim for EPOCH: amount, leaf index and Merkle proof."""
-    print_json(call_fleet(ctx, "GET", f"/fleet/epochs/{epoch}/proof/{payee}"))
+    print_json(call_fleet(ctx, "GET", f"/fleet/epochs/{epoch}/proof/{quote(payee, safe='')}"))
 
 
 @fleet.group("payees")
@@ -132,7 +133,8 @@ def fleet_payees_list(ctx: click.Context) -> None:
 @click.pass_context
 def fleet_payees_set(ctx: click.Context, payee: str, address: str) -> None:
     """Pay PAYEE at ADDRESS (0x and 40 hex digits)."""
-    print_json(call_fleet(ctx, "PUT", f"/fleet/payees/{payee}", json={"address": address}))
+    print_json(call_fleet(ctx, "PUT", f"/fleet/payees/{quote(payee, safe='')}",
+                          json={"address": address}))
 
 
 @fleet.command("settle")

@@ -45,6 +45,7 @@ MAX_BACKOFF_S = 300.0
 HELLO_DOMAIN = b"edged/sync-hello/v1\0"
 MAX_HEADS = 10_000
 MAX_HEADS_BYTES = 2 * 1024 * 1024
+MAX_HELLO_BYTES = 4096
 
 
 def _parse_heads(body: bytes) -> list[tuple[bytes, int]]:
@@ -143,19 +144,23 @@ class ExchangeService:
                   for h in self.replicas.heads() if h.checkpoint and not h.frozen]
         return heads
 
-    def make_batch(self, origin: bytes, have: int, known: int, limit: int) -> Batch:
+    def make_batch(self, origin: bytes, have: int, known: int, limit: int, *,
+                   fresh: bool = False) -> Batch:
         """Receipts ``[have, end)`` of ``origin`` with a checkpoint of ``end`` and the
-        consistency proof from the puller's checkpoint size ``known``. Blocking."""
+        consistency proof from the puller's checkpoint size ``known``; ``fresh`` signs this
+        node's checkpoint at the current time even when one of that size exists (a fleet
+        refuses checkpoints signed before the node's enrollment). Blocking."""
         with self.lock:
-            return self._make_batch(origin, have, known, limit)
+            return self._make_batch(origin, have, known, limit, fresh)
 
-    def _make_batch(self, origin: bytes, have: int, known: int, limit: int) -> Batch:
+    def _make_batch(self, origin: bytes, have: int, known: int, limit: int,
+                    fresh: bool = False) -> Batch:
         limit = max(1, min(limit, MAX_BATCH_RECEIPTS))
         if origin == self.origin:
             end = min(self.ledger.count(), have + limit)
             if end < have or known > end:
                 raise SyncRefused(400, "nothing to serve from there")
-            checkpoint = self.ledger.cut_checkpoint(self.clock_ms(), end)
+            checkpoint = self.ledger.cut_checkpoint(self.clock_ms(), end, fresh=fresh)
             receipts = [r.raw for r in self.ledger.page(have - 1, end - have)]
             proof = self.ledger.consistency_proof(known, end) if known else []
             return Batch(origin, receipts, checkpoint, proof, known)
@@ -214,10 +219,16 @@ class ExchangeService:
         """The trusted key of the node at ``url``: it must sign a fresh challenge. Requests
         are then signed for that key only, so nobody can replay them to another node."""
         challenge = secrets.token_bytes(16)
-        reply = await client.get(url + "/v1/sync/hello", params={"challenge": challenge.hex()})
-        reply.raise_for_status()
-        data = reply.json()
+        async with client.stream("GET", url + "/v1/sync/hello",
+                                 params={"challenge": challenge.hex()}) as reply:
+            reply.raise_for_status()
+            body = bytearray()
+            async for chunk in reply.aiter_bytes():  # unauthenticated: bounded
+                body += chunk
+                if len(body) > MAX_HELLO_BYTES:
+                    raise SyncRefused(400, "peer response too large")
         try:
+            data = json.loads(body)
             key = bytes.fromhex(data["public_key"])
             VerifyKey(key).verify(HELLO_DOMAIN + challenge, bytes.fromhex(data["signature"]))
         except (KeyError, TypeError, ValueError, CryptoError):
@@ -258,18 +269,26 @@ class ExchangeService:
             (h.origin, h.checkpoint.checkpoint.size) for h in self.replicas.heads()
             if h.checkpoint and not h.frozen]
         stored = 0
+        refused: list[str] = []
         for origin, size in ours:
             have = held.get(origin)
             while have is not None and have < size:
                 batch = await asyncio.to_thread(self.make_batch, origin, have, have,
-                                                MAX_BATCH_RECEIPTS)
+                                                MAX_BATCH_RECEIPTS, fresh=True)
                 body = batch.encode()
                 headers = self._signed("POST", "/v1/sync/push", fleet, body)
                 reply = await client.post(url + "/v1/sync/push", content=body,
                                           headers={**headers, "Content-Type": MSGPACK})
+                if reply.status_code in (400, 403, 409) and origin != self.origin:
+                    # A relayed origin the fleet will not take now (frozen, or only old
+                    # checkpoints of it held here): the other origins still go.
+                    refused.append(origin.hex()[:16])
+                    break
                 reply.raise_for_status()
                 stored += int(reply.json()["stored"])
                 have = batch.checkpoint.checkpoint.size
+        if refused:
+            logger.info("the fleet refused relayed receipts of %s", ", ".join(refused))
         return stored
 
     async def _bounded_get(self, client: httpx.AsyncClient, url: str, path: str,

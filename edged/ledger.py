@@ -292,13 +292,16 @@ class Ledger:
         row = conn.execute(f"SELECT MAX(seq) FROM {TABLE}").fetchone()
         return 0 if row[0] is None else int(row[0]) + 1
 
-    def cut_checkpoint(self, ts: int, size: int | None = None) -> SignedCheckpoint:
+    def cut_checkpoint(self, ts: int, size: int | None = None, *,
+                       fresh: bool = False) -> SignedCheckpoint:
         """Sign and store a checkpoint of everything committed, or of the first ``size``
-        receipts (the stored one when that size has one already). Blocking."""
+        receipts (the stored one when that size has one already, unless ``fresh``: then
+        the same root signed again at ``ts``). Blocking."""
         with self._read_lock:
             if self._read_closed:
                 raise LedgerClosedError("the ledger is closed")
-            return log_tree.cut_checkpoint(self._checkpoint_conn, TABLE, self._key, ts, size)
+            return log_tree.cut_checkpoint(self._checkpoint_conn, TABLE, self._key, ts, size,
+                                           fresh=fresh)
 
     def latest_checkpoint(self) -> SignedCheckpoint | None:
         with self._read_lock:

@@ -95,9 +95,11 @@ def checkpoint_at(conn: sqlite3.Connection, size: int) -> SignedCheckpoint | Non
 
 
 def cut_checkpoint(conn: sqlite3.Connection, receipts_table: str, key: SigningKey,
-                   ts: int, size: int | None = None) -> SignedCheckpoint:
+                   ts: int, size: int | None = None, *, fresh: bool = False) -> SignedCheckpoint:
     """Sign a checkpoint of the whole committed log (or of its first ``size`` receipts: a
-    prefix, so consistent with every other), unless one of that size exists.
+    prefix, so consistent with every other), unless one of that size exists. With
+    ``fresh``, a size that has one already is signed again at ``ts`` (same root, so it
+    agrees with the stored one, which stays as it is).
 
     One ``BEGIN IMMEDIATE`` transaction reads the size, computes the root from stored
     subtrees, signs and stores, so no append can slip in between."""
@@ -112,6 +114,9 @@ def cut_checkpoint(conn: sqlite3.Connection, receipts_table: str, key: SigningKe
         existing = checkpoint_at(conn, size)
         if existing is not None:
             conn.execute("COMMIT")
+            if fresh and existing.checkpoint.ts != ts:
+                return Checkpoint(bytes(key.verify_key), size, existing.checkpoint.root,
+                                  ts).sign(key)
             return existing
         tree_root = root(size, SqlSubtrees(conn, receipts_table))
         signed = Checkpoint(bytes(key.verify_key), size, tree_root, ts).sign(key)

@@ -65,7 +65,7 @@ CREATE TABLE IF NOT EXISTS fleet_epochs (
     epoch INTEGER PRIMARY KEY,
     closed_ms INTEGER NOT NULL,
     receipts INTEGER NOT NULL,
-    total INTEGER NOT NULL
+    total TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS fleet_epoch_checkpoints (
     epoch INTEGER NOT NULL,
@@ -78,16 +78,22 @@ CREATE TABLE IF NOT EXISTS fleet_epoch_checkpoints (
 CREATE TABLE IF NOT EXISTS fleet_epoch_totals (
     epoch INTEGER NOT NULL,
     payee TEXT NOT NULL,
-    amount INTEGER NOT NULL,
+    amount TEXT NOT NULL,
     PRIMARY KEY (epoch, payee)
 );
 CREATE TABLE IF NOT EXISTS fleet_settled_epochs (
     epoch INTEGER PRIMARY KEY,
     root BLOB NOT NULL,
     leaf_count INTEGER NOT NULL,
-    total INTEGER NOT NULL,
+    total TEXT NOT NULL,
     mode TEXT NOT NULL,
     settled_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS fleet_settled_payouts (
+    epoch INTEGER NOT NULL,
+    address TEXT NOT NULL,
+    amount TEXT NOT NULL,
+    PRIMARY KEY (epoch, address)
 );
 CREATE TABLE IF NOT EXISTS fleet_payee_addresses (
     payee TEXT PRIMARY KEY,
@@ -174,6 +180,9 @@ class Database:
 
     def _connection(self) -> Any:
         connection = getattr(self._local, "connection", None)
+        if connection is not None and self.is_postgres and (connection.closed
+                                                             or connection.broken):
+            connection = None  # the server went away (restart, failover): connect again
         if connection is None:
             connection = self._connect()
             self._local.connection = connection
@@ -210,7 +219,12 @@ class Database:
                 connection.rollback() if self.is_postgres else cursor.execute("ROLLBACK")
                 raise
             else:
-                connection.commit() if self.is_postgres else cursor.execute("COMMIT")
+                try:
+                    connection.commit() if self.is_postgres else cursor.execute("COMMIT")
+                except BaseException:
+                    if not self.is_postgres and connection.in_transaction:
+                        cursor.execute("ROLLBACK")
+                    raise
             finally:
                 cursor.close()
 

@@ -6,9 +6,13 @@ epochs by their checkpoint, so every epoch is a set of signed, anchorable log pr
 Each receipt's ``fee`` is split among its ``payees`` by :func:`sync.payout.split_fee`
 (exact integer arithmetic, rounding rule documented there) and summed per payee id.
 
-Closing is one transaction: the epoch number is the primary key, so two fleet processes
-racing to close the same epoch cannot both succeed, and the per-node ranges of consecutive
-epochs never overlap.
+The epoch number is the epochs' primary key, so two fleet processes racing to close the
+same epoch cannot both succeed, and the per-node ranges of consecutive epochs never
+overlap. Amounts are stored as decimal text: a total owed in wei can exceed 64 bits.
+
+Settling an epoch fixes its payout tree: the (address, amount) leaves are stored with the
+root, and the epoch's proofs come from them from then on, whatever later happens to the
+address book, so they always match what was posted.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from edged.fleet.store import FleetRefused, FleetStore
 from sync.payout import ADDRESS_RE, PPM, PayoutError, PayoutTree, normalise_address, split_fee
 
 FETCH_ROWS = 10_000
+MAX_FEE = 1 << 64  # canonical receipts cannot carry more; anything else is malformed
+MAX_PAYEE_ID = 256
 
 
 @dataclass
@@ -38,15 +44,21 @@ class EpochTotals:
         return sum(self.amounts.values())
 
 
+def valid_payee_id(payee: Any) -> bool:
+    """1-256 characters, none of them a control character."""
+    return (isinstance(payee, str) and 0 < len(payee) <= MAX_PAYEE_ID
+            and all(" " <= char != "\x7f" for char in payee))
+
+
 def _valid_split(fee: Any, payees: Any) -> bool:
-    if not isinstance(fee, int) or isinstance(fee, bool) or fee < 0:
+    if not isinstance(fee, int) or isinstance(fee, bool) or not 0 <= fee < MAX_FEE:
         return False
     if not isinstance(payees, list) or not payees:
         return False
     for payee in payees:
-        if not (isinstance(payee, list) and len(payee) == 3 and isinstance(payee[0], str)
-                and isinstance(payee[2], int) and not isinstance(payee[2], bool)
-                and payee[2] >= 0):
+        if not (isinstance(payee, list) and len(payee) == 3 and valid_payee_id(payee[0])
+                and isinstance(payee[1], str) and isinstance(payee[2], int)
+                and not isinstance(payee[2], bool) and payee[2] >= 0):
             return False
     return sum(payee[2] for payee in payees) == PPM
 
@@ -103,12 +115,12 @@ class Epochs:
             with db.transaction() as tx:
                 tx.execute("INSERT INTO fleet_epochs (epoch, closed_ms, receipts, total) "
                            "VALUES (?, ?, ?, ?)",
-                           (epoch, self.store.clock_ms(), totals.receipts, totals.total))
+                           (epoch, self.store.clock_ms(), totals.receipts, str(totals.total)))
                 tx.insert_rows("fleet_epoch_checkpoints",
                                ("epoch", "origin", "start_seq", "end_seq", "root"),
                                [(epoch, r.origin, r.start, r.end, r.root) for r in ranges])
                 tx.insert_rows("fleet_epoch_totals", ("epoch", "payee", "amount"),
-                               [(epoch, payee, amount)
+                               [(epoch, payee, str(amount))
                                 for payee, amount in sorted(totals.amounts.items()) if amount])
         except Exception as exc:
             if db.is_unique_violation(exc):
@@ -141,14 +153,32 @@ class Epochs:
         with self.store.db.reading() as tx:
             rows = tx.all("SELECT epoch, closed_ms, receipts, total FROM fleet_epochs "
                           "ORDER BY epoch")
-        return [{"epoch": e, "closed_ms": c, "receipts": r, "total": t} for e, c, r, t in rows]
+        return [{"epoch": e, "closed_ms": c, "receipts": r, "total": int(t)}
+                for e, c, r, t in rows]
 
     def top_payees(self, limit: int) -> list[tuple[str, int]]:
         """The payees owed most over every closed epoch."""
+        owed: dict[str, int] = defaultdict(int)
         with self.store.db.reading() as tx:
-            rows = tx.all("SELECT payee, SUM(amount) AS owed FROM fleet_epoch_totals "
-                          "GROUP BY payee ORDER BY owed DESC, payee LIMIT ?", (limit,))
-        return [(payee, int(amount)) for payee, amount in rows]
+            for payee, amount in tx.all("SELECT payee, amount FROM fleet_epoch_totals"):
+                owed[payee] += int(amount)
+        return sorted(owed.items(), key=lambda item: (-item[1], item[0]))[:limit]
+
+    @staticmethod
+    def _totals(tx: Transaction, epoch: int) -> list[tuple[str, int]]:
+        """``(payee id, amount)`` of ``epoch``, largest first."""
+        rows = tx.all("SELECT payee, amount FROM fleet_epoch_totals WHERE epoch = ?", (epoch,))
+        return sorted(((payee, int(amount)) for payee, amount in rows),
+                      key=lambda item: (-item[1], item[0]))
+
+    @staticmethod
+    def _settled_tree(tx: Transaction, epoch: int) -> PayoutTree | None:
+        """The payout tree fixed when ``epoch`` was settled, if it was."""
+        if tx.one("SELECT 1 FROM fleet_settled_epochs WHERE epoch = ?", (epoch,)) is None:
+            return None
+        leaves = tx.all("SELECT address, amount FROM fleet_settled_payouts WHERE epoch = ?",
+                        (epoch,))
+        return PayoutTree(epoch, {normalise_address(a): int(n) for a, n in leaves})
 
     def summary(self, epoch: int) -> dict[str, Any]:
         with self.store.db.reading() as tx:
@@ -156,22 +186,23 @@ class Epochs:
                          (epoch,))
             if row is None:
                 raise FleetRefused(404, f"no epoch {epoch}", "unknown_epoch")
-            totals = tx.all("SELECT payee, amount FROM fleet_epoch_totals WHERE epoch = ? "
-                            "ORDER BY amount DESC, payee", (epoch,))
+            totals = self._totals(tx, epoch)
             ranges = tx.all("SELECT origin, start_seq, end_seq, root FROM "
                             "fleet_epoch_checkpoints WHERE epoch = ? ORDER BY origin", (epoch,))
             book = self._address_book(tx)
+            settled = self._settled_tree(tx, epoch)
         addresses = {payee: _resolve(payee, book) for payee, _ in totals}
         unresolved = sorted(payee for payee, address in addresses.items() if address is None)
         result: dict[str, Any] = {
-            "epoch": epoch, "closed_ms": row[0], "receipts": row[1], "total": row[2],
+            "epoch": epoch, "closed_ms": row[0], "receipts": row[1], "total": int(row[2]),
             "payees": [{"payee": payee, "amount": amount, "address": addresses[payee]}
                        for payee, amount in totals],
             "checkpoints": [{"origin": bytes(o).hex(), "start": s, "end": e,
                              "root": bytes(r).hex()} for o, s, e, r in ranges],
-            "unresolved": unresolved, "root": None, "leaf_count": None}
-        if not unresolved and totals:
-            tree = self._tree(epoch, totals, addresses)
+            "unresolved": unresolved, "root": None, "leaf_count": None,
+            "settled": settled is not None}
+        tree = settled or (self._tree(epoch, totals, addresses) if not unresolved else None)
+        if tree is not None:
             result["root"], result["leaf_count"] = tree.root.hex(), tree.size
         return result
 
@@ -182,12 +213,15 @@ class Epochs:
         return [EpochRange(bytes(o), s, e, bytes(r)) for o, s, e, r in rows]
 
     def payout_tree(self, epoch: int) -> PayoutTree:
-        """The epoch's payout tree; 409 naming the payees that have no address yet."""
+        """The epoch's payout tree: the settled one, else one over the payees' current
+        addresses (409 naming the payees that have none yet)."""
         with self.store.db.reading() as tx:
             if tx.one("SELECT 1 FROM fleet_epochs WHERE epoch = ?", (epoch,)) is None:
                 raise FleetRefused(404, f"no epoch {epoch}", "unknown_epoch")
-            totals = tx.all("SELECT payee, amount FROM fleet_epoch_totals WHERE epoch = ?",
-                            (epoch,))
+            settled = self._settled_tree(tx, epoch)
+            if settled is not None:
+                return settled
+            totals = self._totals(tx, epoch)
             book = self._address_book(tx)
         addresses = {payee: _resolve(payee, book) for payee, _ in totals}
         missing = sorted(payee for payee, address in addresses.items() if address is None)
@@ -198,7 +232,8 @@ class Epochs:
         return self._tree(epoch, totals, addresses)
 
     @staticmethod
-    def _tree(epoch: int, totals: list[Any], addresses: dict[str, str | None]) -> PayoutTree:
+    def _tree(epoch: int, totals: list[tuple[str, int]],
+              addresses: dict[str, str | None]) -> PayoutTree:
         amounts: dict[bytes, int] = defaultdict(int)
         for payee, amount in totals:
             amounts[normalise_address(addresses[payee] or "")] += amount
@@ -209,10 +244,6 @@ class Epochs:
         tree = self.payout_tree(epoch)
         with self.store.db.reading() as tx:
             address = _resolve(payee, self._address_book(tx))
-            settled = tx.one("SELECT root FROM fleet_settled_epochs WHERE epoch = ?", (epoch,))
-        if settled is not None and bytes(settled[0]) != tree.root:
-            raise FleetRefused(409, f"payee addresses changed after epoch {epoch} was settled; "
-                               "restore them to serve its proofs", "settled_root_mismatch")
         if address is None:
             raise FleetRefused(404, f"{payee!r} is neither an address nor a known payee",
                                "unknown_payee")
@@ -223,20 +254,27 @@ class Epochs:
                                "unknown_payee") from None
         return {**proof.to_json(), "root": "0x" + tree.root.hex()}
 
-    def mark_settled(self, epoch: int, tree: PayoutTree, mode: str) -> bytes:
-        """Fix the epoch's payout root (first call wins); returns the root that is settled."""
+    def mark_settled(self, epoch: int, tree: PayoutTree, mode: str) -> PayoutTree:
+        """Fix the epoch's payout tree (the first call wins: its leaves are stored with
+        the root); returns the tree that is settled, to be posted exactly."""
         with self.store.db.transaction() as tx:
             tx.execute("INSERT INTO fleet_settled_epochs (epoch, root, leaf_count, total, mode, "
                        "settled_ms) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (epoch) DO NOTHING",
-                       (epoch, tree.root, tree.size, tree.total, mode, self.store.clock_ms()))
-            return bytes(tx.one("SELECT root FROM fleet_settled_epochs WHERE epoch = ?",
-                                (epoch,))[0])
+                       (epoch, tree.root, tree.size, str(tree.total), mode,
+                        self.store.clock_ms()))
+            if tx.rowcount == 1:
+                tx.insert_rows("fleet_settled_payouts", ("epoch", "address", "amount"),
+                               [(epoch, "0x" + payee.hex(), str(amount))
+                                for payee, amount in tree.entries])
+            settled = self._settled_tree(tx, epoch)
+        assert settled is not None
+        return settled
 
     def settled(self) -> dict[int, dict[str, Any]]:
         with self.store.db.reading() as tx:
             rows = tx.all("SELECT epoch, root, leaf_count, total, mode, settled_ms "
                           "FROM fleet_settled_epochs")
-        return {e: {"root": bytes(r).hex(), "leaf_count": n, "total": t, "mode": m,
+        return {e: {"root": bytes(r).hex(), "leaf_count": n, "total": int(t), "mode": m,
                     "settled_ms": at} for e, r, n, t, m, at in rows}
 
     # --- payee addresses ------------------------------------------------------------------
@@ -250,8 +288,9 @@ class Epochs:
             normalise_address(address)
         except PayoutError as exc:
             raise FleetRefused(400, str(exc), "payee_not_address") from None
-        if not payee or len(payee) > 256:
-            raise FleetRefused(400, "a payee id is 1-256 characters", "invalid_payee")
+        if not valid_payee_id(payee):
+            raise FleetRefused(400, "a payee id is 1-256 characters, none of them a control "
+                               "character", "invalid_payee")
         with self.store.db.transaction() as tx:
             tx.execute("INSERT INTO fleet_payee_addresses (payee, address) VALUES (?, ?) "
                        "ON CONFLICT (payee) DO UPDATE SET address = excluded.address",

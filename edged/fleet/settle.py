@@ -76,6 +76,10 @@ class Settler:
                 actions.append({"action": "postEpoch", "epoch": epoch, "error": exc.message,
                                 "status": "blocked"})
                 continue
+            if not tree.size:
+                actions.append({"action": "postEpoch", "epoch": epoch,
+                                "status": "nothing to pay"})
+                continue
             actions.append({"action": "postEpoch", "epoch": epoch,
                             "root": "0x" + tree.root.hex(), "leaf_count": tree.size,
                             "value": str(tree.total),
@@ -84,9 +88,12 @@ class Settler:
         return actions
 
     def settle(self) -> dict[str, Any]:
-        """One settlement pass (blocking). Locally: fix every closed epoch's root. On a
-        chain: send what is unsent, then refresh every status. Chain errors are recorded in
-        ``health`` and re-raised; nothing journaled is lost."""
+        """One settlement pass (blocking). Locally: fix every closed epoch's payout tree.
+        On a chain: anchor each epoch's checkpoints, fix its tree and post exactly that
+        (an epoch that owes nothing posts nothing), then refresh every status. An epoch
+        the chain refuses is reported and the others go on; an unreachable chain or an
+        account without funds stops the pass (recorded in ``health`` for backoff).
+        Nothing journaled is lost."""
         results: dict[str, Any] = {"mode": self.mode, "settled": [], "blocked": {}}
         for item in self.epochs.closed():
             epoch = item["epoch"]
@@ -102,10 +109,15 @@ class Settler:
             try:
                 for cp in self.epochs.checkpoints(epoch):
                     self.adapter.anchor_checkpoint(cp.origin, cp.end, cp.root)
-                root = self.epochs.mark_settled(epoch, tree, "chain")
-                self.adapter.post_epoch(epoch, root, tree.size, tree.total)
+                tree = self.epochs.mark_settled(epoch, tree, "chain")
+                if tree.size:
+                    self.adapter.post_epoch(epoch, tree.root, tree.size, tree.total)
             except Exception as exc:
-                raise self._failed(exc) from exc
+                error = self._failed(exc)
+                if error.code != "transaction_failed":
+                    raise error from exc
+                results["blocked"][str(epoch)] = error.message
+                continue
             results["settled"].append(epoch)
         if self.adapter is not None:
             try:
@@ -124,13 +136,21 @@ class Settler:
         self.health.next_attempt = time.monotonic() + delay
         logger.warning("settlement failed (%s); retrying in %.0f s",
                        exc.__class__.__name__, delay)
-        from sync.settlement import ChainUnavailable, InsufficientFunds, SettlementError
+        from sync.settlement import (
+            ChainUnavailable,
+            InsufficientFunds,
+            SettlementError,
+            TransactionFailed,
+        )
 
         if isinstance(exc, ChainUnavailable):
             return FleetRefused(503, f"the chain is unreachable: {exc}; retrying with backoff, "
                                 "nothing is lost", "chain_unavailable")
         if isinstance(exc, InsufficientFunds):
             return FleetRefused(402, str(exc), "insufficient_funds")
+        if isinstance(exc, TransactionFailed):
+            return FleetRefused(502, f"the chain refused a transaction: {exc}",
+                                "transaction_failed")
         if isinstance(exc, SettlementError):
             return FleetRefused(502, f"settlement failed: {exc}", "settlement_failed")
         return FleetRefused(500, "settlement failed; see the fleet's log", "settlement_failed")
@@ -160,8 +180,9 @@ class Settler:
             return "local"
         statuses = self._statuses()
         keys = [checkpoint_key(cp.origin, cp.end) for cp in self.epochs.checkpoints(epoch)]
-        found = [statuses.get(key, {}).get("status", "unsent") for key in
-                 keys + [epoch_key(epoch)]]
+        if settled[epoch]["leaf_count"]:
+            keys.append(epoch_key(epoch))  # an epoch that owes nothing posts nothing
+        found = [statuses.get(key, {}).get("status", "unsent") for key in keys]
         for status in ("failed", "unsent", "pending", "included"):
             if status in found:
                 return status

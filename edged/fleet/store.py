@@ -124,10 +124,11 @@ class FleetStore:
     # --- ingest --------------------------------------------------------------------------
 
     def heads(self) -> list[dict[str, Any]]:
-        """What the fleet holds of each enrolled origin (receipts = last checkpoint size)."""
+        """What the fleet holds of each origin it accepts (enrolled, not revoked, not
+        frozen); receipts held = the size of the last checkpoint."""
         with self.db.reading() as tx:
             rows = tx.all("SELECT node, size FROM fleet_nodes WHERE revoked_ms IS NULL "
-                          "ORDER BY node")
+                          "AND frozen = 0 ORDER BY node")
         return [{"origin": bytes(node).hex(), "size": size} for node, size in rows]
 
     def ingest(self, data: bytes) -> int:

@@ -16,6 +16,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from edged.app import create_app
+from edged.appkeys import LEDGER
 from edged.fleet.api import FLEET
 from edged.fleet.app import create_fleet_app
 from edged.models import RUNTIMES
@@ -139,6 +140,10 @@ async def test_a_node_pushes_to_the_fleet_it_trusts(fleet: Client, data_dir: Pat
     await node.post("/api/peers/trust", json={"key": fleet.app[FLEET].origin.hex()})
     result = await (await node.post("/api/sync/now")).json()
     assert result["fleet"][fleet_url].startswith("error")  # not enrolled at the fleet yet
+    # The node signed a checkpoint of its log before it was enrolled; its pushes must
+    # still go through (they are signed afresh).
+    before = node.app[LEDGER].cut_checkpoint(int(time.time() * 1000) - 60_000)
+    assert before.checkpoint.size == 3
     await fleet.post("/fleet/nodes", json={"node": node_key, "label": "n1"})
     result = await (await node.post("/api/sync/now")).json()
     assert result["fleet"] == {fleet_url: "ok: 3 new"}

@@ -105,6 +105,9 @@ def test_three_nodes_to_fleet_to_chain_to_claims(fleet_and_nodes: tuple[Daemon, 
 
     _wait(collected, "the fleet to hold every node's receipts")
     assert "node-0" in fleet.cli("fleet", "nodes").stdout
+    fleet.cli("fleet", "payees", "set", "acme#team/x?y", "0x" + "c3" * 20)  # ids go escaped
+    assert json.loads(fleet.cli("fleet", "payees", "list").stdout) == {
+        "acme#team/x?y": "0x" + "c3" * 20}
 
     epoch = json.loads(fleet.cli("fleet", "epochs", "--close").stdout)
     fees = sum(_fees(node) for node in nodes)

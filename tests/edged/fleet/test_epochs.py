@@ -12,7 +12,7 @@ from attribution.payees import split_ppm
 from edged.fleet.epochs import Epochs
 from edged.fleet.store import FleetRefused, FleetStore
 from sync import merkle
-from sync.payout import PayoutProof, verify_payout
+from sync.payout import PayoutProof, PayoutTree, verify_payout
 from tests.edged.fleet.conftest import Clock, enrolled_node
 
 OWNER = "0x" + "11" * 20
@@ -94,7 +94,7 @@ def test_payout_proofs_need_addresses_and_verify(store: FleetStore, epochs: Epoc
     assert refused.value.status == 404
 
 
-def test_a_settled_root_cannot_be_changed_by_the_address_book(store: FleetStore,
+def test_a_settled_payout_tree_outlives_address_book_changes(store: FleetStore,
                                                               epochs: Epochs,
                                                               clock: Clock) -> None:
     node = enrolled_node(store, clock, "a", fee=100)
@@ -103,12 +103,44 @@ def test_a_settled_root_cannot_be_changed_by_the_address_book(store: FleetStore,
     epochs.close()
     epochs.set_address("operator-a", "0x" + "33" * 20)
     tree = epochs.payout_tree(1)
-    assert epochs.mark_settled(1, tree, "local") == tree.root
-    epochs.set_address("operator-a", "0x" + "44" * 20)
-    with pytest.raises(FleetRefused) as refused:
-        epochs.proof(1, OWNER)
-    assert refused.value.code == "settled_root_mismatch"
-    assert epochs.mark_settled(1, epochs.payout_tree(1), "local") == tree.root  # first wins
+    settled = epochs.mark_settled(1, tree, "local")
+    assert (settled.root, settled.size, settled.total) == (tree.root, 3, 200)
+    epochs.set_address("operator-a", "0x" + "44" * 20)  # too late for epoch 1
+    assert epochs.payout_tree(1).root == tree.root
+    assert epochs.summary(1)["root"] == tree.root.hex() and epochs.summary(1)["settled"]
+    claim = epochs.proof(1, "0x" + "33" * 20)
+    assert int(claim["amount"]) == 20 and claim["root"] == "0x" + tree.root.hex()
+    other = epochs.payout_tree(1)
+    again = epochs.mark_settled(1, PayoutTree(1, {bytes(20): 5}), "local")  # first call wins
+    assert again.root == other.root == tree.root
+
+
+def test_hostile_fees_and_payee_ids_are_counted_not_paid(store: FleetStore, epochs: Epochs,
+                                                         clock: Clock) -> None:
+    """A node that signs receipts with unpayable payee ids (a NUL, 300 characters) cannot
+    stop epochs from closing (or settling) for everybody: those receipts are malformed."""
+    node = enrolled_node(store, clock, "a", fee=10)
+    node.append(3)
+    node.append(1, payees=split_ppm([("bad\x00id", "owner", 1)]))
+    node.append(1, payees=split_ppm([("x" * 300, "owner", 1)]))
+    _push(store, node, 0)
+    closed = epochs.close()
+    assert closed["receipts"] == 5 and closed["total"] == 30
+    assert {p["payee"] for p in closed["payees"]} == {OWNER, DATA, "operator-a"}
+
+
+def test_totals_beyond_64_bits_are_exact(store: FleetStore, epochs: Epochs,
+                                         clock: Clock) -> None:
+    biggest = (1 << 64) - 1  # the largest fee a receipt can carry
+    node = enrolled_node(store, clock, "a", fee=biggest,
+                         payees=split_ppm([(OWNER, "owner", 1)]))
+    node.append(4)
+    _push(store, node, 0)
+    closed = epochs.close()
+    assert closed["total"] == 4 * biggest
+    assert closed["payees"] == [{"payee": OWNER, "amount": 4 * biggest, "address": OWNER}]
+    assert epochs.top_payees(5) == [(OWNER, 4 * biggest)]
+    assert epochs.payout_tree(1).total == 4 * biggest
 
 
 def test_fleet_processes_racing_to_close_never_count_a_receipt_twice(

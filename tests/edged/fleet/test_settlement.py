@@ -137,3 +137,30 @@ async def test_the_fleet_settles_by_itself_every_settle_interval(tmp_path: Path,
             await asyncio.sleep(0.1)
         assert epoch["settlement"] == "final"
         assert fleet.app[FLEET].settler.adapter.epoch(1)["total"] == 5 * 999
+
+
+async def test_an_epoch_that_owes_nothing_does_not_block_the_next(fleet: Client,
+                                                                  anvil: AnvilNode) -> None:
+    """A free model's epoch has an empty payout tree: its checkpoints are anchored, nothing
+    is posted (the contract refuses empty epochs), and the next epoch settles."""
+    assert (await fleet.post("/fleet/chain/deploy")).status == 201
+    node = SimulatedNode(key_from("free"), fee=0, payees=PAYEES)
+    await fleet.post("/fleet/nodes", json={"node": node.origin.hex()})
+    node.append(3)
+    assert (await _push(fleet, node, node.batch(0).encode())).status == 200
+    assert (await (await fleet.post("/fleet/epochs")).json())["total"] == 0
+    node.fee = 50
+    node.append(2)
+    assert (await _push(fleet, node, node.batch(3).encode())).status == 200
+    assert (await (await fleet.post("/fleet/epochs")).json())["total"] == 100
+    plan = (await (await fleet.get("/fleet/settlement")).json())["plan"]
+    assert {"action": "postEpoch", "epoch": 1, "status": "nothing to pay"} in plan
+    settled = await (await fleet.post("/fleet/settle")).json()
+    assert settled["settled"] == [1, 2] and settled["blocked"] == {}
+    anvil.mine(2)
+    await fleet.post("/fleet/settle")
+    for epoch, total in ((1, 0), (2, 100)):
+        summary = await (await fleet.get(f"/fleet/epochs/{epoch}")).json()
+        assert summary["settlement"] == "final" and summary["total"] == total, summary
+    adapter = fleet.app[FLEET].settler.adapter
+    assert adapter.epoch(2)["total"] == 100 and adapter.epoch(1)["leaf_count"] == 0

@@ -108,6 +108,7 @@ def test_an_equivocating_node_is_frozen_with_evidence(store: FleetStore, clock: 
     assert record is not None and record.frozen
     evidence = store.equivocations()
     assert len(evidence) == 1 and evidence[0]["origin"] == honest.origin.hex()
+    assert store.heads() == []  # relays stop offering it
     honest.append(2)
     with pytest.raises(FleetRefused) as refused:
         store.ingest(honest.batch(4).encode())
