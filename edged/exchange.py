@@ -46,6 +46,7 @@ HELLO_DOMAIN = b"edged/sync-hello/v1\0"
 MAX_HEADS = 10_000
 MAX_HEADS_BYTES = 2 * 1024 * 1024
 MAX_HELLO_BYTES = 4096
+BATCH_OVERHEAD_BYTES = 64 * 1024
 
 
 def _parse_heads(body: bytes) -> list[tuple[bytes, int]]:
@@ -68,6 +69,17 @@ def _parse_heads(body: bytes) -> list[tuple[bytes, int]]:
         except ValueError:
             raise SyncRefused(400, "malformed heads") from None
     return parsed
+
+
+def _fitting(receipts: list[bytes]) -> list[bytes]:
+    """The longest prefix of ``receipts`` that fits in one batch (with room for the
+    checkpoint, the proof and framing); at least one receipt."""
+    budget = MAX_BATCH_BYTES - BATCH_OVERHEAD_BYTES
+    for count, raw in enumerate(receipts):
+        budget -= len(raw) + 5  # msgpack bin header
+        if budget < 0:
+            return receipts[:max(1, count)]
+    return receipts
 
 
 class SyncRefused(Exception):
@@ -160,8 +172,9 @@ class ExchangeService:
             end = min(self.ledger.count(), have + limit)
             if end < have or known > end:
                 raise SyncRefused(400, "nothing to serve from there")
+            receipts = _fitting([r.raw for r in self.ledger.page(have - 1, end - have)])
+            end = have + len(receipts)
             checkpoint = self.ledger.cut_checkpoint(self.clock_ms(), end, fresh=fresh)
-            receipts = [r.raw for r in self.ledger.page(have - 1, end - have)]
             proof = self.ledger.consistency_proof(known, end) if known else []
             return Batch(origin, receipts, checkpoint, proof, known)
         if self.replicas.is_frozen(origin):
@@ -169,10 +182,15 @@ class ExchangeService:
         held = [cp for cp in self.replicas.checkpoints(origin) if cp.checkpoint.size > have]
         if not held:
             raise SyncRefused(400, "no newer checkpoint of that origin held here")
-        fitting = [cp for cp in held if cp.checkpoint.size <= have + limit]
-        checkpoint = fitting[-1] if fitting else held[0]
-        end = checkpoint.checkpoint.size
-        receipts = self.replicas.raw_range(origin, have, end)
+        fitting = [cp for cp in held if cp.checkpoint.size <= have + limit] or held[:1]
+        for checkpoint in reversed(fitting):  # the largest range that fits in a batch
+            end = checkpoint.checkpoint.size
+            receipts = self.replicas.raw_range(origin, have, end)
+            if len(_fitting(receipts)) == len(receipts):
+                break
+        else:
+            raise SyncRefused(400, "the receipts up to the next checkpoint held of that "
+                              "origin do not fit in one batch")
         proof = (merkle.consistency_proof(known, end, self.replicas.subtrees(origin))
                  if known else [])
         return Batch(origin, receipts, checkpoint, proof, known)
