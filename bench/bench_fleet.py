@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
-import contextlib
 import cProfile
 import hashlib
 import math
@@ -61,7 +60,14 @@ from nacl.signing import SigningKey  # noqa: E402
 
 from attribution.payees import split_ppm  # noqa: E402
 from attribution.receipt import leaf_hash  # noqa: E402
-from bench.harness import CLOCK_TICKS, ROOT, BenchError, free_port, loadavg  # noqa: E402
+from bench.harness import (  # noqa: E402
+    CLOCK_TICKS,
+    ROOT,
+    BenchError,
+    ServerProcess,
+    free_port,
+    loadavg,
+)
 from edged.exchange import MSGPACK  # noqa: E402
 from edged.fleet.db import Database  # noqa: E402
 from edged.fleet.epochs import Epochs  # noqa: E402
@@ -225,7 +231,7 @@ finally:
 """
 
 
-class Fleet:
+class Fleet(ServerProcess):
     """``python -m edged --data-dir D fleet serve --port P`` in a subprocess."""
 
     def __init__(self, base: Path, database_url: str, profile_out: Path | None = None) -> None:
@@ -237,16 +243,8 @@ class Fleet:
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
 
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
     def start(self, timeout: float = 120.0) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("EDGED_")}
-        env["EDGED_LOG_LEVEL"] = "warning"
-        env["EDGED_FLEET_DATABASE"] = self.database_url
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        env = self.environment(EDGED_FLEET_DATABASE=self.database_url)
         tail = ["--data-dir", str(self.data_dir), "fleet", "serve", "--port", str(self.port)]
         if self.profile_out is not None:
             env["BENCH_FLEET_PROFILE_OUT"] = str(self.profile_out)
@@ -254,34 +252,13 @@ class Fleet:
             args = [sys.executable, "-c", BOOTSTRAP, *tail]
         else:
             args = [sys.executable, "-m", "edged", *tail]
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
-                                            env=env, cwd=ROOT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise BenchError(f"the fleet exited with {self.process.returncode}:\n"
-                                 + self.log_tail())
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
-                    return
-            time.sleep(0.1)
-        raise BenchError("the fleet did not become ready in time")
+        self.launch(args, env, self._ready, timeout, "the fleet")
 
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()  # aiohttp's run_app exits cleanly on SIGTERM
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def log_tail(self, chars: int = 3000) -> str:
+    def _ready(self) -> bool:
         try:
-            return self.log_path.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
+            return httpx.get(self.url + "/readyz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
 
 
 class Stores:

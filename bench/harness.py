@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,60 @@ def loadavg() -> str:
         return "?"
 
 
-class Daemon:
+class ServerProcess:
+    """A server subprocess (``process``) logging to ``log_path``: what benches share."""
+
+    process: subprocess.Popen[bytes] | None
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    @staticmethod
+    def environment(**settings: str) -> dict[str, str]:
+        """This environment without the caller's EDGED_* settings, plus ``settings``;
+        quiet logs, and the repository importable (benches import ``tests.support``)."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EDGED_")}
+        env["EDGED_LOG_LEVEL"] = "warning"
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        return {**env, **settings}
+
+    def launch(self, args: list[str], env: dict[str, str], ready: Callable[[], bool],
+               timeout: float, name: str) -> None:
+        """Start ``args`` and wait until ``ready()`` (which returns False while the server
+        cannot answer yet)."""
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
+                                            env=env, cwd=ROOT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise BenchError(f"{name} exited with {self.process.returncode}:\n"
+                                 + self.log_tail())
+            if ready():
+                return
+            time.sleep(0.1)
+        raise BenchError(f"{name} did not become ready in time")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()  # aiohttp's run_app exits cleanly on SIGTERM
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def log_tail(self, chars: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+
+class Daemon(ServerProcess):
     """``python -m edged serve`` in a subprocess, logging to a file in its temp dir.
 
     ``--keep-alive -1``: a bench may idle longer than the default unload delay (indexing,
@@ -48,48 +102,19 @@ class Daemon:
         self.demo = demo
         self.process: subprocess.Popen[bytes] | None = None
 
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
     def start(self, timeout: float = 600.0) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("EDGED_")}
-        env["EDGED_LOG_LEVEL"] = "warning"
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        env = self.environment()
         args = [sys.executable, "-m", "edged", "--data-dir", str(self.data_dir), "serve",
                 "--port", str(self.port), "--threads", str(self.threads), "--keep-alive", "-1"]
         if not self.demo:
             args.append("--no-demo-model")
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
-                                            env=env, cwd=ROOT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise BenchError(f"edged exited with {self.process.returncode}")
-            try:
-                if self.request("GET", "/readyz", timeout=2)[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise BenchError("edged did not become ready in time")
+        self.launch(args, env, self._ready, timeout, "edged")
 
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def log_tail(self, chars: int = 3000) -> str:
+    def _ready(self) -> bool:
         try:
-            return self.log_path.read_text(errors="replace")[-chars:]
+            return bool(self.request("GET", "/readyz", timeout=2)[0] == 200)
         except OSError:
-            return ""
+            return False
 
     def cpu_seconds(self) -> float:
         with open(f"/proc/{self.pid}/stat") as handle:

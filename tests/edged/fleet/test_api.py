@@ -42,6 +42,14 @@ async def _push(fleet: Client, node: SimulatedNode, body: bytes) -> Any:
     return await fleet.post("/v1/sync/push", data=io.BytesIO(body), headers=headers)
 
 
+async def _serve(node: Client, count: int) -> None:
+    for number in range(count):
+        reply = await node.post("/v1/completions", json={"model": FAKE_MODEL,
+                                                         "prompt": f"p{number}",
+                                                         "max_tokens": 2})
+        assert reply.status == 200
+
+
 def _assert_error(body: Any, code: str) -> None:
     assert set(body["error"]) == {"message", "type", "param", "code"}
     assert body["error"]["code"] == code
@@ -129,11 +137,7 @@ async def test_a_node_pushes_to_the_fleet_it_trusts(fleet: Client, data_dir: Pat
     settings = make_settings(data_dir, fleet_url=fleet_url)
     node = await aiohttp_client(create_app(settings, loader=fake_loader(), runtimes=RUNTIMES))
     node_key = (await (await node.get("/api/node")).json())["public_key"]
-    for number in range(3):
-        reply = await node.post("/v1/completions", json={"model": FAKE_MODEL,
-                                                         "prompt": f"p{number}",
-                                                         "max_tokens": 2})
-        assert reply.status == 200
+    await _serve(node, 3)
 
     result = await (await node.post("/api/sync/now")).json()
     assert result["fleet"][fleet_url].startswith("error")  # the fleet's key is not trusted
@@ -207,11 +211,7 @@ async def test_a_node_forwards_a_peers_receipts_to_the_fleet(fleet: Client, data
     await node_b.post("/api/peers/trust", json={"key": fleet.app[FLEET].origin.hex()})
     for key in (key_a, key_b):
         await fleet.post("/fleet/nodes", json={"node": key})
-    for number in range(4):
-        reply = await node_a.post("/v1/completions", json={"model": FAKE_MODEL,
-                                                           "prompt": f"a{number}",
-                                                           "max_tokens": 2})
-        assert reply.status == 200
+    await _serve(node_a, 4)
     result = await (await node_b.post("/api/sync/now")).json()
     assert result["peers"] == {a_url: "ok: 4 new"}
     assert result["fleet"] == {fleet_url: "ok: 4 new"}

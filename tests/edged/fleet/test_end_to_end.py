@@ -6,7 +6,6 @@ claims sum to the fees, and a second or a wrong claim fails."""
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import TINY_CONTEXT
-from tests.support.anvil import AnvilNode, start_anvil
+from tests.support.anvil import AnvilNode
 from tests.support.cluster import own_log, serve_traffic
 from tests.support.daemon import Daemon, clean_environment
 
@@ -24,21 +23,6 @@ OWNER = "0x" + "a1" * 20
 OPERATORS = ["0x" + f"b{i}" * 20 for i in range(1, 4)]
 CONFIRMATIONS = 3
 
-
-@pytest.fixture
-def anvil() -> Iterator[AnvilNode]:
-    node = start_anvil()
-    try:
-        yield node
-    finally:
-        node.stop()
-
-
-def _key_file(path: Path, private_key: str) -> Path:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(private_key)
-    return path
 
 
 def _wait(condition: Any, what: str, timeout: float = 60) -> None:
@@ -56,9 +40,10 @@ def _fees(node: Daemon) -> int:
 
 
 @pytest.fixture
-def fleet_and_nodes(tmp_path: Path, anvil: AnvilNode,
-                    tiny_model_file: Path) -> Iterator[tuple[Daemon, list[Daemon]]]:
-    operator_key = _key_file(tmp_path / "operator.key", anvil.accounts[0][1])
+def fleet_and_nodes(tmp_path: Path, operator_key_file: Path,
+                    tiny_model_file: Path, anvil: AnvilNode,
+                    ) -> Iterator[tuple[Daemon, list[Daemon]]]:
+    operator_key = operator_key_file
     fleet = Daemon(tmp_path / "fleet" / "data", command=("fleet", "serve"), extra_args=(),
                    env=clean_environment(EDGED_CHAIN_URL=anvil.url,
                                          EDGED_CHAIN_ACCOUNT_KEY_FILE=str(operator_key),
@@ -83,7 +68,8 @@ def fleet_and_nodes(tmp_path: Path, anvil: AnvilNode,
 
 
 def test_three_nodes_to_fleet_to_chain_to_claims(fleet_and_nodes: tuple[Daemon, list[Daemon]],
-                                                 anvil: AnvilNode, tmp_path: Path) -> None:
+                                                 anvil: AnvilNode, tmp_path: Path,
+                                                 other_key_file: Path) -> None:
     from sync.settlement import SettlementAdapter, TransactionFailed
 
     fleet, nodes = fleet_and_nodes
@@ -124,8 +110,7 @@ def test_three_nodes_to_fleet_to_chain_to_claims(fleet_and_nodes: tuple[Daemon, 
     status = fleet.request_json("GET", "/fleet/settlement")["body"]
     assert {t["status"] for t in status["transactions"]} == {"final"}
 
-    claimer_key = _key_file(tmp_path / "claimer.key", anvil.accounts[1][1])
-    with SettlementAdapter(anvil.url, claimer_key, tmp_path / "claimer-journal.sqlite3",
+    with SettlementAdapter(anvil.url, other_key_file, tmp_path / "claimer-journal.sqlite3",
                            contract_address=contract, confirmations=1) as chain:
         for cp in summary["checkpoints"]:
             assert chain.checkpoint_root(bytes.fromhex(cp["origin"]), cp["end"]).hex() \

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from edged.fleet.api import FLEET
 from edged.fleet.app import create_fleet_app
 from edged.settings import Settings
 from tests.edged.fleet.test_api import _push
-from tests.support.anvil import AnvilNode, RpcGate, start_anvil
+from tests.support.anvil import AnvilNode, RpcGate
 from tests.support.receipt_factory import key_from
 from tests.support.simulated_node import SimulatedNode
 
@@ -28,14 +27,6 @@ pytestmark = pytest.mark.chain
 Client = TestClient[Any, web.Application]
 PAYEES = split_ppm([("0x" + "c1" * 20, "owner", 70), ("0x" + "c2" * 20, "operator", 30)])
 
-
-@pytest.fixture
-def anvil() -> Iterator[AnvilNode]:
-    node = start_anvil()
-    try:
-        yield node
-    finally:
-        node.stop()
 
 
 @pytest.fixture
@@ -53,13 +44,10 @@ def _settings(tmp_path: Path, chain_url: str, key_file: Path) -> Settings:
 
 
 @pytest.fixture
-async def fleet(tmp_path: Path, anvil: AnvilNode, gate: RpcGate) -> AsyncIterator[Client]:
-    key_file = tmp_path / "operator.key"
-    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(anvil.accounts[0][1])
-    async with TestClient(TestServer(create_fleet_app(_settings(tmp_path, gate.url,
-                                                                key_file)))) as client:
+async def fleet(tmp_path: Path, operator_key_file: Path,
+                gate: RpcGate) -> AsyncIterator[Client]:
+    settings = _settings(tmp_path, gate.url, operator_key_file)
+    async with TestClient(TestServer(create_fleet_app(settings))) as client:
         yield client
 
 
@@ -118,13 +106,9 @@ async def test_an_account_without_funds_gets_a_clear_error(tmp_path: Path,
         assert anvil.balance(address) == 0
 
 
-async def test_the_fleet_settles_by_itself_every_settle_interval(tmp_path: Path,
-                                                                 anvil: AnvilNode) -> None:
-    key_file = tmp_path / "operator.key"
-    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(anvil.accounts[0][1])
-    settings = dataclasses.replace(_settings(tmp_path, anvil.url, key_file),
+async def test_the_fleet_settles_by_itself_every_settle_interval(
+        tmp_path: Path, anvil: AnvilNode, operator_key_file: Path) -> None:
+    settings = dataclasses.replace(_settings(tmp_path, anvil.url, operator_key_file),
                                    settle_interval=0.2, chain_confirmations=1)
     async with TestClient(TestServer(create_fleet_app(settings))) as fleet:
         assert (await fleet.post("/fleet/chain/deploy")).status == 201
