@@ -49,7 +49,11 @@ def _streamed_upload(path: str) -> bool:
         path.startswith("/api/models/") and path.endswith("/examples"))
 
 
-def security_middleware(settings: Settings) -> web.middleware:  # type: ignore[valid-type]
+def security_middleware(
+    settings: Settings, *, public_paths: frozenset[str] = PUBLIC_PATHS,
+) -> web.middleware:  # type: ignore[valid-type]
+    """``public_paths`` need no API key (health checks; the fleet's dashboard page, which
+    holds no data and asks for a key itself)."""
     host_names = allowed_host_names(settings)
     origins = frozenset(settings.cors_origins)
     keys = tuple(key.encode() for key in settings.api_keys)
@@ -78,7 +82,7 @@ def security_middleware(settings: Settings) -> web.middleware:  # type: ignore[v
         if request.method == "OPTIONS" and origin is not None:
             response: web.StreamResponse = web.Response(status=204)
         else:
-            if keys and request.path not in PUBLIC_PATHS and not authorised(
+            if keys and request.path not in public_paths and not authorised(
                     request.headers.get("Authorization", "")):
                 raise Unauthorized("a valid API key is required (Authorization: Bearer ...)")
             if (request.content_length or 0) > settings.max_body_bytes and not (

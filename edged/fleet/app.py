@@ -29,7 +29,7 @@ from edged.fleet.store import FleetRefused, FleetStore
 from edged.http_common import error_middleware
 from edged.inference import unix_millis
 from edged.keys import load_or_create_keys
-from edged.security import add_cors_headers, security_middleware
+from edged.security import PUBLIC_PATHS, add_cors_headers, security_middleware
 from edged.settings import Settings
 from sync.auth import RequestVerifier
 
@@ -66,8 +66,9 @@ def dashboard_html() -> bytes:
 def create_fleet_app(settings: Settings, *, clock_ms: Callable[[], int] = unix_millis,
                      adapter_factory: AdapterFactory = chain_adapter) -> web.Application:
     settings.validate()
-    app = web.Application(middlewares=[error_middleware, security_middleware(settings)],
-                          client_max_size=settings.max_body_bytes)
+    app = web.Application(middlewares=[error_middleware, security_middleware(
+        settings, public_paths=PUBLIC_PATHS | {"/fleet/"})],
+        client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app[READY] = asyncio.Event()
     app.on_response_prepare.append(add_cors_headers)

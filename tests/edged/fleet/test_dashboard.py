@@ -304,3 +304,31 @@ async def test_dashboard_shows_chain_health_every_settlement_state_and_exact_amo
     await expect(page.locator("#health-failures")).to_have_text("3")
     await expect(page.locator("#health-error")).to_have_text("connection refused")
     await expect(page.locator("#health-retry")).to_have_text("1 min 35 s")
+
+
+async def test_dashboard_asks_for_the_api_key_of_a_fleet_that_needs_one(
+        tmp_path: Path, browser_page: Page) -> None:
+    """With api_keys (a fleet reachable beyond loopback needs them) the page itself, which
+    holds no data, loads without one and asks for the key; the data needs the key."""
+    settings = Settings(data_dir=tmp_path / "data", install_demo_model=False,
+                        api_keys=("fleet-secret",))
+    app = create_fleet_app(settings)
+    async with TestClient(TestServer(app, host="127.0.0.1"),
+                          headers={"Authorization": "Bearer fleet-secret"}) as client:
+        assert (await client.get("/fleet/summary", headers={"Authorization": ""})).status \
+            == 401
+        fleet = Fleet(client)
+        await two_nodes_one_epoch(fleet)
+        page = browser_page
+        await page.goto(fleet.url)
+        login = page.locator("#login")
+        await expect(login).to_be_visible()
+        await expect(page.locator("#error")).to_contain_text("HTTP 401")
+        await page.fill("#api-key", "wrong")
+        await page.click("#login button")
+        await expect(login).to_be_visible(timeout=REFRESH_TIMEOUT_MS)  # refused: asks again
+        await page.fill("#api-key", "fleet-secret")
+        await page.click("#login button")
+        await expect(page.locator("#nodes tbody tr")).to_have_count(2)
+        await expect(login).to_be_hidden()
+        await expect(page.locator("#error")).to_be_hidden()
