@@ -58,7 +58,7 @@ def _assert_error(body: Any, code: str) -> None:
 async def test_only_enrolled_nodes_may_push(fleet: Client) -> None:
     node = SimulatedNode(key_from("a"))
     node.append(3)
-    body = node.batch(0).encode()
+    body = node.batch(0, ts=int(time.time() * 1000) - 1000).encode()  # signed a second ago
     reply = await _push(fleet, node, body)
     assert reply.status == 403  # the request signature is from a key nobody enrolled
     unsigned = await fleet.post("/v1/sync/push", data=body)
