@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
-import http.client
 import json
 import os
 import platform
@@ -138,43 +137,21 @@ class Daemon(harness.Daemon):
 
     def stream(self, mode: str, max_tokens: int) -> Run:
         """One streaming completion, timed from the request to each chunk."""
-        body = json.dumps({"model": MODEL, "prompt": PROMPT, "max_tokens": max_tokens,
-                           "temperature": 0, "stream": True,
-                           "stream_options": {"include_usage": True}})
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=600)
+        events, done = self.timed_stream(MODEL, PROMPT, max_tokens)
         pieces: list[str] = []
         first = last = receipt_at = 0.0
         usage: dict[str, int] | None = None
         receipt_id = ""
-        try:
-            start = time.perf_counter()
-            conn.request("POST", "/v1/completions", body=body,
-                         headers={"Content-Type": "application/json"})
-            response = conn.getresponse()
-            if response.status != 200:
-                raise BenchError(f"edged answered {response.status}: {response.read()[:500]!r}")
-            while line := response.readline():
-                if not line.startswith(b"data: "):
-                    continue
-                payload = line[6:].strip()
-                if payload == b"[DONE]":
-                    break
-                event = json.loads(payload)
-                if "error" in event:
-                    raise BenchError(f"edged stream failed: {event['error']}")
-                now = time.perf_counter() - start
-                for choice in event.get("choices", []):
-                    if choice.get("text"):
-                        first = first or now
-                        last = now
-                        pieces.append(choice["text"])
-                usage = event.get("usage", usage)
-                if "receipt" in event:
-                    receipt_at = now
-                    receipt_id = event["receipt"]["id"]
-            done = time.perf_counter() - start
-        finally:
-            conn.close()
+        for now, event in events:
+            for choice in event.get("choices", []):
+                if choice.get("text"):
+                    first = first or now
+                    last = now
+                    pieces.append(choice["text"])
+            usage = event.get("usage", usage)
+            if "receipt" in event:
+                receipt_at = now
+                receipt_id = event["receipt"]["id"]
         if usage is None or not receipt_id:
             raise BenchError("edged sent no usage or no receipt in its final chunks")
         return Run(mode, usage["completion_tokens"], first, last, receipt_at, done,

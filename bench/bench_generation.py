@@ -26,8 +26,6 @@ from __future__ import annotations
 import argparse
 import gc
 import hashlib
-import http.client
-import json
 import os
 import platform
 import statistics
@@ -106,41 +104,19 @@ class Daemon(harness.Daemon):
 
     def stream(self, model: str, prompt: str, max_tokens: int) -> Run:
         """One streaming completion, timed from the request to each content chunk."""
-        body = json.dumps({"model": model, "prompt": prompt, "max_tokens": max_tokens,
-                           "temperature": 0, "stream": True,
-                           "stream_options": {"include_usage": True}})
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=600)
+        events, done = self.timed_stream(model, prompt, max_tokens)
         pieces: list[str] = []
         first = last = 0.0
         usage: dict[str, int] | None = None
         finish = "?"
-        try:
-            start = time.perf_counter()
-            conn.request("POST", "/v1/completions", body=body,
-                         headers={"Content-Type": "application/json"})
-            response = conn.getresponse()
-            if response.status != 200:
-                raise BenchError(f"edged answered {response.status}: {response.read()[:500]!r}")
-            while line := response.readline():
-                if not line.startswith(b"data: "):
-                    continue
-                payload = line[6:].strip()
-                if payload == b"[DONE]":
-                    break
-                event = json.loads(payload)
-                if "error" in event:
-                    raise BenchError(f"edged stream failed: {event['error']}")
-                for choice in event.get("choices", []):
-                    if choice.get("text"):
-                        now = time.perf_counter() - start
-                        first = first or now
-                        last = now
-                        pieces.append(choice["text"])
-                    finish = choice.get("finish_reason") or finish
-                usage = event.get("usage", usage)
-            done = time.perf_counter() - start
-        finally:
-            conn.close()
+        for now, event in events:
+            for choice in event.get("choices", []):
+                if choice.get("text"):
+                    first = first or now
+                    last = now
+                    pieces.append(choice["text"])
+                finish = choice.get("finish_reason") or finish
+            usage = event.get("usage", usage)
         if usage is None:
             raise BenchError("edged sent no usage in its final chunk")
         return Run(usage["completion_tokens"], first, last, done, "".join(pieces), finish)

@@ -121,6 +121,37 @@ class Daemon(ServerProcess):
             fields = handle.read().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
 
+    def timed_stream(self, model: str, prompt: str,
+                     max_tokens: int) -> tuple[list[tuple[float, dict[str, Any]]], float]:
+        """One greedy streaming completion read by a lean ``http.client`` reader:
+        ``([(seconds since the request, event), ...], seconds until [DONE])``."""
+        body = json.dumps({"model": model, "prompt": prompt, "max_tokens": max_tokens,
+                           "temperature": 0, "stream": True,
+                           "stream_options": {"include_usage": True}})
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=600)
+        events: list[tuple[float, dict[str, Any]]] = []
+        try:
+            start = time.perf_counter()
+            conn.request("POST", "/v1/completions", body=body,
+                         headers={"Content-Type": "application/json"})
+            response = conn.getresponse()
+            if response.status != 200:
+                raise BenchError(f"edged answered {response.status}: {response.read()[:500]!r}")
+            while line := response.readline():
+                if not line.startswith(b"data: "):
+                    continue
+                payload = line[6:].strip()
+                if payload == b"[DONE]":
+                    break
+                event = json.loads(payload)
+                if "error" in event:
+                    raise BenchError(f"edged stream failed: {event['error']}")
+                events.append((time.perf_counter() - start, event))
+            done = time.perf_counter() - start
+        finally:
+            conn.close()
+        return events, done
+
     def request(self, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
                 content_type: str | None = None, timeout: float = 600) -> tuple[int, Any]:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
