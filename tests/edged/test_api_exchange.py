@@ -12,29 +12,18 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from nacl.signing import SigningKey
 
-from attribution.payees import owner_payees
-from attribution.receipt import ZERO_HASH, AttributionRef, ModelRef, ReceiptDraft
 from edged.appkeys import EXCHANGE, NODE_KEYS, PEERS
 from sync import merkle
 from sync.auth import sign_request
 from sync.batch import Batch
 from sync.checkpoint import Checkpoint
+from tests.support.receipt_factory import make_chain
 
 Client = TestClient[Any, web.Application]
 
 
-def _log(key: SigningKey, count: int, *, salt: int = 0) -> list[bytes]:
-    raws, prev = [], ZERO_HASH
-    for seq in range(count):
-        draft = ReceiptDraft(ts=seq + salt, model=ModelRef("m", bytes(32), bytes(32)),
-                             kind="chat", input_commitment=bytes(32),
-                             output_commitment=bytes(32), input_units=1, output_units=1, fee=1,
-                             payees=owner_payees("o", "op", 0),
-                             attr=AttributionRef("owner/1", bytes(32), bytes(32)))
-        receipt = draft.finalise(key, seq, prev)
-        raws.append(receipt.raw)
-        prev = receipt.leaf
-    return raws
+def _log(key: SigningKey, count: int, *, model_name: str = "tiny-model") -> list[bytes]:
+    return [receipt.raw for receipt in make_chain(key, count, model_name=model_name)]
 
 
 def _batch(key: SigningKey, raws: list[bytes], start: int = 0, known: int = 0) -> Batch:
@@ -146,7 +135,7 @@ async def test_shrinking_and_equivocating_checkpoints(client: Client) -> None:
     shrinking = _batch(peer, raws[:3], start=3, known=0)
     assert (await _push(client, peer, shrinking.encode())).status == 400
 
-    fork = _log(peer, 6, salt=1000)  # a second history under the same key
+    fork = _log(peer, 6, model_name="fork")  # a second history under the same key
     fork_leaves = [merkle.leaf_hash(raw) for raw in fork]
     same_size = Checkpoint(bytes(peer.verify_key), 6, merkle.reference_root(fork_leaves),
                            int(time.time() * 1000)).sign(peer)

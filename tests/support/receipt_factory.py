@@ -35,12 +35,14 @@ def make_draft(i: int = 0, *, model_name: str = "tiny-model", kind: str = "chat"
     )
 
 
-def make_chain(key: SigningKey, n: int, *, start_seq: int = 0,
-               prev: bytes = ZERO_HASH) -> list[SignedReceipt]:
-    """``n`` correctly chained receipts signed by ``key``."""
+def make_chain(key: SigningKey, n: int, *, start_seq: int = 0, prev: bytes = ZERO_HASH,
+               model_name: str = "tiny-model") -> list[SignedReceipt]:
+    """``n`` correctly chained receipts signed by ``key`` (another ``model_name`` gives
+    another history under the same key)."""
     chain: list[SignedReceipt] = []
     for offset in range(n):
-        receipt = make_draft(start_seq + offset).finalise(key, start_seq + offset, prev)
+        receipt = make_draft(start_seq + offset, model_name=model_name).finalise(
+            key, start_seq + offset, prev)
         chain.append(receipt)
         prev = receipt.leaf
     return chain

@@ -7,31 +7,16 @@ import dataclasses
 import pytest
 from nacl.signing import SigningKey
 
-from attribution.payees import owner_payees
-from attribution.receipt import ZERO_HASH, AttributionRef, ModelRef, ReceiptDraft
 from sync import merkle
 from sync.bundle import BundleError, ProofBundle, verify_bundle
 from sync.checkpoint import Checkpoint
-
-
-def _log(key: SigningKey, count: int) -> list[bytes]:
-    raws, prev = [], ZERO_HASH
-    for seq in range(count):
-        draft = ReceiptDraft(ts=seq, model=ModelRef("m", bytes(32), bytes(32)), kind="chat",
-                             input_commitment=bytes(32), output_commitment=bytes(32),
-                             input_units=1, output_units=1, fee=1,
-                             payees=owner_payees("o", "op", 0),
-                             attr=AttributionRef("owner/1", bytes(32), bytes(32)))
-        receipt = draft.finalise(key, seq, prev)
-        raws.append(receipt.raw)
-        prev = receipt.leaf
-    return raws
+from tests.support.receipt_factory import make_chain
 
 
 @pytest.fixture
 def bundle_and_key() -> tuple[ProofBundle, bytes]:
     key = SigningKey.generate()
-    raws = _log(key, 7)
+    raws = [receipt.raw for receipt in make_chain(key, 7)]
     leaves = [merkle.leaf_hash(raw) for raw in raws]
     checkpoint = Checkpoint(bytes(key.verify_key), 7, merkle.reference_root(leaves), 1).sign(key)
     bundle = ProofBundle(raws[3], 3, checkpoint, merkle.reference_inclusion_proof(3, leaves))
