@@ -6,7 +6,8 @@
   share; the data share (capped so the two never exceed the whole fee) is split
   among contributors by their span weights; the owner keeps the rest. When no
   span matches, the data share goes to whom the manifest's
-  ``unmatched_data_to`` names (the owner by default).
+  ``unmatched_data_to`` names (the owner by default). A contributor's payee id is
+  its payout address when its datanet has one, else its name.
 
 Integer arithmetic throughout: each part is weighted in units of 1e-12 of the
 fee, then :func:`attribution.payees.split_ppm` rounds once to ppm.
@@ -93,7 +94,10 @@ class Attributor:
             (manifest.owner, "owner", owner_ppm * PPM),
             (self.operator_id, "operator", self.operator_ppm * PPM)]
         if shares:
-            weights += [(contributor, "data", data_ppm * share)
+            # A contributor with a payout address (`edged datanet add --payout`) is paid
+            # under that address, so the fleet can settle it on chain as it is.
+            addresses = self.datanets.payout_addresses(manifest.datanets)
+            weights += [(addresses.get(contributor, contributor), "data", data_ppm * share)
                         for contributor, share in shares.items()]
         elif manifest.unmatched_data_to == "operator":
             weights.append((self.operator_id, "operator", data_ppm * PPM))

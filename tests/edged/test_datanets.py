@@ -164,10 +164,11 @@ def test_evidence_is_for_local_callers_only() -> None:
     assert not _is_local(request_from("192.168.1.20"))
 
 
-async def _upload(client: Client, contributor: str, documents: list[tuple[str, str]]) -> Any:
+async def _upload(client: Client, contributor: str, documents: list[tuple[str, str]],
+                  **params: str) -> Any:
     body = b"".join(json.dumps({"id": i, "text": t}).encode() + b"\n" for i, t in documents)
     response = await client.post("/api/datanets/books/documents",
-                                 params={"contributor": contributor}, data=body)
+                                 params={"contributor": contributor, **params}, data=body)
     assert response.status == 201, await response.text()
     return await response.json()
 
@@ -210,12 +211,20 @@ async def test_receipts_credit_the_contributor_whose_text_the_model_reproduced(
     assert spans and all("alice" in span["by_contributor"] for span in spans)
     assert text not in json.dumps(evidence)  # offsets and ids, never the text
 
+    # With a payout address, alice is paid under it (the fleet can settle it as it is).
+    alice_wallet = "0x" + "ab" * 20
+    await _upload(client, "alice", [("c.txt", "a short unrelated note")], payout=alice_wallet)
+    paid = await (await client.post("/v1/completions", json=request)).json()
+    receipt = await (await client.get(f"/v1/receipts/{paid['receipt']['id']}")).json()
+    payees = {(p[0], p[1]): p[2] for p in receipt["payees"]}
+    assert payees[(alice_wallet, "data")] == 500_000 and ("alice", "data") not in payees
+
     removed = await client.delete("/api/datanets/books/contributors/alice")
     assert removed.status == 200
     after = await (await client.post("/v1/completions", json=request)).json()
     receipt = await (await client.get(f"/v1/receipts/{after['receipt']['id']}")).json()
     payees = {(p[0], p[1]): p[2] for p in receipt["payees"]}
-    assert ("alice", "data") not in payees
+    assert ("alice", "data") not in payees and (alice_wallet, "data") not in payees
     assert payees[("model-owner", "owner")] == 900_000  # unmatched data share: the owner
 
 
