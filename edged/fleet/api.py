@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from importlib import resources
 from typing import Any
 
 from aiohttp import web
@@ -14,11 +15,22 @@ from edged.http_common import json_response, read_json
 from edged.peers import validate_key
 
 FLEET = web.AppKey("fleet", FleetService)
+DASHBOARD_HEADERS = {
+    "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'; "
+                               "script-src 'self' 'unsafe-inline'; frame-ancestors 'none'"}
 
 
 def add_fleet_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    page = resources.files("edged.fleet").joinpath("dashboard.html").read_bytes()
+
+    async def dashboard(request: web.Request) -> web.Response:
+        """The dashboard page (read once): static, it fetches /fleet/summary itself."""
+        return web.Response(body=page, content_type="text/html", charset="utf-8",
+                            headers=DASHBOARD_HEADERS)
+
     app.router.add_get("/fleet/", dashboard)
     app.router.add_get("/fleet/summary", summary)
     app.router.add_get("/fleet/nodes", list_nodes)
@@ -66,16 +78,6 @@ async def readyz(request: web.Request) -> web.Response:
     return json_response({"status": "ready" if ready else "starting"}, status=200 if ready
                          else 503)
 
-
-async def dashboard(request: web.Request) -> web.Response:
-    from edged.fleet.app import dashboard_html
-
-    return web.Response(body=dashboard_html(), content_type="text/html", charset="utf-8",
-                        headers={"Cache-Control": "no-store",
-                                 "Content-Security-Policy": "default-src 'self'; "
-                                 "style-src 'self' 'unsafe-inline'; "
-                                 "script-src 'self' 'unsafe-inline'; frame-ancestors 'none'",
-                                 "X-Content-Type-Options": "nosniff"})
 
 
 async def summary(request: web.Request) -> web.Response:

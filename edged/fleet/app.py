@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
-from importlib import resources
 from typing import Any
 
 from aiohttp import web
@@ -57,10 +56,6 @@ def chain_adapter(settings: Settings) -> Any:
                              settings.fleet_dir / "chain-journal.sqlite3",
                              contract_address=settings.chain_contract or None,
                              confirmations=settings.chain_confirmations)
-
-
-def dashboard_html() -> bytes:
-    return resources.files("edged.fleet").joinpath("dashboard.html").read_bytes()
 
 
 def create_fleet_app(settings: Settings, *, clock_ms: Callable[[], int] = unix_millis,

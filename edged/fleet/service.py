@@ -44,14 +44,13 @@ class FleetService:
         return [record.to_json(now) for record in self.store.nodes()]
 
     def epoch_list(self) -> list[dict[str, Any]]:
-        settled = self.epochs.settled()
-        return [{**item, "settlement": self.settler.epoch_status(item["epoch"], settled)}
-                for item in self.epochs.closed()]
+        epochs = self.epochs.closed()
+        statuses = self.settler.epoch_statuses([item["epoch"] for item in epochs])
+        return [{**item, "settlement": statuses[item["epoch"]]} for item in epochs]
 
     def epoch(self, epoch: int) -> dict[str, Any]:
         summary = self.epochs.summary(epoch)
-        settled = self.epochs.settled()
-        summary["settlement"] = self.settler.epoch_status(epoch, settled)
+        summary["settlement"] = self.settler.epoch_statuses([epoch])[epoch]
         return summary
 
     def summary(self) -> dict[str, Any]:

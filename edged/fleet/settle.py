@@ -172,21 +172,27 @@ class Settler:
             return {}
         return {status.key: status.to_json() for status in self.adapter.statuses()}
 
-    def epoch_status(self, epoch: int, settled: dict[int, dict[str, Any]]) -> str:
-        """``unsettled``, ``local``, or the weakest status of the epoch's transactions."""
-        if epoch not in settled:
-            return "unsettled"
-        if self.adapter is None:
-            return "local"
+    def epoch_statuses(self, epochs: list[int]) -> dict[int, str]:
+        """Per epoch: ``unsettled``, ``local``, or the weakest status of its transactions
+        (one read of the settled epochs and of the journal for all of them)."""
+        settled = self.epochs.settled()
         statuses = self._statuses()
-        keys = [checkpoint_key(cp.origin, cp.end) for cp in self.epochs.checkpoints(epoch)]
-        if settled[epoch]["leaf_count"]:
-            keys.append(epoch_key(epoch))  # an epoch that owes nothing posts nothing
-        found = [statuses.get(key, {}).get("status", "unsent") for key in keys]
-        for status in ("failed", "unsent", "pending", "included"):
-            if status in found:
-                return status
-        return "final"
+        result: dict[int, str] = {}
+        for epoch in epochs:
+            if epoch not in settled:
+                result[epoch] = "unsettled"
+                continue
+            if self.adapter is None:
+                result[epoch] = "local"
+                continue
+            keys = [checkpoint_key(cp.origin, cp.end) for cp in self.epochs.checkpoints(epoch)]
+            if settled[epoch]["leaf_count"]:
+                keys.append(epoch_key(epoch))  # an epoch that owes nothing posts nothing
+            found = {statuses.get(key, {}).get("status", "unsent") for key in keys}
+            result[epoch] = next((status for status in ("failed", "unsent", "pending",
+                                                         "included") if status in found),
+                                 "final")
+        return result
 
     def status(self) -> dict[str, Any]:
         chain: dict[str, Any] | None = None
