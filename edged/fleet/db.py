@@ -17,7 +17,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS fleet_nodes (
@@ -65,6 +65,7 @@ CREATE TABLE IF NOT EXISTS fleet_epochs (
     epoch INTEGER PRIMARY KEY,
     closed_ms INTEGER NOT NULL,
     receipts INTEGER NOT NULL,
+    malformed INTEGER NOT NULL,
     total TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS fleet_epoch_checkpoints (
@@ -100,12 +101,6 @@ CREATE TABLE IF NOT EXISTS fleet_payee_addresses (
     address TEXT NOT NULL
 );
 """
-
-
-class Cursor(Protocol):
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any: ...
-    def fetchone(self) -> Any: ...
-    def fetchall(self) -> list[Any]: ...
 
 
 class Transaction:

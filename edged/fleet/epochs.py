@@ -113,9 +113,10 @@ class Epochs:
                 add_receipts(totals, self._raws(tx, item))
         try:
             with db.transaction() as tx:
-                tx.execute("INSERT INTO fleet_epochs (epoch, closed_ms, receipts, total) "
-                           "VALUES (?, ?, ?, ?)",
-                           (epoch, self.store.clock_ms(), totals.receipts, str(totals.total)))
+                tx.execute("INSERT INTO fleet_epochs (epoch, closed_ms, receipts, malformed, "
+                           "total) VALUES (?, ?, ?, ?, ?)",
+                           (epoch, self.store.clock_ms(), totals.receipts, totals.malformed,
+                            str(totals.total)))
                 tx.insert_rows("fleet_epoch_checkpoints",
                                ("epoch", "origin", "start_seq", "end_seq", "root"),
                                [(epoch, r.origin, r.start, r.end, r.root) for r in ranges])
@@ -182,8 +183,8 @@ class Epochs:
 
     def summary(self, epoch: int) -> dict[str, Any]:
         with self.store.db.reading() as tx:
-            row = tx.one("SELECT closed_ms, receipts, total FROM fleet_epochs WHERE epoch = ?",
-                         (epoch,))
+            row = tx.one("SELECT closed_ms, receipts, total, malformed FROM fleet_epochs "
+                         "WHERE epoch = ?", (epoch,))
             if row is None:
                 raise FleetRefused(404, f"no epoch {epoch}", "unknown_epoch")
             totals = self._totals(tx, epoch)
@@ -195,6 +196,7 @@ class Epochs:
         unresolved = sorted(payee for payee, address in addresses.items() if address is None)
         result: dict[str, Any] = {
             "epoch": epoch, "closed_ms": row[0], "receipts": row[1], "total": int(row[2]),
+            "malformed": row[3],
             "payees": [{"payee": payee, "amount": amount, "address": addresses[payee]}
                        for payee, amount in totals],
             "checkpoints": [{"origin": bytes(o).hex(), "start": s, "end": e,

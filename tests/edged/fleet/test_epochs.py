@@ -33,7 +33,7 @@ def test_an_epoch_totals_every_fee_exactly(store: FleetStore, epochs: Epochs,
     _push(store, a, 0)
     _push(store, b, 0)
     closed = epochs.close()
-    assert closed["epoch"] == 1 and closed["receipts"] == 13
+    assert closed["epoch"] == 1 and closed["receipts"] == 13 and closed["malformed"] == 0
     assert closed["total"] == 9 * 1001 + 4 * 10  # no unit created or lost
     assert sum(p["amount"] for p in closed["payees"]) == closed["total"]
     owed = {p["payee"]: p["amount"] for p in closed["payees"]}
@@ -125,7 +125,7 @@ def test_hostile_fees_and_payee_ids_are_counted_not_paid(store: FleetStore, epoc
     node.append(1, payees=split_ppm([("x" * 300, "owner", 1)]))
     _push(store, node, 0)
     closed = epochs.close()
-    assert closed["receipts"] == 5 and closed["total"] == 30
+    assert closed["receipts"] == 5 and closed["total"] == 30 and closed["malformed"] == 2
     assert {p["payee"] for p in closed["payees"]} == {OWNER, DATA, "operator-a"}
 
 
