@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -34,16 +33,8 @@ from sync.merkle import (
     verify_inclusion,
 )
 
-# The vectors stay in the shared folder (never copied here): beside the checkout, as in
-# the workspace and CI, or where EDGED_RFC6962_VECTORS points (a clone elsewhere).
-VECTOR_CANDIDATES = [
-    Path(os.environ["EDGED_RFC6962_VECTORS"]) if os.environ.get("EDGED_RFC6962_VECTORS")
-    else None,
-    Path(__file__).resolve().parents[2].parent / "shared" / "testdata" / "rfc6962",
-    Path("/work/shared/testdata/rfc6962"),
-]
-VECTORS = next((p for p in VECTOR_CANDIDATES if p is not None and p.is_dir()),
-               Path(__file__).resolve().parents[2].parent / "shared" / "testdata" / "rfc6962")
+# The published vectors, copied unchanged with their SOURCE.md and LICENSE.
+VECTORS = Path(__file__).resolve().parents[1] / "data" / "rfc6962"
 # The leaf data of RFC 6962's test tree, which the published vectors are computed over.
 RFC_LEAF_DATA = [bytes.fromhex(h) for h in (
     "", "00", "10", "2021", "3031", "40414243", "5051525354555657",
