@@ -67,6 +67,13 @@ class Embeddings:
     receipt: SignedReceipt
 
 
+def manifest_of(lease: Lease, requested: Manifest) -> Manifest:
+    """The manifest the leased model was loaded from: the one a receipt must name, even
+    when the model's manifest changed between the request's arrival and its lease."""
+    source = lease.plan.source
+    return source if isinstance(source, Manifest) else requested
+
+
 class InferenceService:
     def __init__(self, *, settings: Settings, store: ModelStore, scheduler: Scheduler,
                  ledger: Ledger, keys: NodeKeys, attributor: Attributor,
@@ -95,6 +102,7 @@ class InferenceService:
         manifest = self.store.get(request.model)
         self.attributor.check(manifest)
         async with self._lease(manifest, request.keep_alive) as lease:
+            manifest = manifest_of(lease, manifest)
             try:
                 result = await lease.run(lease.backend.embed, list(request.inputs))
             except ContextLengthExceeded as exc:
@@ -148,6 +156,7 @@ class GenerationStream:
         self.receipt: SignedReceipt | None = None
         self.done: Done | None = None
         self._text: list[str] = []
+        self._tokens = 0  # the generated tokens behind the text in ``_text``
         self._stack = contextlib.AsyncExitStack()
         self._events: TokenStream | None = None
         self._first: Delta | Done | None = None
@@ -155,6 +164,7 @@ class GenerationStream:
     async def __aenter__(self) -> GenerationStream:
         lease = await self._stack.enter_async_context(
             self.service._lease(self.manifest, self.request.keep_alive))
+        self.manifest = manifest_of(lease, self.manifest)
         try:
             self._events = lease.stream(self.request.prompt, self.request.params)
             self._first = await anext(self._events)
@@ -177,18 +187,21 @@ class GenerationStream:
                 self.done = event
                 return
             self._text.append(event.text)
+            self._tokens += event.tokens
             yield event.text
             event = await anext(self._events, None)
 
     async def __aexit__(self, *exc_info: object) -> None:
         try:
             if self.done is None:
-                # Left early: stop the backend, then collect its final counts.
+                # Left early: stop the backend and wait for its end. Text it produced after
+                # the consumer left was never delivered, so neither it nor its tokens are
+                # committed or billed: the receipt covers the text handed out, exactly.
                 assert self._events is not None
                 self._events.cancel.set()
                 async for event in self._events:
                     if isinstance(event, Done):
-                        self.done = event
+                        self.done = Done(event.prompt_tokens, self._tokens, "cancelled")
         finally:
             await self._stack.aclose()
         if self.done is None:  # the backend failed; nothing was produced that we can count

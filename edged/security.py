@@ -59,10 +59,13 @@ def security_middleware(
     keys = tuple(key.encode() for key in settings.api_keys)
 
     def authorised(header: str) -> bool:
-        scheme, _, token = header.partition(" ")
+        # Compared as sent: only ASCII space and tab around the value are dropped (str.strip
+        # would also drop Unicode spaces such as U+00A0 and could leave an empty token).
+        scheme, _, token = header.strip(" \t").partition(" ")
+        token = token.strip(" \t")
         if scheme.lower() != "bearer" or not token:
             return False
-        presented = token.strip().encode()
+        presented = token.encode("utf-8", "surrogateescape")
         # Check every key so timing does not reveal which one nearly matched.
         return any([hmac.compare_digest(presented, key) for key in keys])
 

@@ -135,6 +135,9 @@ class Settings:
     def validate(self) -> Settings:
         if not 0 < self.port < 65536:
             raise SettingsError("port must be within 1..65535", param="port")
+        if not all(_is_usable_key(key) for key in self.api_keys):
+            raise SettingsError("api_keys must be non-empty and made of visible ASCII "
+                                "characters (no spaces)", param="api_keys")
         if not self.is_loopback and not self.api_keys:
             raise SettingsError(f"refusing to bind {self.host}: a non-loopback address needs "
                                 "api_keys", param="host")
@@ -165,6 +168,11 @@ class Settings:
         return self
 
 
+def _is_usable_key(key: str) -> bool:
+    """A bearer token a client can send unchanged: visible ASCII, nothing blank."""
+    return bool(key) and all("\x21" <= char <= "\x7e" for char in key)
+
+
 def setting_help() -> dict[str, str]:
     return {item.name: item.metadata["help"] for item in fields(Settings)}
 
@@ -182,7 +190,9 @@ def _convert(name: str, raw: Any, target: Any) -> Any:
     try:
         if origin is tuple:
             if isinstance(raw, str):
-                raw = [part.strip() for part in raw.split(",") if part.strip()]
+                # Only ASCII blanks separate items: a Unicode space is kept, and refused
+                # where it cannot belong (an API key).
+                raw = [part.strip(" \t") for part in raw.split(",") if part.strip(" \t")]
             if not isinstance(raw, list | tuple) or not all(isinstance(i, str) for i in raw):
                 raise TypeError
             return tuple(raw)
@@ -237,4 +247,7 @@ def load_settings(
     for source in (file_values, env_values, flag_values):
         for name, raw in source.items():
             values[name] = _convert(name, raw, types_by_name[name])
+            if name == "api_keys" and not values[name]:
+                # EDGED_API_KEYS=" " or --api-key "": someone meant to set a key.
+                raise SettingsError("api_keys is set but holds no key", param="api_keys")
     return dataclasses.replace(Settings(), **values).validate()

@@ -61,9 +61,14 @@ class GenerationParams:
 
 @dataclass(frozen=True)
 class Delta:
-    """A piece of generated text (one or more tokens' worth)."""
+    """A piece of generated text and the number of generated tokens it completes.
+
+    A token whose bytes are held back (part of a UTF-8 character, or a possible stop
+    string) is counted by the next ``Delta`` that carries text, so a consumer that stops
+    early can bill exactly the tokens behind the text it received."""
 
     text: str
+    tokens: int
 
 
 @dataclass(frozen=True)

@@ -89,7 +89,7 @@ class FakeBackend(Backend):
                     if stop in produced:
                         yield Done(prompt_tokens, count + 1, "stop")
                         return
-                yield Delta(piece)
+                yield Delta(piece, 1)
             yield Done(prompt_tokens, limit, "length")
         finally:
             with self._lock:

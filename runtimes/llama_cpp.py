@@ -230,6 +230,7 @@ class LlamaCppBackend(Backend):
             text = StopTextStream(stops)
             pieces, guard = self._pieces, self._guard
             produced = 0
+            unsent = 0  # tokens produced since the last Delta
             finish: FinishReason = "length"
             try:
                 while produced < limit:
@@ -242,11 +243,13 @@ class LlamaCppBackend(Backend):
                         finish = "stop"
                         break
                     produced += 1
+                    unsent += 1
                     out = text.push(piece)
                     if text.stopped:
                         finish = "stop"
                     if out:
-                        yield Delta(out)
+                        yield Delta(out, unsent)
+                        unsent = 0
                         guard.owner = threading.get_ident()  # whoever resumed us
                     if text.stopped:
                         break
@@ -255,7 +258,7 @@ class LlamaCppBackend(Backend):
         # Outside the lock: a caller that stops reading at Done must not keep the context.
         tail = text.finish()
         if tail:
-            yield Delta(tail)
+            yield Delta(tail, unsent)
         yield Done(len(tokens), produced, finish)
 
     def _piece(self, token: int) -> bytes | None:

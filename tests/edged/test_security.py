@@ -70,6 +70,20 @@ async def test_api_keys_guard_everything_but_health(aiohttp_client: AppClientFac
     assert ok.status == 200
 
 
+async def test_tokens_are_compared_as_sent(aiohttp_client: AppClientFactory,
+                                           settings: Settings) -> None:
+    settings = dataclasses.replace(settings, api_keys=("k-one",))
+    client = await aiohttp_client(create_app(settings, runtimes=RUNTIMES, loader=fake_loader()))
+    # Unicode spaces are part of the token, never trimmed away (an empty key used to match
+    # "Bearer <U+00A0>" once str.strip had removed the no-break space).
+    for token in ("\u00a0", "k-one\u00a0", "\u2003k-one", "k-one\u3000"):
+        response = await client.get("/v1/models", headers={"Authorization": "Bearer " + token})
+        assert response.status == 401, repr(token)
+    for header in ("Bearer k-one", "Bearer  k-one", "bearer k-one\t", " Bearer k-one "):
+        response = await client.get("/v1/models", headers={"Authorization": header})
+        assert response.status == 200, repr(header)
+
+
 async def test_canary_prompt_and_output_never_reach_logs_or_disk(
         aiohttp_client: AppClientFactory, settings: Settings,
         caplog: pytest.LogCaptureFixture) -> None:

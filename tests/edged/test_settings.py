@@ -56,6 +56,36 @@ def test_non_loopback_bind_is_allowed_with_api_keys(tmp_path: Path) -> None:
     assert settings.host == "0.0.0.0"
 
 
+@pytest.mark.parametrize("keys", [" ", ",", "\u00a0", "good, \u00a0"])
+def test_blank_or_whitespace_api_keys_are_refused_from_the_environment(
+        tmp_path: Path, keys: str) -> None:
+    for host in ("127.0.0.1", "0.0.0.0"):
+        with pytest.raises(SettingsError) as caught:
+            load_settings(environ={"HOME": str(tmp_path), "EDGED_HOST": host,
+                                   "EDGED_API_KEYS": keys})
+        assert caught.value.param == "api_keys"
+
+
+@pytest.mark.parametrize("keys", [("",), (" ",), ("\u00a0",), ("ok", "has space"), ("tab\t",),
+                                  ("caf\u00e9",)])
+def test_blank_or_whitespace_api_keys_are_refused_from_flags(
+        tmp_path: Path, keys: tuple[str, ...]) -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings(environ={"HOME": str(tmp_path)},
+                      flags={"host": "0.0.0.0", "api_keys": keys})
+    assert caught.value.param == "api_keys"
+
+
+@pytest.mark.parametrize("line", ['api_keys = [""]', 'api_keys = [" "]', "api_keys = []",
+                                  'api_keys = ["\u00a0"]'])
+def test_blank_api_keys_are_refused_from_the_config_file(tmp_path: Path, line: str) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(f'host = "0.0.0.0"\n{line}\n', encoding="utf-8")
+    with pytest.raises(SettingsError) as caught:
+        load_settings(environ={"HOME": str(tmp_path)}, config_file=config)
+    assert caught.value.param == "api_keys"
+
+
 def test_unknown_config_keys_are_refused(tmp_path: Path) -> None:
     config = tmp_path / "c.toml"
     config.write_text("prot = 1\n")
