@@ -211,6 +211,8 @@ async def update_model(request: web.Request) -> web.Response:
         if name in changes:
             changes[name] = _int_field(body, name, getattr(current, name))
     updated = store.add(dataclasses.replace(current, **changes), replace_existing=True)
+    # Requests already running finish on the old load; the next one loads the new manifest.
+    request.app[SCHEDULER].reload(updated.name)
     return json_response(_model_view(request, updated))
 
 

@@ -112,7 +112,7 @@ def create_app(settings: Settings, *, loader: Loader = load_backend,
                              chat_format=manifest.chat_format,
                              context_length=manifest.context_length, threads=threads,
                              options=options)
-            return LoadPlan(manifest.runtime, spec)
+            return LoadPlan(manifest.runtime, spec, source=manifest)
 
         scheduler = Scheduler(resolve, max_loaded_models=settings.max_loaded_models,
                               default_keep_alive=settings.keep_alive,

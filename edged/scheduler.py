@@ -48,10 +48,14 @@ _MAX_RETRY_AFTER_S = 300
 
 @dataclass(frozen=True)
 class LoadPlan:
-    """How to load one model: a runtime registry name and the model's spec."""
+    """How to load one model: a runtime registry name and the model's spec.
+
+    ``source`` is what the plan was made from (the node passes the model's manifest);
+    every lease of this load hands it back, so a caller knows what really runs."""
 
     runtime: str
     spec: ModelSpec
+    source: Any = None
 
 
 @dataclass(frozen=True)
@@ -195,6 +199,16 @@ class Scheduler:
         """
         targets = {m for m in self._resident | set(self._models.values()) if m.name == model}
         await asyncio.gather(*(asyncio.shield(self._retire(m, "unload")) for m in targets))
+        return bool(targets)
+
+    def reload(self, model: str) -> bool:
+        """Make the next request for ``model`` load it afresh (its manifest changed).
+
+        Like :meth:`unload`, but returns at once: the current load stops taking new
+        requests now and closes after the requests it admitted have finished."""
+        targets = [m for m in self._models.values() if m.name == model]
+        for m in targets:
+            self._retire(m, "reload")
         return bool(targets)
 
     async def unload_expired(self) -> list[str]:
@@ -430,6 +444,7 @@ class Lease:
     def __init__(self, m: _Model, started: float) -> None:
         assert m.backend is not None and m.executor is not None
         self.model = m.name
+        self.plan = m.plan
         self.backend: Backend = m.backend
         self.started = started
         self._executor = m.executor
