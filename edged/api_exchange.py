@@ -10,15 +10,21 @@ from typing import Any
 from aiohttp import web
 
 from edged.appkeys import EXCHANGE, REQUEST_VERIFIER, SETTINGS, SYNC_ENDPOINT
-from edged.errors import EdgedError, Forbidden, InvalidRequest, Unauthorized
+from edged.errors import EdgedError, Forbidden, InvalidRequest, TooManyRequests, Unauthorized
 from edged.exchange import HELLO_DOMAIN, MSGPACK, SyncRefused
 from edged.http_common import json_response, read_body
 from sync.auth import AuthError
 from sync.batch import MAX_BATCH_BYTES
 
 
+# Pushes read up to MAX_BATCH_BYTES each: only this many bodies are read at once.
+MAX_CONCURRENT_PUSHES = 4
+PUSH_SLOTS = web.AppKey("push_slots", asyncio.Semaphore)
+
+
 def add_sync_endpoint_routes(app: web.Application) -> None:
     """The signed endpoints a node and a fleet manager both answer (app[SYNC_ENDPOINT])."""
+    app[PUSH_SLOTS] = asyncio.Semaphore(MAX_CONCURRENT_PUSHES)
     app.router.add_get("/v1/sync/hello", hello)
     app.router.add_get("/v1/sync/heads", heads)
     app.router.add_post("/v1/sync/push", push)
@@ -32,12 +38,16 @@ def add_exchange_routes(app: web.Application) -> None:
     app.router.add_get("/api/sync/status", sync_status)
 
 
+def _auth_error(exc: AuthError) -> EdgedError:
+    return (Forbidden if exc.status == 403 else Unauthorized)(exc.message)
+
+
 async def _authenticate(request: web.Request, body: bytes = b"") -> bytes:
     try:
         return request.app[REQUEST_VERIFIER].verify(request.method, request.path_qs,
                                                     request.headers, body)
     except AuthError as exc:
-        raise (Forbidden if exc.status == 403 else Unauthorized)(exc.message) from None
+        raise _auth_error(exc) from None
 
 
 def _refused(exc: SyncRefused) -> EdgedError:
@@ -101,12 +111,22 @@ async def pull(request: web.Request) -> web.Response:
 
 
 async def push(request: web.Request) -> web.Response:
-    body = await read_body(request, MAX_BATCH_BYTES, "batch too large")
-    await _authenticate(request, body)
+    # Nobody gets a body read before their headers pass: a trusted key, a fresh
+    # timestamp, an unused nonce. The signature over the body is checked after.
     try:
-        stored = await asyncio.to_thread(request.app[SYNC_ENDPOINT].ingest, body)
-    except SyncRefused as exc:
-        raise _refused(exc) from None
+        request.app[REQUEST_VERIFIER].precheck(request.headers)
+    except AuthError as exc:
+        raise _auth_error(exc) from None
+    slots = request.app[PUSH_SLOTS]
+    if slots.locked():
+        raise TooManyRequests("too many pushes at once; try again shortly")
+    async with slots:  # held while the body is in memory
+        body = await read_body(request, MAX_BATCH_BYTES, "batch too large")
+        await _authenticate(request, body)
+        try:
+            stored = await asyncio.to_thread(request.app[SYNC_ENDPOINT].ingest, body)
+        except SyncRefused as exc:
+            raise _refused(exc) from None
     return json_response({"stored": stored})
 
 

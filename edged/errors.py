@@ -104,6 +104,18 @@ class Overloaded(EdgedError):
         self.retry_after = retry_after
 
 
+class TooManyRequests(EdgedError):
+    """Too many requests of one kind at once; try again after ``retry_after`` seconds."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: int = 1) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after)})
+        self.retry_after = retry_after
+
+
 class NotReady(EdgedError):
     status = 503
     type = "server_error"

@@ -134,24 +134,28 @@ class RequestVerifier:
         self._seen: set[tuple[bytes, bytes]] = set()
         self._expiry: list[tuple[int, bytes, bytes]] = []  # min-heap of (ts + window, key, nonce)
 
+    def precheck(self, headers: Mapping[str, str]) -> bytes:
+        """Everything that can be checked before the body is read: well-formed headers,
+        a fresh timestamp, a trusted key and an unused nonce. Raises :class:`AuthError`;
+        changes no state. A server calls this before it reads a large body, then
+        :meth:`verify` with the body (which repeats these checks and adds the signature)."""
+        key, nonce, _, ts_ms = self._fields(headers)
+        now = self._check_fresh(ts_ms)
+        if not self._trusted(key):
+            raise AuthError(403, "the caller's key is not trusted")
+        self._evict(now)
+        if (key, nonce) in self._seen:
+            raise AuthError(401, "replayed request")
+        return key
+
     def verify(self, method: str, path_qs: str, headers: Mapping[str, str],
                body: bytes) -> bytes:
         """Return the caller's public key, or raise :class:`AuthError` (401 or 403).
 
         A refused request changes no state; an accepted one records its nonce.
         """
-        key = _hex_header(headers, HEADER_NODE, 32)
-        nonce = _hex_header(headers, HEADER_NONCE, NONCE_SIZE)
-        signature = _hex_header(headers, HEADER_SIGNATURE, 64)
-        ts_text = _header(headers, HEADER_TIMESTAMP)
-        if not ts_text.isascii() or not ts_text.isdigit() or len(ts_text) > _MAX_TS_DIGITS:
-            raise AuthError(401, f"{HEADER_TIMESTAMP} must be unix milliseconds")
-        ts_ms = int(ts_text)
-        if ts_ms >= 2**64 or str(ts_ms) != ts_text:
-            raise AuthError(401, f"{HEADER_TIMESTAMP} must be unix milliseconds")
-        now = self._clock_ms()
-        if abs(now - ts_ms) > self._window_ms:
-            raise AuthError(401, "stale request: timestamp outside the window")
+        key, nonce, signature, ts_ms = self._fields(headers)
+        now = self._check_fresh(ts_ms)
         try:
             VerifyKey(key).verify(signing_bytes(method, path_qs, body, ts_ms, nonce,
                                                 self._audience), signature)
@@ -165,6 +169,27 @@ class RequestVerifier:
         self._seen.add((key, nonce))
         heapq.heappush(self._expiry, (ts_ms + self._window_ms, key, nonce))
         return key
+
+    @staticmethod
+    def _fields(headers: Mapping[str, str]) -> tuple[bytes, bytes, bytes, int]:
+        """(key, nonce, signature, timestamp) from the headers; 401 when malformed."""
+        key = _hex_header(headers, HEADER_NODE, 32)
+        nonce = _hex_header(headers, HEADER_NONCE, NONCE_SIZE)
+        signature = _hex_header(headers, HEADER_SIGNATURE, 64)
+        ts_text = _header(headers, HEADER_TIMESTAMP)
+        if not ts_text.isascii() or not ts_text.isdigit() or len(ts_text) > _MAX_TS_DIGITS:
+            raise AuthError(401, f"{HEADER_TIMESTAMP} must be unix milliseconds")
+        ts_ms = int(ts_text)
+        if ts_ms >= 2**64 or str(ts_ms) != ts_text:
+            raise AuthError(401, f"{HEADER_TIMESTAMP} must be unix milliseconds")
+        return key, nonce, signature, ts_ms
+
+    def _check_fresh(self, ts_ms: int) -> int:
+        """The clock now; 401 when ``ts_ms`` is outside the window."""
+        now = self._clock_ms()
+        if abs(now - ts_ms) > self._window_ms:
+            raise AuthError(401, "stale request: timestamp outside the window")
+        return now
 
     def remembered(self) -> int:
         """How many nonces are held (for tests and metrics)."""

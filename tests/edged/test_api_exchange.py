@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import secrets
 import time
@@ -12,6 +13,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from nacl.signing import SigningKey
 
+from edged.api_exchange import MAX_CONCURRENT_PUSHES, PUSH_SLOTS
 from edged.appkeys import EXCHANGE, NODE_KEYS, PEERS
 from sync import merkle
 from sync.auth import sign_request
@@ -231,3 +233,60 @@ def test_batches_are_cut_to_fit_the_byte_limit() -> None:
     assert sum(len(raw) + 5 for raw in big[:len(kept) + 1]) > MAX_BATCH_BYTES - 64 * 1024
     small = [b"r" * 600] * 4096
     assert _fitting(small) == small
+
+
+async def _stalled_body(first: bytes, release: asyncio.Event, rest: bytes = b"") -> Any:
+    """A request body that sends ``first``, then waits for ``release`` to send the rest."""
+    yield first
+    await release.wait()
+    if rest:
+        yield rest
+
+
+async def test_push_headers_are_checked_before_the_body_is_read(client: Client) -> None:
+    peer, stranger = SigningKey.generate(), SigningKey.generate()
+    client.app[PEERS].trust(bytes(peer.verify_key).hex())
+    body = _batch(peer, _log(peer, 2)).encode()
+    never = asyncio.Event()
+    cases = [
+        ({}, 401),  # unsigned
+        (_headers(client, stranger, "POST", "/v1/sync/push", body), 403),  # untrusted key
+        (sign_request(peer, "POST", "/v1/sync/push", body, 1_000, secrets.token_bytes(16),
+                      client.app[NODE_KEYS].public_key), 401),  # stale
+    ]
+    for headers, status in cases:
+        # The body never finishes: only an answer given before reading it can arrive.
+        response = await asyncio.wait_for(client.post(
+            "/v1/sync/push", data=_stalled_body(body[:100], never),
+            headers={**headers, "Content-Length": str(len(body))}), timeout=10)
+        assert response.status == status
+        assert (await response.json())["error"]["type"]
+        response.close()
+    assert _held(client, peer) == 0
+
+
+async def test_concurrent_pushes_are_bounded(client: Client) -> None:
+    peers = [SigningKey.generate() for _ in range(MAX_CONCURRENT_PUSHES + 1)]
+    for peer in peers:
+        client.app[PEERS].trust(bytes(peer.verify_key).hex())
+    bodies = [_batch(peer, _log(peer, 2)).encode() for peer in peers]
+    release = asyncio.Event()
+    slow = [asyncio.create_task(client.post(
+        "/v1/sync/push", data=_stalled_body(body[:10], release, body[10:]),
+        headers={**_headers(client, peer, "POST", "/v1/sync/push", body),
+                 "Content-Length": str(len(body))}))
+        for peer, body in zip(peers[:-1], bodies[:-1], strict=True)]
+    slots = client.app[PUSH_SLOTS]
+    for _ in range(1000):  # until every slow push holds a slot
+        if slots.locked():
+            break
+        await asyncio.sleep(0.01)
+    assert slots.locked()
+    last, body = peers[-1], bodies[-1]
+    refused = await _push(client, last, body)
+    assert refused.status == 429 and refused.headers["Retry-After"]
+    assert (await refused.json())["error"]["code"] == "rate_limited"
+    release.set()
+    assert [r.status for r in await asyncio.gather(*slow)] == [200] * MAX_CONCURRENT_PUSHES
+    assert [_held(client, peer) for peer in peers] == [2] * MAX_CONCURRENT_PUSHES + [0]
+    assert (await _push(client, last, body)).status == 200  # a slot is free again
