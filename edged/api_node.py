@@ -92,7 +92,8 @@ async def list_receipts(request: web.Request) -> web.Response:
 def _model_view(request: web.Request, manifest: Manifest) -> dict[str, Any]:
     loaded = {m.name: m for m in request.app[SCHEDULER].loaded()}
     state = loaded.get(manifest.name)
-    return {**manifest.public_view(), "loaded": state is not None,
+    return {**manifest.public_view(), "digest": manifest.digest().hex(),  # what receipts name
+            "loaded": state is not None,
             "memory_bytes": state.memory_bytes if state else 0,
             "expires_at": state.expires_at if state else None,
             # the execution providers the session really uses (never claimed, read back)

@@ -115,9 +115,11 @@ def _params(body: dict[str, Any], default_max_tokens: int) -> GenerationParams:
         and all(isinstance(s, str) and s for s in v)),
         f"a string or a list of at most {MAX_STOP_SEQUENCES} non-empty strings", [])
     stops = tuple(_text(s, "stop") for s in ((stop,) if isinstance(stop, str) else stop))
-    _get(body, "n", lambda v: v == 1, "1 (one choice per request)")
+    _get(body, "n", lambda v: _is_int(v) and v == 1, "1 (one choice per request)")
+    cache_prompt = _get(body, "cache_prompt", lambda v: isinstance(v, bool), "a boolean", True)
     return GenerationParams(max_tokens=max_tokens, temperature=float(temperature),
-                            top_p=float(top_p), stop=tuple(s for s in stops if s), seed=seed)
+                            top_p=float(top_p), stop=tuple(s for s in stops if s), seed=seed,
+                            cache_prompt=cache_prompt)
 
 
 def _message(index: int, raw: Any) -> ChatMessage:

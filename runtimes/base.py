@@ -57,6 +57,10 @@ class GenerationParams:
     top_p: float = 0.95
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    # Reuse the evaluated prefix the previous request shares with this prompt. Faster, but
+    # on some CPUs greedy output can then differ from a fresh evaluation where logits
+    # nearly tie (batch and single-token kernels round differently), as in llama-server.
+    cache_prompt: bool = True
 
 
 @dataclass(frozen=True)

@@ -218,6 +218,8 @@ class LlamaCppBackend(Backend):
             seed = self._llama_cpp.LLAMA_DEFAULT_SEED if params.seed is None else params.seed
             # 0xFFFFFFFF is llama.cpp's "pick a random seed": keep user seeds below it.
             llm.set_seed(seed % 0xFFFFFFFF if params.seed is not None else seed)
+            if not params.cache_prompt:
+                llm.reset()  # forget the evaluated prefix: the whole prompt is evaluated anew
             tokens_out = llm.generate(
                 tokens,
                 temp=max(params.temperature, 0.0),

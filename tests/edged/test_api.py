@@ -201,3 +201,41 @@ async def test_backend_failure_mid_stream_ends_with_an_error_event_and_no_receip
     assert plain.status == 500
     assert (await plain.json())["error"]["code"] == "internal_error"
     assert app[LEDGER].head()[0] == 0  # failed generations leave no receipt
+
+
+async def test_patching_a_loaded_model_reloads_it_and_receipts_name_what_ran(
+        aiohttp_client: AppClientFactory, settings: Any) -> None:
+    app = create_app(settings, runtimes=RUNTIMES, loader=fake_loader(token_delay=0.01))
+    client = await aiohttp_client(app)
+    long_prompt = {"model": FAKE_MODEL, "prompt": "x" * 100, "max_tokens": 2}
+    assert (await client.post("/v1/completions", json=long_prompt)).status == 200
+    before = await (await client.get(f"/api/models/{FAKE_MODEL}")).json()
+
+    running = await client.post("/v1/chat/completions",
+                                json={**CHAT, "max_tokens": 30, "stream": True})
+    await running.content.readline()  # admitted and generating on the old load
+    patched = await client.patch(f"/api/models/{FAKE_MODEL}",
+                                 json={"context_length": 64, "price": {"request": 7}})
+    assert patched.status == 200
+    after = await patched.json()
+    assert after["digest"] != before["digest"]
+    events = sse_events(await running.text())
+    old_receipt = await fetch_receipt(client, events[-2]["receipt"]["id"])
+    assert old_receipt["model"]["manifest"] == before["digest"]
+    assert old_receipt["fee"] == 0  # the price that was in force when it ran
+
+    # The next request runs the new manifest: its context length and its price.
+    too_long = await client.post("/v1/completions", json=long_prompt)
+    assert too_long.status == 400
+    assert (await too_long.json())["error"]["code"] == "context_length_exceeded"
+    fresh = await (await client.post("/v1/chat/completions", json=CHAT)).json()
+    new_receipt = await fetch_receipt(client, fresh["receipt"]["id"])
+    assert new_receipt["model"]["manifest"] == after["digest"]
+    assert new_receipt["fee"] == 7
+
+
+async def test_cache_prompt_is_a_boolean(client: Client) -> None:
+    fresh = await client.post("/v1/chat/completions", json={**CHAT, "cache_prompt": False})
+    assert fresh.status == 200
+    wrong = await client.post("/v1/chat/completions", json={**CHAT, "cache_prompt": "no"})
+    assert wrong.status == 400 and (await wrong.json())["error"]["param"] == "cache_prompt"

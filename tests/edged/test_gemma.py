@@ -12,6 +12,8 @@ from tests.support.daemon import Daemon
 
 pytestmark = [pytest.mark.gemma, pytest.mark.subprocess]
 GEMMA = "gemma3-270m"
+DEMO_CONTRIBUTORS = {"national-archives", "library-of-congress", "shakespeare-folio",
+                     "mother-goose"}
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +36,12 @@ def test_gemma_chat_stream_and_embeddings(gemma_daemon: Daemon) -> None:
     client = openai.OpenAI(base_url=gemma_daemon.url + "/v1", api_key="x", max_retries=0,
                            timeout=120)
     messages = [{"role": "user", "content": "What is the capital of France?"}]
+    # cache_prompt false: each request evaluates its whole prompt afresh, so two greedy runs
+    # take the same kernels and agree on every CPU (with prefix reuse they may not where
+    # logits nearly tie; see the README).
+    fresh = {"cache_prompt": False}
     answer = client.chat.completions.create(model=GEMMA, messages=messages,  # type: ignore
-                                            max_tokens=24, temperature=0)
+                                            max_tokens=24, temperature=0, extra_body=fresh)
     text = answer.choices[0].message.content or ""
     assert text.strip()  # a 270M base model: its answer is text, not necessarily right
     assert "<end_of_turn>" not in text and "<start_of_turn>" not in text
@@ -43,7 +49,7 @@ def test_gemma_chat_stream_and_embeddings(gemma_daemon: Daemon) -> None:
 
     chunks = list(client.chat.completions.create(
         model=GEMMA, messages=messages, max_tokens=24, temperature=0,  # type: ignore
-        stream=True))
+        stream=True, extra_body=fresh))
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert streamed == text
     assert (chunks[-1].model_extra or {})["receipt"]["seq"] == \
@@ -64,14 +70,19 @@ def test_edged_run_streams_to_the_terminal(gemma_daemon: Daemon, tmp_path: Path)
 def test_first_request_on_the_demo_model_shows_data_attribution(gemma_daemon: Daemon) -> None:
     client = openai.OpenAI(base_url=gemma_daemon.url + "/v1", api_key="x", max_retries=0,
                            timeout=120)
+    # The model continues the Declaration verbatim, but which words it picks first may
+    # differ between CPUs, and "that all men are created equal" is also in the Gettysburg
+    # Address: so the test asserts who may be paid, not who is.
     completion = client.completions.create(model=GEMMA, prompt="We hold these truths to be "
                                            "self-evident,", max_tokens=24, temperature=0)
     receipt_id = (completion.model_extra or {})["receipt"]["id"]
     receipt = client.get(f"{gemma_daemon.url}/v1/receipts/{receipt_id}", cast_to=object)
     assert isinstance(receipt, dict) and receipt["attr"]["method"] == "spans/1"
     data = {p[0]: p[2] for p in receipt["payees"] if p[1] == "data"}
-    assert "national-archives" in data
-    assert sum(data.values()) == 300_000  # the demo model's data share
+    assert data and sum(data.values()) == 300_000  # the demo model's data share
     evidence = client.get(f"{gemma_daemon.url}/v1/receipts/{receipt_id}/evidence",
                           cast_to=object)
-    assert isinstance(evidence, dict) and evidence["evidence"]["spans"]
+    assert isinstance(evidence, dict)
+    spans = evidence["evidence"]["spans"]
+    holders = {holder for span in spans for holder in span["by_contributor"]}
+    assert spans and set(data) <= holders <= DEMO_CONTRIBUTORS
