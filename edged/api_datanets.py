@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import json
 from typing import Any
 
 from aiohttp import web
 
 from attribution import canonical
 from edged.appkeys import DATANETS, LEDGER, SERVICE, SETTINGS
-from edged.errors import Forbidden, InvalidRequest, NotFound, PayloadTooLarge
-from edged.http_common import json_response, read_json
+from edged.datanets import parse_document_lines
+from edged.errors import Forbidden, InvalidRequest, NotFound
+from edged.http_common import json_response, read_body, read_json
 
 
 def add_datanet_routes(app: web.Application) -> None:
@@ -59,18 +59,8 @@ async def add_documents(request: web.Request) -> web.Response:
     contributor = request.query.get("contributor", "")
     payout = request.query.get("payout") or None
     limit = request.app[SETTINGS].max_datanet_upload_bytes
-    documents: list[tuple[str, str]] = []
-    received = 0
-    pending = b""
-    async for chunk in request.content.iter_chunked(1 << 20):
-        received += len(chunk)
-        if received > limit:
-            raise PayloadTooLarge("the documents exceed max_datanet_upload_bytes")
-        *lines, pending = (pending + chunk).split(b"\n")
-        documents += [_document(line, len(documents) + i) for i, line in enumerate(lines)
-                      if line.strip()]
-    if pending.strip():
-        documents.append(_document(pending, len(documents)))
+    body = await read_body(request, limit, "the documents exceed max_datanet_upload_bytes")
+    documents = await asyncio.to_thread(parse_document_lines, body)
     report = await asyncio.to_thread(request.app[DATANETS].add_documents,
                                      request.match_info["name"], contributor, documents,
                                      payout=payout)
@@ -78,18 +68,6 @@ async def add_documents(request: web.Request) -> web.Response:
                           "bytes": report.bytes, "contributors": report.contributors,
                           "segments": report.segments, "seconds": round(report.seconds, 3)},
                          status=201)
-
-
-def _document(line: bytes, index: int) -> tuple[str, str]:
-    try:
-        record = json.loads(line)
-    except ValueError:
-        raise InvalidRequest(f"line {index + 1} is not JSON", param="documents") from None
-    if not isinstance(record, dict) or not isinstance(record.get("text"), str) \
-            or not isinstance(record.get("id"), str):
-        raise InvalidRequest(f"line {index + 1} needs string 'id' and 'text'",
-                             param="documents")
-    return record["id"], record["text"]
 
 
 async def remove_contributor(request: web.Request) -> web.Response:

@@ -16,7 +16,6 @@ from edged.http_common import json_response, read_body
 from sync.auth import AuthError
 from sync.batch import MAX_BATCH_BYTES
 
-
 # Pushes read up to MAX_BATCH_BYTES each: only this many bodies are read at once.
 MAX_CONCURRENT_PUSHES = 4
 PUSH_SLOTS = web.AppKey("push_slots", asyncio.Semaphore)
@@ -138,9 +137,7 @@ async def evidence(request: web.Request) -> web.Response:
 
 
 async def sync_now(request: web.Request) -> web.Response:
-    service = request.app[EXCHANGE]
-    results = await service.sync_round(_peer_urls(request.app), force=True)
-    return json_response({"peers": results, "fleet": await service.push_round(force=True)})
+    return json_response(await request.app[EXCHANGE].sync_now(_peer_urls(request.app)))
 
 
 def _peer_urls(app: web.Application) -> list[str]:

@@ -11,7 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from attribution.receipt import SignedReceipt
-from edged.appkeys import DATANETS, LEDGER, NODE_KEYS, READY, SCHEDULER, SERVICE, SETTINGS
+from edged.appkeys import DATANETS, LEDGER, NODE_KEYS, PREDICT, READY, SCHEDULER, SERVICE, SETTINGS
 from edged.errors import InvalidRequest, NotFound, NotReady, PayloadTooLarge
 from edged.http_common import json_response, read_json
 from edged.models import Manifest, Price, validate_digest, validate_name
@@ -55,7 +55,7 @@ def receipt_json(receipt: SignedReceipt) -> dict[str, Any]:
 
 async def get_receipt(request: web.Request) -> web.Response:
     receipt_id = request.match_info["id"].lower()
-    if not RECEIPT_ID.match(receipt_id):
+    if not RECEIPT_ID.fullmatch(receipt_id):
         raise InvalidRequest("a receipt id is 64 hex digits", param="id")
     receipt = request.app[LEDGER].get(bytes.fromhex(receipt_id))
     if receipt is None:
@@ -267,7 +267,8 @@ async def node_info(request: web.Request) -> web.Response:
     keys = request.app[NODE_KEYS]
     size, head = request.app[LEDGER].head()
     return json_response({"public_key": keys.public_key.hex(), "fingerprint": keys.fingerprint,
-                          "receipts": size, "head": head.hex()})
+                          "receipts": size, "head": head.hex(),
+                          **request.app[PREDICT].status()})
 
 
 async def show_config(request: web.Request) -> web.Response:

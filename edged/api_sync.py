@@ -56,7 +56,7 @@ async def get_checkpoint(request: web.Request) -> web.Response:
 
 async def get_inclusion_proof(request: web.Request) -> web.Response:
     receipt_id = request.match_info["id"].lower()
-    if not RECEIPT_ID.match(receipt_id):
+    if not RECEIPT_ID.fullmatch(receipt_id):
         raise InvalidRequest("a receipt id is 64 hex digits", param="id")
     ledger = request.app[LEDGER]
     receipt = ledger.get(bytes.fromhex(receipt_id))

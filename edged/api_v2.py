@@ -16,7 +16,7 @@ from aiohttp import web
 
 from edged.api_openai import RECEIPT_HEADER, receipt_ref
 from edged.appkeys import BINDINGS, PREDICT, READY, SCHEDULER, SERVICE, SETTINGS
-from edged.errors import InvalidRequest, ModelNotFound
+from edged.errors import InvalidJSON, InvalidRequest, ModelNotFound
 from edged.examples import parse_examples
 from edged.http_common import json_response, read_body, read_json
 from edged.models import Manifest
@@ -27,6 +27,10 @@ DATATYPES = {"BOOL": np.bool_, "UINT8": np.uint8, "INT8": np.int8, "INT16": np.i
              "FP64": np.float64}
 NUMPY_TO_DATATYPE = {np.dtype(v).name: k for k, v in DATATYPES.items()}
 MAX_ELEMENTS = 1 << 24
+# The JSON value types each datatype accepts (bool is not an int here, nor a float).
+_JSON_TYPES: dict[str, tuple[type, ...]] = {
+    datatype: (bool,) if datatype == "BOOL" else (int,) if "INT" in datatype else (int, float)
+    for datatype in DATATYPES}
 
 
 def add_v2_routes(app: web.Application) -> None:
@@ -78,32 +82,37 @@ async def model_ready(request: web.Request) -> web.Response:
 
 
 def decode_tensor(spec: Any, index: int) -> tuple[str, np.ndarray]:
+    """One JSON input tensor; any malformed field is a 400 that names the field."""
     param = f"inputs[{index}]"
     if not isinstance(spec, dict):
         raise InvalidRequest(f"{param} must be an object", param=param)
     name, shape, datatype, data = (spec.get(k) for k in ("name", "shape", "datatype", "data"))
     if not isinstance(name, str) or not name:
         raise InvalidRequest(f"{param}.name must be a string", param=param)
-    if datatype not in DATATYPES:
+    if not isinstance(datatype, str) or datatype not in DATATYPES:
         raise InvalidRequest(f"{param}.datatype must be one of {sorted(DATATYPES)}",
                              param=param)
     if not isinstance(shape, list) or not all(
-            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+            type(d) is int and 0 <= d <= MAX_ELEMENTS for d in shape):
         raise InvalidRequest(f"{param}.shape must be a list of non-negative integers",
                              param=param)
     size = math.prod(shape)
     if size > MAX_ELEMENTS:
         raise InvalidRequest(f"{param} has more than {MAX_ELEMENTS} elements", param=param)
-    flat: np.ndarray | None = (np.asarray(data, dtype=object).ravel()
-                               if isinstance(data, list) else None)
+    try:  # nested lists of uneven lengths are refused here or by the element check below
+        flat = np.asarray(data, dtype=object).ravel() if isinstance(data, list) else None
+    except ValueError:
+        flat = None
     if flat is None or flat.size != size:
         raise InvalidRequest(f"{param}.data must hold {size} values", param=param)
+    element_types = _JSON_TYPES[datatype]
+    if not all(type(value) in element_types for value in flat.tolist()):
+        raise InvalidRequest(f"{param}.data holds values that are not {datatype}", param=param)
     try:
-        array: np.ndarray = flat.astype(DATATYPES[datatype]).reshape(shape)
-    except (TypeError, ValueError, OverflowError):
+        with np.errstate(over="raise", invalid="raise"):  # 1e300 does not fit FP32
+            array: np.ndarray = flat.astype(DATATYPES[datatype]).reshape(shape)
+    except (TypeError, ValueError, OverflowError, FloatingPointError):
         raise InvalidRequest(f"{param}.data does not fit {datatype}", param=param) from None
-    if datatype != "BOOL" and any(isinstance(v, bool) for v in flat):
-        raise InvalidRequest(f"{param}.data holds booleans for {datatype}", param=param)
     return name, array
 
 
@@ -117,7 +126,10 @@ def encode_tensor(name: str, array: np.ndarray) -> dict[str, Any]:
 
 async def infer(request: web.Request) -> web.Response:
     manifest = _tensor_model(request)
-    body = await read_json(request)
+    try:
+        body = await read_json(request)
+    except RecursionError:  # JSON nested deeper than the parser can follow
+        raise InvalidJSON("the request body is nested too deeply") from None
     if not isinstance(body, dict) or not isinstance(body.get("inputs"), list) \
             or not body["inputs"]:
         raise InvalidRequest("'inputs' must be a non-empty list of tensors", param="inputs")
@@ -156,7 +168,7 @@ async def bind_examples(request: web.Request) -> web.Response:
     manifest = _tensor_model(request)
     limit = request.app[SETTINGS].max_datanet_upload_bytes
     data = await read_body(request, limit, "the examples exceed max_datanet_upload_bytes")
-    examples = parse_examples(data, request.query.get("format", "npz"))
+    examples = await asyncio.to_thread(parse_examples, data, request.query.get("format", "npz"))
     weights = request.app[SERVICE].store.weights_path(manifest)
     binding = await asyncio.to_thread(request.app[BINDINGS].bind, manifest, weights, examples)
     return json_response({"model": manifest.name, "method": binding.method,

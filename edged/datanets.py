@@ -49,12 +49,42 @@ JSONL_SUFFIXES = (".jsonl", ".ndjson")
 MAX_DOCUMENT_ID = 256
 
 
+
+def _is_unicode_text(value: str) -> bool:
+    """False for strings UTF-8 cannot hold (lone surrogates, which JSON allows)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def parse_document_lines(body: bytes) -> list[tuple[str, str]]:
+    """A JSON Lines upload, one ``{"id": ..., "text": ...}`` per line, as (id, text) pairs.
+
+    Linear in the body's size (one split, no re-joining of partial lines); anything
+    malformed, too deeply nested or not Unicode text is refused with the line's number."""
+    documents: list[tuple[str, str]] = []
+    for number, line in enumerate(body.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except (ValueError, RecursionError):
+            raise InvalidRequest(f"line {number} is not JSON", param="documents") from None
+        if not isinstance(record, dict) or not isinstance(record.get("text"), str) \
+                or not isinstance(record.get("id"), str):
+            raise InvalidRequest(f"line {number} needs string 'id' and 'text'",
+                                 param="documents")
+        documents.append((record["id"], record["text"]))
+    return documents
+
 class DatanetNotFound(NotFound):
     code = "datanet_not_found"
 
 
 def validate_contributor(contributor: str) -> str:
-    if not isinstance(contributor, str) or not CONTRIBUTOR_PATTERN.match(contributor) \
+    if not isinstance(contributor, str) or not CONTRIBUTOR_PATTERN.fullmatch(contributor) \
             or ".." in contributor:
         raise InvalidRequest("contributor ids are 1-128 characters of letters, digits and "
                              "_ . : @ + -, starting with a letter or digit",
@@ -63,7 +93,7 @@ def validate_contributor(contributor: str) -> str:
 
 
 def validate_payout(payout: str | None) -> str | None:
-    if payout is not None and not PAYOUT_PATTERN.match(payout):
+    if payout is not None and not PAYOUT_PATTERN.fullmatch(payout):
         raise InvalidRequest("a payout address is 0x followed by 40 hex digits",
                              param="payout")
     return payout
@@ -205,6 +235,9 @@ class DatanetStore:
                 raise InvalidRequest(f"document {doc_id!r} is empty", param="documents")
             if "\x00" in text:
                 raise InvalidRequest(f"document {doc_id!r} is binary", param="documents")
+            if not _is_unicode_text(doc_id) or not _is_unicode_text(text):
+                raise InvalidRequest(f"document {doc_id!r} is not valid Unicode text",
+                                     param="documents")
         started = time.perf_counter()
         with self._lock:  # reserve a segment name; the build itself runs without the lock
             state = self._read(name)
@@ -216,7 +249,12 @@ class DatanetStore:
         corpus = [CorpusDocument(doc_id, contributor, text)
                   for doc_id, text in _unique_ids(contributor, documents)]
         # Queries (attribution on every request) keep running while this builds.
-        self._build(self._dir(name) / "segments" / segment_name, corpus, progress)
+        segment_dir = self._dir(name) / "segments" / segment_name
+        try:
+            self._build(segment_dir, corpus, progress)
+        except BaseException:
+            shutil.rmtree(segment_dir, ignore_errors=True)  # never leave half a segment
+            raise
         size = sum(len(text.encode("utf-8")) for _, text in documents)
         with self._lock:
             state = self._read(name)
@@ -378,7 +416,7 @@ def read_document_file(path: Path) -> list[tuple[str, str]]:
                 continue
             try:
                 record = json.loads(line)
-            except ValueError:
+            except (ValueError, RecursionError):
                 raise InvalidRequest(f"{path.name}:{number} is not JSON") from None
             if not isinstance(record, dict) or not isinstance(record.get("text"), str) \
                     or not record["text"].strip():

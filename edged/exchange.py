@@ -15,7 +15,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -128,6 +128,11 @@ class ExchangeService:
     # One replica connection: serving and ingesting take turns (both run in threads).
     lock: threading.Lock = field(default_factory=threading.Lock)
     discovery: Discovery | None = None
+    # A whole exchange with one peer (hello, heads, every pull or push) must end within
+    # this many seconds: a peer that trickles its answers cannot hold up a round.
+    peer_deadline_s: float = 30.0
+    # How many peers one round talks to at once.
+    parallel_peers: int = 4
 
     def discovered(self) -> list[tuple[str, str]]:
         """``(url, node id)`` of discovered peers whose key is trusted (mDNS is a hint)."""
@@ -256,7 +261,9 @@ class ExchangeService:
         return key
 
     async def sync_peer(self, client: httpx.AsyncClient, url: str) -> int:
-        """Pull everything newer from one peer; returns receipts received."""
+        """Pull everything newer from one peer; returns receipts received (also counted
+        in the peer's state batch by batch, so progress survives a deadline)."""
+        progress = self.states.setdefault(url, PeerState(url))
         peer = await self._peer_key(client, url)
         path = "/v1/sync/heads"
         heads = _parse_heads(await self._bounded_get(client, url, path, peer, MAX_HEADS_BYTES))
@@ -275,11 +282,14 @@ class ExchangeService:
                 if self.replicas.size(origin) <= have:
                     break  # no progress: do not spin
                 received += added
+                progress.received += added
         return received
 
     async def push_peer(self, client: httpx.AsyncClient, url: str) -> int:
         """Push what the fleet manager at ``url`` lacks of the origins it accepts (this
-        node's log and the trusted origins relayed here); returns receipts it stored."""
+        node's log and the trusted origins relayed here); returns receipts it stored (also
+        counted in the fleet's state batch by batch)."""
+        progress = self.states.setdefault(url, PeerState(url))
         fleet = await self._peer_key(client, url)
         held = dict(_parse_heads(await self._bounded_get(client, url, "/v1/sync/heads", fleet,
                                                          MAX_HEADS_BYTES)))
@@ -303,7 +313,9 @@ class ExchangeService:
                     refused.append(origin.hex()[:16])
                     break
                 reply.raise_for_status()
-                stored += int(reply.json()["stored"])
+                added = int(reply.json()["stored"])
+                stored += added
+                progress.received += added
                 have = batch.checkpoint.checkpoint.size
         if refused:
             logger.info("the fleet refused relayed receipts of %s", ", ".join(refused))
@@ -323,15 +335,31 @@ class ExchangeService:
         return bytes(body)
 
     async def run_forever(self, urls: Callable[[], list[str]]) -> None:
-        """The background sync loop: pull from peers, push to the fleet manager."""
+        """The background sync: pulling from peers and pushing to the fleet manager are
+        two loops of their own, so a slow peer round never delays the fleet push (nor
+        the other way round)."""
+        async with asyncio.TaskGroup() as loops:
+            loops.create_task(self._every_interval("sync round",
+                                                   lambda: self.sync_round(urls())))
+            if self.settings.fleet_url:
+                loops.create_task(self._every_interval("fleet push", self.push_round))
+
+    async def _every_interval(self, name: str,
+                              one_round: Callable[[], Awaitable[object]]) -> None:
         while True:
             await asyncio.sleep(self.settings.sync_interval)
             try:
-                await self.sync_round(urls())
-                if self.settings.fleet_url:
-                    await self.push_round()
+                await one_round()
             except Exception:
-                logger.exception("sync round failed")
+                logger.exception("%s failed", name)
+
+    async def sync_now(self, urls: list[str]) -> dict[str, dict[str, str]]:
+        """Pull from every peer and push to the fleet manager now, both at once, ignoring
+        backoff: done within about ``peer_deadline_s`` (with up to ``parallel_peers``
+        stuck peers)."""
+        peers, fleet = await asyncio.gather(self.sync_round(urls, force=True),
+                                            self.push_round(force=True))
+        return {"peers": peers, "fleet": fleet}
 
     async def push_round(self, *, force: bool = False) -> dict[str, str]:
         """Push to the configured fleet manager (if it is due, or with ``force``)."""
@@ -341,30 +369,55 @@ class ExchangeService:
                                      action=self.push_peer)
 
     async def sync_round(self, urls: list[str], *, force: bool = False,
-                         action: Callable[[httpx.AsyncClient, str], Any] | None = None,
-                         ) -> dict[str, str]:
-        """One round over every peer that is due (all with ``force``); per-peer
+                         action: Callable[[httpx.AsyncClient, str], Awaitable[int]] | None
+                         = None) -> dict[str, str]:
+        """One round over every peer that is due (all with ``force``): ``parallel_peers``
+        at a time, each within ``peer_deadline_s``, those that failed least first; per-peer
         exponential backoff after failures. ``action`` defaults to pulling."""
         action = action or self.sync_peer
-        results: dict[str, str] = {}
+        now = time.monotonic()
+        due = [state for state in (self.states.setdefault(url, PeerState(url))
+                                   for url in dict.fromkeys(urls))
+               if force or now >= state.next_attempt]
+        due.sort(key=lambda state: state.failures)  # stuck peers queue behind the others
+        slots = asyncio.Semaphore(self.parallel_peers)
         async with httpx.AsyncClient(timeout=30) as client:
-            for url in urls:
-                state = self.states.setdefault(url, PeerState(url))
-                if not force and time.monotonic() < state.next_attempt:
-                    continue
-                try:
-                    received = await action(client, url)
-                except Exception as exc:  # one bad peer must not stop the round
-                    logger.info("sync with %s failed: %s", url, exc.__class__.__name__)
-                    state.failures += 1
-                    state.last_error = exc.__class__.__name__
-                    delay = min(MAX_BACKOFF_S, self.settings.sync_interval * 2 ** state.failures)
-                    state.next_attempt = time.monotonic() + delay
-                    results[url] = f"error: {state.last_error}"
-                    continue
-                state.failures, state.next_attempt = 0, 0.0
-                state.last_ok, state.last_error = time.time(), None
-                state.received += received
-                results[url] = f"ok: {received} new"
-        return results
+            outcomes = await asyncio.gather(*(self._exchange(client, state, action, slots)
+                                              for state in due))
+        return {state.url: outcome for state, outcome in zip(due, outcomes, strict=True)}
 
+    async def _exchange(self, client: httpx.AsyncClient, state: PeerState,
+                        action: Callable[[httpx.AsyncClient, str], Awaitable[int]],
+                        slots: asyncio.Semaphore) -> str:
+        """Run ``action`` with one peer within the deadline and record the outcome in its
+        state; returns the outcome in words. Never raises (but for cancellation)."""
+        async with slots:
+            received_before = state.received
+            deadline = asyncio.timeout(self.peer_deadline_s)
+            try:
+                async with deadline:
+                    received = await action(client, state.url)
+            except Exception as exc:  # one bad peer must not stop the round
+                if not deadline.expired():
+                    return self._failed(state, exc.__class__.__name__)
+                cut_short = f"TimeoutError: not done within {self.peer_deadline_s:g} s"
+                progress = state.received - received_before
+                if not progress:
+                    return self._failed(state, cut_short)
+                # A long backlog: what came is kept, the next round goes on from there.
+                logger.info("sync with %s: %s after %d new", state.url, cut_short, progress)
+                state.failures, state.next_attempt = 0, 0.0
+                state.last_error = cut_short
+                return f"partial: {progress} new, {cut_short}"
+        state.failures, state.next_attempt = 0, 0.0
+        state.last_ok, state.last_error = time.time(), None
+        return f"ok: {received} new"
+
+    def _failed(self, state: PeerState, error: str) -> str:
+        """Record a failed exchange and back off from that peer; returns it in words."""
+        logger.info("sync with %s failed: %s", state.url, error)
+        state.failures += 1
+        state.last_error = error
+        delay = min(MAX_BACKOFF_S, self.settings.sync_interval * 2 ** state.failures)
+        state.next_attempt = time.monotonic() + delay
+        return f"error: {error}"

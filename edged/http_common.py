@@ -32,7 +32,7 @@ async def read_json(request: web.Request) -> Any:
         return {}
     try:
         return json.loads(raw, parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep
         raise InvalidJSON("the request body is not valid JSON") from None
 
 

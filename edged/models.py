@@ -41,7 +41,7 @@ UNMATCHED_DATA_TO = ("owner", "operator")
 
 
 def validate_name(name: str) -> str:
-    if not isinstance(name, str) or not NAME_PATTERN.match(name) or ".." in name:
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or ".." in name:
         raise InvalidRequest(
             "model names are 1-64 characters of a-z, 0-9, '.', '_' and '-', starting and "
             "ending with a letter or digit", param="name")
@@ -51,7 +51,7 @@ def validate_name(name: str) -> str:
 def validate_digest(digest: str) -> str:
     """Accept ``<hex>`` or ``sha256:<hex>``; return the bare lowercase hex."""
     bare = digest.removeprefix("sha256:") if isinstance(digest, str) else ""
-    if not DIGEST_PATTERN.match(bare):
+    if not DIGEST_PATTERN.fullmatch(bare):
         raise InvalidRequest("a digest is sha256:<64 lowercase hex digits>", param="digest")
     return bare
 
@@ -181,8 +181,8 @@ class Manifest:
         if self.data_share_ppm and not self.datanets and self.runtime != "onnx":
             raise InvalidRequest("a data share needs a datanet (or, for ONNX models, bound "
                                  "examples)", param="data_share")
-        if self.tokenizer is not None and (
-                not isinstance(self.tokenizer, str) or not DIGEST_PATTERN.match(self.tokenizer)):
+        if self.tokenizer is not None and (not isinstance(self.tokenizer, str)
+                                           or not DIGEST_PATTERN.fullmatch(self.tokenizer)):
             raise InvalidRequest("'tokenizer' is the 64 lowercase hex digits of a blob",
                                  param="tokenizer")
         if self.unmatched_data_to not in UNMATCHED_DATA_TO:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +24,7 @@ import numpy as np
 
 from attribution.receipt import SignedReceipt
 from edged import errors
-from edged.attributor import Attributor
+from edged.attributor import Attribution, Attributor
 from edged.examples import InfluenceBindings
 from edged.inference import build_draft
 from edged.keys import NodeKeys
@@ -81,6 +83,8 @@ class PredictService:
         self.attributor = attributor
         self.clock_ms = clock_ms
         self._queues: dict[str, _Queue] = {}
+        self._attribution_failures: Counter[str] = Counter()
+        self._failures_lock = threading.Lock()
 
     async def predict(self, model: str, inputs: Tensors,
                       keep_alive: float | None = None) -> Prediction:
@@ -182,8 +186,7 @@ class PredictService:
         if manifest.data_share_ppm and self.bindings.get(manifest.name) is None:
             await asyncio.to_thread(self.bindings.load, manifest,
                                     self.store.weights_path(manifest))
-        attributions = [self._attribute(manifest, r.inputs, outputs)
-                        for r, outputs in zip(group, results, strict=True)]
+        attributions = await asyncio.to_thread(self._attribute_group, manifest, group, results)
         drafts = [build_draft(manifest, "predict", self.keys.commitment_key,
                               tensor_commitment(r.inputs), tensor_commitment(outputs), r.rows,
                               r.rows, manifest.price.fee(0, 0, rows=r.rows), attribution,
@@ -192,17 +195,36 @@ class PredictService:
         return await asyncio.shield(self.ledger.append_group(
             drafts, [a.evidence for a in attributions]))
 
+    def _attribute_group(self, manifest: Manifest, group: list[_Request],
+                         results: list[Tensors]) -> list[Attribution]:
+        """Blocking (index queries, matrix products): call it from a thread."""
+        return [self._attribute(manifest, r.inputs, outputs)
+                for r, outputs in zip(group, results, strict=True)]
 
-    def _attribute(self, manifest: Manifest, inputs: Tensors, outputs: Tensors) -> Any:
+    def _attribute(self, manifest: Manifest, inputs: Tensors,
+                   outputs: Tensors) -> Attribution:
         """The prediction happened and is owed to someone: if data attribution fails (a
-        binding that no longer fits the model, say), the receipt falls back to owner/1."""
+        binding that no longer fits the model, say), the receipt falls back to owner/1.
+        Failures move money, so each is counted by cause (see :meth:`status`) and each
+        cause is logged once; the log names the cause and the model, never the data."""
         try:
             return self.attributor.attribute_prediction(manifest, self.bindings, inputs,
                                                         outputs)
-        except Exception:
-            logger.warning("data attribution failed for model %s; using owner/1",
-                           manifest.name, exc_info=True)
+        except Exception as exc:
+            cause = type(exc).__name__
+            with self._failures_lock:
+                self._attribution_failures[cause] += 1
+                first_of_its_kind = self._attribution_failures[cause] == 1
+            if first_of_its_kind:
+                logger.warning("data attribution failed with %s (model %s); receipts fall "
+                               "back to owner/1; further failures of this kind are only "
+                               "counted", cause, manifest.name)
             return self.attributor.attribute(manifest, None)
+
+    def status(self) -> dict[str, Any]:
+        """What the node shows about predictions: data attribution failures by cause."""
+        with self._failures_lock:
+            return {"attribution_failures": dict(sorted(self._attribution_failures.items()))}
 
 
 def _rows(inputs: Mapping[str, np.ndarray]) -> int:

@@ -82,7 +82,7 @@ def parse_keep_alive(value: Any) -> float | None:
         return None
     if _is_number(value):
         seconds = float(value)
-    elif isinstance(value, str) and (match := _DURATION.match(value.strip())):
+    elif isinstance(value, str) and (match := _DURATION.fullmatch(value.strip())):
         seconds = float(match.group(1)) * _UNITS[match.group(2)]
     if seconds is None or not math.isfinite(seconds):
         raise InvalidRequest("'keep_alive' must be seconds or a duration like '5m'",

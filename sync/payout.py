@@ -53,7 +53,7 @@ def split_fee(fee: int, payees: Sequence[Sequence[object]]) -> list[tuple[str, i
 
 def normalise_address(payee: str) -> bytes:
     """The 20 bytes of an ``0x``-prefixed hex address; :class:`PayoutError` otherwise."""
-    if not isinstance(payee, str) or not ADDRESS_RE.match(payee):
+    if not isinstance(payee, str) or not ADDRESS_RE.fullmatch(payee):
         raise PayoutError(f"payee {payee!r} is not an address (0x and 40 hex digits)")
     return bytes.fromhex(payee[2:])
 

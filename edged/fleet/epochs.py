@@ -304,6 +304,6 @@ class Epochs:
 
 
 def _resolve(payee: str, book: dict[str, str]) -> str | None:
-    if ADDRESS_RE.match(payee):
+    if ADDRESS_RE.fullmatch(payee):
         return payee.lower()
     return book.get(payee)

@@ -15,8 +15,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from attribution.receipt import verify_receipt
+from edged.api_v2 import decode_tensor
 from edged.app import create_app
 from edged.appkeys import LEDGER, SERVICE
+from edged.errors import InvalidRequest
 from edged.models import Manifest, ModelStore, Price
 from edged.settings import Settings
 from tests.edged.conftest import AppClientFactory
@@ -109,6 +111,9 @@ async def test_concurrent_requests_are_batched_with_identical_results(
     assert ledger.head()[0] == 4
 
 
+GOOD_TENSOR = {"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [0.0] * 4}
+
+
 @pytest.mark.parametrize(("body", "status"), [
     ({"inputs": [{"name": "input", "shape": [1, 5], "datatype": "FP32",
                   "data": [0.0] * 5}]}, 400),
@@ -124,6 +129,18 @@ async def test_concurrent_requests_are_batched_with_identical_results(
     ({"inputs": []}, 400),
     ({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [0.0] * 4}],
       "outputs": [{"name": "nope"}]}, 400),
+    # every field of a tensor, malformed: a 400 in the protocol's shape, never a 500
+    *(pytest.param({"inputs": [{**GOOD_TENSOR, field: value}]}, 400,
+                   id=f"{field}={str(value)[:20]}") for field, value in (
+        ("datatype", ["FP32"]), ("datatype", {"FP32": 1}), ("datatype", None),
+        ("name", ["input"]), ("name", {"input": 1}), ("name", ""), ("name", 7),
+        ("shape", {"a": 1}), ("shape", [1, "4"]), ("shape", [[1], 4]), ("shape", [True, 4]),
+        ("shape", [1, -4]), ("shape", [0, 2**70]), ("shape", "1,4"),
+        ("data", {"a": 1}), ("data", "0000"), ("data", [[0.0, 0.0], [0.0, [0.0, 0.0]]]),
+        ("data", ["1", "2", "3", "4"]), ("data", [None] * 4), ("data", [{"a": 1}, 0, 0, 0]),
+        ("data", [True, 0.0, 0.0, 0.0]), ("data", [1e300] * 4))),
+    ({"inputs": [GOOD_TENSOR, "tensor"]}, 400),
+    ({"inputs": {"input": GOOD_TENSOR}}, 400),
 ])
 async def test_bad_requests_get_protocol_errors_and_write_nothing(
         v2: tuple[Client, LinearClassifier], body: dict[str, Any], status: int) -> None:
@@ -133,6 +150,43 @@ async def test_bad_requests_get_protocol_errors_and_write_nothing(
     error = await response.json()
     assert set(error) == {"error"} and isinstance(error["error"], str)
     assert client.app[LEDGER].head()[0] == 0
+
+
+async def test_data_nested_past_the_json_parser_is_400(
+        v2: tuple[Client, LinearClassifier]) -> None:
+    client, _ = v2
+    deep = "[" * 5000 + "]" * 5000
+    response = await client.post(f"/v2/models/{MODEL}/infer", data=(
+        '{"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": '
+        + deep + "}]}").encode())
+    assert response.status == 400
+    assert set(await response.json()) == {"error"}
+    assert client.app[LEDGER].head()[0] == 0
+
+
+@pytest.mark.parametrize(("datatype", "data"), [
+    ("INT64", [1.5, 2, 3, 4]),  # would be truncated to 1
+    ("UINT8", [True, 1, 2, 3]),
+    ("BOOL", [None, True, False, True]),  # would be False
+    ("BOOL", ["false", True, False, True]),  # would be True
+    ("BOOL", [0, 1, 0, 1]),
+    ("FP16", [1e6, 0.0, 0.0, 0.0]),  # past FP16's range
+    ("INT8", [300, 0, 0, 0]),
+])
+def test_tensor_data_must_be_json_values_of_its_datatype(datatype: str, data: list[Any]) -> None:
+    spec = {"name": "x", "shape": [4], "datatype": datatype, "data": data}
+    with pytest.raises(InvalidRequest) as refused:
+        decode_tensor(spec, 0)
+    assert refused.value.param == "inputs[0]"
+    assert "false" not in refused.value.message  # the message names no values
+
+
+def test_well_formed_tensors_decode() -> None:
+    for datatype, data in (("BOOL", [True, False]), ("INT64", [-1, 2**40]),
+                           ("UINT8", [0, 255]), ("FP16", [1, 0.5]), ("FP64", [1e300, -2])):
+        name, array = decode_tensor({"name": "x", "shape": [1, 2], "datatype": datatype,
+                                     "data": [data]}, 0)  # nested data, row-major
+        assert name == "x" and array.shape == (1, 2) and array.ravel().tolist() == data
 
 
 async def test_unknown_model_and_version(v2: tuple[Client, LinearClassifier]) -> None:

@@ -291,3 +291,38 @@ async def test_a_datanet_in_use_cannot_be_removed(client: Client) -> None:
     assert (await client.patch(f"/api/models/{FAKE_MODEL}",
                                json={"datanets": [], "data_share_ppm": 0})).status == 200
     assert (await client.delete("/api/datanets/books")).status == 200
+
+
+async def test_documents_that_are_not_unicode_text_or_too_deep_are_400_and_leave_nothing(
+        client: Client, settings: Settings) -> None:
+    assert (await client.post("/api/datanets", json={"name": "books"})).status == 201
+    bodies = [
+        b'{"id": "a", "text": "a lone surrogate \\ud800 here and more words"}\n',
+        b'{"id": "\\udfff", "text": "five words or more here"}\n',
+        b'{"id": "a", "text": "fine words"}\n' + b"[" * 50_000 + b"]" * 50_000 + b"\n",
+    ]
+    for body in bodies:
+        response = await client.post("/api/datanets/books/documents",
+                                     params={"contributor": "alice"}, data=body)
+        assert response.status == 400
+        assert (await response.json())["error"]["param"] == "documents"
+    segments = settings.datanets_dir / "books" / "segments"
+    assert not segments.exists() or list(segments.iterdir()) == []
+    shown = await (await client.get("/api/datanets/books")).json()
+    assert shown["documents"] == 0
+
+
+def test_a_failed_build_leaves_no_segment_folder(store: DatanetStore,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    store.create("books")
+
+    def broken_build(directory: Path, *args: Any) -> None:
+        directory.mkdir(parents=True)
+        (directory / "half-written").write_bytes(b"x")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(store, "_build", broken_build)
+    with pytest.raises(OSError):
+        store.add_documents("books", "alice", [("d", "some words in a document")])
+    assert list((store.root / "books" / "segments").glob("seg-*")) == []
+    assert store.get("books").segments == []

@@ -21,6 +21,7 @@ from tests.edged.conftest import FAKE_MODEL, AppClientFactory, fake_loader
 Client = TestClient[Any, web.Application]
 FAKE_BLOB = "sha256:" + hashlib.sha256(f"fake weights for {FAKE_MODEL}".encode()).hexdigest()
 CHAT = {"model": FAKE_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+DEEP_JSON = b"[" * 50_000 + b"]" * 50_000  # deeper than Python's parser can follow
 
 
 def assert_error_shape(body: Any) -> dict[str, Any]:
@@ -104,6 +105,15 @@ ERROR_CASES: list[tuple[str, str, dict[str, Any], int, str | None]] = [
                                  b'"keep_alive": NaN}'}, 400, "invalid_json"),
     ("POST", "/v1/completions", {"json": {"model": FAKE_MODEL, "prompt": "x",
                                           "keep_alive": "soon"}}, 400, "invalid_request"),
+    ("POST", "/api/models", {"json": {"name": "ok\n", "runtime": "fake",
+                                      "weights": FAKE_BLOB}}, 400, "invalid_request"),
+    ("POST", "/v1/completions", {"json": {"model": FAKE_MODEL, "prompt": "x", "n": 1.0}},
+     400, "invalid_request"),
+    *[(method, path, {"data": DEEP_JSON}, 400, "invalid_json") for method, path in (
+        ("POST", "/v1/chat/completions"), ("POST", "/v1/completions"),
+        ("POST", "/v1/embeddings"), ("POST", "/api/models"), ("POST", "/api/datanets"),
+        ("PATCH", f"/api/models/{FAKE_MODEL}"), ("POST", f"/api/models/{FAKE_MODEL}/load"),
+        ("POST", "/api/peers/trust"))],
 ]
 
 

@@ -3,11 +3,14 @@ every prediction's receipt splits the data share by influence."""
 
 from __future__ import annotations
 
+import asyncio
 import io
+import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
@@ -160,7 +163,8 @@ async def test_influence_through_a_hidden_layer_and_knn_without_one(
 
 
 async def test_examples_that_do_not_fit_are_400_and_attribution_failures_fall_back(
-        aiohttp_client: AppClientFactory, settings: Settings, tmp_path: Path) -> None:
+        aiohttp_client: AppClientFactory, settings: Settings, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     from edged.appkeys import PREDICT
 
     install_onnx_model(settings, tmp_path, data_share_ppm=500_000, batch_delay_us=0)
@@ -173,17 +177,73 @@ async def test_examples_that_do_not_fit_are_400_and_attribution_failures_fall_ba
     }
     for name, arrays in bad_files.items():
         buffer = io.BytesIO()
-        np.savez(buffer, **arrays)
+        np.savez(buffer, features=arrays["features"], labels=arrays["labels"],
+                 contributors=arrays["contributors"])
         response = await client.put(f"/api/models/{MODEL}/examples", data=buffer.getvalue())
         assert response.status == 400, name
 
     def broken(*args: Any) -> Any:
         raise ValueError("binding no longer fits")
 
-    client.app[PREDICT].attributor.attribute_prediction = broken  # type: ignore[method-assign]
+    monkeypatch.setattr(client.app[PREDICT].attributor, "attribute_prediction", broken)
     row = np.zeros((1, 4), dtype=np.float32)
-    answer = await client.post(f"/v2/models/{MODEL}/infer", json={"inputs": [tensor(row)]})
-    assert answer.status == 200
-    receipt = await (await client.get(
-        f"/v1/receipts/{(await answer.json())['receipt']['id']}")).json()
-    assert receipt["attr"]["method"] == "owner/1"
+    with caplog.at_level(logging.WARNING, logger="edged.predict"):
+        for _ in range(3):
+            answer = await client.post(f"/v2/models/{MODEL}/infer",
+                                       json={"inputs": [tensor(row)]})
+            assert answer.status == 200
+            receipt = await (await client.get(
+                f"/v1/receipts/{(await answer.json())['receipt']['id']}")).json()
+            assert receipt["attr"]["method"] == "owner/1"
+    # The failures are counted by cause and shown by the node; logged once, without data.
+    node = await (await client.get("/api/node")).json()
+    assert node["attribution_failures"] == {"ValueError": 3}
+    logged = [r for r in caplog.records if r.name == "edged.predict"]
+    assert len(logged) == 1 and "ValueError" in logged[0].getMessage()
+    assert "no longer fits" not in caplog.text
+
+
+async def test_parsing_graph_loading_and_attribution_run_off_the_event_loop(
+        aiohttp_client: AppClientFactory, settings: Settings, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import edged.api_v2
+    import edged.examples
+    from edged.appkeys import PREDICT
+
+    classifier = install_onnx_model(settings, tmp_path, influence_layer=LAYER,
+                                    data_share_ppm=500_000, batch_delay_us=0)
+    client = await aiohttp_client(create_app(settings))
+    on_loop: dict[str, list[bool]] = {"parse": [], "graph": [], "attribute": []}
+
+    def watched(step: str, function: Any) -> Any:
+        def call(*args: Any) -> Any:
+            on_loop[step].append(_event_loop_running())
+            return function(*args)
+        return call
+
+    monkeypatch.setattr(edged.api_v2, "parse_examples",
+                        watched("parse", edged.api_v2.parse_examples))
+    monkeypatch.setattr(edged.examples, "_graph", watched("graph", edged.examples._graph))
+    attributor = client.app[PREDICT].attributor
+    monkeypatch.setattr(attributor, "attribute_prediction",
+                        watched("attribute", attributor.attribute_prediction))
+
+    x, labels, contributors = _examples(classifier)
+    buffer = io.BytesIO()
+    np.savez(buffer, features=x, labels=labels, contributors=np.array(contributors))
+    bound = await client.put(f"/api/models/{MODEL}/examples", data=buffer.getvalue())
+    assert bound.status == 201, await bound.text()
+    answer = await (await client.post(f"/v2/models/{MODEL}/infer", json={
+        "inputs": [tensor(np.array([[2.0, 0.1, 0.0, 0.0]], dtype=np.float32))]})).json()
+    receipt = await (await client.get(f"/v1/receipts/{answer['receipt']['id']}")).json()
+    assert receipt["attr"]["method"] == "influence/1"  # the same attribution as before
+    assert all(on_loop.values()), on_loop  # each step ran
+    assert on_loop == {step: [False] * len(calls) for step, calls in on_loop.items()}
+
+
+def _event_loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True

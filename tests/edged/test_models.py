@@ -26,7 +26,7 @@ def _manifest(name: str, digest: str, **overrides: object) -> Manifest:
 
 
 @pytest.mark.parametrize("name", ["../evil", "a/b", "", "UPPER", "x" * 65, "a..b", ".hidden",
-                                  "trailing-", "sp ace", "nul\x00"])
+                                  "trailing-", "sp ace", "nul\x00", "name\n", "a\n"])
 def test_bad_names_are_refused(name: str) -> None:
     with pytest.raises(InvalidRequest):
         validate_name(name)
