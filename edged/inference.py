@@ -170,9 +170,11 @@ class GenerationStream:
             self._first = await anext(self._events)
         except BaseException as exc:
             await self._stack.aclose()
+            param = "messages" if self.request.kind == "chat" else "prompt"
             if isinstance(exc, ContextLengthExceeded):
-                param = "messages" if self.request.kind == "chat" else "prompt"
                 raise errors.ContextLengthExceeded(str(exc), param=param) from None
+            if isinstance(exc, UnsupportedOperation):  # no chat template; not a generator
+                raise errors.Unsupported(str(exc), param="model") from None
             raise
         return self
 

@@ -42,6 +42,7 @@ from runtimes.base import (
     MissingDependency,
     ModelSpec,
     Prompt,
+    UnsupportedOperation,
 )
 from runtimes.chat_formats import (
     FormattedChat,
@@ -146,7 +147,9 @@ class LlamaCppBackend(Backend):
         self._embed_guard = _ContextGuard()
         self._sampler = {k: spec.options.get(k, v) for k, v in SAMPLER_DEFAULTS.items()}
         self._llama_kwargs = {k: v for k, v in spec.options.items() if k in LLAMA_OPTIONS}
-        self._n_ctx = llm.n_ctx()
+        # llama.cpp pads a small context (to 256 tokens) but llama-cpp-python sizes its
+        # token buffer to the context asked for: the smaller of the two is the limit.
+        self._n_ctx = min(llm.n_ctx(), len(llm.input_ids))
         self._n_vocab = llm.n_vocab()
         self._metadata = llm.metadata
         self._repack = bool(spec.options.get("repack", default_repack()))
@@ -299,7 +302,7 @@ class LlamaCppBackend(Backend):
         if self._template is None:
             template = llm.metadata.get("tokenizer.chat_template")
             if not template:
-                raise BackendError(
+                raise UnsupportedOperation(
                     f"model {self.spec.name!r} has no chat template: set its chat format "
                     f"to one of {chat_format_names()}"
                 )

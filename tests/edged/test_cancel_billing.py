@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -15,23 +14,12 @@ from attribution.commitments import commit
 from edged.app import create_app
 from edged.appkeys import LEDGER, NODE_KEYS
 from edged.ledger import Ledger
-from edged.models import RUNTIMES, Manifest, ModelStore
-from tests.conftest import TINY_CONTEXT
+from edged.models import RUNTIMES
 from tests.edged.conftest import AppClientFactory, make_settings
+from tests.support.tiny_gguf import install_tiny_llama
 
 Client = TestClient[Any, web.Application]
-MODEL = "tiny"
 PROMPT = "The quick brown fox"
-
-
-def install_tiny_llama(data_dir: Path, model_file: Path) -> Manifest:
-    store = ModelStore(data_dir / "models", runtimes=RUNTIMES)
-    data = model_file.read_bytes()
-    digest = hashlib.sha256(data).hexdigest()
-    with store.blob_writer(digest) as handle:
-        handle.write(data)
-    return store.add(Manifest(name=MODEL, runtime="llama.cpp", weights=digest, size=len(data),
-                              owner="tiny-lab", context_length=TINY_CONTEXT))
 
 
 def chunk_texts(body: bytes) -> list[str]:
@@ -56,10 +44,10 @@ async def wait_for_receipts(ledger: Ledger, count: int) -> None:
 async def test_a_cancelled_stream_commits_and_bills_the_same_text(
         aiohttp_client: AppClientFactory, tmp_path: Path, tiny_model_file: Path) -> None:
     data_dir = tmp_path / "data"
-    install_tiny_llama(data_dir, tiny_model_file)
+    model = install_tiny_llama(data_dir, tiny_model_file).name
     app = create_app(make_settings(data_dir), runtimes=RUNTIMES)
     client = await aiohttp_client(app)
-    request = {"model": MODEL, "prompt": PROMPT, "max_tokens": 120, "temperature": 0,
+    request = {"model": model, "prompt": PROMPT, "max_tokens": 120, "temperature": 0,
                "stream": True}
 
     # The whole greedy answer first: each chunk of the tiny model's printable output is

@@ -24,10 +24,14 @@ negative one, so greedy output is printable ASCII that still depends on the cont
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
+from typing import Any
 
 import gguf
 import numpy as np
+
+from edged.models import RUNTIMES, Manifest, ModelStore
 
 N_EMBD = 64
 N_HEAD = 2
@@ -142,3 +146,17 @@ def write_tiny_llama_gguf(
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+def install_tiny_llama(data_dir: Path, model_file: Path, name: str = "tiny",
+                       **manifest_fields: Any) -> Manifest:
+    """Register the tiny GGUF in a node's model store, as ``edged models add`` would."""
+    store = ModelStore(data_dir / "models", runtimes=RUNTIMES)
+    data = model_file.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if not store.has_blob(digest):
+        with store.blob_writer(digest) as handle:
+            handle.write(data)
+    fields: dict[str, Any] = {"owner": "tiny-lab", "context_length": 256, **manifest_fields}
+    return store.add(Manifest(name=name, runtime="llama.cpp", weights=digest, size=len(data),
+                              **fields))

@@ -1,0 +1,53 @@
+"""The HTTP API on the real llama.cpp backend (the tiny GGUF): limits and clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from edged.app import create_app
+from edged.appkeys import LEDGER
+from edged.models import RUNTIMES
+from tests.edged.conftest import AppClientFactory, make_settings
+from tests.edged.test_api_v2 import install_onnx_model
+from tests.support.tiny_gguf import install_tiny_llama
+
+Client = TestClient[Any, web.Application]
+CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+
+
+async def test_a_context_below_llama_cpps_minimum_is_the_limit(
+        aiohttp_client: AppClientFactory, tmp_path: Path, tiny_model_file: Path) -> None:
+    # llama.cpp pads any context to 256 tokens; the model's declared 64 must still hold.
+    data_dir = tmp_path / "data"
+    install_tiny_llama(data_dir, tiny_model_file, context_length=64)
+    client = await aiohttp_client(create_app(make_settings(data_dir), runtimes=RUNTIMES))
+    fits = await client.post("/v1/completions", json={"model": "tiny", "prompt": "hello " * 8,
+                                                      "max_tokens": 200})
+    assert fits.status == 200
+    usage = (await fits.json())["usage"]
+    assert usage["total_tokens"] == 64  # stopped by the context, not by max_tokens
+    too_long = await client.post("/v1/completions", json={"model": "tiny",
+                                                          "prompt": "hello " * 40})
+    assert too_long.status == 400
+    assert (await too_long.json())["error"]["code"] == "context_length_exceeded"
+
+
+async def test_chat_without_a_template_or_on_onnx_is_a_clear_400(
+        aiohttp_client: AppClientFactory, tmp_path: Path, tiny_model_file: Path) -> None:
+    data_dir = tmp_path / "data"
+    settings = make_settings(data_dir)
+    install_tiny_llama(data_dir, tiny_model_file)  # no chat format, no template in the GGUF
+    install_onnx_model(settings, tmp_path)
+    client = await aiohttp_client(create_app(settings))
+    for model in ("tiny", "tiny-clf"):
+        for stream in (False, True):
+            response = await client.post("/v1/chat/completions",
+                                         json={**CHAT, "model": model, "stream": stream})
+            assert response.status == 400, model
+            error = (await response.json())["error"]
+            assert error["code"] == "unsupported" and error["param"] == "model"
+    assert client.app[LEDGER].head()[0] == 0
