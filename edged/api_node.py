@@ -131,7 +131,9 @@ async def create_model(request: web.Request) -> web.Response:
         tokenizer=_tokenizer_digest(request, body.get("tokenizer")),
     )
     await _require_datanets(request, manifest.datanets)
-    stored = request.app[SERVICE].store.add(manifest, replace_existing=bool(body.get("replace")))
+    # Off the loop: registration reads the weights' header and tensor table.
+    stored = await asyncio.to_thread(request.app[SERVICE].store.add, manifest,
+                                     replace_existing=bool(body.get("replace")))
     return json_response(_model_view(request, stored), status=201)
 
 

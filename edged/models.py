@@ -27,6 +27,7 @@ from typing import Any, BinaryIO
 
 from attribution.commitments import digest as canonical_digest
 from edged.errors import Conflict, InvalidRequest, ModelNotFound
+from runtimes.gguf_file import GGUFError, check_gguf
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +37,6 @@ RUNTIMES = ("llama.cpp", "onnx", "fake")  # every runtime a manifest may name
 SERVING_RUNTIMES = ("llama.cpp", "onnx")  # what a daemon serves unless told otherwise (fake: tests)
 MAX_PRICE = 2**40  # base units; keeps every fee far inside the receipt's 64-bit integers
 CHAT_FORMATS = ("gemma", "chatml")
-GGUF_MAGIC = b"GGUF"
 UNMATCHED_DATA_TO = ("owner", "operator")
 
 
@@ -314,10 +314,11 @@ class ModelStore:
         if manifest.runtime == "onnx" and not manifest.inputs:
             manifest = replace(manifest, **onnx_metadata(blob))
         if manifest.runtime == "llama.cpp":
-            with blob.open("rb") as handle:
-                if handle.read(4) != GGUF_MAGIC:
-                    raise InvalidRequest("the llama.cpp runtime needs a GGUF file",
-                                         param="weights")
+            try:
+                check_gguf(blob)
+            except GGUFError as exc:
+                raise InvalidRequest(f"the llama.cpp runtime needs a well-formed GGUF file: "
+                                     f"{exc}", param="weights") from None
         path = self._manifest_path(manifest.name)
         if path.exists() and not replace_existing:
             raise Conflict(f"a model named {manifest.name!r} exists already", param="name")

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import struct
 from pathlib import Path
 
 import pytest
@@ -9,10 +10,13 @@ import pytest
 from edged.errors import Conflict, InvalidRequest, ModelNotFound
 from edged.models import Manifest, ModelStore, Price, validate_digest, validate_name
 
-GGUF_BYTES = b"GGUF" + b"\x00" * 60
+
+@pytest.fixture(scope="module")
+def gguf_bytes(tiny_model_file: Path) -> bytes:
+    return tiny_model_file.read_bytes()
 
 
-def _upload(store: ModelStore, data: bytes = GGUF_BYTES) -> str:
+def _upload(store: ModelStore, data: bytes) -> str:
     digest = hashlib.sha256(data).hexdigest()
     with store.blob_writer(digest) as handle:
         handle.write(data)
@@ -39,11 +43,11 @@ def test_bad_digests_are_refused(digest: str) -> None:
         validate_digest(digest)
 
 
-def test_add_get_list_remove(tmp_path: Path) -> None:
+def test_add_get_list_remove(tmp_path: Path, gguf_bytes: bytes) -> None:
     store = ModelStore(tmp_path)
-    digest = _upload(store)
+    digest = _upload(store, gguf_bytes)
     added = store.add(_manifest("tiny", digest, price=Price(request=5)))
-    assert added.size == len(GGUF_BYTES) and added.created > 0
+    assert added.size == len(gguf_bytes) and added.created > 0
     assert store.get("tiny") == added
     assert [m.name for m in store.list()] == ["tiny"]
     with pytest.raises(Conflict):
@@ -54,9 +58,9 @@ def test_add_get_list_remove(tmp_path: Path) -> None:
     assert not store.has_blob(digest)
 
 
-def test_shared_blob_survives_removal_of_one_model(tmp_path: Path) -> None:
+def test_shared_blob_survives_removal_of_one_model(tmp_path: Path, gguf_bytes: bytes) -> None:
     store = ModelStore(tmp_path)
-    digest = _upload(store)
+    digest = _upload(store, gguf_bytes)
     store.add(_manifest("one", digest))
     store.add(_manifest("two", digest))
     store.remove("one")
@@ -67,16 +71,34 @@ def test_blob_with_wrong_digest_is_discarded(tmp_path: Path) -> None:
     store = ModelStore(tmp_path)
     wrong = hashlib.sha256(b"something else").hexdigest()
     with pytest.raises(InvalidRequest), store.blob_writer(wrong) as handle:
-        handle.write(GGUF_BYTES)
+        handle.write(b"GGUF" + b"\x00" * 60)
     assert not store.has_blob(wrong)
     assert list(store.blobs_dir.iterdir()) == []
 
 
-def test_llama_models_must_be_gguf(tmp_path: Path) -> None:
+def _corrupt_ggufs(good: bytes) -> dict[str, bytes]:
+    header = struct.Struct("<4sIQQ")
+    return {
+        "not a gguf": b"not a gguf file",
+        "magic then garbage": b"GGUF" + bytes(range(256)) * 4,
+        "magic then zeros": b"GGUF" + b"\x00" * 60,
+        "truncated": good[: len(good) // 2],
+        "header only": good[:24],
+        "absurd tensor count": header.pack(b"GGUF", 3, 2**60, 0) + good[24:],
+        "absurd metadata count": header.pack(b"GGUF", 3, 21, 2**40) + good[24:],
+        "unknown version": header.pack(b"GGUF", 99, 21, 22) + good[24:],
+    }
+
+
+@pytest.mark.parametrize("case", list(_corrupt_ggufs(b"")))
+def test_llama_models_must_be_well_formed_gguf(tmp_path: Path, gguf_bytes: bytes,
+                                               case: str) -> None:
     store = ModelStore(tmp_path)
-    digest = _upload(store, b"not a gguf file")
-    with pytest.raises(InvalidRequest):
+    digest = _upload(store, _corrupt_ggufs(gguf_bytes)[case])
+    with pytest.raises(InvalidRequest) as refused:
         store.add(_manifest("bad", digest))
+    assert refused.value.param == "weights"
+    assert store.list() == []
 
 
 def test_symlinked_manifest_is_not_followed(tmp_path: Path) -> None:
