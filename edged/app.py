@@ -40,7 +40,7 @@ from edged.demo_classifier import install_demo_classifier
 from edged.errors import Unsupported
 from edged.examples import InfluenceBindings
 from edged.exchange import ExchangeService
-from edged.http_common import error_middleware
+from edged.http_common import error_middleware, server_handler_args
 from edged.inference import InferenceService, unix_millis
 from edged.keys import load_or_create_keys
 from edged.ledger import Ledger
@@ -75,6 +75,7 @@ def create_app(settings: Settings, *, loader: Loader = load_backend,
     app = web.Application(
         middlewares=[error_middleware, security_middleware(settings)],
         client_max_size=settings.max_body_bytes,
+        handler_args=server_handler_args(),
     )
     app[SETTINGS] = settings
     app[READY] = asyncio.Event()
@@ -89,6 +90,7 @@ def create_app(settings: Settings, *, loader: Loader = load_backend,
 
     async def node_state(app: web.Application) -> AsyncIterator[None]:
         settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        settings.data_dir.chmod(0o700)  # also a folder made before, or by someone else
         keys = load_or_create_keys(settings.keys_dir)
         store = ModelStore(settings.models_dir, runtimes=runtimes)
         datanets = DatanetStore(settings.datanets_dir)

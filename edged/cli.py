@@ -41,9 +41,8 @@ def serve(ctx: click.Context, host: str | None, port: int | None, api_keys: tupl
           keep_alive: float | None, max_loaded_models: int | None, threads: int | None,
           no_demo_model: bool) -> None:
     """Run the daemon."""
-    from aiohttp import web
-
     from edged.app import create_app
+    from edged.serving import run
 
     settings = cli_settings(ctx, host=host, port=port, api_keys=api_keys or None,
                          keep_alive=keep_alive, max_loaded_models=max_loaded_models,
@@ -52,8 +51,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None, api_keys: tupl
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     click.echo(f"edged listening on http://{settings.host}:{settings.port} "
                f"(data in {settings.data_dir})", err=True)
-    web.run_app(create_app(settings), host=settings.host, port=settings.port, print=None,
-                access_log=None)
+    run(create_app(settings), settings.host, settings.port)
 
 
 @main.command()

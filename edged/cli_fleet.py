@@ -39,9 +39,8 @@ def fleet() -> None:
 def fleet_serve(ctx: click.Context, host: str | None, port: int | None, database: str | None,
                 api_keys: tuple[str, ...]) -> None:
     """Run the fleet manager."""
-    from aiohttp import web
-
     from edged.fleet.app import create_fleet_app
+    from edged.serving import run
 
     settings = cli_settings(ctx, host=host, fleet_port=port, fleet_database=database,
                             api_keys=api_keys or None)
@@ -49,8 +48,7 @@ def fleet_serve(ctx: click.Context, host: str | None, port: int | None, database
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     click.echo(f"edged fleet manager on http://{settings.host}:{settings.fleet_port}/fleet/ "
                f"(data in {settings.fleet_dir})", err=True)
-    web.run_app(create_fleet_app(settings), host=settings.host, port=settings.fleet_port,
-                print=None, access_log=None)
+    run(create_fleet_app(settings), settings.host, settings.fleet_port)
 
 
 @fleet.command("key")

@@ -354,12 +354,11 @@ class ExchangeService:
                 logger.exception("%s failed", name)
 
     async def sync_now(self, urls: list[str]) -> dict[str, dict[str, str]]:
-        """Pull from every peer and push to the fleet manager now, both at once, ignoring
-        backoff: done within about ``peer_deadline_s`` (with up to ``parallel_peers``
-        stuck peers)."""
-        peers, fleet = await asyncio.gather(self.sync_round(urls, force=True),
-                                            self.push_round(force=True))
-        return {"peers": peers, "fleet": fleet}
+        """Pull from every peer, then push to the fleet manager (what was just pulled
+        included), ignoring backoff. Each step has its deadline, so this is done within
+        about twice ``peer_deadline_s`` (with up to ``parallel_peers`` stuck peers)."""
+        peers = await self.sync_round(urls, force=True)
+        return {"peers": peers, "fleet": await self.push_round(force=True)}
 
     async def push_round(self, *, force: bool = False) -> dict[str, str]:
         """Push to the configured fleet manager (if it is due, or with ``force``)."""

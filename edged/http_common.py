@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from edged.errors import (
     EdgedError,
@@ -92,3 +93,26 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         logger.exception("unhandled error in %s %s", request.method, request.path)
         return json_response(error_body("internal server error", "server_error", None,
                                         "internal_error"), status=500)
+
+
+class ClientSafeServerLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """aiohttp's server logger, minus what a client sent.
+
+    When aiohttp cannot parse a request, the exception's text quotes the offending bytes,
+    which may be an ``Authorization`` header line; such errors are logged by class only.
+    Anything else aiohttp logs (a bug below the middleware) keeps its traceback."""
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        exc_info = kwargs.get("exc_info")
+        error = exc_info if isinstance(exc_info, BaseException) else (
+            exc_info[1] if isinstance(exc_info, tuple) else None)
+        if isinstance(error, HttpProcessingError):
+            kwargs["exc_info"] = None
+            msg, args = f"{msg}: %s", (*args, type(error).__name__)
+        super().log(level, msg, *args, **kwargs)
+
+
+def server_handler_args() -> dict[str, Any]:
+    """``web.Application(handler_args=...)`` for every app edged serves."""
+    return {"logger": ClientSafeServerLogger(logging.getLogger("aiohttp.server"), {})}
+

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import os
 import queue
@@ -66,6 +67,17 @@ _SQLITE_SYNCHRONOUS_FULL = 2
 _BUSY_TIMEOUT_MS = 10_000
 
 _Outcome: TypeAlias = SignedReceipt | BaseException
+
+
+def _owner_only(path: Path) -> None:
+    """Create ``path`` (if missing) and its SQLite side files readable by the owner only.
+
+    SQLite gives the -wal and -shm files the database file's mode, so a 0600 database
+    keeps them 0600 too; existing files from older versions are tightened as well."""
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            file.chmod(0o600)
 
 
 class LedgerError(InternalError):
@@ -412,6 +424,7 @@ class Ledger:
 
     def _create_schema(self) -> None:
         created = not self.path.exists()
+        _owner_only(self.path)
         db = sqlite_utils.Database(self.path, execute_plugins=False)
         try:
             db.enable_wal()

@@ -3,11 +3,17 @@
 A peer's key is accepted for sync only once enrolled (``edged peers trust KEY``);
 addresses come from static configuration (``peers`` setting) or discovery, and
 are only hints. Trust lives in ``<data_dir>/peers.json`` (written atomically).
+
+:meth:`PeerStore.is_trusted` runs for every sync request, on the event loop: it answers from
+a copy of the file held in memory, read again only when the file's identity (inode, size,
+modification time in ns) differs from the copy's, as after an edit by ``edged peers trust``
+in another process; the store's own writes replace the copy directly.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import tempfile
 import threading
@@ -39,25 +45,63 @@ class TrustedPeer:
         return self.key[:16]
 
 
+FileIdentity = tuple[int, int, int]  # (inode, size, mtime_ns); changes with every write
+
+
+@dataclass(frozen=True)
+class _TrustedFile:
+    """The trusted entries of peers.json as read, and the identity of the file read."""
+
+    identity: FileIdentity | None  # None: there was no file
+    trusted: dict[str, dict[str, Any]]
+
+
+def _identity(status: os.stat_result) -> FileIdentity:
+    return status.st_ino, status.st_size, status.st_mtime_ns
+
+
 class PeerStore:
     def __init__(self, path: Path, *, own_key: str) -> None:
         self.path = path
         self.own_key = own_key
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # one writer of this process at a time
+        self._cached: _TrustedFile | None = None  # replaced whole, never changed in place
 
     def _load(self) -> dict[str, dict[str, Any]]:
+        """The trusted entries now (read from the file only when it changed). Callers
+        must not change the dict or its entries: it is the cached copy."""
         try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
+            identity: FileIdentity | None = _identity(os.stat(self.path))
         except FileNotFoundError:
-            return {}
+            identity = None
+        cached = self._cached
+        if cached is None or identity != cached.identity:
+            cached = self._cached = self._read()
+        return cached.trusted
+
+    def _read(self) -> _TrustedFile:
+        try:
+            with open(self.path, encoding="utf-8") as handle:
+                # The identity of the file this text came from (a rename may follow).
+                identity = _identity(os.fstat(handle.fileno()))
+                data = json.loads(handle.read())
+        except FileNotFoundError:
+            return _TrustedFile(None, {})
         trusted: dict[str, dict[str, Any]] = data.get("trusted", {})
-        return trusted
+        return _TrustedFile(identity, trusted)
 
     def _save(self, trusted: dict[str, dict[str, Any]]) -> None:
         fd, temp = tempfile.mkstemp(dir=self.path.parent, prefix=".peers-")
         with open(fd, "w", encoding="utf-8") as handle:
             json.dump({"trusted": trusted}, handle, indent=2, sort_keys=True)
+            handle.flush()
+            identity = _identity(os.fstat(handle.fileno()))  # a rename keeps all three
         Path(temp).replace(self.path)
+        self._cached = _TrustedFile(identity, trusted)
+
+    def _editable(self) -> dict[str, dict[str, Any]]:
+        """A copy of the trusted entries to change and save."""
+        return {key: dict(entry) for key, entry in self._load().items()}
 
     def trusted(self) -> list[TrustedPeer]:
         return [TrustedPeer(key, entry.get("label", ""), entry.get("added", 0))
@@ -73,7 +117,7 @@ class PeerStore:
         if len(label) > 64:
             raise InvalidRequest("labels are at most 64 characters", param="label")
         with self._lock:
-            trusted = self._load()
+            trusted = self._editable()
             entry = trusted.setdefault(key, {"label": label, "added": int(time.time())})
             if label:
                 entry["label"] = label
@@ -83,7 +127,7 @@ class PeerStore:
     def untrust(self, key: str) -> None:
         key = validate_key(key)
         with self._lock:
-            trusted = self._load()
+            trusted = self._editable()
             if trusted.pop(key, None) is None:
                 raise NotFound("that key is not trusted", param="key")
             self._save(trusted)

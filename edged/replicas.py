@@ -5,6 +5,10 @@
 the root incrementally), the checkpoints it signed, and equivocation evidence. An
 origin caught signing two inconsistent checkpoints is frozen: nothing more of it is
 accepted or forwarded.
+
+One connection serves worker threads and the event loop alike, under one rule: every use
+of it goes through :meth:`ReplicaStore._connection`, which holds the store's lock for the
+whole use (a statement, or a transaction with its statements). Nothing else touches it.
 """
 
 from __future__ import annotations
@@ -12,7 +16,8 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,22 +37,14 @@ class OriginHead:
 
 
 class OriginSubtrees:
-    """``sync.merkle.SubtreeReader`` over one origin's stored tree."""
+    """``sync.merkle.SubtreeReader`` over one origin's stored tree (each read locked)."""
 
-    def __init__(self, conn: sqlite3.Connection, origin: bytes) -> None:
-        self.conn = conn
+    def __init__(self, store: ReplicaStore, origin: bytes) -> None:
+        self.store = store
         self.origin = origin
 
     def subtree(self, level: int, index: int) -> bytes:
-        if level == 0:
-            row = self.conn.execute("SELECT leaf FROM receipts WHERE origin = ? AND seq = ?",
-                                    (self.origin, index)).fetchone()
-        else:
-            row = self.conn.execute("SELECT hash FROM merkle WHERE origin = ? AND level = ? "
-                                    "AND idx = ?", (self.origin, level, index)).fetchone()
-        if row is None:
-            raise LookupError(f"subtree ({level}, {index}) of this origin is not stored")
-        return bytes(row[0])
+        return self.store.subtree(self.origin, level, index)
 
 
 class ReplicaStore:
@@ -73,65 +70,98 @@ class ReplicaStore:
         self._conn.execute("PRAGMA synchronous = FULL")
         self._lock = threading.Lock()
 
-    def close(self) -> None:
+    @contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        """The connection, for this thread alone until the block ends: the only way to it."""
         with self._lock:
-            self._conn.close()
+            yield self._conn
+
+    def close(self) -> None:
+        with self._connection() as conn:
+            conn.close()
 
     # --- reads --------------------------------------------------------------------------
 
     def size(self, origin: bytes) -> int:
-        with self._lock:
-            row = self._conn.execute("SELECT MAX(seq) FROM receipts WHERE origin = ?",
-                                     (origin,)).fetchone()
+        with self._connection() as conn:
+            return self._size(conn, origin)
+
+    @staticmethod
+    def _size(conn: sqlite3.Connection, origin: bytes) -> int:
+        row = conn.execute("SELECT MAX(seq) FROM receipts WHERE origin = ?",
+                           (origin,)).fetchone()
         return 0 if row[0] is None else int(row[0]) + 1
 
     def leaf(self, origin: bytes, seq: int) -> bytes | None:
-        with self._lock:
-            row = self._conn.execute("SELECT leaf FROM receipts WHERE origin = ? AND seq = ?",
-                                     (origin, seq)).fetchone()
+        with self._connection() as conn:
+            row = conn.execute("SELECT leaf FROM receipts WHERE origin = ? AND seq = ?",
+                               (origin, seq)).fetchone()
         return bytes(row[0]) if row else None
 
+    def subtree(self, origin: bytes, level: int, index: int) -> bytes:
+        """One stored Merkle subtree of ``origin`` (level 0: a receipt's leaf)."""
+        with self._connection() as conn:
+            if level == 0:
+                row = conn.execute("SELECT leaf FROM receipts WHERE origin = ? AND seq = ?",
+                                   (origin, index)).fetchone()
+            else:
+                row = conn.execute("SELECT hash FROM merkle WHERE origin = ? AND level = ? "
+                                   "AND idx = ?", (origin, level, index)).fetchone()
+        if row is None:
+            raise LookupError(f"subtree ({level}, {index}) of this origin is not stored")
+        return bytes(row[0])
+
     def raw_range(self, origin: bytes, start: int, end: int) -> list[bytes]:
-        with self._lock:
-            rows = self._conn.execute("SELECT raw FROM receipts WHERE origin = ? AND seq >= ? "
-                                      "AND seq < ? ORDER BY seq", (origin, start, end)).fetchall()
+        with self._connection() as conn:
+            rows = conn.execute("SELECT raw FROM receipts WHERE origin = ? AND seq >= ? "
+                                "AND seq < ? ORDER BY seq", (origin, start, end)).fetchall()
         return [bytes(row[0]) for row in rows]
 
     def latest_checkpoint(self, origin: bytes) -> SignedCheckpoint | None:
-        with self._lock:
-            row = self._conn.execute("SELECT raw FROM checkpoints WHERE origin = ? ORDER BY size "
-                                     "DESC LIMIT 1", (origin,)).fetchone()
+        with self._connection() as conn:
+            return self._latest_checkpoint(conn, origin)
+
+    @staticmethod
+    def _latest_checkpoint(conn: sqlite3.Connection, origin: bytes) -> SignedCheckpoint | None:
+        row = conn.execute("SELECT raw FROM checkpoints WHERE origin = ? ORDER BY size DESC "
+                           "LIMIT 1", (origin,)).fetchone()
         return SignedCheckpoint.decode(bytes(row[0])) if row else None
 
     def checkpoints(self, origin: bytes) -> list[SignedCheckpoint]:
-        with self._lock:
-            rows = self._conn.execute("SELECT raw FROM checkpoints WHERE origin = ? ORDER BY "
-                                      "size", (origin,)).fetchall()
+        with self._connection() as conn:
+            rows = conn.execute("SELECT raw FROM checkpoints WHERE origin = ? ORDER BY size",
+                                (origin,)).fetchall()
         return [SignedCheckpoint.decode(bytes(row[0])) for row in rows]
 
     def is_frozen(self, origin: bytes) -> bool:
-        with self._lock:
-            row = self._conn.execute("SELECT 1 FROM equivocations WHERE origin = ? LIMIT 1",
-                                     (origin,)).fetchone()
+        with self._connection() as conn:
+            return self._is_frozen(conn, origin)
+
+    @staticmethod
+    def _is_frozen(conn: sqlite3.Connection, origin: bytes) -> bool:
+        row = conn.execute("SELECT 1 FROM equivocations WHERE origin = ? LIMIT 1",
+                           (origin,)).fetchone()
         return row is not None
 
     def heads(self) -> list[OriginHead]:
-        with self._lock:
-            origins = [bytes(r[0]) for r in self._conn.execute(
+        """Every origin held, each read whole (never half of a store in progress)."""
+        with self._connection() as conn:
+            origins = [bytes(row[0]) for row in conn.execute(
                 "SELECT DISTINCT origin FROM checkpoints ORDER BY origin")]
-        return [OriginHead(o, self.size(o), self.latest_checkpoint(o), self.is_frozen(o))
-                for o in origins]
+            return [OriginHead(origin, self._size(conn, origin),
+                               self._latest_checkpoint(conn, origin),
+                               self._is_frozen(conn, origin)) for origin in origins]
 
     def evidence(self) -> list[tuple[bytes, SignedCheckpoint, SignedCheckpoint, int]]:
-        with self._lock:
-            rows = self._conn.execute("SELECT origin, first, second, ts FROM equivocations "
-                                      "ORDER BY ts").fetchall()
+        with self._connection() as conn:
+            rows = conn.execute("SELECT origin, first, second, ts FROM equivocations "
+                                "ORDER BY ts").fetchall()
         return [(bytes(o), SignedCheckpoint.decode(bytes(a)), SignedCheckpoint.decode(bytes(b)),
                  int(ts)) for o, a, b, ts in rows]
 
     def subtrees(self, origin: bytes) -> OriginSubtrees:
-        """A reader for verification; use it only under :meth:`locked`."""
-        return OriginSubtrees(self._conn, origin)
+        """A reader of ``origin``'s stored tree for verification and proofs."""
+        return OriginSubtrees(self, origin)
 
     # --- writes -------------------------------------------------------------------------
 
@@ -140,33 +170,33 @@ class ReplicaStore:
               checkpoint: SignedCheckpoint) -> int:
         """Store verified receipts, their subtrees and the checkpoint in one transaction;
         returns how many receipts were new."""
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
+        with self._connection() as conn:
+            conn.execute("BEGIN IMMEDIATE")
             try:
-                before = self._conn.total_changes
-                self._conn.executemany(
+                before = conn.total_changes
+                conn.executemany(
                     "INSERT OR IGNORE INTO receipts (origin, seq, leaf, raw) VALUES (?, ?, ?, ?)",
                     [(origin, seq, leaf, raw) for seq, leaf, raw in receipts])
-                added = self._conn.total_changes - before
-                self._conn.executemany(
+                added = conn.total_changes - before
+                conn.executemany(
                     "INSERT OR IGNORE INTO merkle (origin, level, idx, hash) VALUES (?, ?, ?, ?)",
                     [(origin, level, idx, value) for level, idx, value in subtree_rows
                      if level > 0])
-                self._conn.execute(
+                conn.execute(
                     "INSERT OR IGNORE INTO checkpoints (origin, size, raw) VALUES (?, ?, ?)",
                     (origin, checkpoint.checkpoint.size, checkpoint.encode()))
-                self._conn.execute("COMMIT")
+                conn.execute("COMMIT")
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                conn.execute("ROLLBACK")
                 raise
         return added
 
     def record_equivocation(self, origin: bytes, first: SignedCheckpoint,
                             second: SignedCheckpoint) -> bool:
         """Keep both checkpoints as evidence and freeze the origin; True the first time."""
-        frozen = self.is_frozen(origin)
-        with self._lock:
-            self._conn.execute("INSERT INTO equivocations (origin, first, second, ts) VALUES "
-                               "(?, ?, ?, ?)", (origin, first.encode(), second.encode(),
-                                                int(time.time() * 1000)))
+        with self._connection() as conn:
+            frozen = self._is_frozen(conn, origin)
+            conn.execute("INSERT INTO equivocations (origin, first, second, ts) VALUES "
+                         "(?, ?, ?, ?)", (origin, first.encode(), second.encode(),
+                                          int(time.time() * 1000)))
         return not frozen

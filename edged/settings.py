@@ -90,6 +90,10 @@ class Settings:
                                    "EdgedSettlement contract")
     chain_confirmations: int = _setting(12, "fleet manager role: blocks after which an anchor "
                                         "is final")
+    chain_max_fee_gwei: float = _setting(
+        500.0, "fleet manager role: most the settlement account pays per gas (fee cap, or "
+        "legacy gas price), in gwei; a stuck transaction is re-signed with 10% more, up to "
+        "this, then left pending with an error")
     settle_interval: float = _setting(30.0, "fleet manager role: seconds between settlement "
                                       "passes when a chain is configured")
 
@@ -156,6 +160,9 @@ class Settings:
         if self.epoch_interval < 0 or self.settle_interval <= 0:
             raise SettingsError("epoch_interval must be >= 0 and settle_interval positive",
                                 param="epoch_interval")
+        if not 0 < self.chain_max_fee_gwei < float("inf"):
+            raise SettingsError("chain_max_fee_gwei must be a positive number",
+                                param="chain_max_fee_gwei")
         if self.chain_confirmations < 1:
             raise SettingsError("chain_confirmations must be at least 1",
                                 param="chain_confirmations")

@@ -8,6 +8,16 @@ and only then broadcast; :meth:`SettlementAdapter.refresh` follows each one to '
 whenever the chain has none of it (never mined, dropped, or undone by a reorg). An anchor
 counts as settled only when final.
 
+Fees rise, so a transaction signed when gas was cheap can be stuck, with every later nonce
+behind it. :meth:`SettlementAdapter.refresh` replaces a stuck one (still pending
+``replace_after_blocks`` blocks after its newest signature while its nonce is the next the
+chain takes; see :meth:`SettlementAdapter._is_stuck`) by the same call with the same nonce
+and fees raised by :func:`bump_fees`: at least +10% on both fee cap and tip, which geth
+requires of a replacement, never above ``max_fee_per_gas``. Every signature is journaled
+before it goes out, so whichever of them a block includes is recognised, after a restart
+too. When the maximum leaves no room for another +10%, the transaction stays pending, is
+rebroadcast as it is, and its status ``error`` says so.
+
 web3.py is the optional extra ``fleet`` (``pip install 'edged[fleet]'``); this module
 imports without it and raises :class:`SettlementError` saying so when used. The API is
 blocking; the fleet calls it from a worker thread.
@@ -28,16 +38,20 @@ from typing import Any
 from sync.contracts import load_artifact
 from sync.settlement_rpc import (
     ChainUnavailable,
+    FeeLimitReached,
+    Fees,
     InsufficientFunds,
+    Refusal,
     RpcClient,
     SettlementError,
     TransactionFailed,
     create_address,
     decode_raw_call,
+    decode_raw_pricing,
     missing_extra,
     redact_url,
 )
-from sync.txjournal import JournalError, JournalRow, TxJournal, now_ms
+from sync.txjournal import JournalError, JournalRow, SignedTx, TxJournal, now_ms
 
 try:
     from eth_account import Account
@@ -46,13 +60,16 @@ except ImportError:  # pragma: no cover - only without the `fleet` extra
     pass
 
 __all__ = [
-    "AnchorStatus", "ChainUnavailable", "InsufficientFunds", "JournalError", "SettlementAdapter",
-    "SettlementError", "TransactionFailed", "TxJournal", "create_account_key",
-    "load_account_key", "redact_url",
+    "DEFAULT_MAX_FEE_PER_GAS", "AnchorStatus", "ChainUnavailable", "FeeLimitReached", "Fees",
+    "InsufficientFunds", "JournalError", "SettlementAdapter", "SettlementError",
+    "TransactionFailed", "TxJournal", "bump_fees", "create_account_key", "load_account_key",
+    "redact_url",
 ]
 
 _POLL_S = 0.05
 _REBROADCAST_EVERY_S = 2.0
+_GWEI = 10**9
+DEFAULT_MAX_FEE_PER_GAS = 500 * _GWEI  # the chain_max_fee_gwei setting's default
 
 
 def _require_extra() -> None:
@@ -122,6 +139,46 @@ def load_account_key(path: Path) -> LocalAccount:
             f"account key {path} does not hold a 32-byte hex private key") from None
 
 
+# --- fees --------------------------------------------------------------------------------------
+
+
+def _plus_ten_percent(wei: int) -> int:
+    """The least amount a replacement must offer over ``wei``: geth refuses a replacement
+    unless ``new * 100 >= old * 110`` for both fee cap and tip, and so does this."""
+    return -(-wei * 11 // 10)
+
+
+def bump_fees(offered: Fees, base_fee: int | None, suggested: int,
+              max_fee_per_gas: int) -> Fees | None:
+    """The fees of a replacement for a transaction that offered ``offered``.
+
+    EIP-1559: tip = the larger of +10% and the node's ``suggested`` tip; cap = the larger of
+    +10% and what a new transaction would offer now (2 x ``base_fee`` + that tip). Legacy
+    (``offered.tip`` None): gas price = the larger of +10% and the node's ``suggested`` gas
+    price. Nothing goes above ``max_fee_per_gas`` (and the tip not above the cap); None when
+    that leaves less than +10% on either, so no node would accept the replacement.
+    """
+    least_cap = _plus_ten_percent(offered.max_fee)
+    if offered.tip is None:
+        price = min(max(least_cap, suggested), max_fee_per_gas)
+        return Fees(price) if price >= least_cap else None
+    least_tip = _plus_ten_percent(offered.tip)
+    tip = max(least_tip, suggested)
+    cap = min(max(least_cap, 2 * (base_fee or 0) + tip), max_fee_per_gas)
+    tip = min(tip, cap)
+    if cap < least_cap or tip < least_tip:
+        return None
+    return Fees(cap, tip)
+
+
+def _highest_fees(signed: Sequence[SignedTx]) -> Fees:
+    """The most any of ``signed`` offered, cap and tip each: what a replacement must beat,
+    whichever of them the nodes' pools hold."""
+    offers = [decode_raw_pricing(item.raw)[1] for item in signed]
+    tips = [offer.tip for offer in offers if offer.tip is not None]
+    return Fees(max(offer.max_fee for offer in offers), max(tips) if tips else None)
+
+
 # --- statuses ----------------------------------------------------------------------------------
 
 
@@ -131,7 +188,9 @@ class AnchorStatus:
 
     ``status`` is 'pending' (signed, maybe broadcast, in no canonical block), 'included'
     (in a canonical block, fewer than the required confirmations), 'final' or 'failed'
-    (reverted, or refused for good; ``error`` says why).
+    (reverted, or refused for good; ``error`` says why). A pending one may have an ``error``
+    too: the node's last refusal, or that it is stuck at the configured maximum fee.
+    ``tx_hash`` is its newest signature, or the one a block included.
     """
 
     key: str
@@ -163,16 +222,24 @@ class SettlementAdapter:
 
     ``contract_address`` may be left out before :meth:`deploy`, or when the journal holds
     this account's deployment (its address follows from the deploying nonce).
+    ``max_fee_per_gas`` (wei) bounds every fee cap (or legacy gas price) it signs;
+    ``replace_after_blocks`` is how long a transaction may wait before it counts as stuck
+    (:meth:`_is_stuck`).
     """
 
     def __init__(self, rpc_url: str, account_key_path: Path, journal_path: Path, *,
                  contract_address: str | None = None, confirmations: int = 12,
-                 timeout_s: float = 10.0) -> None:
+                 timeout_s: float = 10.0, max_fee_per_gas: int = DEFAULT_MAX_FEE_PER_GAS,
+                 replace_after_blocks: int = 3) -> None:
         _require_extra()
         if confirmations < 1:
             raise ValueError("confirmations must be at least 1")
+        if replace_after_blocks < 1:
+            raise ValueError("replace_after_blocks must be at least 1")
         self._account = load_account_key(account_key_path)
         self._confirmations = confirmations
+        self._replace_after_blocks = replace_after_blocks
+        self.max_fee_per_gas = max_fee_per_gas
         self._lock = threading.RLock()
         artifact = load_artifact()
         self._bytecode = bytes.fromhex(str(artifact["bytecode"])[2:])
@@ -213,6 +280,17 @@ class SettlementAdapter:
     def contract_address(self) -> str | None:
         """The settlement contract's checksum address (None before it is known)."""
         return self._contract_address
+
+    @property
+    def max_fee_per_gas(self) -> int:
+        """The most it signs for per gas (fee cap or legacy gas price), in wei."""
+        return self._max_fee_per_gas
+
+    @max_fee_per_gas.setter
+    def max_fee_per_gas(self, wei: int) -> None:
+        if wei < 1:
+            raise ValueError("the maximum fee per gas must be positive")
+        self._max_fee_per_gas = int(wei)
 
     @property
     def url(self) -> str:
@@ -300,22 +378,43 @@ class SettlementAdapter:
         if gas is None:
             gas = self._rpc.estimate_gas(to, data, value, what)
         gas = gas * 6 // 5 + 10_000
-        fees = self._rpc.fees()
+        fees = self._new_fees(what)
         nonce = self._next_nonce()
-        max_fee = fees.get("maxFeePerGas", fees.get("gasPrice", 0))
-        needed = value + gas * max_fee
-        balance = self._rpc.balance()
-        if balance < needed:
-            raise InsufficientFunds(self.address, needed, balance)
+        self._require_funds(value, gas, fees)
+        signed_at_block = self._rpc.head()
         raw, tx_hash = self._rpc.sign(to, data, value, nonce, gas, fees)
         stamp = now_ms()
         row = JournalRow(key, nonce, tx_hash, raw, "pending", None, None, None, stamp, stamp)
-        self._journal.insert(row)  # committed before the first byte goes out
+        # committed before the first byte goes out
+        self._journal.insert(row, signed_at_block=signed_at_block)
         self._broadcast(row, first=True)
         try:
             return self._check(row, self._head(), rebroadcast=False)
         except ChainUnavailable:
             return row
+
+    def _new_fees(self, what: str) -> Fees:
+        """EIP-1559: cap 2 x base fee + the node's suggested tip; legacy: the node's gas
+        price. At most ``max_fee_per_gas``; :class:`FeeLimitReached` when even the base fee
+        (or the gas price) is above it."""
+        base_fee, suggested = self._rpc.fee_market()
+        least = suggested if base_fee is None else base_fee
+        if least > self._max_fee_per_gas:
+            kind = "gas price" if base_fee is None else "base fee"
+            raise FeeLimitReached(
+                f"{what}: the chain's {kind} is {least} wei per gas, above the configured "
+                f"maximum of {self._max_fee_per_gas} wei (chain_max_fee_gwei); nothing was "
+                "sent")
+        if base_fee is None:
+            return Fees(suggested)
+        cap = min(2 * base_fee + suggested, self._max_fee_per_gas)
+        return Fees(cap, min(suggested, cap))
+
+    def _require_funds(self, value: int, gas: int, fees: Fees) -> None:
+        needed = value + gas * fees.max_fee
+        balance = self._rpc.balance()
+        if balance < needed:
+            raise InsufficientFunds(self.address, needed, balance)
 
     def _next_nonce(self) -> int:
         highest = self._journal.max_nonce()
@@ -331,14 +430,16 @@ class SettlementAdapter:
                                  error=str(exc))
             raise
         except TransactionFailed as exc:
-            if "nonce too low" in str(exc).lower():
-                # Mined a moment ago (then a receipt shows up), or the nonce went to another
-                # transaction of this account (then this one can never be mined).
+            nonce_spent = exc.refusal is Refusal.NONCE_TOO_LOW
+            if nonce_spent:
+                # One of its signatures was mined a moment ago (then a receipt shows up), or
+                # the nonce went to another transaction of this account (then it never can be).
                 for _ in range(5):
-                    if self._rpc.receipt(row.tx_hash) is not None:
+                    if any(self._rpc.receipt(signed.tx_hash) is not None
+                           for signed in self._journal.signed(row.key)):
                         return row
                     time.sleep(_POLL_S)
-            if first or "nonce too low" in str(exc).lower():
+            if first or nonce_spent:
                 updated = self._journal.update(row.key, status="failed", block_number=None,
                                                block_hash=None, error=str(exc))
                 if first:
@@ -369,8 +470,12 @@ class SettlementAdapter:
         return head
 
     def _check(self, row: JournalRow, head: int, *, rebroadcast: bool) -> JournalRow:
-        receipt = self._rpc.receipt(row.tx_hash)
-        if receipt is not None and self._rpc.is_canonical(receipt):
+        signed = self._journal.signed(row.key)
+        included = self._canonical_receipt(row, signed)
+        if included is not None:
+            tx_hash, receipt = included
+            if tx_hash != row.tx_hash:  # an earlier signature made it after all
+                row = self._journal.use_signed(row.key, tx_hash)
             block = int(receipt["blockNumber"])
             block_hash = "0x" + bytes(receipt["blockHash"]).hex()
             if int(receipt["status"]) == 0:
@@ -389,10 +494,70 @@ class SettlementAdapter:
                                        block_hash=None, error=error)
         if rebroadcast:
             try:
-                row = self._broadcast(row, first=False)
+                if signed and self._is_stuck(row, signed[0], head):
+                    row = self._replace(row, signed, head)
+                else:
+                    row = self._broadcast(row, first=False)
             except InsufficientFunds:
                 row = self._journal.get(row.key) or row
         return row
+
+    def _canonical_receipt(self, row: JournalRow, signed: Sequence[SignedTx]
+                           ) -> tuple[str, dict[str, Any]] | None:
+        """``(tx hash, receipt)`` of the signature of ``row`` in a canonical block, if any:
+        the row's own first, then the others, newest first."""
+        hashes = [row.tx_hash] + [item.tx_hash for item in signed if item.tx_hash != row.tx_hash]
+        for tx_hash in hashes:
+            receipt = self._rpc.receipt(tx_hash)
+            if receipt is not None and self._rpc.is_canonical(receipt):
+                return tx_hash, receipt
+        return None
+
+    def _is_stuck(self, row: JournalRow, newest: SignedTx, head: int) -> bool:
+        """Whether a pending transaction (no signature of it in a canonical block) is stuck.
+
+        It is when ``replace_after_blocks`` blocks have been added since its newest
+        signature and its nonce is the next the chain takes (the account's transaction count
+        at the head), so no earlier transaction holds it up: blocks had room for it and
+        took others, because its fee cap is below the base fee, its tip loses to others, or
+        the pools dropped it. Blocks, not seconds: where no block comes, nothing could have
+        included it, and a higher fee would not help. A transaction waiting behind an
+        earlier nonce is left alone; its turn comes when that one is included.
+        """
+        if head - newest.signed_at_block < self._replace_after_blocks:
+            return False
+        return row.nonce == self._rpc.confirmed_nonce()
+
+    def _replace(self, row: JournalRow, signed: Sequence[SignedTx], head: int) -> JournalRow:
+        """Re-sign a stuck transaction: same call, same nonce, fees from :func:`bump_fees`;
+        journaled, then broadcast. When the maximum fee (or the balance) leaves no room for
+        that, the newest signature is rebroadcast and the row's ``error`` says why."""
+        gas, _ = decode_raw_pricing(row.raw)
+        offered = _highest_fees(signed)
+        base_fee, suggested = self._rpc.fee_market()
+        fees = bump_fees(offered, base_fee, suggested, self._max_fee_per_gas)
+        if fees is None:
+            market = "" if base_fee is None else f"; the base fee is {base_fee} wei"
+            return self._keep_waiting(row, (
+                f"stuck since block {signed[0].signed_at_block} and not replaced: the "
+                f"configured maximum fee of {self._max_fee_per_gas} wei per gas "
+                f"(chain_max_fee_gwei) leaves no room for 10% more than the "
+                f"{offered.max_fee} wei it offers{market}; it stays pending"))
+        to, data, value = decode_raw_call(row.raw)
+        try:
+            self._require_funds(value, gas, fees)
+        except InsufficientFunds as exc:
+            return self._keep_waiting(row, f"stuck and not replaced: {exc}")
+        raw, tx_hash = self._rpc.sign(to, data, value, row.nonce, gas, fees)
+        row = self._journal.add_replacement(row.key, tx_hash, raw, signed_at_block=head)
+        return self._broadcast(row, first=False)
+
+    def _keep_waiting(self, row: JournalRow, reason: str) -> JournalRow:
+        row = self._broadcast(row, first=False)
+        if row.status != "pending":
+            return row
+        return self._journal.update(row.key, status="pending", block_number=None,
+                                    block_hash=None, error=reason)
 
     def _wait(self, row: JournalRow, wait_s: float, what: str) -> JournalRow:
         deadline = time.monotonic() + wait_s
@@ -402,9 +567,10 @@ class SettlementAdapter:
             row = self._check(row, self._head(), rebroadcast=False)
         while row.status not in ("included", "final", "failed"):
             if time.monotonic() > deadline:
+                last_error = f" (last error: {row.error})" if row.error else ""
                 raise SettlementError(
-                    f"{what}: transaction {row.tx_hash} was not included within {wait_s:g} s; "
-                    "it stays journaled and refresh() rebroadcasts it")
+                    f"{what}: transaction {row.tx_hash} was not included within {wait_s:g} s"
+                    f"{last_error}; it stays journaled and refresh() rebroadcasts it")
             time.sleep(_POLL_S)
             again = time.monotonic() - last_broadcast > _REBROADCAST_EVERY_S
             if again:

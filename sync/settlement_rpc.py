@@ -4,6 +4,10 @@ Every call to the node goes through :class:`RpcClient`, which turns transport fa
 :class:`ChainUnavailable` (naming the URL without credentials), an "insufficient funds"
 answer into :class:`InsufficientFunds` and a revert into :class:`TransactionFailed` with the
 contract's custom error decoded from the artifact's ABI.
+
+A node that refuses a transaction says why in its JSON-RPC error; :func:`classify_refusal`
+reads the error code where the node's software gives these refusals codes of their own, and
+the message only where it does not (:class:`Refusal`).
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
@@ -36,7 +42,6 @@ except ImportError as exc:  # pragma: no cover - only without the `fleet` extra
 _GWEI = 10**9
 _ERROR_STRING = bytes.fromhex("08c379a0")  # Error(string)
 _PANIC = bytes.fromhex("4e487b71")  # Panic(uint256)
-_KNOWN = ("already known", "known transaction", "already imported")
 _LONG_TOKEN = re.compile(r"^[A-Za-z0-9_\-]{16,}$")
 
 
@@ -61,19 +66,89 @@ class InsufficientFunds(SettlementError):
         self.balance = balance
 
 
+class FeeLimitReached(SettlementError):
+    """The chain asks more per gas than the configured maximum fee; nothing was signed."""
+
+
+class Refusal(StrEnum):
+    """Why a node refused a transaction, as far as its answer tells."""
+
+    ALREADY_KNOWN = "already known"  # the pool holds these very bytes: as good as accepted
+    NONCE_TOO_LOW = "nonce too low"  # the nonce is spent, by this or another transaction
+    REPLACEMENT_UNDERPRICED = "replacement underpriced"  # a same-nonce one pays about as much
+    INSUFFICIENT_FUNDS = "insufficient funds"
+    FEE_TOO_LOW = "fee too low"  # below the block's base fee or the pool's minimum price
+    OTHER = "other"
+
+
+# Error codes that name a refusal, by node software (the first word of web3_clientVersion,
+# lower case). Most nodes give none: geth answers -32000, anvil -32003 (EIP-1474's
+# "transaction rejected") and Nethermind -32010 whatever the reason, and the same numbers
+# mean other things elsewhere (-32001 is EIP-1474's "resource not found", -32004 its "method
+# not supported"), so a code counts only for the software that defines it.
+_REFUSAL_CODES: dict[str, dict[int, Refusal]] = {
+    "besu": {-32001: Refusal.NONCE_TOO_LOW, -32004: Refusal.INSUFFICIENT_FUNDS,
+             -32009: Refusal.FEE_TOO_LOW},
+}
+# Where no code tells, the message does (lower case, looked for in this order).
+_REFUSAL_MESSAGES: tuple[tuple[Refusal, tuple[str, ...]], ...] = (
+    (Refusal.ALREADY_KNOWN, ("already known", "known transaction", "already imported",
+                             "alreadyknown")),
+    (Refusal.NONCE_TOO_LOW, ("nonce too low", "oldnonce")),
+    (Refusal.REPLACEMENT_UNDERPRICED, ("replacement transaction underpriced",
+                                       "replacement fee too low",
+                                       "insufficient gas price to replace")),
+    (Refusal.INSUFFICIENT_FUNDS, ("insufficient funds", "upfront cost exceeds",
+                                  "insufficientfunds")),
+    (Refusal.FEE_TOO_LOW, ("less than block base fee", "below current base fee",
+                           "transaction underpriced", "gas price below", "feetoolow")),
+)
+
+
+def classify_refusal(code: int | None, message: str, software: str) -> Refusal:
+    """What a node's error answer to a transaction means: by its JSON-RPC ``code`` where the
+    node's ``software`` gives that refusal a code of its own, else by its ``message``."""
+    by_code = _REFUSAL_CODES.get(software, {}).get(code) if code is not None else None
+    if by_code is not None:
+        return by_code
+    lowered = message.lower()
+    for refusal, phrases in _REFUSAL_MESSAGES:
+        if any(phrase in lowered for phrase in phrases):
+            return refusal
+    return Refusal.OTHER
+
+
 class TransactionFailed(SettlementError):
     """A transaction reverted (or would), or the node refused it for good.
 
     ``error_name`` is the contract's custom error (``"AlreadyClaimed"``, ``"InvalidProof"``,
-    ``"NotOperator"``, ...) when the revert data could be decoded.
+    ``"NotOperator"``, ...) when the revert data could be decoded; ``refusal`` says why the
+    node refused it when it did.
     """
 
     def __init__(self, message: str, *, error_name: str | None = None,
-                 error_args: tuple[Any, ...] = (), tx_hash: str | None = None) -> None:
+                 error_args: tuple[Any, ...] = (), tx_hash: str | None = None,
+                 refusal: Refusal | None = None) -> None:
         super().__init__(message)
         self.error_name = error_name
         self.error_args = error_args
         self.tx_hash = tx_hash
+        self.refusal = refusal
+
+
+@dataclass(frozen=True)
+class Fees:
+    """What a transaction offers per gas, in wei: an EIP-1559 fee cap (``maxFeePerGas``) and
+    tip (``maxPriorityFeePerGas``), or a legacy gas price (``max_fee``, with ``tip`` None)."""
+
+    max_fee: int
+    tip: int | None = None
+
+    def fields(self) -> dict[str, int]:
+        """The transaction fields."""
+        if self.tip is None:
+            return {"gasPrice": self.max_fee}
+        return {"maxFeePerGas": self.max_fee, "maxPriorityFeePerGas": self.tip}
 
 
 def missing_extra() -> str | None:
@@ -105,6 +180,18 @@ def decode_raw_call(raw: bytes) -> tuple[str | None, bytes, int]:
         items = rlp.decode(raw)
         to, value, data = bytes(items[3]), int.from_bytes(items[4], "big"), bytes(items[5])
     return (to_checksum_address(to) if to else None), data, value
+
+
+def decode_raw_pricing(raw: bytes) -> tuple[int, Fees]:
+    """``(gas limit, fees)`` of a signed raw transaction (typed or legacy)."""
+    if raw and raw[0] <= 0x7F:
+        fields = TypedTransaction.from_bytes(HexBytes(raw)).as_dict()
+        if "maxFeePerGas" in fields:
+            return int(fields["gas"]), Fees(int(fields["maxFeePerGas"]),
+                                            int(fields["maxPriorityFeePerGas"]))
+        return int(fields["gas"]), Fees(int(fields["gasPrice"]))
+    items = rlp.decode(raw)
+    return int.from_bytes(items[2], "big"), Fees(int.from_bytes(items[1], "big"))
 
 
 def create_address(sender: str, nonce: int) -> str:
@@ -139,6 +226,15 @@ def _rpc_message(exc: Exception) -> str:
     return str(message if message else exc)
 
 
+def _rpc_code(exc: Exception) -> int | None:
+    response = getattr(exc, "rpc_response", None)
+    if isinstance(response, dict) and isinstance(response.get("error"), dict):
+        code = response["error"].get("code")
+        if isinstance(code, int) and not isinstance(code, bool):
+            return code
+    return None
+
+
 class RpcClient:
     """web3.py over a plain HTTP provider (own ``requests`` session, no retries: the
     journal and :meth:`SettlementAdapter.refresh` are the retry mechanism)."""
@@ -154,6 +250,7 @@ class RpcClient:
         self._contract = self.w3.eth.contract(abi=abi)
         self._errors = _error_table(abi)
         self._chain_id: int | None = None
+        self._software: str | None = None
 
     def close(self) -> None:
         """Close the HTTP session."""
@@ -213,19 +310,46 @@ class RpcClient:
         with self._guard():
             return int(self.w3.eth.get_transaction_count(self._account.address, "pending"))
 
-    def fees(self) -> dict[str, int]:
-        """EIP-1559 ``maxFeePerGas`` (2 x base fee + tip) and tip, or legacy ``gasPrice``."""
+    def confirmed_nonce(self) -> int:
+        """The account's transaction count at the head: the nonce the chain takes next."""
+        with self._guard():
+            return int(self.w3.eth.get_transaction_count(self._account.address, "latest"))
+
+    def fee_market(self) -> tuple[int | None, int]:
+        """``(base fee, suggested tip)`` at the head of an EIP-1559 chain, or ``(None, gas
+        price)`` on a chain without a base fee; wei per gas."""
         with self._guard():
             base = self.w3.eth.get_block("latest").get("baseFeePerGas")
             if base is None:
-                return {"gasPrice": int(self.w3.eth.gas_price)}
+                return None, int(self.w3.eth.gas_price)
             try:
                 answer = self.w3.manager.request_blocking(
                     RPCEndpoint("eth_maxPriorityFeePerGas"), [])
                 tip = answer if isinstance(answer, int) else int(cast(str, answer), 16)
             except w3err.Web3RPCError:  # not every node has it; 1 gwei is web3's own floor
                 tip = _GWEI
-        return {"maxFeePerGas": 2 * int(base) + tip, "maxPriorityFeePerGas": tip}
+        return int(base), tip
+
+    def software(self) -> str:
+        """The node's software, lower case ("geth", "besu", "anvil", ...; "" when it does
+        not say). Asked once it answers."""
+        if self._software is None:
+            try:
+                with self._guard():
+                    version = str(self.w3.client_version)
+            except ChainUnavailable:
+                return ""  # asked again next time
+            except w3err.Web3Exception:
+                version = ""
+            self._software = version.split("/", 1)[0].strip().lower()
+        return self._software
+
+    def refusal(self, exc: Exception) -> Refusal:
+        """Why the node refused, from its error answer ``exc`` (see :func:`classify_refusal`;
+        the node's software is asked only for a code that some software defines)."""
+        code = _rpc_code(exc)
+        defined = any(code in codes for codes in _REFUSAL_CODES.values())
+        return classify_refusal(code, _rpc_message(exc), self.software() if defined else "")
 
     def receipt(self, tx_hash: str) -> dict[str, Any] | None:
         """The transaction's receipt, or None when the node has none."""
@@ -277,18 +401,19 @@ class RpcClient:
             except w3err.ContractLogicError as exc:
                 raise self.revert_error(what, exc) from None
             except w3err.Web3RPCError as exc:
-                message = _rpc_message(exc)
-                if "insufficient funds" in message.lower():
+                refusal = self.refusal(exc)
+                if refusal is Refusal.INSUFFICIENT_FUNDS:
                     raise InsufficientFunds(self._account.address, value, self.balance(),
                                             at_least=True) from None
-                raise TransactionFailed(f"{what}: the node refused it: {message}") from None
+                raise TransactionFailed(f"{what}: the node refused it: {_rpc_message(exc)}",
+                                        refusal=refusal) from None
 
     def sign(self, to: str | None, data: bytes, value: int, nonce: int, gas: int,
-             fees: dict[str, int]) -> tuple[bytes, str]:
+             fees: Fees) -> tuple[bytes, str]:
         """``(raw, tx hash)`` of the signed transaction."""
         tx: dict[str, Any] = {"chainId": self.chain_id(), "nonce": nonce, "gas": gas,
-                              "value": value, "data": data, **fees}
-        if "maxFeePerGas" in fees:
+                              "value": value, "data": data, **fees.fields()}
+        if fees.tip is not None:
             tx["type"] = 2
         if to is not None:
             tx["to"] = to
@@ -296,19 +421,21 @@ class RpcClient:
         return bytes(signed.raw_transaction), "0x" + bytes(signed.hash).hex()
 
     def send_raw(self, raw: bytes) -> None:
-        """Broadcast ``raw``; an "already known" answer counts as success."""
+        """Broadcast ``raw``; an "already known" answer counts as success. A refusal raises
+        :class:`InsufficientFunds`, or :class:`TransactionFailed` with its ``refusal``."""
         with self._guard():
             try:
                 self.w3.eth.send_raw_transaction(raw)
             except w3err.Web3RPCError as exc:
-                message = _rpc_message(exc)
-                lowered = message.lower()
-                if any(known in lowered for known in _KNOWN):
+                refusal = self.refusal(exc)
+                if refusal is Refusal.ALREADY_KNOWN:
                     return
-                if "insufficient funds" in lowered:
+                if refusal is Refusal.INSUFFICIENT_FUNDS:
                     raise InsufficientFunds(self._account.address, decode_raw_call(raw)[2],
                                             self.balance(), at_least=True) from None
-                raise TransactionFailed(f"the node refused the transaction: {message}") from None
+                raise TransactionFailed(
+                    f"the node refused the transaction: {_rpc_message(exc)}",
+                    refusal=refusal) from None
 
     # --- reverts --------------------------------------------------------------------------
 

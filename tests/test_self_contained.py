@@ -1,4 +1,4 @@
-"""The repository depends on nothing outside it: no tracked file names a folder beside or above it."""
+"""The repository depends on nothing outside it: no tracked file names a folder beyond it."""
 
 from __future__ import annotations
 

@@ -4,6 +4,15 @@ The same package in another role: nodes push signed batches to ``/v1/sync/push``
 as they do between peers (only enrolled, unrevoked node keys get through); the local
 operator enrolls nodes, closes epochs and settles over ``/fleet/...``; ``/fleet/`` is a
 dashboard that refreshes itself.
+
+Which node keys are enrolled is checked from memory on the event loop
+(:meth:`FleetStore.is_enrolled`, the request verifier's ``trusted``). Two things keep that
+memory current with other fleet processes sharing the database, both off the loop: a
+signed sync request from a key the memory does not hold first reads that key's row in a
+thread (one such read at a time, so unknown keys cannot occupy the thread pool), so a node
+enrolled at another process is accepted at once; and every ``enrollment_reload_s`` all
+enrolled keys are read again, so a revocation at another process takes effect within that
+time (ingest reads the node's row in its own transaction, and refuses a revoked node at once).
 """
 
 from __future__ import annotations
@@ -11,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -25,17 +34,26 @@ from edged.fleet.epochs import Epochs
 from edged.fleet.service import FleetService
 from edged.fleet.settle import Settler
 from edged.fleet.store import FleetRefused, FleetStore
-from edged.http_common import error_middleware
+from edged.http_common import error_middleware, server_handler_args
 from edged.inference import unix_millis
 from edged.keys import load_or_create_keys
-from edged.security import PUBLIC_PATHS, add_cors_headers, security_middleware
+from edged.security import (
+    NODE_SIGNED_PATHS,
+    PUBLIC_PATHS,
+    add_cors_headers,
+    security_middleware,
+)
 from edged.settings import Settings
-from sync.auth import RequestVerifier
+from sync.auth import HEADER_NODE, RequestVerifier
 
 logger = logging.getLogger(__name__)
 CHAIN_ACCOUNT_KEY_FILE = "chain-account.key"
+ENROLLMENT_RELOAD_SECONDS = 10.0
+HEX_DIGITS = frozenset("0123456789abcdef")
+VERIFIED_SYNC_PATHS = NODE_SIGNED_PATHS - {"/v1/sync/hello"}  # the request verifier's
 
 AdapterFactory = Callable[[Settings], Any]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def database_url(settings: Settings) -> str:
@@ -59,11 +77,12 @@ def chain_adapter(settings: Settings) -> Any:
 
 
 def create_fleet_app(settings: Settings, *, clock_ms: Callable[[], int] = unix_millis,
-                     adapter_factory: AdapterFactory = chain_adapter) -> web.Application:
+                     adapter_factory: AdapterFactory = chain_adapter,
+                     enrollment_reload_s: float = ENROLLMENT_RELOAD_SECONDS) -> web.Application:
     settings.validate()
     app = web.Application(middlewares=[error_middleware, security_middleware(
-        settings, public_paths=PUBLIC_PATHS | {"/fleet/"})],
-        client_max_size=settings.max_body_bytes)
+        settings, public_paths=PUBLIC_PATHS | {"/fleet/"}), enrollment_middleware()],
+        client_max_size=settings.max_body_bytes, handler_args=server_handler_args())
     app[SETTINGS] = settings
     app[READY] = asyncio.Event()
     app.on_response_prepare.append(add_cors_headers)
@@ -72,9 +91,10 @@ def create_fleet_app(settings: Settings, *, clock_ms: Callable[[], int] = unix_m
 
     async def fleet_state(app: web.Application) -> AsyncIterator[None]:
         settings.fleet_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        settings.fleet_dir.chmod(0o700)
         keys = load_or_create_keys(settings.fleet_dir / "keys")
         db = await asyncio.to_thread(Database, database_url(settings))
-        store = FleetStore(db, clock_ms)
+        store = await asyncio.to_thread(FleetStore, db, clock_ms)  # reads the enrolled keys
         epochs = Epochs(store)
         adapter = adapter_factory(settings) if settings.chain_url else None
         service = FleetService(store=store, epochs=epochs,
@@ -87,8 +107,9 @@ def create_fleet_app(settings: Settings, *, clock_ms: Callable[[], int] = unix_m
         app[READY].set()
         logger.info("fleet %s ready (%s store, %s settlement)", keys.fingerprint,
                     "postgresql" if db.is_postgres else "sqlite", service.settler.mode)
-        tasks = [asyncio.create_task(_close_epochs(service, settings))] \
-            if settings.epoch_interval else []
+        tasks = [asyncio.create_task(_reload_enrolled(store, enrollment_reload_s))]
+        if settings.epoch_interval:
+            tasks.append(asyncio.create_task(_close_epochs(service, settings)))
         if adapter is not None:
             tasks.append(asyncio.create_task(_settle_forever(service, settings)))
         try:
@@ -103,6 +124,45 @@ def create_fleet_app(settings: Settings, *, clock_ms: Callable[[], int] = unix_m
 
     app.cleanup_ctx.append(fleet_state)
     return app
+
+
+def enrollment_middleware() -> web.middleware:  # type: ignore[valid-type]
+    """Before a signed sync request is checked: a caller's key not known to be enrolled
+    is read from the database in a thread (it may have been enrolled by another fleet
+    process), one such read at a time."""
+    recheck_lock = asyncio.Lock()
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        node = _signing_node(request)
+        fleet = request.app.get(FLEET)
+        if node is not None and fleet is not None and not fleet.store.is_enrolled(node):
+            async with recheck_lock:
+                if not fleet.store.is_enrolled(node):  # another request may have read it
+                    await asyncio.to_thread(fleet.store.recheck_enrolled, node)
+        return await handler(request)
+
+    return middleware
+
+
+def _signing_node(request: web.Request) -> bytes | None:
+    """The key a signed sync request names (unverified), if well-formed."""
+    if request.path not in VERIFIED_SYNC_PATHS:
+        return None
+    value = request.headers.get(HEADER_NODE, "")
+    if len(value) != 64 or not set(value) <= HEX_DIGITS:
+        return None
+    return bytes.fromhex(value)
+
+
+async def _reload_enrolled(store: FleetStore, interval_s: float) -> None:
+    """Read the enrolled keys again every ``interval_s`` (revocations by other processes)."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await asyncio.to_thread(store.reload_enrolled)
+        except Exception:
+            logger.exception("reading the enrolled node keys failed")
 
 
 async def _close_epochs(service: FleetService, settings: Settings) -> None:

@@ -1,10 +1,20 @@
 """One database interface for the fleet store: SQLite (embedded) or PostgreSQL (psycopg 3).
 
 Both run the same SQL: the schema is written once with portable types (``BLOB`` becomes
-``BYTEA``, ``INTEGER`` becomes ``BIGINT`` on PostgreSQL), statements use ``?`` placeholders
-(rewritten to ``%s`` for psycopg), and conflicts use ``ON CONFLICT ... DO NOTHING``, which
-both understand. Writers are serialised per origin by the database itself: SQLite's
-``BEGIN IMMEDIATE`` takes the write lock; on PostgreSQL the transaction locks the node's row
+``BYTEA``, ``INTEGER`` becomes ``BIGINT`` on PostgreSQL), and conflicts use
+``ON CONFLICT ... DO NOTHING``, which both understand.
+
+Parameters are written ``?`` (SQLite's own style, so SQLite gets the SQL untouched).
+For psycopg, :func:`postgres_sql` renders a statement in its ``%s`` style with a small
+lexer: only a ``?`` outside string constants, quoted identifiers, dollar quotes and
+comments is a placeholder, and every literal ``%`` is doubled (psycopg reads ``%``
+everywhere). ``E'...'`` strings with backslash escapes are not supported.
+
+Connections: one per thread on SQLite; on PostgreSQL a ``psycopg_pool.ConnectionPool``
+that checks each connection when it is handed out, so one the server dropped (restart,
+failover, ``pg_terminate_backend``) is replaced instead of failing the next query.
+Writers are serialised per origin by the database itself: SQLite's ``BEGIN IMMEDIATE``
+takes the write lock; on PostgreSQL the transaction locks the node's row
 (``SELECT ... FOR UPDATE``). Bulk rows go in with ``COPY`` on PostgreSQL.
 """
 
@@ -17,7 +27,12 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from psycopg_pool import ConnectionPool
+
+POSTGRES_POOL_SIZE = 10
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS fleet_nodes (
@@ -103,6 +118,35 @@ CREATE TABLE IF NOT EXISTS fleet_payee_addresses (
 """
 
 
+
+# What psycopg must not read as a placeholder: constants, quoted names, dollar quotes,
+# comments; then a placeholder, and a quote left open (refused rather than guessed at).
+_POSTGRES_TOKENS = re.compile(r"""
+      '(?:[^']|'')*'                   # a string constant ('' is a quote inside)
+    | "(?:[^"]|"")*"                   # a quoted identifier
+    | (?<![\w$])\$(?P<tag>(?:[A-Za-z_]\w*)?)\$.*?\$(?P=tag)\$   # a dollar-quoted string
+    | --[^\n]*                         # a comment to the end of the line
+    | /\*.*?\*/                        # a block comment (not nested)
+    | (?P<placeholder>\?)
+    | (?P<unclosed>['"]|/\*|(?<![\w$])\$(?:[A-Za-z_]\w*)?\$)
+""", re.VERBOSE | re.DOTALL)
+
+
+def postgres_sql(sql: str) -> str:
+    """``sql`` with ``?`` placeholders in psycopg's style: placeholders become ``%s`` and
+    every other ``%`` becomes ``%%``; a ``?`` or ``%`` inside a constant stays itself."""
+    parts = []
+    done = 0
+    for token in _POSTGRES_TOKENS.finditer(sql):
+        if token["unclosed"]:
+            raise ValueError(f"unclosed quote or comment in SQL at {token.start()}: {sql!r}")
+        parts.append(sql[done:token.start()].replace("%", "%%"))
+        parts.append("%s" if token["placeholder"] else token[0].replace("%", "%%"))
+        done = token.end()
+    parts.append(sql[done:].replace("%", "%%"))
+    return "".join(parts)
+
+
 class Transaction:
     """One open transaction; ``?`` placeholders in every statement."""
 
@@ -111,7 +155,7 @@ class Transaction:
         self._cursor = cursor
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Transaction:
-        self._cursor.execute(self._db.translate(sql), tuple(params))
+        self._cursor.execute(self._db.render(sql), tuple(params))
         return self
 
     def one(self, sql: str, params: Sequence[Any] = ()) -> Any:
@@ -137,21 +181,26 @@ class Transaction:
 
 
 class Database:
-    """A fleet database: ``sqlite:`` path (or a plain path) or a ``postgresql://`` URL."""
+    """A fleet database: ``sqlite:`` path (or a plain path) or a ``postgresql://`` URL.
 
-    def __init__(self, url: str) -> None:
+    ``pool_size``: at most this many PostgreSQL connections at once (more threads wait
+    for one, up to 30 s)."""
+
+    def __init__(self, url: str, *, pool_size: int = POSTGRES_POOL_SIZE) -> None:
         self.url = url
         self.is_postgres = url.startswith(("postgresql://", "postgres://"))
-        self._local = threading.local()
-        self._connections: list[Any] = []
-        self._lock = threading.Lock()
-        # SQLite: one writer of this process at a time. Threads racing for SQLite's write
-        # lock back off in sleeps of up to 100 ms (multi-second tails under load).
-        self._writer = threading.Lock() if not self.is_postgres else None
         self._column_types: dict[str, dict[str, str]] = {}
-        if not self.is_postgres:
+        if self.is_postgres:
+            self._pool = _postgres_pool(url, pool_size)
+        else:
             self._path = Path(url.removeprefix("sqlite:")).expanduser()
             self._path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._local = threading.local()
+            self._sqlite_connections: list[sqlite3.Connection] = []
+            self._sqlite_connections_lock = threading.Lock()
+            # One writer of this process at a time. Threads racing for SQLite's write
+            # lock back off in sleeps of up to 100 ms (multi-second tails under load).
+            self._sqlite_writer = threading.Lock()
         with self.transaction() as tx:
             for statement in SCHEMA.split(";"):
                 if statement.strip():
@@ -170,71 +219,66 @@ class Database:
             return isinstance(exc, psycopg.errors.UniqueViolation)
         return isinstance(exc, sqlite3.IntegrityError)
 
-    def translate(self, sql: str) -> str:
-        return sql.replace("?", "%s") if self.is_postgres else sql
+    def render(self, sql: str) -> str:
+        """``sql`` (``?`` placeholders) in this database driver's parameter style."""
+        return postgres_sql(sql) if self.is_postgres else sql
 
-    def _connection(self) -> Any:
-        connection = getattr(self._local, "connection", None)
-        if connection is not None and self.is_postgres and (connection.closed
-                                                             or connection.broken):
-            connection = None  # the server went away (restart, failover): connect again
+    def _sqlite_connection(self) -> sqlite3.Connection:
+        """This thread's SQLite connection (opened on first use)."""
+        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
         if connection is None:
-            connection = self._connect()
+            connection = sqlite3.connect(self._path, isolation_level=None, timeout=30,
+                                         check_same_thread=False)
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=FULL")
+            connection.execute("PRAGMA foreign_keys=ON")
             self._local.connection = connection
-            with self._lock:
-                self._connections.append(connection)
-        return connection
-
-    def _connect(self) -> Any:
-        if self.is_postgres:
-            try:
-                import psycopg
-            except ImportError:  # pragma: no cover - depends on the environment
-                raise RuntimeError("PostgreSQL needs psycopg: pip install 'edged[fleet]'") \
-                    from None
-            return psycopg.connect(self.url, autocommit=False)
-        connection = sqlite3.connect(self._path, isolation_level=None, timeout=30,
-                                     check_same_thread=False)
-        connection.execute("PRAGMA journal_mode=WAL")
-        connection.execute("PRAGMA synchronous=FULL")
-        connection.execute("PRAGMA foreign_keys=ON")
+            with self._sqlite_connections_lock:
+                self._sqlite_connections.append(connection)
         return connection
 
     @contextmanager
     def transaction(self) -> Iterator[Transaction]:
-        """A write transaction on this thread's connection; committed on success."""
-        connection = self._connection()
-        with self._writer or contextlib.nullcontext():
-            cursor = connection.cursor()
-            if not self.is_postgres:
-                cursor.execute("BEGIN IMMEDIATE")
+        """A write transaction; committed on success, rolled back on an exception."""
+        if self.is_postgres:
+            # The pool's block commits, or rolls back on an exception, then returns the
+            # connection (a broken one is dropped).
+            with self._pool.connection() as connection, connection.cursor() as cursor:
+                yield Transaction(self, cursor)
+            return
+        connection = self._sqlite_connection()
+        with self._sqlite_writer, contextlib.closing(connection.cursor()) as cursor:
+            cursor.execute("BEGIN IMMEDIATE")
             try:
                 yield Transaction(self, cursor)
             except BaseException:
-                connection.rollback() if self.is_postgres else cursor.execute("ROLLBACK")
+                cursor.execute("ROLLBACK")
                 raise
-            else:
-                try:
-                    connection.commit() if self.is_postgres else cursor.execute("COMMIT")
-                except BaseException:
-                    if not self.is_postgres and connection.in_transaction:
-                        cursor.execute("ROLLBACK")
-                    raise
-            finally:
-                cursor.close()
+            try:
+                cursor.execute("COMMIT")
+            except BaseException:
+                if connection.in_transaction:
+                    cursor.execute("ROLLBACK")
+                raise
 
     @contextmanager
     def reading(self) -> Iterator[Transaction]:
-        """A read-only snapshot (one transaction) on this thread's connection."""
-        connection = self._connection()
-        cursor = connection.cursor()
-        cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ" if self.is_postgres
-                       else "BEGIN")
-        try:
-            yield Transaction(self, cursor)
-        finally:
-            connection.rollback() if self.is_postgres else cursor.execute("ROLLBACK")
-            cursor.close()
+        """A read-only snapshot (one transaction), always rolled back."""
+        if self.is_postgres:
+            with self._pool.connection() as connection, connection.cursor() as cursor:
+                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                try:
+                    yield Transaction(self, cursor)
+                finally:
+                    if not connection.broken:  # else the pool drops it; keep the error
+                        connection.rollback()
+            return
+        with contextlib.closing(self._sqlite_connection().cursor()) as cursor:
+            cursor.execute("BEGIN")
+            try:
+                yield Transaction(self, cursor)
+            finally:
+                cursor.execute("ROLLBACK")
 
     def insert_rows(self, cursor: Any, table: str, columns: Sequence[str],
                     rows: Sequence[Sequence[Any]]) -> None:
@@ -261,8 +305,23 @@ class Database:
         return types
 
     def close(self) -> None:
-        with self._lock:
-            for connection in self._connections:
+        if self.is_postgres:
+            self._pool.close()
+            return
+        with self._sqlite_connections_lock:
+            for connection in self._sqlite_connections:
                 connection.close()
-            self._connections.clear()
+            self._sqlite_connections.clear()
         self._local = threading.local()
+
+
+def _postgres_pool(url: str, size: int) -> ConnectionPool[Any]:
+    """A pool of up to ``size`` connections to ``url``, each checked as it is handed out."""
+    try:
+        from psycopg_pool import ConnectionPool
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise RuntimeError("PostgreSQL needs psycopg and psycopg-pool: "
+                           "pip install 'edged[fleet]'") from None
+    return ConnectionPool(url, min_size=1, max_size=size, open=True,
+                          kwargs={"autocommit": False},
+                          check=ConnectionPool.check_connection)

@@ -4,8 +4,9 @@ Without a chain (``chain_url`` empty) the fleet settles into its own ledger: the
 root of each closed epoch is fixed in ``fleet_settled_epochs`` and payees fetch their
 proofs from the fleet; :meth:`Settler.plan` shows the transactions a chain would get.
 With a chain, :class:`sync.settlement.SettlementAdapter` sends them (raw transactions kept
-and rebroadcast unchanged), and an epoch is ``final`` only when every one of its
-transactions is final at the configured confirmation depth.
+and rebroadcast unchanged, or replaced with higher fees when stuck, up to
+``chain_max_fee_gwei``), and an epoch is ``final`` only when every one of its transactions
+is final at the configured confirmation depth.
 """
 
 from __future__ import annotations
@@ -51,6 +52,10 @@ class Settler:
     settings: Settings
     adapter: Any = None  # sync.settlement.SettlementAdapter when a chain is configured
     health: ChainHealth = field(default_factory=ChainHealth)
+
+    def __post_init__(self) -> None:
+        if self.adapter is not None:  # the fee ceiling comes from settings, however it was built
+            self.adapter.max_fee_per_gas = round(self.settings.chain_max_fee_gwei * 10**9)
 
     @property
     def mode(self) -> str:

@@ -4,10 +4,19 @@ A batch is verified exactly as peers verify it (:func:`sync.batch.verify_batch`)
 stored in the same transaction that read the state it was verified against, with the
 origin's node row locked; ``(origin, seq)`` is the receipts' primary key, so two fleet
 processes sharing one PostgreSQL can never store (or count) a receipt twice.
+
+Which keys may call the sync endpoints is answered from memory (:meth:`FleetStore.is_enrolled`
+runs on the event loop for every sync request): the enrolled, unrevoked keys are loaded
+when the store opens and kept current by this store's own enroll and revoke. Another fleet
+process sharing the database is seen through :meth:`FleetStore.reload_enrolled` (the fleet
+app runs it periodically, off the loop) and :meth:`FleetStore.recheck_enrolled` (the fleet
+app runs it in a thread when a key it does not know calls, before the request is checked).
+Ingest does not depend on that memory: it reads the node's row in its own transaction.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -83,28 +92,67 @@ class FleetStore:
     def __init__(self, db: Database, clock_ms: Callable[[], int]) -> None:
         self.db = db
         self.clock_ms = clock_ms
+        # Enrolled, unrevoked keys. Read without a lock (on the event loop); replaced or
+        # changed only under _enrollment_lock, together with the database read or write
+        # it reflects, so a slow reload cannot undo a newer enroll or revoke of this store.
+        self._enrolled_keys: set[bytes] = set()
+        self._enrollment_lock = threading.Lock()
+        self.reload_enrolled()
 
     # --- enrollment ----------------------------------------------------------------------
 
     def enroll(self, node: bytes, label: str = "") -> NodeRecord:
         """Enroll ``node`` (again, after a revocation: from now on)."""
         now = self.clock_ms()
-        with self.db.transaction() as tx:
-            tx.execute("INSERT INTO fleet_nodes (node, label, enrolled_ms) VALUES (?, ?, ?) "
-                       "ON CONFLICT (node) DO NOTHING", (node, label, now))
-            tx.execute("UPDATE fleet_nodes SET revoked_ms = NULL, enrolled_ms = ?, label = ? "
-                       "WHERE node = ? AND revoked_ms IS NOT NULL", (now, label, node))
-            return _node(tx.one(f"SELECT {_NODE_COLUMNS} FROM fleet_nodes WHERE node = ?",
-                                (node,)))
+        with self._enrollment_lock:
+            with self.db.transaction() as tx:
+                tx.execute("INSERT INTO fleet_nodes (node, label, enrolled_ms) "
+                           "VALUES (?, ?, ?) ON CONFLICT (node) DO NOTHING", (node, label, now))
+                tx.execute("UPDATE fleet_nodes SET revoked_ms = NULL, enrolled_ms = ?, "
+                           "label = ? WHERE node = ? AND revoked_ms IS NOT NULL",
+                           (now, label, node))
+                record = _node(tx.one(f"SELECT {_NODE_COLUMNS} FROM fleet_nodes "
+                                      "WHERE node = ?", (node,)))
+            self._enrolled_keys.add(node)
+        return record
 
     def revoke(self, node: bytes) -> NodeRecord:
-        with self.db.transaction() as tx:
-            tx.execute("UPDATE fleet_nodes SET revoked_ms = ? WHERE node = ? AND "
-                       "revoked_ms IS NULL", (self.clock_ms(), node))
-            row = tx.one(f"SELECT {_NODE_COLUMNS} FROM fleet_nodes WHERE node = ?", (node,))
+        with self._enrollment_lock:
+            with self.db.transaction() as tx:
+                tx.execute("UPDATE fleet_nodes SET revoked_ms = ? WHERE node = ? AND "
+                           "revoked_ms IS NULL", (self.clock_ms(), node))
+                row = tx.one(f"SELECT {_NODE_COLUMNS} FROM fleet_nodes WHERE node = ?",
+                             (node,))
+            self._enrolled_keys.discard(node)
         if row is None:
             raise FleetRefused(404, "no such node is enrolled", "unknown_node")
         return _node(row)
+
+    def is_enrolled(self, node: bytes) -> bool:
+        """Enrolled and not revoked: may call the sync endpoints. From memory only (it
+        runs on the event loop): see the module's docstring for how it stays current."""
+        return node in self._enrolled_keys
+
+    def reload_enrolled(self) -> None:
+        """Read every enrolled, unrevoked key again (enrollments and revocations of other
+        fleet processes sharing the database). Blocking."""
+        with self._enrollment_lock:
+            with self.db.reading() as tx:
+                rows = tx.all("SELECT node FROM fleet_nodes WHERE revoked_ms IS NULL")
+            self._enrolled_keys = {bytes(row[0]) for row in rows}
+
+    def recheck_enrolled(self, node: bytes) -> bool:
+        """Read whether ``node`` is enrolled and unrevoked now (maybe by another fleet
+        process) and remember the answer; returns it. Blocking."""
+        with self._enrollment_lock:
+            with self.db.reading() as tx:
+                row = tx.one("SELECT 1 FROM fleet_nodes WHERE node = ? AND revoked_ms IS NULL",
+                             (node,))
+            if row is None:
+                self._enrolled_keys.discard(node)
+            else:
+                self._enrolled_keys.add(node)
+        return row is not None
 
     def nodes(self) -> list[NodeRecord]:
         with self.db.reading() as tx:
@@ -115,11 +163,6 @@ class FleetStore:
         with self.db.reading() as tx:
             row = tx.one(f"SELECT {_NODE_COLUMNS} FROM fleet_nodes WHERE node = ?", (node,))
         return None if row is None else _node(row)
-
-    def is_enrolled(self, node: bytes) -> bool:
-        """Enrolled and not revoked: may call the sync endpoints."""
-        record = self.node(node)
-        return record is not None and record.revoked_ms is None
 
     # --- ingest --------------------------------------------------------------------------
 

@@ -413,3 +413,18 @@ async def test_a_group_lands_in_one_transaction(ledger: Ledger) -> None:
     assert [r.seq for r in receipts] == list(range(7))
     assert commits == [7]
     assert ledger.get_evidence(receipts[3].leaf) == b"e"
+
+
+async def test_the_ledger_files_are_the_owners_alone(ledger_path: Path,
+                                                     node_key: SigningKey) -> None:
+    with Ledger.open(ledger_path, node_key) as ledger:
+        await ledger.append(make_draft(0))
+    side_files = [ledger_path.with_name(ledger_path.name + suffix) for suffix in ("-wal", "-shm")]
+    for path in [ledger_path, *side_files]:
+        if path.exists():
+            assert path.stat().st_mode & 0o777 == 0o600, path.name
+            path.chmod(0o644)  # as an older version left them
+    with Ledger.open(ledger_path, node_key):
+        for path in [ledger_path, *side_files]:
+            if path.exists():
+                assert path.stat().st_mode & 0o777 == 0o600, path.name

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ from aiohttp.test_utils import TestClient
 
 from edged.app import create_app
 from edged.models import RUNTIMES
+from edged.serving import AppRunner
 from edged.settings import Settings
 from tests.edged.conftest import FAKE_MODEL, AppClientFactory, fake_loader
 
@@ -107,3 +110,51 @@ async def test_canary_prompt_and_output_never_reach_logs_or_disk(
             assert CANARY.encode() not in path.read_bytes(), path
     receipts = await (await client.get("/v1/receipts")).text()
     assert CANARY not in receipts
+
+
+async def test_an_existing_data_folder_is_made_the_owners_alone(
+        aiohttp_client: AppClientFactory, settings: Settings) -> None:
+    settings.data_dir.chmod(0o755)  # made before, by an older version or by hand
+    client = await aiohttp_client(create_app(settings, runtimes=RUNTIMES, loader=fake_loader()))
+    assert (await client.get("/healthz")).status == 200
+    assert settings.data_dir.stat().st_mode & 0o777 == 0o700
+    assert settings.ledger_path.stat().st_mode & 0o777 == 0o600
+
+
+MALFORMED_REQUESTS = [
+    b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer %s\x01\r\n\r\n",
+    b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer %s\r\n"
+    b"Content-Length: x\r\n\r\n",
+    b"GET /v1/mo dels HTTP/1.1\r\nAuthorization: Bearer %s\r\n\r\n",
+    b"GET /v1/models HTTP/1.1\r\nAuthorization: Bearer %s\r\nX-Big: " + b"a" * 20_000
+    + b"\r\n\r\n",
+]
+
+
+@pytest.mark.parametrize("raw", MALFORMED_REQUESTS)
+async def test_requests_aiohttp_cannot_parse_get_the_error_shape_and_log_no_header(
+        settings: Settings, caplog: pytest.LogCaptureFixture, raw: bytes) -> None:
+    secret = "k-secret-3f9a"
+    settings = dataclasses.replace(settings, api_keys=(secret,))
+    # The runner `edged serve` uses: aiohttp's, with parser errors in the error shape.
+    runner = AppRunner(create_app(settings, runtimes=RUNTIMES, loader=fake_loader()))
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = runner.addresses[0][:2]
+        caplog.set_level(logging.DEBUG)
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(raw % secret.encode())
+        await writer.drain()
+        head, _, body = (await reader.read()).partition(b"\r\n\r\n")
+        writer.close()
+    finally:
+        await runner.cleanup()
+    assert b" 400 " in head.split(b"\r\n")[0]
+    assert b"application/json" in head
+    error = json.loads(body)["error"]
+    assert error == {"message": "Bad Request", "type": "invalid_request_error", "param": None,
+                     "code": None}
+    assert any(r.name == "aiohttp.server" for r in caplog.records)  # it was logged ...
+    assert secret not in caplog.text  # ... without the header

@@ -42,6 +42,9 @@ def test_environment_lists_are_comma_separated(tmp_path: Path) -> None:
     ({"EDGED_PORT": "eighty"}, "port"),
     ({"EDGED_CORS_ORIGINS": "*"}, "cors_origins"),
     ({"EDGED_OPERATOR_SHARE_PPM": "2000000"}, "operator_share_ppm"),
+    ({"EDGED_CHAIN_MAX_FEE_GWEI": "0"}, "chain_max_fee_gwei"),
+    ({"EDGED_CHAIN_MAX_FEE_GWEI": "-1"}, "chain_max_fee_gwei"),
+    ({"EDGED_CHAIN_MAX_FEE_GWEI": "nan"}, "chain_max_fee_gwei"),
 ])
 def test_invalid_settings_are_refused(tmp_path: Path, environ: dict[str, str],
                                       param: str) -> None:

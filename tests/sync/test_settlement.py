@@ -2,29 +2,41 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from eth_account import Account
 
+from edged.fleet.settle import Settler
+from edged.settings import Settings
 from sync.payout import PayoutTree
 from sync.settlement import (
+    DEFAULT_MAX_FEE_PER_GAS,
     AnchorStatus,
     ChainUnavailable,
+    FeeLimitReached,
+    Fees,
     InsufficientFunds,
     SettlementAdapter,
     SettlementError,
     TransactionFailed,
+    bump_fees,
     create_account_key,
     load_account_key,
 )
+from sync.settlement_rpc import Refusal, RpcClient, classify_refusal, decode_raw_pricing
 from tests.support import anvil as anvil_support
 from tests.support.anvil import (
     REPO_ROOT,
@@ -415,6 +427,8 @@ def test_a_chain_without_base_fee_gets_legacy_transactions(tmp_path: Path) -> No
             tx = node.transaction(sent.tx_hash)
             assert tx is not None and tx["type"] == "0x0"
             assert int(tx["gasPrice"], 16) == int(node.rpc("eth_gasPrice"), 16)
+            raw = bytes.fromhex(node.rpc("eth_getRawTransactionByHash", sent.tx_hash)[2:])
+            assert decode_raw_pricing(raw) == (int(tx["gas"], 16), Fees(int(tx["gasPrice"], 16)))
             assert adapter.anchor_checkpoint(NODE, 2, ROOT) == sent  # legacy raw decoded
             node.mine(1)
             assert [s.status for s in adapter.refresh()] == ["final"]
@@ -487,3 +501,338 @@ def test_missing_node_modules_fail_with_a_clear_message(monkeypatch: pytest.Monk
     monkeypatch.setattr(anvil_support, "ANVIL", tmp_path / "node_modules" / ".bin" / "anvil")
     with pytest.raises(AnvilError, match=r"run `make test`, or `npm ci`"):
         start_anvil()
+
+
+# --- stuck transactions: replacement with higher fees ------------------------------------------
+
+
+def _base_fee(anvil: AnvilNode) -> int:
+    return int(anvil.rpc("eth_getBlockByNumber", "latest", False)["baseFeePerGas"], 16)
+
+
+def _fees_of(anvil: AnvilNode, tx_hash: str) -> tuple[int, int]:
+    """``(maxFeePerGas, maxPriorityFeePerGas)`` of a transaction the node knows."""
+    tx = anvil.transaction(tx_hash)
+    assert tx is not None
+    return int(tx["maxFeePerGas"], 16), int(tx["maxPriorityFeePerGas"], 16)
+
+
+def _signed_in_journal(path: Path, key: str) -> list[tuple[str, bytes]]:
+    """``[(tx hash, raw)]`` of every transaction the journal holds for ``key``, oldest first."""
+    with sqlite3.connect(path) as db:
+        found = db.execute("SELECT tx_hash, raw FROM signed_txs WHERE key = ? ORDER BY seq",
+                           (key,)).fetchall()
+    db.close()
+    return [(str(tx_hash), bytes(raw)) for tx_hash, raw in found]
+
+
+def _price_out(anvil: AnvilNode, max_fee: int) -> None:
+    """Mine a block whose base fee is four times ``max_fee``: a transaction offering
+    ``max_fee`` is not included (anvil drops it from its pool) and is stuck."""
+    anvil.rpc("anvil_setNextBlockBaseFeePerGas", hex(4 * max_fee))
+    anvil.mine(1)
+    assert _base_fee(anvil) > max_fee
+
+
+def test_a_stuck_transaction_is_replaced_with_higher_fees_and_included(
+        anvil: AnvilNode, adapters: AdapterFactory, tmp_path: Path) -> None:
+    adapter = adapters(confirmations=1, replace_after_blocks=2)
+    adapter.deploy()
+    anvil.set_automine(False)
+    sent = adapter.anchor_checkpoint(NODE, 4, ROOT)
+    first_cap, first_tip = _fees_of(anvil, sent.tx_hash)
+
+    _price_out(anvil, first_cap)
+    [waiting] = adapter.refresh()  # one block: not stuck yet, the same bytes go out again
+    assert (waiting.status, waiting.tx_hash) == ("pending", sent.tx_hash)
+    assert waiting.error is not None and "base fee" in waiting.error  # anvil refused them
+
+    anvil.mine(1)
+    [replaced] = adapter.refresh()  # two blocks without it: replaced
+    assert replaced.status == "pending" and replaced.error is None
+    assert replaced.tx_hash != sent.tx_hash and replaced.nonce == sent.nonce
+    tx = anvil.transaction(replaced.tx_hash)
+    assert tx is not None and int(tx["nonce"], 16) == sent.nonce
+    cap, tip = _fees_of(anvil, replaced.tx_hash)
+    assert cap * 100 >= first_cap * 110 and tip * 100 >= first_tip * 110
+    assert _base_fee(anvil) <= cap <= adapter.max_fee_per_gas
+    journal = tmp_path / "journal.sqlite"
+    assert [tx_hash for tx_hash, _ in _signed_in_journal(journal, sent.key)] == [
+        sent.tx_hash, replaced.tx_hash]
+    assert _signed_in_journal(journal, sent.key)[1][1] == bytes.fromhex(
+        anvil.rpc("eth_getRawTransactionByHash", replaced.tx_hash)[2:])
+    assert _journal_raw(journal, sent.key) == _signed_in_journal(journal, sent.key)[1][1]
+
+    anvil.mine(1)
+    [final] = adapter.refresh()
+    assert (final.status, final.tx_hash, final.nonce) == ("final", replaced.tx_hash, sent.nonce)
+    assert anvil.rpc("eth_getTransactionReceipt", replaced.tx_hash)["status"] == "0x1"
+    assert adapter.checkpoint_root(NODE, 4) == ROOT
+
+
+def test_replacements_stop_at_the_maximum_fee_and_say_so(
+        anvil: AnvilNode, adapters: AdapterFactory, tmp_path: Path) -> None:
+    adapter = adapters(confirmations=1, replace_after_blocks=1)
+    adapter.deploy()
+    anvil.set_automine(False)
+    sent = adapter.anchor_checkpoint(NODE, 5, ROOT)
+    first_cap, _ = _fees_of(anvil, sent.tx_hash)
+    adapter.max_fee_per_gas = maximum = first_cap * 115 // 100  # room for one +10% only
+
+    _price_out(anvil, first_cap)
+    [replaced] = adapter.refresh()  # at the maximum, still below the base fee: refused
+    assert replaced.tx_hash != sent.tx_hash and replaced.nonce == sent.nonce
+    assert replaced.error is not None and "base fee" in replaced.error
+    signed = _signed_in_journal(tmp_path / "journal.sqlite", sent.key)
+    assert [tx_hash for tx_hash, _ in signed] == [sent.tx_hash, replaced.tx_hash]
+    assert decode_raw_pricing(signed[1][1])[1].max_fee == maximum
+
+    anvil.mine(1)
+    for _ in range(2):
+        [capped] = adapter.refresh()
+        assert (capped.status, capped.tx_hash) == ("pending", replaced.tx_hash)
+        assert capped.error is not None and "configured maximum" in capped.error
+        assert f"{maximum} wei" in capped.error
+        anvil.mine(1)
+    assert adapter.status(sent.key) == capped  # the error is in the status, not only returned
+    assert len(_signed_in_journal(tmp_path / "journal.sqlite", sent.key)) == 2
+
+    anvil.rpc("anvil_setNextBlockBaseFeePerGas", hex(first_cap // 4))  # fees fall again
+    anvil.mine(1)
+    [rebroadcast] = adapter.refresh()  # no new signature: the newest one goes out again
+    assert rebroadcast.tx_hash == replaced.tx_hash
+    assert anvil.transaction(replaced.tx_hash) is not None
+    anvil.mine(1)
+    [final] = adapter.refresh()
+    assert (final.status, final.tx_hash, final.error) == ("final", replaced.tx_hash, None)
+    assert len(_signed_in_journal(tmp_path / "journal.sqlite", sent.key)) == 2
+    assert adapter.checkpoint_root(NODE, 5) == ROOT
+
+
+def test_whichever_signature_is_included_is_recognised_after_a_restart(
+        anvil: AnvilNode, adapters: AdapterFactory, tmp_path: Path) -> None:
+    first = adapters(confirmations=2, replace_after_blocks=1)
+    first.deploy()
+    anvil.set_automine(False)
+    sent = first.anchor_checkpoint(NODE, 6, ROOT)
+    original = _journal_raw(tmp_path / "journal.sqlite", sent.key)
+    _price_out(anvil, _fees_of(anvil, sent.tx_hash)[0])
+    [replaced] = [s for s in first.refresh() if s.key == sent.key]
+    assert replaced.tx_hash != sent.tx_hash
+    first.close()
+
+    # Fees fall and the original, still out there somewhere, is mined instead.
+    anvil.drop_transaction(replaced.tx_hash)
+    anvil.rpc("anvil_setNextBlockBaseFeePerGas", hex(_base_fee(anvil) // 100))
+    anvil.mine(1)
+    anvil.rpc("eth_sendRawTransaction", "0x" + original.hex())
+    anvil.mine(1)
+
+    restarted = adapters(confirmations=2, replace_after_blocks=1)
+    [included] = [s for s in restarted.refresh() if s.key == sent.key]
+    assert (included.status, included.tx_hash, included.nonce) == (
+        "included", sent.tx_hash, sent.nonce)
+    assert _journal_raw(tmp_path / "journal.sqlite", sent.key) == original
+    anvil.mine(1)
+    assert [(s.status, s.tx_hash) for s in restarted.refresh()] == [("final", sent.tx_hash)]
+    assert anvil.transaction(replaced.tx_hash) is None  # never rebroadcast: its nonce is spent
+    assert restarted.checkpoint_root(NODE, 6) == ROOT
+
+
+def test_a_transaction_behind_an_earlier_nonce_waits_for_its_turn(
+        anvil: AnvilNode, adapters: AdapterFactory) -> None:
+    adapter = adapters(confirmations=1, replace_after_blocks=1)
+    adapter.deploy()
+    anvil.set_automine(False)
+    first = adapter.anchor_checkpoint(NODE, 1, ROOT)
+    second = adapter.anchor_checkpoint(NODE, 2, OTHER_ROOT)
+    assert second.nonce == first.nonce + 1
+    _price_out(anvil, max(_fees_of(anvil, first.tx_hash)[0],
+                          _fees_of(anvil, second.tx_hash)[0]))
+
+    # Both are stuck, but only the first is next in line: a higher fee would not help the
+    # second, which waits for the first whatever it pays.
+    [first_now, second_now] = adapter.refresh()
+    assert first_now.tx_hash != first.tx_hash and first_now.status == "pending"
+    assert (second_now.tx_hash, second_now.status) == (second.tx_hash, "pending")
+    anvil.mine(1)
+    [first_now, second_now] = adapter.refresh()  # its turn now: replaced too
+    assert (first_now.status, first_now.nonce) == ("final", first.nonce)
+    assert second_now.tx_hash != second.tx_hash and second_now.status == "pending"
+    anvil.mine(1)
+    assert [s.status for s in adapter.refresh()] == ["final"]
+    assert adapter.checkpoint_root(NODE, 1) == ROOT
+    assert adapter.checkpoint_root(NODE, 2) == OTHER_ROOT
+
+
+def test_fees_above_the_maximum_are_refused_before_signing(
+        anvil: AnvilNode, adapters: AdapterFactory) -> None:
+    adapter = adapters(confirmations=1)
+    adapter.deploy()
+    anvil.set_automine(False)
+    base = _base_fee(anvil)
+    nonce = _nonce(anvil, adapter.address)
+    adapter.max_fee_per_gas = base - 1
+    with pytest.raises(FeeLimitReached, match="above the configured maximum") as caught:
+        adapter.anchor_checkpoint(NODE, 1, ROOT)
+    assert f"{base} wei" in str(caught.value)
+    assert adapter.status(f"checkpoint:{NODE.hex()}:1") is None
+    assert _nonce(anvil, adapter.address) == nonce
+    adapter.max_fee_per_gas = base + 1  # room above the base fee: signed, capped there
+    sent = adapter.anchor_checkpoint(NODE, 1, ROOT)
+    cap, tip = _fees_of(anvil, sent.tx_hash)
+    assert cap == base + 1 and tip <= cap
+    with pytest.raises(ValueError, match="positive"):
+        adapter.max_fee_per_gas = 0
+
+
+@pytest.mark.parametrize(("offered", "base_fee", "suggested", "maximum", "expected"), [
+    # +10%, rounded up, on cap and tip when the market asks no more
+    (Fees(20, 10), 1, 1, 1000, Fees(22, 11)),
+    (Fees(21, 11), 1, 1, 1000, Fees(24, 13)),
+    # the base fee rose: the cap catches up at once (2 x base + tip)
+    (Fees(20, 10), 100, 1, 1000, Fees(211, 11)),
+    # the node suggests a higher tip
+    (Fees(20, 10), 1, 50, 1000, Fees(52, 50)),
+    # capped at the maximum, the tip too
+    (Fees(20, 10), 100, 1, 30, Fees(30, 11)),
+    (Fees(20, 10), 1, 50, 23, Fees(23, 23)),
+    # no room for +10% on the cap, or on the tip
+    (Fees(20, 10), 100, 1, 21, None),
+    (Fees(20, 19), 1, 1, 21, None),
+    # legacy gas price
+    (Fees(100), None, 50, 1000, Fees(110)),
+    (Fees(100), None, 500, 1000, Fees(500)),
+    (Fees(100), None, 500, 120, Fees(120)),
+    (Fees(100), None, 500, 109, None),
+])
+def test_bump_fees(offered: Fees, base_fee: int | None, suggested: int, maximum: int,
+                   expected: Fees | None) -> None:
+    bumped = bump_fees(offered, base_fee, suggested, maximum)
+    assert bumped == expected
+    if bumped is not None:  # what geth requires of a replacement, and never above the maximum
+        assert bumped.max_fee * 100 >= offered.max_fee * 110 and bumped.max_fee <= maximum
+        if offered.tip is not None:
+            assert bumped.tip is not None and bumped.tip * 100 >= offered.tip * 110
+            assert bumped.tip <= bumped.max_fee
+
+
+# --- node errors -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("code", "message", "software", "expected"), [
+    # besu gives these refusals codes of their own: the code decides
+    (-32001, "Nonce too low", "besu", Refusal.NONCE_TOO_LOW),
+    (-32004, "Upfront cost exceeds account balance", "besu", Refusal.INSUFFICIENT_FUNDS),
+    (-32009, "Gas price below current base fee", "besu", Refusal.FEE_TOO_LOW),
+    (-32001, "something new", "besu", Refusal.NONCE_TOO_LOW),
+    (-32000, "Replacement transaction underpriced", "besu", Refusal.REPLACEMENT_UNDERPRICED),
+    (-32000, "Known transaction", "besu", Refusal.ALREADY_KNOWN),
+    # the same numbers mean other things elsewhere: the message decides
+    (-32001, "resource not found", "geth", Refusal.OTHER),
+    (-32004, "method not supported", "", Refusal.OTHER),
+    # geth's -32000, anvil's -32003 and Nethermind's -32010 say only "refused"
+    (-32000, "nonce too low", "geth", Refusal.NONCE_TOO_LOW),
+    (-32000, "replacement transaction underpriced", "geth", Refusal.REPLACEMENT_UNDERPRICED),
+    (-32000, "insufficient funds for gas * price + value", "geth",
+     Refusal.INSUFFICIENT_FUNDS),
+    (-32000, "transaction underpriced", "geth", Refusal.FEE_TOO_LOW),
+    (-32000, "already known", "geth", Refusal.ALREADY_KNOWN),
+    (-32003, "max fee per gas less than block base fee", "anvil", Refusal.FEE_TOO_LOW),
+    (-32003, "transaction already imported", "anvil", Refusal.ALREADY_KNOWN),
+    (-32003, "Insufficient funds for gas * price + value", "anvil",
+     Refusal.INSUFFICIENT_FUNDS),
+    (-32010, "OldNonce", "nethermind", Refusal.NONCE_TOO_LOW),
+    (None, "nonce too low", "", Refusal.NONCE_TOO_LOW),
+    (-32003, "Nonce too high", "anvil", Refusal.OTHER),
+])
+def test_node_errors_are_classified_by_code_where_the_node_has_one(
+        code: int | None, message: str, software: str, expected: Refusal) -> None:
+    assert classify_refusal(code, message, software) is expected
+
+
+class _StubNode:
+    """A JSON-RPC endpoint that answers from ``answers`` (method -> result, or an ``error``
+    dict under ``("error", method)``) and records the methods asked."""
+
+    def __init__(self, answers: dict[Any, Any]) -> None:
+        self.asked: list[str] = []
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                stub.asked.append(request["method"])
+                reply: dict[str, Any] = {"jsonrpc": "2.0", "id": request["id"]}
+                if ("error", request["method"]) in answers:
+                    reply["error"] = answers[("error", request["method"])]
+                else:
+                    reply["result"] = answers[request["method"]]
+                body = json.dumps(reply).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+                return None
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,),
+                                        daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)
+
+
+@pytest.mark.parametrize(("software", "error", "expected"), [
+    ("besu/v24.1.0/linux-x86_64/openjdk-java-17", {"code": -32001, "message": "Nonce too low"},
+     Refusal.NONCE_TOO_LOW),
+    ("besu/v24.1.0/linux-x86_64/openjdk-java-17",
+     {"code": -32009, "message": "Gas price below current base fee"}, Refusal.FEE_TOO_LOW),
+    ("Geth/v1.14.0-stable/linux-amd64/go1.22", {"code": -32001, "message": "Nonce too low?"},
+     Refusal.NONCE_TOO_LOW),
+    ("Geth/v1.14.0-stable/linux-amd64/go1.22", {"code": -32001, "message": "not found"},
+     Refusal.OTHER),
+])
+def test_the_client_reads_refusal_codes_of_the_node_software_that_defines_them(
+        software: str, error: dict[str, Any], expected: Refusal) -> None:
+    stub = _StubNode({"web3_clientVersion": software, ("error", "eth_sendRawTransaction"): error})
+    try:
+        client = RpcClient(stub.url, 5.0, [], Account.create())
+        with pytest.raises(TransactionFailed) as caught:
+            client.send_raw(b"\x02\x01")
+        assert caught.value.refusal is expected
+        assert error["message"] in str(caught.value)
+        with pytest.raises(TransactionFailed):
+            client.send_raw(b"\x02\x01")
+        assert stub.asked.count("web3_clientVersion") == 1  # asked once, and only for a code
+        client.close()
+    finally:
+        stub.close()
+
+
+def test_a_node_without_a_code_of_its_own_is_not_asked_what_it_runs() -> None:
+    stub = _StubNode({("error", "eth_sendRawTransaction"): {
+        "code": -32000, "message": "replacement transaction underpriced"}})
+    try:
+        client = RpcClient(stub.url, 5.0, [], Account.create())
+        with pytest.raises(TransactionFailed) as caught:
+            client.send_raw(b"\x02\x01")
+        assert caught.value.refusal is Refusal.REPLACEMENT_UNDERPRICED
+        assert stub.asked == ["eth_sendRawTransaction"]
+        client.close()
+    finally:
+        stub.close()
+
+
+def test_the_fleet_settings_set_the_maximum_fee() -> None:
+    adapter = SimpleNamespace(max_fee_per_gas=1)
+    Settler(None, Settings(chain_max_fee_gwei=1.5), adapter)  # type: ignore[arg-type]
+    assert adapter.max_fee_per_gas == 1_500_000_000
+    assert Settings().chain_max_fee_gwei * 10**9 == DEFAULT_MAX_FEE_PER_GAS

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import secrets
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -83,7 +84,8 @@ async def test_only_enrolled_nodes_may_push(fleet: Client) -> None:
 
 
 async def test_bad_operator_input_is_refused_in_the_error_shape(fleet: Client) -> None:
-    for body in ({"node": "zz"}, {"node": 5}, [], {"node": "ab" * 32, "label": 7}):
+    bodies: list[Any] = [{"node": "zz"}, {"node": 5}, [], {"node": "ab" * 32, "label": 7}]
+    for body in bodies:
         reply = await fleet.post("/fleet/nodes", json=body)
         assert reply.status == 400, body
         assert (await reply.json())["error"]["type"] == "invalid_request_error"
@@ -218,3 +220,87 @@ async def test_a_node_forwards_a_peers_receipts_to_the_fleet(fleet: Client, data
     held = {n["node"]: n["size"] for n in (await (await fleet.get("/fleet/nodes")).json())
             ["nodes"]}
     assert held == {key_a: 4, key_b: 0}
+
+
+def _fleet_processes(tmp_path: Path, reload_s: float) -> tuple[web.Application, ...]:
+    """Two fleet apps sharing one database, as two fleet processes sharing a PostgreSQL;
+    the second reads all enrolled keys again every ``reload_s``."""
+    shared = "sqlite:" + str(tmp_path / "shared.sqlite3")
+    return (create_fleet_app(Settings(data_dir=tmp_path / "first", install_demo_model=False,
+                                      fleet_database=shared)),
+            create_fleet_app(Settings(data_dir=tmp_path / "second", install_demo_model=False,
+                                      fleet_database=shared), enrollment_reload_s=reload_s))
+
+
+async def _signed_heads(fleet: Client, node: SimulatedNode) -> int:
+    reply = await fleet.get("/v1/sync/heads", headers=sign_request(
+        node.key, "GET", "/v1/sync/heads", b"", int(time.time() * 1000),
+        secrets.token_bytes(16), fleet.app[FLEET].origin))
+    return reply.status
+
+
+async def test_a_node_enrolled_at_another_fleet_process_is_accepted_at_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unknown caller's key is read from the database in a thread; no sync request
+    reads the database on the event loop."""
+    first_app, second_app = _fleet_processes(tmp_path, reload_s=3600)
+    async with TestClient(TestServer(first_app)) as first, \
+            TestClient(TestServer(second_app)) as second:
+        loop_thread = threading.get_ident()
+        used_on_loop: list[str] = []
+        db = second.app[FLEET].store.db
+
+        def spy_on(name: str) -> None:
+            original = getattr(db, name)
+
+            def spy() -> Any:
+                if threading.get_ident() == loop_thread:
+                    used_on_loop.append(name)
+                return original()
+            monkeypatch.setattr(db, name, spy)
+
+        spy_on("reading")
+        spy_on("transaction")
+
+        node = SimulatedNode(key_from("a"))
+        node.append(3)
+        enrolled = await first.post("/fleet/nodes", json={"node": node.origin.hex()})
+        assert enrolled.status == 201
+        reply = await _push(second, node, node.batch(0).encode())
+        assert reply.status == 200 and (await reply.json()) == {"stored": 3}
+        assert await _signed_heads(second, node) == 200
+
+        revoked = await first.delete(f"/fleet/nodes/{node.origin.hex()}")
+        assert revoked.status == 200
+        node.append(1)
+        reply = await _push(second, node, node.batch(3).encode())
+        assert reply.status == 403  # ingest reads the node's row itself
+        _assert_error(await reply.json(), "revoked_node")
+        stranger = SimulatedNode(key_from("stranger"))
+        stranger.append(1)
+        assert (await _push(second, stranger, stranger.batch(0).encode())).status == 403
+        assert await _signed_heads(second, stranger) == 403
+    assert used_on_loop == []
+
+
+async def test_enrollments_at_another_fleet_process_are_read_again_periodically(
+        tmp_path: Path) -> None:
+    first_app, second_app = _fleet_processes(tmp_path, reload_s=0.05)
+    async with TestClient(TestServer(first_app)) as first, \
+            TestClient(TestServer(second_app)) as second:
+        store = second.app[FLEET].store
+        node = SimulatedNode(key_from("a"))
+
+        async def until(enrolled: bool) -> None:
+            deadline = time.monotonic() + 10
+            while store.is_enrolled(node.origin) != enrolled:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.02)
+
+        assert (await first.post("/fleet/nodes", json={"node": node.origin.hex()})).status \
+            == 201
+        await until(enrolled=True)
+        assert await _signed_heads(second, node) == 200
+        assert (await first.delete(f"/fleet/nodes/{node.origin.hex()}")).status == 200
+        await until(enrolled=False)
+        assert await _signed_heads(second, node) == 403

@@ -161,3 +161,39 @@ def test_fleet_processes_sharing_a_database_never_store_a_receipt_twice(
     with stores[0].db.reading() as tx:
         seqs = [row[0] for row in tx.all("SELECT seq FROM fleet_receipts ORDER BY seq")]
     assert seqs == list(range(40))
+
+
+def test_enrollment_is_checked_without_the_database(store: FleetStore, clock: Clock,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """is_enrolled runs on the event loop for every sync request: memory only."""
+    node = enrolled_node(store, clock, "a")
+    revoked = enrolled_node(store, clock, "b")
+    store.revoke(revoked.origin)
+
+    def no_database() -> None:
+        raise AssertionError("is_enrolled used the database")
+
+    monkeypatch.setattr(store.db, "reading", no_database)
+    monkeypatch.setattr(store.db, "transaction", no_database)
+    assert store.is_enrolled(node.origin)
+    assert not store.is_enrolled(revoked.origin)
+    assert not store.is_enrolled(key_from("stranger").verify_key.encode())
+
+
+def test_enrollments_by_another_fleet_process_are_read_again(
+        open_store: Callable[[], FleetStore], clock: Clock) -> None:
+    here, elsewhere = open_store(), open_store()  # two fleet processes, one database
+    node = enrolled_node(elsewhere, clock, "a")
+    assert not here.is_enrolled(node.origin)  # not read yet
+    assert here.recheck_enrolled(node.origin) and here.is_enrolled(node.origin)
+    assert open_store().is_enrolled(node.origin)  # loaded when a store opens
+
+    elsewhere.revoke(node.origin)
+    assert here.is_enrolled(node.origin)  # until read again
+    here.reload_enrolled()
+    assert not here.is_enrolled(node.origin)
+    elsewhere.enroll(node.origin)
+    here.reload_enrolled()
+    assert here.is_enrolled(node.origin)
+    elsewhere.revoke(node.origin)
+    assert not here.recheck_enrolled(node.origin) and not here.is_enrolled(node.origin)
