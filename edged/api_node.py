@@ -43,7 +43,13 @@ async def healthz(request: web.Request) -> web.Response:
     return json_response({"status": "ok"})
 
 
+# Why first-start work failed, if it did: the node then stays not ready, and says why.
+STARTUP_FAILURES = web.AppKey("startup_failures", list[str])
+
+
 async def readyz(request: web.Request) -> web.Response:
+    if failures := request.app[STARTUP_FAILURES]:
+        raise NotReady(f"{'; '.join(failures)}: see the log")
     if not request.app[READY].is_set():
         raise NotReady("starting up")
     return json_response({"status": "ready"})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import time
@@ -13,7 +14,7 @@ from aiohttp import web
 from attribution.spans import SpanParams
 from edged.api_datanets import add_datanet_routes
 from edged.api_exchange import add_exchange_routes
-from edged.api_node import add_node_routes
+from edged.api_node import STARTUP_FAILURES, add_node_routes
 from edged.api_openai import add_openai_routes
 from edged.api_peers import add_peer_routes
 from edged.api_sync import add_sync_routes
@@ -79,6 +80,7 @@ def create_app(settings: Settings, *, loader: Loader = load_backend,
     )
     app[SETTINGS] = settings
     app[READY] = asyncio.Event()
+    app[STARTUP_FAILURES] = []
     app.on_response_prepare.append(add_cors_headers)
     add_openai_routes(app)
     add_node_routes(app)
@@ -88,100 +90,158 @@ def create_app(settings: Settings, *, loader: Loader = load_backend,
     add_exchange_routes(app)
     add_v2_routes(app)
 
-    async def node_state(app: web.Application) -> AsyncIterator[None]:
-        settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        settings.data_dir.chmod(0o700)  # also a folder made before, or by someone else
-        keys = load_or_create_keys(settings.keys_dir)
-        store = ModelStore(settings.models_dir, runtimes=runtimes)
-        datanets = DatanetStore(settings.datanets_dir)
+    # One context per resource, opened in this order and closed in the reverse order;
+    # each releases what it opened if a later step of its own start-up fails.
+    app.cleanup_ctx.extend([
+        _node_keys,
+        _ledger,
+        functools.partial(_models, runtimes=runtimes, loader=loader, clock_ms=clock_ms),
+        functools.partial(_sync, clock_ms=clock_ms),
+        functools.partial(_background_tasks, clock_ms=clock_ms),
+    ])
+    return app
+
+
+async def _node_keys(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    settings.data_dir.chmod(0o700)  # also a folder made before, or by someone else
+    app[NODE_KEYS] = await asyncio.to_thread(load_or_create_keys, settings.keys_dir)
+    yield
+
+
+async def _ledger(app: web.Application) -> AsyncIterator[None]:
+    ledger = await asyncio.to_thread(Ledger, app[SETTINGS].ledger_path,
+                                     app[NODE_KEYS].signing_key)
+    app[LEDGER] = ledger
+    try:
+        yield
+    finally:
+        await asyncio.to_thread(ledger.close)
+
+
+async def _models(app: web.Application, *, runtimes: tuple[str, ...], loader: Loader,
+                  clock_ms: Callable[[], int]) -> AsyncIterator[None]:
+    """The model store, datanets and scheduler, and the services that use them."""
+    settings, keys, ledger = app[SETTINGS], app[NODE_KEYS], app[LEDGER]
+    store = ModelStore(settings.models_dir, runtimes=runtimes)
+    datanets = DatanetStore(settings.datanets_dir)
+    try:
         attributor = Attributor(
             datanets, operator_id=settings.operator_id or "node:" + keys.public_key.hex(),
             operator_ppm=settings.operator_share_ppm,
             span_params=SpanParams(min_words=settings.span_min_words))
-        threads = default_threads(settings)
-
-        def resolve(name: str) -> LoadPlan:
-            manifest = store.get(name)
-            if manifest.runtime not in runtimes:
-                raise Unsupported(f"this daemon does not serve the {manifest.runtime!r} runtime",
-                                  param="model")
-            options: dict[str, object] = {}
-            if manifest.tokenizer is not None:
-                options["tokenizer_path"] = str(store.blob_path(manifest.tokenizer))
-            if manifest.embedding_output is not None:
-                options["embedding_output"] = manifest.embedding_output
-            spec = ModelSpec(name=manifest.name, path=store.weights_path(manifest),
-                             chat_format=manifest.chat_format,
-                             context_length=manifest.context_length, threads=threads,
-                             options=options)
-            return LoadPlan(manifest.runtime, spec, source=manifest)
-
-        scheduler = Scheduler(resolve, max_loaded_models=settings.max_loaded_models,
+        scheduler = Scheduler(_resolver(store, runtimes, default_threads(settings)),
+                              max_loaded_models=settings.max_loaded_models,
                               default_keep_alive=settings.keep_alive,
                               max_queue=settings.max_queue, loader=loader,
                               clock=time.time)  # expires_at is shown to users: unix time
-        with Ledger(settings.ledger_path, keys.signing_key) as ledger:
-            await scheduler.start()
-            app[NODE_KEYS] = keys
-            app[LEDGER] = ledger
+        await scheduler.start()
+        try:
             app[SCHEDULER] = scheduler
             app[DATANETS] = datanets
             app[BINDINGS] = InfluenceBindings(settings.data_dir / "influence")
             app[PREDICT] = PredictService(store=store, scheduler=scheduler, ledger=ledger,
                                           keys=keys, attributor=attributor,
                                           bindings=app[BINDINGS], clock_ms=clock_ms)
-            peers = PeerStore(settings.data_dir / "peers.json", own_key=keys.public_key.hex())
-            app[PEERS] = peers
-            replicas = ReplicaStore(settings.data_dir / "replicas.sqlite3")
-            exchange = ExchangeService(ledger=ledger, replicas=replicas, peers=peers,
-                                       settings=settings, signing_key=keys.signing_key,
-                                       clock_ms=clock_ms)
-            app[EXCHANGE] = exchange
-            app[SYNC_ENDPOINT] = exchange
-            app[REQUEST_VERIFIER] = RequestVerifier(peers.is_trusted, audience=keys.public_key)
-            if settings.mdns_interfaces:
-                exchange.discovery = Discovery(keys.fingerprint, settings.port,
-                                               interfaces=list(settings.mdns_interfaces))
-                await exchange.discovery.start()
-            app[SERVICE] = InferenceService(settings=settings, store=store, scheduler=scheduler,
-                                            ledger=ledger, keys=keys, attributor=attributor,
-                                            clock_ms=clock_ms)
-            logger.info("node %s ready to start; settings %s", keys.fingerprint,
-                        settings.redacted())
-            if not settings.install_demo_model:
-                app[READY].set()
-            startup = asyncio.create_task(_finish_startup(app, store, datanets))
-            checkpoints = asyncio.create_task(_cut_checkpoints(ledger, settings,
-                                                               clock_ms))
-            syncing = asyncio.create_task(exchange.run_forever(
-                lambda: list(settings.peers) + [url for url, _ in exchange.discovered()]))
-            try:
-                yield
-            finally:
-                startup.cancel()
-                checkpoints.cancel()
-                syncing.cancel()
-                if exchange.discovery is not None:
-                    await exchange.discovery.close()
-                replicas.close()
-                await scheduler.close()
-                datanets.close()
-
-    app.cleanup_ctx.append(node_state)
-    return app
+            app[SERVICE] = InferenceService(settings=settings, store=store,
+                                            scheduler=scheduler, ledger=ledger, keys=keys,
+                                            attributor=attributor, clock_ms=clock_ms)
+            yield
+        finally:
+            await scheduler.close()  # lets admitted requests finish and commit first
+    finally:
+        datanets.close()
 
 
-async def _finish_startup(app: web.Application, store: ModelStore,
-                          datanets: DatanetStore) -> None:
-    """Slow first-start work; /readyz answers 503 until it is done."""
+def _resolver(store: ModelStore, runtimes: tuple[str, ...],
+              threads: int) -> Callable[[str], LoadPlan]:
+    """How the scheduler turns a model name into a load plan: from its manifest."""
+
+    def resolve(name: str) -> LoadPlan:
+        manifest = store.get(name)
+        if manifest.runtime not in runtimes:
+            raise Unsupported(f"this daemon does not serve the {manifest.runtime!r} runtime",
+                              param="model")
+        options: dict[str, object] = {}
+        if manifest.tokenizer is not None:
+            options["tokenizer_path"] = str(store.blob_path(manifest.tokenizer))
+        if manifest.embedding_output is not None:
+            options["embedding_output"] = manifest.embedding_output
+        spec = ModelSpec(name=manifest.name, path=store.weights_path(manifest),
+                         chat_format=manifest.chat_format,
+                         context_length=manifest.context_length, threads=threads,
+                         options=options)
+        return LoadPlan(manifest.runtime, spec, source=manifest)
+
+    return resolve
+
+
+async def _sync(app: web.Application, *, clock_ms: Callable[[], int]) -> AsyncIterator[None]:
+    """Trusted peers, the replicas of their logs, the exchange and (optionally) mDNS."""
+    settings, keys = app[SETTINGS], app[NODE_KEYS]
+    peers = PeerStore(settings.data_dir / "peers.json", own_key=keys.public_key.hex())
+    replicas = await asyncio.to_thread(ReplicaStore, settings.data_dir / "replicas.sqlite3")
+    try:
+        exchange = ExchangeService(ledger=app[LEDGER], replicas=replicas, peers=peers,
+                                   settings=settings, signing_key=keys.signing_key,
+                                   clock_ms=clock_ms)
+        app[PEERS] = peers
+        app[EXCHANGE] = exchange
+        app[SYNC_ENDPOINT] = exchange
+        app[REQUEST_VERIFIER] = RequestVerifier(peers.is_trusted, audience=keys.public_key)
+        if settings.mdns_interfaces:
+            exchange.discovery = Discovery(keys.fingerprint, settings.port,
+                                           interfaces=list(settings.mdns_interfaces))
+            await exchange.discovery.start()
+        try:
+            yield
+        finally:
+            if exchange.discovery is not None:
+                await exchange.discovery.close()
+    finally:
+        replicas.close()
+
+
+async def _background_tasks(app: web.Application, *,
+                            clock_ms: Callable[[], int]) -> AsyncIterator[None]:
+    """First-start work, checkpoints and sync rounds; cancelled and awaited on shutdown."""
+    settings, exchange = app[SETTINGS], app[EXCHANGE]
+    logger.info("node %s ready to start; settings %s", app[NODE_KEYS].fingerprint,
+                settings.redacted())
+    if not settings.install_demo_model:
+        app[READY].set()
+    tasks = [
+        asyncio.create_task(_finish_startup(app), name="edged-first-start"),
+        asyncio.create_task(_cut_checkpoints(app[LEDGER], settings, clock_ms),
+                            name="edged-checkpoints"),
+        asyncio.create_task(exchange.run_forever(
+            lambda: list(settings.peers) + [url for url, _ in exchange.discovered()]),
+            name="edged-sync"),
+    ]
+    try:
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _finish_startup(app: web.Application) -> None:
+    """Slow first-start work; /readyz answers 503 until it is done, and for good (naming
+    the failure) if it failed: a node missing its demo model is not ready."""
     settings = app[SETTINGS]
     if settings.install_demo_model:
+        store = app[SERVICE].store
         try:
             await asyncio.to_thread(install_demo_model, store, settings.demo_model_name,
-                                    datanets)
+                                    app[DATANETS])
             await asyncio.to_thread(install_demo_classifier, store, app[BINDINGS])
-        except Exception:
+        except Exception as exc:
             logger.exception("installing the demo model failed")
+            app[STARTUP_FAILURES].append(
+                f"installing the demo model failed ({type(exc).__name__})")
+            return
     app[READY].set()
 
 

@@ -29,7 +29,7 @@ KEY_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 
 def validate_key(key: str) -> str:
     key = key.strip().lower() if isinstance(key, str) else ""
-    if not KEY_PATTERN.match(key):
+    if not KEY_PATTERN.fullmatch(key):
         raise InvalidRequest("a node key is 64 hex digits (see `edged keys show`)", param="key")
     return key
 

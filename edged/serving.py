@@ -60,8 +60,8 @@ class AppRunner(web.AppRunner):
 async def serve(app: web.Application, host: str, port: int, **runner_args: Any) -> None:
     """Serve ``app`` until cancelled or SIGINT/SIGTERM, then run its cleanup."""
     runner = AppRunner(app, handle_signals=True, **runner_args)
-    await runner.setup()
-    try:
+    try:  # a start-up that fails part way still closes what it opened
+        await runner.setup()
         await web.TCPSite(runner, host, port).start()
         await asyncio.Event().wait()
     finally:

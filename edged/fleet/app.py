@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -36,7 +37,7 @@ from edged.fleet.settle import Settler
 from edged.fleet.store import FleetRefused, FleetStore
 from edged.http_common import error_middleware, server_handler_args
 from edged.inference import unix_millis
-from edged.keys import load_or_create_keys
+from edged.keys import NodeKeys, load_or_create_keys
 from edged.security import (
     NODE_SIGNED_PATHS,
     PUBLIC_PATHS,
@@ -89,14 +90,40 @@ def create_fleet_app(settings: Settings, *, clock_ms: Callable[[], int] = unix_m
     add_sync_endpoint_routes(app)
     add_fleet_routes(app)
 
-    async def fleet_state(app: web.Application) -> AsyncIterator[None]:
-        settings.fleet_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        settings.fleet_dir.chmod(0o700)
-        keys = load_or_create_keys(settings.fleet_dir / "keys")
-        db = await asyncio.to_thread(Database, database_url(settings))
-        store = await asyncio.to_thread(FleetStore, db, clock_ms)  # reads the enrolled keys
-        epochs = Epochs(store)
-        adapter = adapter_factory(settings) if settings.chain_url else None
+    # One context per resource, closed in the reverse order (see edged.app).
+    app.cleanup_ctx.extend([
+        functools.partial(_fleet_store, clock_ms=clock_ms),
+        functools.partial(_fleet_service, clock_ms=clock_ms, adapter_factory=adapter_factory),
+        functools.partial(_fleet_tasks, enrollment_reload_s=enrollment_reload_s),
+    ])
+    return app
+
+
+FLEET_STORE = web.AppKey("fleet_store", FleetStore)
+FLEET_KEYS = web.AppKey("fleet_keys", NodeKeys)
+
+
+async def _fleet_store(app: web.Application, *,
+                       clock_ms: Callable[[], int]) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    settings.fleet_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    settings.fleet_dir.chmod(0o700)
+    app[FLEET_KEYS] = await asyncio.to_thread(load_or_create_keys, settings.fleet_dir / "keys")
+    db = await asyncio.to_thread(Database, database_url(settings))
+    try:
+        # Reads the enrolled keys, so that checking one never touches the database.
+        app[FLEET_STORE] = await asyncio.to_thread(FleetStore, db, clock_ms)
+        yield
+    finally:
+        await asyncio.to_thread(db.close)
+
+
+async def _fleet_service(app: web.Application, *, clock_ms: Callable[[], int],
+                         adapter_factory: AdapterFactory) -> AsyncIterator[None]:
+    settings, store, keys = app[SETTINGS], app[FLEET_STORE], app[FLEET_KEYS]
+    epochs = Epochs(store)
+    adapter = adapter_factory(settings) if settings.chain_url else None
+    try:
         service = FleetService(store=store, epochs=epochs,
                                settler=Settler(epochs, settings, adapter), keys=keys,
                                clock_ms=clock_ms)
@@ -104,26 +131,34 @@ def create_fleet_app(settings: Settings, *, clock_ms: Callable[[], int] = unix_m
         endpoint: SyncEndpoint = service
         app[SYNC_ENDPOINT] = endpoint
         app[REQUEST_VERIFIER] = RequestVerifier(store.is_enrolled, audience=keys.public_key)
-        app[READY].set()
-        logger.info("fleet %s ready (%s store, %s settlement)", keys.fingerprint,
-                    "postgresql" if db.is_postgres else "sqlite", service.settler.mode)
-        tasks = [asyncio.create_task(_reload_enrolled(store, enrollment_reload_s))]
-        if settings.epoch_interval:
-            tasks.append(asyncio.create_task(_close_epochs(service, settings)))
+        yield
+    finally:
         if adapter is not None:
-            tasks.append(asyncio.create_task(_settle_forever(service, settings)))
-        try:
-            yield
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            if adapter is not None:
-                adapter.close()
-            db.close()
+            adapter.close()
 
-    app.cleanup_ctx.append(fleet_state)
-    return app
+
+async def _fleet_tasks(app: web.Application, *,
+                       enrollment_reload_s: float) -> AsyncIterator[None]:
+    """Enrollment reloads, epoch closes and settlement; cancelled and awaited on shutdown."""
+    settings, service = app[SETTINGS], app[FLEET]
+    app[READY].set()
+    logger.info("fleet %s ready (%s store, %s settlement)", app[FLEET_KEYS].fingerprint,
+                "postgresql" if service.store.db.is_postgres else "sqlite",
+                service.settler.mode)
+    tasks = [asyncio.create_task(_reload_enrolled(service.store, enrollment_reload_s),
+                                 name="edged-fleet-enrollment")]
+    if settings.epoch_interval:
+        tasks.append(asyncio.create_task(_close_epochs(service, settings),
+                                         name="edged-fleet-epochs"))
+    if service.settler.adapter is not None:
+        tasks.append(asyncio.create_task(_settle_forever(service, settings),
+                                         name="edged-fleet-settlement"))
+    try:
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def enrollment_middleware() -> web.middleware:  # type: ignore[valid-type]
