@@ -12,7 +12,7 @@ from aiohttp import web
 
 from attribution.receipt import SignedReceipt
 from edged.appkeys import DATANETS, LEDGER, NODE_KEYS, PREDICT, READY, SCHEDULER, SERVICE, SETTINGS
-from edged.errors import InvalidRequest, NotFound, NotReady, PayloadTooLarge
+from edged.errors import InvalidRequest, NotFound, NotReady
 from edged.http_common import json_response, read_json
 from edged.models import Manifest, Price, validate_digest, validate_name
 from edged.schemas import parse_keep_alive
@@ -256,18 +256,13 @@ async def has_blob(request: web.Request) -> web.Response:
 
 
 async def upload_blob(request: web.Request) -> web.Response:
-    """Stream a weights file into the store; it is kept only if its SHA-256 matches."""
+    """Stream a weights file into the store; it is kept only if its SHA-256 matches.
+    The file work (writes, hashing, fsync, rename) runs off the event loop."""
     store = request.app[SERVICE].store
     digest = validate_digest(request.match_info["digest"])
-    limit = request.app[SETTINGS].max_blob_bytes
-    if not store.has_blob(digest):
-        with store.blob_writer(digest) as writer:
-            received = 0
-            async for block in request.content.iter_chunked(1 << 20):
-                received += len(block)
-                if received > limit:
-                    raise PayloadTooLarge("the file exceeds max_blob_bytes")
-                await asyncio.to_thread(writer.write, block)
+    if not await asyncio.to_thread(store.has_blob, digest):
+        await store.receive_blob(digest, request.content.iter_chunked(1 << 20),
+                                 max_bytes=request.app[SETTINGS].max_blob_bytes)
     return json_response({"digest": "sha256:" + digest}, status=201)
 
 

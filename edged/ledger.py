@@ -136,6 +136,10 @@ class Ledger:
             raise
         self._read_lock = threading.Lock()
         self._read_closed = False
+        # The checkpoint connection has its own lock: a checkpoint's write transaction
+        # and its fsync never hold up the reads the HTTP handlers make on the event loop.
+        self._checkpoint_lock = threading.Lock()
+        self._checkpoint_closed = False
         self._queue: queue.SimpleQueue[_Pending | list[_Pending] | None] = queue.SimpleQueue()
         self._submit_lock = threading.Lock()
         self._closed = False
@@ -308,9 +312,13 @@ class Ledger:
                        fresh: bool = False) -> SignedCheckpoint:
         """Sign and store a checkpoint of everything committed, or of the first ``size``
         receipts (the stored one when that size has one already, unless ``fresh``: then
-        the same root signed again at ``ts``). Blocking."""
-        with self._read_lock:
-            if self._read_closed:
+        the same root signed again at ``ts``). Blocking.
+
+        Its write transaction runs on the checkpoint's own connection under the checkpoint
+        lock only, so reads (WAL: they see the last commit) go on while it waits for the
+        write lock, signs and fsyncs. Checkpoints are cut one at a time."""
+        with self._checkpoint_lock:
+            if self._checkpoint_closed:
                 raise LedgerClosedError("the ledger is closed")
             return log_tree.cut_checkpoint(self._checkpoint_conn, TABLE, self._key, ts, size,
                                            fresh=fresh)
@@ -409,6 +417,8 @@ class Ledger:
         with self._read_lock:
             self._read_closed = True
             self._read_conn.close()
+        with self._checkpoint_lock:  # waits for a checkpoint being cut
+            self._checkpoint_closed = True
             self._checkpoint_conn.close()
 
     async def aclose(self) -> None:

@@ -11,6 +11,7 @@ path is checked to resolve inside the store (no traversal, no symlink escape).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import hashlib
@@ -19,14 +20,15 @@ import logging
 import os
 import re
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from attribution.commitments import digest as canonical_digest
-from edged.errors import Conflict, InvalidRequest, ModelNotFound
+from edged.errors import Conflict, InvalidRequest, ModelNotFound, PayloadTooLarge
 from runtimes.gguf_file import GGUFError, check_gguf
 
 logger = logging.getLogger(__name__)
@@ -38,6 +40,7 @@ SERVING_RUNTIMES = ("llama.cpp", "onnx")  # what a daemon serves unless told oth
 MAX_PRICE = 2**40  # base units; keeps every fee far inside the receipt's 64-bit integers
 CHAT_FORMATS = ("gemma", "chatml")
 UNMATCHED_DATA_TO = ("owner", "operator")
+BLOB_WRITE_BATCH = 4 << 20  # bytes of an upload gathered before one write off the loop
 
 
 def validate_name(name: str) -> str:
@@ -206,18 +209,53 @@ class Manifest:
 
 
 class BlobWriter:
-    """Writes a blob and hashes it on the way, so it is never read twice."""
+    """A blob on its way into the store: written to a temporary file in the blobs folder
+    and hashed on the way, so it is never read twice; :meth:`keep` moves it into place
+    only if its SHA-256 matches, :meth:`discard` deletes whatever is left.
 
-    def __init__(self, handle: BinaryIO) -> None:
-        self._handle = handle
+    Every method blocks (file I/O, hashing, fsync); the HTTP upload calls them from
+    worker threads, one after another. A lock keeps them in order even when the upload
+    is cancelled while a write is still running in its thread."""
+
+    def __init__(self, blobs_dir: Path, target: Path, expected_digest: str) -> None:
+        self._target = target
+        self._expected_digest = expected_digest
         self._digest = hashlib.sha256()
+        self._lock = threading.Lock()
+        fd, temp_name = tempfile.mkstemp(dir=blobs_dir, prefix=".incoming-")
+        self._temp = Path(temp_name)
+        self._handle = os.fdopen(fd, "wb")
+        self._finished = False
 
-    def write(self, data: bytes) -> None:
-        self._digest.update(data)
-        self._handle.write(data)
+    def write(self, data: bytes | bytearray) -> None:
+        with self._lock:
+            self._digest.update(data)
+            self._handle.write(data)
 
     def hexdigest(self) -> str:
         return self._digest.hexdigest()
+
+    def keep(self) -> None:
+        """Make the blob durable and move it into place. Raises :class:`InvalidRequest`
+        (and keeps nothing) if what was written does not match the expected digest."""
+        with self._lock:
+            if self._digest.hexdigest() != self._expected_digest:
+                raise InvalidRequest("the uploaded data does not match its digest",
+                                     param="digest")
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+            self._handle.close()
+            self._temp.chmod(0o644)
+            os.replace(self._temp, self._target)
+            self._finished = True
+
+    def discard(self) -> None:
+        """Close and delete the temporary file unless :meth:`keep` moved it. Idempotent."""
+        with self._lock:
+            self._handle.close()
+            if not self._finished:
+                self._temp.unlink(missing_ok=True)
+                self._finished = True
 
 
 def _check_types(manifest: Manifest) -> None:
@@ -280,25 +318,48 @@ class ModelStore:
     def has_blob(self, digest: str) -> bool:
         return self.blob_path(digest).is_file()
 
+    def open_blob(self, expected_digest: str) -> BlobWriter:
+        """A :class:`BlobWriter` for the blob ``expected_digest``; the caller must end it
+        with :meth:`BlobWriter.keep` or :meth:`BlobWriter.discard` (or both). Blocking."""
+        return BlobWriter(self.blobs_dir, self.blob_path(expected_digest),
+                          validate_digest(expected_digest))
+
     @contextlib.contextmanager
     def blob_writer(self, expected_digest: str) -> Iterator[BlobWriter]:
-        """Write a blob through a temporary file; it appears only if its SHA-256 matches."""
-        target = self.blob_path(expected_digest)
-        fd, temp_name = tempfile.mkstemp(dir=self.blobs_dir, prefix=".incoming-")
-        temp = Path(temp_name)
+        """Write a blob through a temporary file; it appears only if its SHA-256 matches.
+        Blocking: for code that is not on the event loop."""
+        writer = self.open_blob(expected_digest)
         try:
-            with os.fdopen(fd, "wb") as handle:
-                writer = BlobWriter(handle)
-                yield writer
-                handle.flush()
-                os.fsync(handle.fileno())
-            if writer.hexdigest() != validate_digest(expected_digest):
-                raise InvalidRequest("the uploaded data does not match its digest",
-                                     param="digest")
-            temp.chmod(0o644)
-            os.replace(temp, target)
+            yield writer
+            writer.keep()
         finally:
-            temp.unlink(missing_ok=True)
+            writer.discard()
+
+    async def receive_blob(self, expected_digest: str, chunks: AsyncIterable[bytes], *,
+                           max_bytes: int) -> None:
+        """Stream ``chunks`` into the blob ``expected_digest`` without blocking the event
+        loop: the chunks are gathered into batches of :data:`BLOB_WRITE_BATCH` bytes and
+        each batch is hashed and written in a worker thread, as are the fsync and rename.
+
+        Raises :class:`PayloadTooLarge` past ``max_bytes`` and :class:`InvalidRequest`
+        if the digest does not match; either way nothing is kept."""
+        writer = await asyncio.to_thread(self.open_blob, expected_digest)
+        try:
+            received = 0
+            batch = bytearray()
+            async for chunk in chunks:
+                received += len(chunk)
+                if received > max_bytes:
+                    raise PayloadTooLarge("the file exceeds max_blob_bytes")
+                batch += chunk
+                if len(batch) >= BLOB_WRITE_BATCH:
+                    await asyncio.to_thread(writer.write, batch)
+                    batch = bytearray()
+            if batch:
+                await asyncio.to_thread(writer.write, batch)
+            await asyncio.to_thread(writer.keep)
+        finally:
+            await asyncio.to_thread(writer.discard)
 
     def add(self, manifest: Manifest, *, replace_existing: bool = False) -> Manifest:
         manifest = manifest.checked()
