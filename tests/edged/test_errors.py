@@ -6,6 +6,8 @@ import asyncio
 import dataclasses
 import hashlib
 import io
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -13,15 +15,19 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from edged.app import create_app
-from edged.appkeys import LEDGER
+from edged.appkeys import LEDGER, SCHEDULER
 from edged.models import RUNTIMES
 from edged.settings import Settings
+from runtimes import Backend, Delta, Done, ModelSpec
+from runtimes.fake import FakeBackend
 from tests.edged.conftest import FAKE_MODEL, AppClientFactory, fake_loader
+from tests.support.waiting import wait_until
 
 Client = TestClient[Any, web.Application]
 FAKE_BLOB = "sha256:" + hashlib.sha256(f"fake weights for {FAKE_MODEL}".encode()).hexdigest()
 CHAT = {"model": FAKE_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 DEEP_JSON = b"[" * 50_000 + b"]" * 50_000  # deeper than Python's parser can follow
+GATE_TIMEOUT_S = 30.0
 
 
 def assert_error_shape(body: Any) -> dict[str, Any]:
@@ -136,20 +142,55 @@ async def test_error_paths_have_the_openai_shape_and_change_nothing(
     assert manifest["owner"] == "model-owner" and manifest["context_length"] == 256
 
 
+class GatedFake(FakeBackend):
+    """The fake backend, holding every generation until the test opens ``gate``: a
+    request keeps its slot for as long as the test needs, however slow the machine."""
+
+    gate: threading.Event
+
+    def _run(self, *args: Any) -> Iterator[Delta | Done]:
+        if not self.gate.wait(GATE_TIMEOUT_S):  # bounded: a failed test cannot hang
+            raise RuntimeError("the test never opened the gate")
+        yield from super()._run(*args)
+
+
+def gated_loader(gate: threading.Event) -> Callable[[str, ModelSpec], Backend]:
+    def load(runtime: str, spec: ModelSpec) -> Backend:
+        assert runtime == "fake"
+        backend = GatedFake.load(spec)
+        assert isinstance(backend, GatedFake)
+        backend.gate = gate
+        return backend
+
+    return load
+
+
 async def test_full_queue_answers_503_with_retry_after(aiohttp_client: AppClientFactory,
                                                        settings: Settings) -> None:
     settings = dataclasses.replace(settings, max_queue=1)
-    app = create_app(settings, runtimes=RUNTIMES, loader=fake_loader(token_delay=0.05))
+    gate = threading.Event()
+    app = create_app(settings, runtimes=RUNTIMES, loader=gated_loader(gate))
     client = await aiohttp_client(app)
+    scheduler = app[SCHEDULER]
+
+    def slots() -> tuple[int, int]:
+        return next(((m.active, m.queued) for m in scheduler.loaded() if m.name == FAKE_MODEL),
+                    (0, 0))
+
     slow = {**CHAT, "max_tokens": 20}
-    running = asyncio.ensure_future(client.post("/v1/chat/completions", json=slow))
-    await asyncio.sleep(0.3)  # the first holds the only slot
-    waiting = asyncio.ensure_future(client.post("/v1/chat/completions", json=slow))
-    await asyncio.sleep(0.1)  # the second fills the queue
-    refused = await client.post("/v1/chat/completions", json=slow)
-    assert refused.status == 503
-    assert int(refused.headers["Retry-After"]) >= 1
-    assert assert_error_shape(await refused.json())["code"] == "queue_full"
+    try:
+        running = asyncio.ensure_future(client.post("/v1/chat/completions", json=slow))
+        await wait_until(lambda: slots() == (1, 0), what="the first holds the only slot")
+        waiting = asyncio.ensure_future(client.post("/v1/chat/completions", json=slow))
+        await wait_until(lambda: slots() == (1, 1), what="the second fills the queue")
+        # Bounded: were it queued rather than refused, it would wait for the gate.
+        refused = await asyncio.wait_for(client.post("/v1/chat/completions", json=slow), 10)
+        assert refused.status == 503
+        assert int(refused.headers["Retry-After"]) >= 1
+        assert assert_error_shape(await refused.json())["code"] == "queue_full"
+        assert slots() == (1, 1)  # the refused request took no place
+    finally:
+        gate.set()
     done = [await running, await waiting]
     assert [r.status for r in done] == [200, 200]
     assert app[LEDGER].head()[0] == 2  # the refused request left no receipt

@@ -15,6 +15,7 @@ from edged.errors import ModelNotFound, NotReady, Overloaded
 from edged.scheduler import LoadPlan, Scheduler
 from runtimes import BackendError, ContextLengthExceeded, Delta, Done, GenerationParams, ModelSpec
 from runtimes.fake import FakeBackend
+from tests.support.waiting import stays_true, wait_until
 
 MODELS: dict[str, dict[str, Any]] = {
     "a": {},
@@ -25,7 +26,7 @@ MODELS: dict[str, dict[str, Any]] = {
     "duo": {"token_delay": 0.02, "max_concurrency": 2},
     "loady": {"load_delay": 0.1},
     "broken": {"fail": True},
-    "sticky": {"close_delay": 0.2},
+    "sticky": {},  # the test holds its close open with a gate (Loader.close_gates)
     "deaf": {"token_delay": 0.05, "ignore_cancel": True},
 }
 
@@ -39,6 +40,7 @@ def resolve(name: str) -> LoadPlan:
 
 
 MODELS["tiny"] = {}
+GATE_TIMEOUT_S = 30.0  # a gate nobody opens fails the backend call instead of hanging
 
 
 class RecordingFake(FakeBackend):
@@ -49,10 +51,13 @@ class RecordingFake(FakeBackend):
         self.cancels: list[threading.Event] = []
         self.peak = 0
         self.closing = False
+        self.close_gate: threading.Event | None = None  # close waits for it when set
+        self.generate_gate: threading.Event | None = None  # each event waits for it when set
 
     def close(self) -> None:
         self.closing = True
-        time.sleep(float(self.spec.options.get("close_delay", 0.0)))
+        if self.close_gate is not None and not self.close_gate.wait(GATE_TIMEOUT_S):
+            raise RuntimeError("the test never let the close finish")
         super().close()
 
     def generate(self, prompt: Any, params: GenerationParams,
@@ -68,6 +73,9 @@ class RecordingFake(FakeBackend):
             for event in inner:
                 with self._lock:
                     self.peak = max(self.peak, self.active)
+                gate = self.generate_gate
+                if gate is not None and not gate.wait(GATE_TIMEOUT_S):
+                    raise RuntimeError("the test never let the generation go on")
                 yield event
         finally:
             inner.close()
@@ -81,6 +89,8 @@ class Loader:
         self.backends: dict[str, list[RecordingFake]] = {}
         self.open_at_load: dict[str, list[str]] = {}
         self.threads: list[str] = []
+        self.close_gates: dict[str, threading.Event] = {}  # model name: its close waits
+        self.generate_gates: dict[str, threading.Event] = {}  # model name: its tokens wait
 
     def __call__(self, runtime: str, spec: ModelSpec) -> RecordingFake:
         assert runtime == "fake"
@@ -89,10 +99,14 @@ class Loader:
         self.open_at_load[spec.name] = sorted(
             name for name, bs in self.backends.items() if any(not b.closed for b in bs))
         if spec.options.get("fail"):
+            # A failing load that takes a while, as real ones do. Nothing is ordered by
+            # it: every waiter joins the load on the loop before this thread starts.
             time.sleep(0.05)
             raise BackendError("the weights are corrupt")
         backend = RecordingFake.load(spec)
         assert isinstance(backend, RecordingFake)
+        backend.close_gate = self.close_gates.get(spec.name)
+        backend.generate_gate = self.generate_gates.get(spec.name)
         self.backends.setdefault(spec.name, []).append(backend)
         return backend
 
@@ -143,13 +157,6 @@ async def hold(s: Scheduler, model: str, entered: asyncio.Event, release: asynci
     async with s.lease(model, **options):
         entered.set()
         await release.wait()
-
-
-async def wait_until(check: Callable[[], bool], timeout: float = 2.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.005)
 
 
 def started(coro: Awaitable[Any]) -> asyncio.Task[Any]:
@@ -208,14 +215,17 @@ async def test_lru_idle_model_is_unloaded_before_a_new_load(make: Make) -> None:
 
 
 async def test_busy_models_are_not_evicted(make: Make) -> None:
-    s, loader, _ = make(max_loaded_models=1)
+    s, loader, clock = make(max_loaded_models=1)
     entered, release = asyncio.Event(), asyncio.Event()
     holder = started(hold(s, "a", entered, release))
     await entered.wait()
     waiting = started(use(s, "b"))
-    await asyncio.sleep(0.1)
-    assert not waiting.done()
-    assert loader.loads == ["a"] and names(s) == ["a"] and not loader.last("a").closed
+    # A negative check: the scheduler shows no state for "b waits for a place", so watch
+    # for a while that b neither loads nor evicts a (a retired model's expiry reads "now").
+    await stays_true(lambda: not waiting.done() and loader.loads == ["a"]
+                     and names(s) == ["a"] and not loader.last("a").closed
+                     and s.loaded()[0].expires_at != clock.now, seconds=0.1,
+                     what="b waits; the busy a is neither evicted nor closed")
     release.set()
     await holder
     await waiting
@@ -225,16 +235,20 @@ async def test_busy_models_are_not_evicted(make: Make) -> None:
 
 async def test_an_eviction_in_progress_is_not_repeated(make: Make) -> None:
     s, loader, clock = make(max_loaded_models=2)
+    close_gate = loader.close_gates["sticky"] = threading.Event()
     await use(s, "sticky")
     clock.now += 1
     entered, release = asyncio.Event(), asyncio.Event()
     holder = started(hold(s, "b", entered, release))
     await entered.wait()
-    loading = started(use(s, "c"))  # evicts sticky, the only idle model; closing takes 0.2 s
-    await wait_until(lambda: loader.last("sticky").closing)
-    release.set()
-    await holder  # b goes idle while sticky is still closing
-    assert not loader.last("sticky").closed
+    try:
+        loading = started(use(s, "c"))  # evicts sticky, the only idle model
+        await wait_until(lambda: loader.last("sticky").closing, what="sticky starts closing")
+        release.set()
+        await holder  # b goes idle while sticky is still closing (held by the gate)
+        assert not loader.last("sticky").closed
+    finally:
+        close_gate.set()  # the scheduler has seen b go idle: it woke before this test did
     await loading
     assert names(s) == ["b", "c"] and not loader.last("b").closed
 
@@ -277,8 +291,10 @@ async def test_keep_alive_zero_unloads_when_the_last_request_ends(make: Make) ->
     await second[0].wait()
     first[1].set()
     await one
-    await asyncio.sleep(0.05)
-    assert names(s) == ["pair"] and not loader.last("pair").closed
+    # A negative check: no state tells "the scheduler decided to keep it" (a retiring and
+    # a busy keep_alive 0 model both read expires_at == now), so watch for a while.
+    await stays_true(lambda: names(s) == ["pair"] and not loader.last("pair").closed,
+                     seconds=0.05, what="pair stays loaded while the second request runs")
     second[1].set()
     await two
     await wait_until(lambda: s.loaded() == [])
@@ -293,6 +309,8 @@ async def test_expiry_timer_and_new_lease_cancels_it() -> None:
         entered, release = asyncio.Event(), asyncio.Event()
         holder = started(hold(s, "a", entered, release))
         await entered.wait()
+        # The real keep_alive timer is under test: sleeping on the loop past its due time
+        # (0.15 s after the first request) guarantees it ran, however slow the machine.
         await asyncio.sleep(0.3)  # past the first expiry: the lease cancelled it
         assert names(s) == ["a"]
         release.set()
@@ -355,7 +373,7 @@ async def test_waiting_requests_are_served_fifo(make: Make) -> None:
     async def worker(index: int) -> None:
         async with s.lease("a"):
             order.append(index)
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # a yield while holding the slot (not a timing)
 
     workers = []
     for index in range(5):
@@ -467,10 +485,17 @@ async def test_failed_load_reaches_every_waiter_and_leaves_nothing(make: Make) -
 
 async def test_executor_size_follows_max_concurrency(make: Make) -> None:
     s, loader, _ = make()
-    duo = started(asyncio.gather(*(collect(s, "duo", max_tokens=10) for _ in range(3))))
-    await wait_until(lambda: bool(s.loaded()) and s.loaded()[0].active == 2)
-    assert s.loaded()[0].queued == 1
-    assert len(model_threads("edged-duo")) == 2
+    gate = loader.generate_gates["duo"] = threading.Event()
+    try:  # the generations holding the two slots wait at the gate after their first token
+        duo = started(asyncio.gather(*(collect(s, "duo", max_tokens=10) for _ in range(3))))
+        await wait_until(lambda: bool(s.loaded()) and s.loaded()[0].active == 2,
+                         what="two requests hold duo's slots")
+        assert s.loaded()[0].queued == 1
+        assert len(model_threads("edged-duo")) == 2
+        await wait_until(lambda: loader.last("duo").peak == 2,
+                         what="two generations run at once")
+    finally:
+        gate.set()
     assert all(r[-1].completion_tokens == 10 for r in await duo)  # type: ignore[union-attr]
     assert loader.last("duo").peak == 2
     await asyncio.gather(*(collect(s, "slow", max_tokens=2) for _ in range(2)))
@@ -478,17 +503,22 @@ async def test_executor_size_follows_max_concurrency(make: Make) -> None:
 
 
 async def test_unload_waits_for_admitted_requests(make: Make) -> None:
-    s, loader, _ = make(max_loaded_models=1)
+    s, loader, clock = make(max_loaded_models=1)
     entered, release = asyncio.Event(), asyncio.Event()
     holder = started(hold(s, "a", entered, release))
     await entered.wait()
     unloading = started(s.unload("a"))
-    await asyncio.sleep(0.05)
+    # A retiring model's expiry reads "now" (it would read now + 300 while merely busy).
+    await wait_until(lambda: s.loaded()[0].expires_at == clock.now,
+                     what="the unload detached a")
     old = loader.last("a")
-    assert not unloading.done() and not old.closed
+    # Negative checks: nothing shows "the unload waits for the lease" or "the fresh copy
+    # waits for a place", so watch for a while that neither closes nor loads anything.
+    await stays_true(lambda: not unloading.done() and not old.closed, seconds=0.05,
+                     what="the unload waits for the admitted request")
     later = started(use(s, "a"))  # a fresh copy, loaded once the old one is gone
-    await asyncio.sleep(0.05)
-    assert loader.loads == ["a"] and not later.done()
+    await stays_true(lambda: loader.loads == ["a"] and not later.done(), seconds=0.05,
+                     what="the fresh copy waits for the old one to close")
     release.set()
     await holder
     assert await unloading is True

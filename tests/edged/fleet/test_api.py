@@ -3,7 +3,6 @@ the operator enrolls, revokes, closes epochs and fetches proofs; errors in one s
 
 from __future__ import annotations
 
-import asyncio
 import io
 import secrets
 import threading
@@ -20,12 +19,14 @@ from edged.app import create_app
 from edged.appkeys import LEDGER
 from edged.fleet.api import FLEET
 from edged.fleet.app import create_fleet_app
+from edged.fleet.store import FleetRefused
 from edged.models import RUNTIMES
 from edged.settings import Settings
 from sync.auth import sign_request
 from tests.edged.conftest import FAKE_MODEL, fake_loader, install_fake_model, make_settings
 from tests.support.receipt_factory import key_from
 from tests.support.simulated_node import SimulatedNode
+from tests.support.waiting import wait_until
 
 Client = TestClient[Any, web.Application]
 
@@ -173,7 +174,8 @@ async def test_a_full_size_batch_arrives_whole(fleet: Client) -> None:
     assert (await reply.json()) == {"stored": 4096}
 
 
-async def test_epochs_close_by_themselves_every_epoch_interval(tmp_path: Path) -> None:
+async def test_epochs_close_by_themselves_every_epoch_interval(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     settings = Settings(data_dir=tmp_path / "fleet-data", install_demo_model=False,
                         epoch_interval=0.2)
     async with TestClient(TestServer(create_fleet_app(settings))) as fleet:
@@ -181,14 +183,35 @@ async def test_epochs_close_by_themselves_every_epoch_interval(tmp_path: Path) -
         await fleet.post("/fleet/nodes", json={"node": node.origin.hex()})
         node.append(3)
         assert (await _push(fleet, node, node.batch(0).encode())).status == 200
-        for _ in range(50):
-            epochs = (await (await fleet.get("/fleet/epochs")).json())["epochs"]
-            if epochs:
-                break
-            await asyncio.sleep(0.1)
+
+        async def listed() -> list[dict[str, Any]]:
+            epochs: list[dict[str, Any]] = (await (await fleet.get("/fleet/epochs")).json())[
+                "epochs"]
+            return epochs
+
+        epochs = await wait_until(listed, what="the fleet closes an epoch by itself")
         assert [(e["epoch"], e["receipts"]) for e in epochs] == [(1, 3)]
-        await asyncio.sleep(0.5)  # nothing new: no empty epochs are closed
-        epochs = (await (await fleet.get("/fleet/epochs")).json())["epochs"]
+
+        # Count the periodic closer's attempts from now on: once two have finished with
+        # nothing new, no empty epoch may have been closed.
+        epochs_service = fleet.app[FLEET].epochs
+        close = epochs_service.close
+        attempts: list[str] = []
+
+        def counted_close() -> dict[str, Any]:
+            try:
+                closed = close()
+            except FleetRefused as refused:
+                attempts.append(refused.code or "")
+                raise
+            attempts.append("closed")
+            return closed
+
+        monkeypatch.setattr(epochs_service, "close", counted_close)
+        await wait_until(lambda: len(attempts) >= 2,
+                         what="the closer tries twice more with nothing new")
+        assert attempts[:2] == ["empty_epoch", "empty_epoch"]
+        epochs = await listed()
         assert len(epochs) == 1
 
 
@@ -292,10 +315,8 @@ async def test_enrollments_at_another_fleet_process_are_read_again_periodically(
         node = SimulatedNode(key_from("a"))
 
         async def until(enrolled: bool) -> None:
-            deadline = time.monotonic() + 10
-            while store.is_enrolled(node.origin) != enrolled:
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.02)
+            await wait_until(lambda: store.is_enrolled(node.origin) == enrolled,
+                             what=f"the second process reads enrolled={enrolled}")
 
         assert (await first.post("/fleet/nodes", json={"node": node.origin.hex()})).status \
             == 201
