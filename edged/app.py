@@ -131,7 +131,8 @@ async def _models(app: web.Application, *, runtimes: tuple[str, ...], loader: Lo
             datanets, operator_id=settings.operator_id or "node:" + keys.public_key.hex(),
             operator_ppm=settings.operator_share_ppm,
             span_params=SpanParams(min_words=settings.span_min_words))
-        scheduler = Scheduler(_resolver(store, runtimes, default_threads(settings)),
+        scheduler = Scheduler(_resolver(store, runtimes, default_threads(settings),
+                                        settings.parallel),
                               max_loaded_models=settings.max_loaded_models,
                               default_keep_alive=settings.keep_alive,
                               max_queue=settings.max_queue, loader=loader,
@@ -154,8 +155,8 @@ async def _models(app: web.Application, *, runtimes: tuple[str, ...], loader: Lo
         datanets.close()
 
 
-def _resolver(store: ModelStore, runtimes: tuple[str, ...],
-              threads: int) -> Callable[[str], LoadPlan]:
+def _resolver(store: ModelStore, runtimes: tuple[str, ...], threads: int,
+              parallel: int) -> Callable[[str], LoadPlan]:
     """How the scheduler turns a model name into a load plan: from its manifest."""
 
     def resolve(name: str) -> LoadPlan:
@@ -168,6 +169,8 @@ def _resolver(store: ModelStore, runtimes: tuple[str, ...],
             options["tokenizer_path"] = str(store.blob_path(manifest.tokenizer))
         if manifest.embedding_output is not None:
             options["embedding_output"] = manifest.embedding_output
+        if manifest.runtime == "llama.cpp":
+            options["parallel"] = parallel
         spec = ModelSpec(name=manifest.name, path=store.weights_path(manifest),
                          chat_format=manifest.chat_format,
                          context_length=manifest.context_length, threads=threads,

@@ -59,6 +59,8 @@ class Settings:
                                  " negative keeps it forever)")
     max_queue: int = _setting(16, "requests that may wait per model before 503")
     threads: int = _setting(0, "CPU threads per model (0: all cores, at most 8)")
+    parallel: int = _setting(4, "llama.cpp models: generations served at once per model, "
+                             "batched in one context (each with its own context_length)")
     default_max_tokens: int = _setting(512, "max_tokens when a request gives none")
     operator_id: str = _setting("", "payee id of this node's operator (default: the node key)")
     operator_share_ppm: int = _setting(100_000, "operator share of each fee, in parts per million")
@@ -169,7 +171,7 @@ class Settings:
         if self.fleet_url and not self.fleet_url.startswith(("http://", "https://")):
             raise SettingsError("fleet_url must be an http:// or https:// URL", param="fleet_url")
         for name in ("max_body_bytes", "max_loaded_models", "max_queue", "default_max_tokens",
-                     "span_min_words"):
+                     "span_min_words", "parallel"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be positive", param=name)
         return self

@@ -22,7 +22,6 @@ its instructions; ``repack=False`` avoids that.
 
 from __future__ import annotations
 
-import codecs
 import ctypes
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -50,6 +49,8 @@ from runtimes.chat_formats import (
     chat_format_names,
     format_chat,
 )
+from runtimes.llama_batch import BatchEngine, SamplerSettings
+from runtimes.stop_text import StopTextStream
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -61,54 +62,11 @@ LLAMA_OPTIONS = frozenset(
     {"n_gpu_layers", "n_batch", "n_ubatch", "flash_attn", "use_mmap", "use_mlock"}
     | {"type_k", "type_v", "kv_overrides"}
 )
-OTHER_OPTIONS = frozenset({"repack", "embedding_batch"})
+OTHER_OPTIONS = frozenset({"repack", "embedding_batch", "parallel"})
+# Context options the batched engine passes to llama.cpp as they are.
+_ENGINE_CONTEXT_OPTIONS = ("n_ubatch", "type_k", "type_v")
+DEFAULT_BATCH_TOKENS = 512  # tokens per decode step of the batched engine
 _KV_CACHE_BYTES_PER_VALUE = 2  # llama.cpp's default K/V cache type is f16
-
-
-class StopTextStream:
-    """Turns token bytes into text that never contains (the start of) a stop string.
-
-    Bytes go through an incremental UTF-8 decoder; text that could be the beginning of a
-    stop string is held back until it is known not to be one. Once a stop string is
-    complete, :attr:`stopped` is set and only the text before it is released.
-    """
-
-    def __init__(self, stops: Sequence[str]) -> None:
-        self.stops = tuple(s for s in stops if s)
-        self.stopped = False
-        self._decode = codecs.getincrementaldecoder("utf-8")(errors="replace").decode
-        self._pending = ""
-
-    def push(self, data: bytes) -> str:
-        """Feed one token's bytes; return the text that is now safe to emit."""
-        return self._release(self._decode(data), final=False)
-
-    def finish(self) -> str:
-        """Flush the decoder and return whatever was held back (the end of the text)."""
-        return self._release(self._decode(b"", True), final=True)
-
-    def _release(self, text: str, final: bool) -> str:
-        if self.stopped:
-            return ""
-        pending = self._pending + text
-        cut = min((i for i in (pending.find(s) for s in self.stops) if i >= 0), default=-1)
-        if cut >= 0:
-            self.stopped = True
-            self._pending = ""
-            return pending[:cut]
-        hold = 0 if final else self._partial_stop_length(pending)
-        self._pending = pending[len(pending) - hold :]
-        return pending[: len(pending) - hold]
-
-    def _partial_stop_length(self, text: str) -> int:
-        """Length of the longest tail of ``text`` that is a proper prefix of a stop string."""
-        longest = 0
-        for stop in self.stops:
-            for size in range(min(len(stop) - 1, len(text)), longest, -1):
-                if text.endswith(stop[:size]):
-                    longest = size
-                    break
-        return longest
 
 
 class _ContextGuard:
@@ -138,8 +96,10 @@ class LlamaCppBackend(Backend):
 
     runtime = "llama.cpp"
 
-    def __init__(self, spec: ModelSpec, llm: Llama, llama_cpp: ModuleType) -> None:
+    def __init__(self, spec: ModelSpec, llm: Llama, llama_cpp: ModuleType,
+                 engine: BatchEngine | None = None) -> None:
         self.spec = spec
+        self._engine = engine  # several sequences at once, when ``parallel`` > 1
         self._llama_cpp = llama_cpp
         self._llm: Llama | None = llm
         self._embedder: Llama | None = None
@@ -150,6 +110,8 @@ class LlamaCppBackend(Backend):
         # llama.cpp pads a small context (to 256 tokens) but llama-cpp-python sizes its
         # token buffer to the context asked for: the smaller of the two is the limit.
         self._n_ctx = min(llm.n_ctx(), len(llm.input_ids))
+        if engine is not None:
+            self._n_ctx = min(spec.context_length, engine.context_length)
         self._n_vocab = llm.n_vocab()
         self._metadata = llm.metadata
         self._repack = bool(spec.options.get("repack", default_repack()))
@@ -185,7 +147,18 @@ class LlamaCppBackend(Backend):
             )
         except ValueError:  # llama-cpp-python's message names the path: keep it out
             raise BackendError(f"llama.cpp could not load model {spec.name!r}") from None
-        return cls(spec, llm, llama_cpp)
+        parallel = int(spec.options.get("parallel", 1))
+        if parallel < 1:
+            llm.close()
+            raise BackendError("the llama.cpp option 'parallel' must be at least 1")
+        engine = None
+        if parallel > 1:
+            try:
+                engine = _batch_engine(llama_cpp, llm, spec, parallel)
+            except BaseException:
+                llm.close()
+                raise
+        return cls(spec, llm, llama_cpp, engine)
 
     # -- generation -------------------------------------------------------------------
 
@@ -206,6 +179,8 @@ class LlamaCppBackend(Backend):
                 raise ContextLengthExceeded(len(tokens), self._n_ctx)
         room = self._n_ctx - len(tokens)
         limit = room if params.max_tokens is None else min(max(params.max_tokens, 0), room)
+        if self._engine is not None:
+            return self._engine.generate(tokens, params, stops, limit, cancel)
         return self._stream(tokens, limit, params, stops, cancel)
 
     def _stream(
@@ -268,19 +243,7 @@ class LlamaCppBackend(Backend):
 
     def _piece(self, token: int) -> bytes | None:
         """The bytes of ``token`` (``None`` for end-of-generation), cached per token."""
-        llama_cpp = self._llama_cpp
-        piece: bytes | None = None
-        if not llama_cpp.llama_vocab_is_eog(self._vocab, token):
-            # special=False renders control tokens as nothing, as create_completion does.
-            # Called directly: the wrapper returns a fixed 32-byte buffer, padding included.
-            size = 64
-            buffer = ctypes.create_string_buffer(size)
-            written = llama_cpp.llama_token_to_piece(self._vocab, token, buffer, size, 0, False)
-            if written < 0:  # the piece is longer: -written is its size
-                size = -written
-                buffer = ctypes.create_string_buffer(size)
-                written = llama_cpp.llama_token_to_piece(self._vocab, token, buffer, size, 0, False)
-            piece = buffer.raw[:written]
+        piece = _token_piece(self._llama_cpp, self._vocab, token)
         self._pieces[token] = piece
         return piece
 
@@ -389,6 +352,9 @@ class LlamaCppBackend(Backend):
 
     def close(self) -> None:
         """Free both llama.cpp instances; waits for a running call on another thread."""
+        engine, self._engine = self._engine, None
+        if engine is not None:  # before the model it was made from
+            engine.close()
         for guard, attribute in ((self._guard, "_llm"), (self._embed_guard, "_embedder")):
             if guard.owner == threading.get_ident():
                 # A generation suspended in this very thread: it checks _llm before
@@ -407,12 +373,15 @@ class LlamaCppBackend(Backend):
     def memory_bytes(self) -> int:
         """Weights file size plus the f16 KV cache of each live context."""
         contexts = (self._llm is not None) + (self._embedder is not None)
+        if self._engine is not None:
+            contexts += self._engine.parallel
         return self._weights_bytes + contexts * self._kv_bytes_per_context
 
     @property
     def max_concurrency(self) -> int:
-        """One: a llama context holds one sequence's state."""
-        return 1
+        """The batched engine's slots (``parallel``), else one: a plain llama context
+        holds one sequence's state."""
+        return self._engine.parallel if self._engine is not None else 1
 
     def _require_open(self) -> Llama:
         if self._llm is None:
@@ -484,3 +453,43 @@ def _normalise(vector: Any) -> list[float]:
     norm = float(np.linalg.norm(array))
     result: list[float] = (array / norm if norm > 0 else array).tolist()
     return result
+
+
+def _batch_engine(llama_cpp: ModuleType, llm: Llama, spec: ModelSpec,
+                  parallel: int) -> BatchEngine:
+    """A batched context on ``llm``'s model, with the model's sampler and context options."""
+    options = spec.options
+    sampler = SamplerSettings(**{k: type(getattr(SamplerSettings, k))(options[k])
+                                 for k in SAMPLER_DEFAULTS if k in options})
+    n_batch = int(options.get("n_batch", DEFAULT_BATCH_TOKENS))
+    context_options = {k: options[k] for k in _ENGINE_CONTEXT_OPTIONS if k in options}
+    if "n_ubatch" in context_options:
+        context_options["n_ubatch"] = min(int(context_options["n_ubatch"]), n_batch)
+    vocab = llm._model.vocab
+    pieces: dict[int, bytes | None] = {}
+
+    def piece(token: int) -> bytes | None:
+        if token not in pieces:
+            pieces[token] = _token_piece(llama_cpp, vocab, token)
+        return pieces[token]
+
+    return BatchEngine(llama_cpp, llm._model.model, vocab, parallel=parallel,
+                       context_length=spec.context_length, threads=spec.threads,
+                       n_batch=n_batch, context_options=context_options, sampler=sampler,
+                       piece=piece)
+
+
+def _token_piece(llama_cpp: ModuleType, vocab: Any, token: int) -> bytes | None:
+    """The bytes of ``token``; ``None`` for end-of-generation."""
+    if llama_cpp.llama_vocab_is_eog(vocab, token):
+        return None
+    # special=False renders control tokens as nothing, as create_completion does.
+    # Called directly: the wrapper returns a fixed 32-byte buffer, padding included.
+    size = 64
+    buffer = ctypes.create_string_buffer(size)
+    written = llama_cpp.llama_token_to_piece(vocab, token, buffer, size, 0, False)
+    if written < 0:  # the piece is longer: -written is its size
+        size = -written
+        buffer = ctypes.create_string_buffer(size)
+        written = llama_cpp.llama_token_to_piece(vocab, token, buffer, size, 0, False)
+    return buffer.raw[:written]

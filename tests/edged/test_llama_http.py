@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from attribution.commitments import commit
 from edged.app import create_app
-from edged.appkeys import LEDGER
+from edged.appkeys import LEDGER, NODE_KEYS
 from edged.models import RUNTIMES
 from tests.edged.conftest import AppClientFactory, make_settings
 from tests.edged.test_api_v2 import install_onnx_model
@@ -51,3 +53,32 @@ async def test_chat_without_a_template_or_on_onnx_is_a_clear_400(
             error = (await response.json())["error"]
             assert error["code"] == "unsupported" and error["param"] == "model"
     assert client.app[LEDGER].head()[0] == 0
+
+
+async def test_concurrent_streams_share_a_batch_and_each_gets_its_own_receipt(
+        aiohttp_client: AppClientFactory, tmp_path: Path, tiny_model_file: Path) -> None:
+    data_dir = tmp_path / "data"
+    install_tiny_llama(data_dir, tiny_model_file)
+    app = create_app(make_settings(data_dir, parallel=4), runtimes=RUNTIMES)
+    client = await aiohttp_client(app)
+    prompts = ["hello", "The quick brown fox", "abc", "x" * 40, "zzz"]
+
+    async def complete(prompt: str) -> dict[str, Any]:
+        response = await client.post("/v1/completions", json={
+            "model": "tiny", "prompt": prompt, "max_tokens": 30, "temperature": 0})
+        assert response.status == 200
+        body: dict[str, Any] = await response.json()
+        return body
+
+    alone = [await complete(prompt) for prompt in prompts]
+    together = await asyncio.gather(*(complete(prompt) for prompt in prompts))
+    key = app[NODE_KEYS].commitment_key
+    ledger = app[LEDGER]
+    for first, second in zip(alone, together, strict=True):
+        text = second["choices"][0]["text"]
+        assert text == first["choices"][0]["text"]  # batching changes no output
+        receipt = ledger.get(bytes.fromhex(second["receipt"]["id"]))
+        assert receipt is not None
+        assert receipt.fields["usage"]["out"] == second["usage"]["completion_tokens"] == 30
+        assert receipt.fields["out"] == commit(key, {"text": text})
+    assert len({body["receipt"]["id"] for body in alone + list(together)}) == 10
