@@ -122,7 +122,8 @@ async def _fleet_service(app: web.Application, *, clock_ms: Callable[[], int],
                          adapter_factory: AdapterFactory) -> AsyncIterator[None]:
     settings, store, keys = app[SETTINGS], app[FLEET_STORE], app[FLEET_KEYS]
     epochs = Epochs(store)
-    adapter = adapter_factory(settings) if settings.chain_url else None
+    # Off the loop: building the adapter imports web3 and opens the transaction journal.
+    adapter = await asyncio.to_thread(adapter_factory, settings) if settings.chain_url else None
     try:
         service = FleetService(store=store, epochs=epochs,
                                settler=Settler(epochs, settings, adapter), keys=keys,

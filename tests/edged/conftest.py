@@ -17,6 +17,12 @@ from edged.models import RUNTIMES, Manifest, ModelStore
 from edged.settings import Settings, load_settings
 from runtimes import Backend, ModelSpec
 from runtimes.fake import FakeBackend
+from tests.support.loop_watchdog import loop_watchdog, pytest_runtest_call  # noqa: F401
+
+# Every aiohttp test server started under tests/edged arms the event-loop watchdog
+# (tests/support/loop_watchdog.py): a trip round the loop blocked for more than 50 ms
+# fails the test, naming the code that blocked. Exempt a test whose subject is blocking
+# with @pytest.mark.allow_loop_blocking(reason="...").
 
 AppClientFactory = Callable[..., Awaitable[TestClient[Any, web.Application]]]
 FAKE_MODEL = "fake-model"
