@@ -16,7 +16,7 @@ from aiohttp import web
 
 from edged.api_openai import RECEIPT_HEADER, receipt_ref
 from edged.appkeys import BINDINGS, PREDICT, READY, SCHEDULER, SERVICE, SETTINGS
-from edged.errors import InvalidJSON, InvalidRequest, ModelNotFound
+from edged.errors import InvalidRequest, ModelNotFound
 from edged.examples import parse_examples
 from edged.http_common import json_response, read_body, read_json
 from edged.models import Manifest
@@ -126,10 +126,7 @@ def encode_tensor(name: str, array: np.ndarray) -> dict[str, Any]:
 
 async def infer(request: web.Request) -> web.Response:
     manifest = _tensor_model(request)
-    try:
-        body = await read_json(request)
-    except RecursionError:  # JSON nested deeper than the parser can follow
-        raise InvalidJSON("the request body is nested too deeply") from None
+    body = await read_json(request)
     if not isinstance(body, dict) or not isinstance(body.get("inputs"), list) \
             or not body["inputs"]:
         raise InvalidRequest("'inputs' must be a non-empty list of tensors", param="inputs")

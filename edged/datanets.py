@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from attribution.span_index import CorpusDocument, CorpusError, Segment, build_segment
+from edged import bounded_json
 from edged.errors import Conflict, InvalidRequest, NotFound
 from edged.models import validate_name
 
@@ -69,7 +70,7 @@ def parse_document_lines(body: bytes) -> list[tuple[str, str]]:
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            record = bounded_json.loads(line)
         except (ValueError, RecursionError):
             raise InvalidRequest(f"line {number} is not JSON", param="documents") from None
         if not isinstance(record, dict) or not isinstance(record.get("text"), str) \
@@ -415,7 +416,7 @@ def read_document_file(path: Path) -> list[tuple[str, str]]:
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
+                record = bounded_json.loads(line)
             except (ValueError, RecursionError):
                 raise InvalidRequest(f"{path.name}:{number} is not JSON") from None
             if not isinstance(record, dict) or not isinstance(record.get("text"), str) \

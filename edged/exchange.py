@@ -10,7 +10,6 @@ as evidence, and the event logged once.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import secrets
 import threading
@@ -23,6 +22,7 @@ import httpx
 from nacl.exceptions import CryptoError
 from nacl.signing import VerifyKey
 
+from edged import bounded_json
 from edged.ledger import Ledger
 from edged.peers import PeerStore
 from edged.replicas import ReplicaStore
@@ -52,7 +52,7 @@ BATCH_OVERHEAD_BYTES = 64 * 1024
 def _parse_heads(body: bytes) -> list[tuple[bytes, int]]:
     """A peer's heads, strictly: a bounded list of {origin: 64 hex, size: int >= 0}."""
     try:
-        heads = json.loads(body)["heads"]
+        heads = bounded_json.loads(body)["heads"]
     except (ValueError, KeyError, TypeError):
         raise SyncRefused(400, "malformed heads") from None
     if not isinstance(heads, list) or len(heads) > MAX_HEADS:
@@ -251,7 +251,7 @@ class ExchangeService:
                 if len(body) > MAX_HELLO_BYTES:
                     raise SyncRefused(400, "peer response too large")
         try:
-            data = json.loads(body)
+            data = bounded_json.loads(body)
             key = bytes.fromhex(data["public_key"])
             VerifyKey(key).verify(HELLO_DOMAIN + challenge, bytes.fromhex(data["signature"]))
         except (KeyError, TypeError, ValueError, CryptoError):

@@ -10,6 +10,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from edged import bounded_json
 from edged.errors import (
     EdgedError,
     InvalidJSON,
@@ -32,8 +33,8 @@ async def read_json(request: web.Request) -> Any:
     if not raw:
         return {}
     try:
-        return json.loads(raw, parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep
+        return bounded_json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise InvalidJSON("the request body is not valid JSON") from None
 
 
@@ -49,11 +50,6 @@ async def read_body(request: web.Request, limit: int, message: str) -> bytes:
         if len(body) > limit:
             raise PayloadTooLarge(message)
     return bytes(body)
-
-
-def _reject_constant(name: str) -> Any:
-    """NaN and Infinity are not JSON; Python's parser accepts them unless told not to."""
-    raise ValueError(f"{name} is not valid JSON")
 
 
 def json_response(data: Any, *, status: int = 200,
