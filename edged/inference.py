@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import struct
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
@@ -194,6 +194,11 @@ class GenerationStream:
             event = await anext(self._events, None)
 
     async def __aexit__(self, *exc_info: object) -> None:
+        # Runs to its end even if the caller is cancelled meanwhile (a server cancels the
+        # handler of a client that went away): what was produced still gets its receipt.
+        await _complete_despite_cancellation(self._finish())
+
+    async def _finish(self) -> None:
         try:
             if self.done is None:
                 # Left early: stop the backend and wait for its end. Text it produced after
@@ -212,3 +217,19 @@ class GenerationStream:
         self.receipt = await self.service._commit(
             self.manifest, self.request.kind, self.request.committed_input(), {"text": text},
             text, self.done.prompt_tokens, self.done.completion_tokens)
+
+
+async def _complete_despite_cancellation(work: Coroutine[Any, Any, None]) -> None:
+    """Await ``work`` to its end; a cancellation meanwhile is re-raised once it is done."""
+    task = asyncio.ensure_future(work)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.done() and task.cancelled():
+                raise
+            cancelled = True
+    task.result()
+    if cancelled:
+        raise asyncio.CancelledError
