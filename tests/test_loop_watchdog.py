@@ -29,6 +29,7 @@ from tests.support.loop_watchdog import (
     Tick,
     _SchedStat,
     _Syscall,
+    asleep_blocking_ns,
     gil_wait_ns,
 )
 
@@ -180,6 +181,28 @@ def test_the_gil_wait_estimate(intervals: list[tuple[float, float, float, str]],
                                gil_ms: int) -> None:
     ticks = _ticks(*intervals)
     assert gil_wait_ns(ticks, 0, ticks[-1][0]) == gil_ms * MS
+
+
+@pytest.mark.parametrize(("intervals", "asleep_ms"), [
+    ([(0, 10, 0, RUNNING)] * 3, 0),  # ran throughout: no sleep at all
+    ([(0, 0, 0, BLOCKED)] * 3, 30),  # asleep in a blocking call throughout
+    ([(0, 0, 0, GIL)] * 3, 0),  # waiting for the GIL is no blocking call
+    ([(0, 0, 9, RUNNING)] * 3, 0),  # unexplained sleep (the watchdog was starved) is excused
+    ([(4, 2, 0, BLOCKED), (0, 0, 0, GIL), (0, 10, 0, RUNNING)], 4),
+])
+def test_blocking_sleep_counts_only_where_the_kernel_says_so(
+        intervals: list[tuple[float, float, float, str]], asleep_ms: int) -> None:
+    ticks = _ticks(*intervals)
+    assert asleep_blocking_ns(ticks, 0, ticks[-1][0]) == asleep_ms * MS
+
+
+def test_a_stall_counts_cpu_time_and_blocking_sleep_only() -> None:
+    gil_starved = Stall(wall_s=0.1, run_delay_s=0.015, cpu_s=0.002, gc_s=0.0, samples=(),
+                        gil_wait_s=0.001, asleep_blocking_s=0.0)
+    assert gil_starved.blocked_s == pytest.approx(0.002)
+    sleeping = Stall(wall_s=0.2, run_delay_s=0.0, cpu_s=0.001, gc_s=0.0, samples=(),
+                     asleep_blocking_s=0.19)
+    assert sleeping.blocked_s == pytest.approx(0.191)
 
 
 def test_only_the_part_of_an_interval_within_the_trip_counts() -> None:

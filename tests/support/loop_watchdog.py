@@ -9,6 +9,15 @@ What counts as blocked
     test's own synchronous work (building inputs, signing receipts to push, calling
     ``create_app``) is not counted; see ``Stall.by_the_test``.
 
+What is counted
+    Of a trip longer than the threshold, only the loop thread's own time counts: its
+    time on a CPU (less garbage collection) plus the time a watchdog tick caught it
+    asleep in a blocking call (``time.sleep``, file I/O, a lock: the kernel's
+    ``/proc/self/task/<tid>/syscall``). Sleep nothing explains, such as waiting for a
+    GIL whose holder was itself descheduled on a loaded machine, is excused. The
+    measurements below feed that rule, and the older wall-time formula where the
+    kernel cannot say what the thread is doing.
+
 How it is measured, and why this design
     * The selector's ``select`` method of the watched loop is wrapped: on the way out
       the loop thread stamps the start of a busy period (a monotonic clock and the
@@ -142,10 +151,19 @@ class Stall:
     gc_s: float
     samples: tuple[Stack, ...]
     gil_wait_s: float = 0.0
+    # Time the watchdog caught the loop thread asleep in a blocking call (not waiting for
+    # the GIL); None where the kernel does not say what the thread is doing.
+    asleep_blocking_s: float | None = None
 
     @property
     def blocked_s(self) -> float:
-        return self.wall_s - (self.run_delay_s or 0.0) - self.gc_s - self.gil_wait_s
+        """What the loop thread spent on its own work: its time on a CPU (less garbage
+        collection) plus the time it was seen asleep in a blocking call. Sleep that no
+        tick could explain (a GIL holder that was itself descheduled keeps the watchdog
+        off the GIL too) is not counted: it is no blocking call's fault."""
+        if self.asleep_blocking_s is None:
+            return self.wall_s - (self.run_delay_s or 0.0) - self.gc_s - self.gil_wait_s
+        return max(0.0, self.cpu_s - self.gc_s) + self.asleep_blocking_s
 
     @property
     def location(self) -> Frame | None:
@@ -271,6 +289,20 @@ def gil_wait_ns(ticks: list[Tick], started: int, ended: int) -> int:
         asleep = could_run - ran
         if asleep > 0 and (doing == GIL or ran >= PROGRESS_SHARE * could_run
                            or late >= STARVED_SHARE * span):
+            total += asleep * (min(at1, ended) - max(at0, started)) / span
+    return int(total)
+
+
+def asleep_blocking_ns(ticks: list[Tick], started: int, ended: int) -> int:
+    """How long the loop thread slept in ``started..ended`` in intervals whose tick caught
+    it asleep in a blocking call (``time.sleep``, file I/O, a lock), by the kernel's word."""
+    total = 0.0
+    for (at0, cpu0, delay0, _, _), (at1, cpu1, delay1, _, doing) in itertools.pairwise(ticks):
+        if at1 <= max(at0, started) or at0 >= ended or doing != BLOCKED:
+            continue
+        span = at1 - at0
+        asleep = span - (delay1 - delay0) - (cpu1 - cpu0)
+        if asleep > 0:
             total += asleep * (min(at1, ended) - max(at0, started)) / span
     return int(total)
 
@@ -459,13 +491,16 @@ class LoopWatchdog:
             samples = tuple(self._samples) if self._sample_seq == seq else ()
             ticks = [tick for tick in self._ticks if tick[0] <= ended]
             waiting = self._waiting_since
-        gil_ns = 0
+        gil_ns, asleep_ns = 0, None
         if ticks and self._loop_cpu_clock is not None:
             overdue = 0 if waiting is None else max(0, ended - waiting - int(POLL_S * 1e9))
             ticks.append((ended, time.thread_time_ns(), now or 0, overdue, RUNNING))
             gil_ns = gil_wait_ns(ticks, started, ended)
+            if self._syscall is not None and self._syscall.doing() != UNKNOWN:
+                asleep_ns = asleep_blocking_ns(ticks, started, ended)
         stall = Stall(wall_ns / 1e9, None if run_delay_ns is None else run_delay_ns / 1e9,
-                      cpu_ns / 1e9, self._gc_ns / 1e9, samples, gil_ns / 1e9)
+                      cpu_ns / 1e9, self._gc_ns / 1e9, samples, gil_ns / 1e9,
+                      None if asleep_ns is None else asleep_ns / 1e9)
         if stall.blocked_s < self.threshold_s:
             self.excused.append(stall)
         elif stall.by_the_test and not self.strict:
