@@ -102,6 +102,10 @@ def _model_view(request: web.Request, manifest: Manifest) -> dict[str, Any]:
             "loaded": state is not None,
             "memory_bytes": state.memory_bytes if state else 0,
             "expires_at": state.expires_at if state else None,
+            "slots": {"busy": state.active, "total": state.slots, "queued": state.queued}
+            if state else None,
+            # where it runs, as the backend reports it (never claimed, read back)
+            "processor": state.details.get("processor") if state else None,
             # the execution providers the session really uses (never claimed, read back)
             "providers": state.details.get("providers") if state else None}
 

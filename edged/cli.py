@@ -214,6 +214,27 @@ def models_list(ctx: click.Context) -> None:
                    f"  {state}")
 
 
+@main.command("ps")
+@click.pass_context
+def ps(ctx: click.Context) -> None:
+    """Show the loaded models: size, where they run, slots busy, and until when."""
+    import time
+
+    click.echo(f"{'NAME':<28} {'SIZE':>10}  {'PROCESSOR':<22} {'SLOTS':<9} UNTIL")
+    for model in call_daemon(ctx, "GET", "/api/models")["models"]:
+        if not model["loaded"]:
+            continue
+        slots = model.get("slots") or {"busy": 0, "total": 0, "queued": 0}
+        busy = f"{slots['busy']}/{slots['total']}" + (
+            f"+{slots['queued']}" if slots["queued"] else "")
+        expires = model.get("expires_at")
+        until = "forever" if expires is None else (
+            "now" if expires <= time.time() else f"{expires - time.time():.0f} s")
+        processor = model.get("processor") or ", ".join(model.get("providers") or []) or "-"
+        click.echo(f"{model['name']:<28} {model['memory_bytes'] / 1e6:>7.1f} MB  "
+                   f"{processor:<22} {busy:<9} {until}")
+
+
 @models.command("show")
 @click.argument("name")
 @click.pass_context

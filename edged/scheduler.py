@@ -70,6 +70,7 @@ class LoadedModel:
     expires_at: float | None  # None: never; projected from keep_alive while busy
     last_used: float
     details: dict[str, Any] = field(default_factory=dict)  # backend.describe(): providers...
+    slots: int = 1  # leases served at once (the backend's max_concurrency)
 
 
 class _Abandoned(NotReady):
@@ -233,7 +234,7 @@ class Scheduler:
             elif m.refs:
                 expires_at = None if m.keep_alive < 0 else now + m.keep_alive
             out.append(LoadedModel(m.name, m.plan.runtime, m.memory, m.active, m.queued,
-                                   expires_at, m.last_used, m.backend.describe()))
+                                   expires_at, m.last_used, m.backend.describe(), m.capacity))
         return out
 
     # -- claims and slots ------------------------------------------------------------

@@ -377,6 +377,21 @@ class LlamaCppBackend(Backend):
             contexts += self._engine.parallel
         return self._weights_bytes + contexts * self._kv_bytes_per_context
 
+    def describe(self) -> dict[str, Any]:
+        """Where the model runs, from llama.cpp: a build without GPU offload, or no layer
+        offloaded, is ``CPU``; else the share of layers on the GPU."""
+        llm = self._llm
+        architecture = self._metadata.get("general.architecture", "")
+        layers = int(self._metadata.get(f"{architecture}.block_count", 0) or 0)
+        offloaded = 0
+        if llm is not None and self._llama_cpp.llama_supports_gpu_offload():
+            requested = int(llm.model_params.n_gpu_layers)
+            offloaded = layers if requested < 0 else min(requested, layers)
+        processor = "CPU" if offloaded == 0 else (
+            "100% GPU" if offloaded >= layers else f"{offloaded}/{layers} layers on GPU")
+        return {"runtime": self.runtime, "processor": processor, "layers": layers,
+                "gpu_layers": offloaded, "parallel": self.max_concurrency}
+
     @property
     def max_concurrency(self) -> int:
         """The batched engine's slots (``parallel``), else one: a plain llama context

@@ -98,6 +98,15 @@ def test_cli_models_run_receipts_keys_config(daemon: Daemon) -> None:
     assert receipt["id"] == receipt_id and receipt["kind"] == "chat"
     assert receipt["fee"] == 10 + receipt["usage"]["out"]  # 1000 per 1k output tokens
 
+    # The model is loaded now: `edged ps` shows where it runs and its slots.
+    ps = daemon.cli("ps").stdout.splitlines()
+    assert ps[0].split() == ["NAME", "SIZE", "PROCESSOR", "SLOTS", "UNTIL"]
+    row = next(line.split() for line in ps[1:] if line.startswith(MODEL + " "))
+    assert row[3:5] == ["CPU", "0/4"]  # this build has no GPU offload; 4 parallel slots
+    loaded = json.loads(daemon.cli("models", "show", MODEL).stdout)
+    assert loaded["slots"] == {"busy": 0, "total": 4, "queued": 0}
+    assert loaded["processor"] == "CPU"
+
     assert receipt_id in daemon.cli("receipts", "list", "--limit", "1000").stdout
     verify = daemon.cli("receipts", "verify")
     assert "OK" in verify.stdout
