@@ -101,7 +101,7 @@ class InferenceService:
     async def embed(self, request: EmbeddingRequest) -> Embeddings:
         manifest = self.store.get(request.model)
         self.attributor.check(manifest)
-        async with self._lease(manifest, request.keep_alive) as lease:
+        async with self._lease(manifest, request.keep_alive, embedding=True) as lease:
             manifest = manifest_of(lease, manifest)
             try:
                 result = await lease.run(lease.backend.embed, list(request.inputs))
@@ -115,9 +115,9 @@ class InferenceService:
                                      len(result.vectors))
         return Embeddings(result.vectors, result.prompt_tokens, receipt)
 
-    def _lease(self, manifest: Manifest, keep_alive: float | None
-               ) -> AbstractAsyncContextManager[Lease]:
-        return self.scheduler.lease(manifest.name, keep_alive=keep_alive)
+    def _lease(self, manifest: Manifest, keep_alive: float | None, *,
+               embedding: bool = False) -> AbstractAsyncContextManager[Lease]:
+        return self.scheduler.lease(manifest.name, keep_alive=keep_alive, embedding=embedding)
 
     async def _commit(self, manifest: Manifest, kind: str, committed_input: Any,
                       committed_output: Any, output_text: str | None, input_units: int,

@@ -89,6 +89,7 @@ class _Model:
         self.retire_task: asyncio.Task[None] | None = None
         self.backend: Backend | None = None
         self.executor: ThreadPoolExecutor | None = None
+        self.side_executor: ThreadPoolExecutor | None = None  # work that takes no slot
         self.capacity = 1
         self.memory = 0
         self.refs = 0  # leases and preloads that need this model now
@@ -153,23 +154,30 @@ class Scheduler:
             await asyncio.wait(list(self._tasks))
 
     @asynccontextmanager
-    async def lease(self, model: str, *, keep_alive: float | None = None
-                    ) -> AsyncIterator[Lease]:
+    async def lease(self, model: str, *, keep_alive: float | None = None,
+                    embedding: bool = False) -> AsyncIterator[Lease]:
         """``async with`` context holding one slot of ``model``, loaded first if needed.
 
-        Raises ``ModelNotFound`` (from the resolver), ``Overloaded`` when ``max_queue``
-        requests already wait for this model, ``NotReady`` after ``close``, or the
-        loader's exception. ``keep_alive`` as in the module docstring.
+        With ``embedding``, a backend that embeds in a context of its own
+        (``embeds_apart``) takes no slot: the lease runs on the model's side thread, and
+        never waits behind generations. Raises ``ModelNotFound`` (from the resolver),
+        ``Overloaded`` when ``max_queue`` requests already wait for this model,
+        ``NotReady`` after ``close``, or the loader's exception. ``keep_alive`` as in the
+        module docstring.
         """
         m = self._claim(model, keep_alive, queue=True)
         lease: Lease | None = None
+        slot = True
         try:
             try:
                 await asyncio.shield(m.ready)  # a cancelled waiter leaves the load running
-                await self._acquire_slot(m)
+                assert m.backend is not None
+                slot = not (embedding and m.backend.embeds_apart)
+                if slot:
+                    await self._acquire_slot(m)
             finally:
                 m.queued -= 1
-            lease = Lease(m, self._clock())
+            lease = Lease(m, self._clock(), side=not slot)
             m.leases.add(lease)
             yield lease
         finally:
@@ -179,7 +187,8 @@ class Scheduler:
             finally:
                 if lease is not None:
                     m.leases.discard(lease)
-                    self._release_slot(m, self._clock() - lease.started)
+                    if slot:
+                        self._release_slot(m, self._clock() - lease.started)
                 self._unclaim(m)
 
     async def load(self, model: str, *, keep_alive: float | None = None) -> None:
@@ -326,6 +335,8 @@ class Scheduler:
             return
         m.backend, m.memory, m.capacity = backend, memory, max(1, capacity)
         m.executor = ThreadPoolExecutor(m.capacity, thread_name_prefix=f"edged-{m.name}")
+        if backend.embeds_apart:
+            m.side_executor = ThreadPoolExecutor(1, thread_name_prefix=f"edged-{m.name}-side")
         m.ready.set_result(None)
         log.info("loaded model %s in %.2f s", m.name, time.perf_counter() - started)
         if m.refs == 0 and self._models.get(m.name) is m and not self._closed:
@@ -380,6 +391,8 @@ class Scheduler:
             except Exception as exc:
                 log.warning("closing model %s failed: %s", m.name, type(exc).__name__)
             m.executor.shutdown(wait=False)
+            if m.side_executor is not None:
+                m.side_executor.shutdown(wait=False)
             log.info("unloaded model %s (%s) in %.2f s",
                      m.name, reason, time.perf_counter() - started)
         self._resident.discard(m)
@@ -442,13 +455,14 @@ class Lease:
     thread it started to return before the slot is freed.
     """
 
-    def __init__(self, m: _Model, started: float) -> None:
-        assert m.backend is not None and m.executor is not None
+    def __init__(self, m: _Model, started: float, *, side: bool = False) -> None:
+        executor = m.side_executor if side else m.executor
+        assert m.backend is not None and executor is not None
         self.model = m.name
         self.plan = m.plan
         self.backend: Backend = m.backend
         self.started = started
-        self._executor = m.executor
+        self._executor = executor
         self._threads: set[asyncio.Future[Any]] = set()
         self._streams: list[TokenStream] = []
         self._ended = False

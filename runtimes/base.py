@@ -161,6 +161,12 @@ class Backend(ABC):
         """How many generate/embed calls may run at once on this instance."""
         return 1
 
+    @property
+    def embeds_apart(self) -> bool:
+        """Whether :meth:`embed` uses its own context, so that it may run beside every
+        running generation instead of waiting for one of their slots."""
+        return False
+
     def predict(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the model on named input tensors and return its named output tensors.
 

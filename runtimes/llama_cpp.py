@@ -393,6 +393,11 @@ class LlamaCppBackend(Backend):
                 "gpu_layers": offloaded, "parallel": self.max_concurrency}
 
     @property
+    def embeds_apart(self) -> bool:
+        """Embeddings use their own llama context (and lock)."""
+        return True
+
+    @property
     def max_concurrency(self) -> int:
         """The batched engine's slots (``parallel``), else one: a plain llama context
         holds one sequence's state."""

@@ -28,6 +28,7 @@ MODELS: dict[str, dict[str, Any]] = {
     "broken": {"fail": True},
     "sticky": {},  # the test holds its close open with a gate (Loader.close_gates)
     "deaf": {"token_delay": 0.05, "ignore_cancel": True},
+    "apart": {"embeds_apart": True},  # embeds in a context of its own, as llama.cpp
 }
 
 
@@ -53,6 +54,10 @@ class RecordingFake(FakeBackend):
         self.closing = False
         self.close_gate: threading.Event | None = None  # close waits for it when set
         self.generate_gate: threading.Event | None = None  # each event waits for it when set
+
+    @property
+    def embeds_apart(self) -> bool:
+        return bool(self.spec.options.get("embeds_apart"))
 
     def close(self) -> None:
         self.closing = True
@@ -566,3 +571,24 @@ async def test_close_stops_streams_refuses_queued_and_unloads_all(make: Make) ->
     with pytest.raises(NotReady):
         await use(s, "a")
     await wait_until(lambda: model_threads("edged-a") == model_threads("edged-slow") == [])
+
+
+@pytest.mark.parametrize(("model", "waits"), [("apart", False), ("a", True)])
+async def test_embeddings_wait_behind_generations_only_without_their_own_context(
+        make: Make, model: str, waits: bool) -> None:
+    s, loader, _ = make()
+    loader.generate_gates[model] = gate = threading.Event()
+    try:
+        streaming = asyncio.create_task(collect(s, model, max_tokens=2))
+        await wait_until(lambda: [(m.active, m.queued) for m in s.loaded()] == [(1, 0)],
+                         what="the generation holding the only slot")
+        embedding = asyncio.create_task(use(s, model, embedding=True))
+        if waits:
+            await wait_until(lambda: s.loaded()[0].queued == 1, what="the embedding queued")
+            assert not embedding.done()
+        else:
+            assert len(await asyncio.wait_for(embedding, 10)) > 0  # beside the generation
+            assert [(m.active, m.queued) for m in s.loaded()] == [(1, 0)]
+    finally:
+        gate.set()
+    await asyncio.wait_for(asyncio.gather(streaming, embedding), 10)
