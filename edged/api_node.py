@@ -139,12 +139,22 @@ async def create_model(request: web.Request) -> web.Response:
         unmatched_data_to=body.get("unmatched_data_to") or "owner",
         embedding_output=_optional_string(body, "embedding_output"),
         tokenizer=_tokenizer_digest(request, body.get("tokenizer")),
+        options=_options(body.get("options")),
     )
     await _require_datanets(request, manifest.datanets)
     # Off the loop: registration reads the weights' header and tensor table.
     stored = await asyncio.to_thread(request.app[SERVICE].store.add, manifest,
                                      replace_existing=bool(body.get("replace")))
     return json_response(_model_view(request, stored), status=201)
+
+
+def _options(value: Any) -> dict[str, Any]:
+    """A manifest's ``options`` object (its keys and values are checked with the manifest)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidRequest("'options' must be an object", param="options")
+    return dict(value)
 
 
 def _optional_string(body: dict[str, Any], name: str) -> str | None:
@@ -199,7 +209,7 @@ async def _require_datanets(request: web.Request, names: tuple[str, ...]) -> Non
 
 UPDATABLE = {"owner", "price", "datanets", "data_share_ppm", "unmatched_data_to",
              "chat_format", "context_length", "max_batch_size", "batch_delay_us",
-             "influence_layer", "label_names"}
+             "influence_layer", "label_names", "options"}
 
 
 async def update_model(request: web.Request) -> web.Response:
@@ -218,6 +228,8 @@ async def update_model(request: web.Request) -> web.Response:
     if "datanets" in changes:
         changes["datanets"] = tuple(_string_list(changes["datanets"], "datanets"))
         await _require_datanets(request, changes["datanets"])
+    if "options" in changes:
+        changes["options"] = _options(changes["options"])
     if "label_names" in changes:
         changes["label_names"] = tuple(_string_list(changes["label_names"], "label_names"))
     for name in ("data_share_ppm", "context_length", "max_batch_size", "batch_delay_us"):

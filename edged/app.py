@@ -164,13 +164,13 @@ def _resolver(store: ModelStore, runtimes: tuple[str, ...], threads: int,
         if manifest.runtime not in runtimes:
             raise Unsupported(f"this daemon does not serve the {manifest.runtime!r} runtime",
                               param="model")
-        options: dict[str, object] = {}
+        options: dict[str, object] = dict(manifest.options)
         if manifest.tokenizer is not None:
             options["tokenizer_path"] = str(store.blob_path(manifest.tokenizer))
         if manifest.embedding_output is not None:
             options["embedding_output"] = manifest.embedding_output
         if manifest.runtime == "llama.cpp":
-            options["parallel"] = parallel
+            options.setdefault("parallel", parallel)
         spec = ModelSpec(name=manifest.name, path=store.weights_path(manifest),
                          chat_format=manifest.chat_format,
                          context_length=manifest.context_length, threads=threads,

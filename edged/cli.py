@@ -93,6 +93,20 @@ def models() -> None:
     """Install, list, show and remove models."""
 
 
+def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        try:
+            if not sep or not key:
+                raise ValueError
+            options[key.strip()] = json.loads(raw)
+        except ValueError:
+            raise click.BadParameter(f"{pair!r}: use KEY=VALUE with a JSON value",
+                                     param_hint="--option") from None
+    return options
+
+
 @models.command("add")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--name", required=True)
@@ -110,11 +124,15 @@ def models() -> None:
               help="ONNX text embedders: the model's Hugging Face tokenizer.json")
 @click.option("--embedding-output", metavar="NAME",
               help="ONNX text embedders: the graph output to pool (default: the first)")
+@click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
+              help="llama.cpp option, VALUE in JSON: parallel=8, n_gpu_layers=-1, "
+                   "flash_attn=true (repeatable)")
 @click.pass_context
 def models_add(ctx: click.Context, path: Path, name: str, owner: str | None,
                prices: tuple[str, ...], chat_format: str | None, context_length: int | None,
                runtime: str, datanets: tuple[str, ...], data_share: float | None,
-               replace: bool, tokenizer: Path | None, embedding_output: str | None) -> None:
+               replace: bool, tokenizer: Path | None, embedding_output: str | None,
+               options: tuple[str, ...]) -> None:
     """Upload the weights at PATH and register them as NAME."""
     price = _parse_prices(prices)
     try:
@@ -125,7 +143,7 @@ def models_add(ctx: click.Context, path: Path, name: str, owner: str | None,
                 "name": name, "weights": digest, "owner": owner, "price": price,
                 "chat_format": chat_format, "context_length": context_length,
                 "runtime": runtime, "replace": replace, "datanets": list(datanets),
-                "data_share_ppm": _ppm(data_share)}
+                "data_share_ppm": _ppm(data_share), "options": _parse_options(options)}
             if tokenizer is not None:
                 click.echo(f"uploading {tokenizer.name} ...", err=True)
                 body["tokenizer"] = client.upload_blob(tokenizer)
@@ -165,11 +183,15 @@ def _ppm(share: float | None) -> int | None:
               help="ONNX: graph input and initializers of the final linear layer")
 @click.option("--max-batch-size", type=int, help="ONNX: dynamic batching, rows per run")
 @click.option("--batch-delay-us", type=int, help="ONNX: dynamic batching window")
+@click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
+              help="llama.cpp option, VALUE in JSON (replaces the model's options; "
+                   "repeatable); the model reloads")
 @click.pass_context
 def models_update(ctx: click.Context, name: str, owner: str | None, prices: tuple[str, ...],
                   datanets: tuple[str, ...], no_datanets: bool, data_share: float | None,
                   unmatched_data_to: str | None, influence_layer: str | None,
-                  max_batch_size: int | None, batch_delay_us: int | None) -> None:
+                  max_batch_size: int | None, batch_delay_us: int | None,
+                  options: tuple[str, ...]) -> None:
     """Change a model's owner, price, datanets, data share or batching."""
     changes: dict[str, Any] = {"owner": owner, "data_share_ppm": _ppm(data_share),
                                "unmatched_data_to": unmatched_data_to,
@@ -185,6 +207,8 @@ def models_update(ctx: click.Context, name: str, owner: str | None, prices: tupl
         changes["price"] = _parse_prices(prices)
     if datanets or no_datanets:
         changes["datanets"] = list(datanets)
+    if options:
+        changes["options"] = _parse_options(options)
     changes = {key: value for key, value in changes.items() if value is not None}
     print_json(call_daemon(ctx, "PATCH", f"/api/models/{name}", json=changes))
 

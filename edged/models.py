@@ -125,6 +125,8 @@ class Manifest:
     # "weights": initializer, "bias": initializer}
     influence_layer: dict[str, str] | None = None
     created: int = 0  # unix seconds
+    # llama.cpp models: engine options (see LLAMA_MANIFEST_OPTIONS), e.g. {"parallel": 8}
+    options: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -134,6 +136,8 @@ class Manifest:
         data["label_names"] = list(self.label_names)
         if self.tokenizer is None:  # absent, so manifests without one keep their digests
             del data["tokenizer"]
+        if not self.options:  # likewise
+            del data["options"]
         return data
 
     @classmethod
@@ -158,6 +162,7 @@ class Manifest:
                 label_names=tuple(data.get("label_names") or ()),
                 embedding_output=data.get("embedding_output"),
                 tokenizer=_optional_digest(data.get("tokenizer"), "tokenizer"),
+                options=dict(data.get("options") or {}),
                 influence_layer=data.get("influence_layer"),
                 created=int(data.get("created", 0)),
             )
@@ -167,6 +172,7 @@ class Manifest:
 
     def checked(self) -> Manifest:
         _check_types(self)
+        _check_options(self)
         if self.runtime not in RUNTIMES:
             raise InvalidRequest(f"unknown runtime; known: {list(RUNTIMES)}", param="runtime")
         if self.chat_format is not None and self.chat_format not in CHAT_FORMATS:
@@ -256,6 +262,49 @@ class BlobWriter:
             if not self._finished:
                 self._temp.unlink(missing_ok=True)
                 self._finished = True
+
+
+# The llama.cpp options a manifest may set: (type, lowest, highest), numbers inclusive.
+LLAMA_MANIFEST_OPTIONS: dict[str, tuple[type, float, float]] = {
+    "parallel": (int, 1, 64),  # generations at once (else the `parallel` setting)
+    "n_gpu_layers": (int, -1, 10_000),  # layers offloaded to a GPU (-1: all)
+    "n_batch": (int, 1, 65_536),  # prompt tokens per decode step
+    "n_ubatch": (int, 1, 65_536),
+    "flash_attn": (bool, 0, 1),
+    "type_k": (int, 0, 255),  # ggml type of the KV cache (1: f16, 8: q8_0, ...)
+    "type_v": (int, 0, 255),
+    "use_mmap": (bool, 0, 1),
+    "use_mlock": (bool, 0, 1),
+    "repack": (bool, 0, 1),  # repack weights for the CPU's kernels
+    "embedding_batch": (int, 1, 65_536),
+    "top_k": (int, 0, 100_000),  # sampler defaults of the model
+    "min_p": (float, 0, 1),
+    "repeat_penalty": (float, 0, 10),
+}
+
+
+def _check_options(manifest: Manifest) -> None:
+    options = manifest.options
+    if not isinstance(options, dict):
+        raise InvalidRequest("'options' must be an object", param="options")
+    if options and manifest.runtime != "llama.cpp":
+        raise InvalidRequest("'options' are for llama.cpp models", param="options")
+    for name, value in options.items():
+        if name not in LLAMA_MANIFEST_OPTIONS:
+            raise InvalidRequest(f"unknown option {name!r}; known: "
+                                 f"{sorted(LLAMA_MANIFEST_OPTIONS)}", param="options")
+        kind, lowest, highest = LLAMA_MANIFEST_OPTIONS[name]
+        if not _is_kind(value, kind) or (kind is not bool and not lowest <= value <= highest):
+            what = "true or false" if kind is bool else \
+                f"{'a number' if kind is float else 'an integer'} within {lowest}..{highest}"
+            raise InvalidRequest(f"option {name!r} must be {what}", param="options")
+
+
+def _is_kind(value: object, kind: type) -> bool:
+    """JSON's view of types: a bool is no number, and an integer is a float too."""
+    if kind is bool or isinstance(value, bool):
+        return kind is bool and isinstance(value, bool)
+    return isinstance(value, int) if kind is int else isinstance(value, int | float)
 
 
 def _check_types(manifest: Manifest) -> None:

@@ -82,3 +82,23 @@ async def test_concurrent_streams_share_a_batch_and_each_gets_its_own_receipt(
         assert receipt.fields["usage"]["out"] == second["usage"]["completion_tokens"] == 30
         assert receipt.fields["out"] == commit(key, {"text": text})
     assert len({body["receipt"]["id"] for body in alone + list(together)}) == 10
+
+
+async def test_a_models_options_set_its_slots_and_a_change_reloads_it(
+        aiohttp_client: AppClientFactory, tmp_path: Path, tiny_model_file: Path) -> None:
+    data_dir = tmp_path / "data"
+    install_tiny_llama(data_dir, tiny_model_file)
+    client = await aiohttp_client(create_app(make_settings(data_dir, parallel=4),
+                                             runtimes=RUNTIMES))
+    request = {"model": "tiny", "prompt": "hello", "max_tokens": 4}
+
+    async def slots() -> Any:
+        assert (await client.post("/v1/completions", json=request)).status == 200
+        return (await (await client.get("/api/models/tiny")).json())["slots"]
+
+    assert (await slots())["total"] == 4  # the node's default
+    patched = await client.patch("/api/models/tiny", json={"options": {"parallel": 2}})
+    assert patched.status == 200 and (await patched.json())["options"] == {"parallel": 2}
+    assert (await slots())["total"] == 2  # reloaded with the model's own
+    bad = await client.patch("/api/models/tiny", json={"options": {"parallel": "two"}})
+    assert bad.status == 400 and (await bad.json())["error"]["param"] == "options"

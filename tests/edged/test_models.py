@@ -3,6 +3,7 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -126,3 +127,36 @@ def test_manifest_digest_changes_with_content(tmp_path: Path) -> None:
     digest = "a" * 64
     assert _manifest("m", digest).digest() != _manifest("m", digest, owner="bob").digest()
     assert _manifest("m", digest).digest() == _manifest("m", digest).digest()
+
+
+def test_llama_options_are_validated_and_kept(tmp_path: Path, gguf_bytes: bytes) -> None:
+    store = ModelStore(tmp_path)
+    digest = _upload(store, gguf_bytes)
+    plain = store.add(_manifest("plain", digest))
+    assert "options" not in plain.to_dict()  # manifests without options keep their digest
+    tuned = store.add(_manifest("tuned", digest, options={
+        "parallel": 8, "n_gpu_layers": -1, "flash_attn": True, "min_p": 0, "top_k": 20}))
+    assert store.get("tuned").options == tuned.options
+    assert tuned.digest() != replace(tuned, options={}).digest()
+
+
+@pytest.mark.parametrize("options", [
+    {"paralel": 2},  # unknown
+    {"parallel": 0}, {"parallel": 65}, {"parallel": 2.5}, {"parallel": True},
+    {"flash_attn": 1}, {"min_p": 2}, {"min_p": "0.1"}, {"min_p": float("nan")},
+    [("parallel", 2)],
+])
+def test_bad_llama_options_are_refused(tmp_path: Path, gguf_bytes: bytes,
+                                       options: object) -> None:
+    store = ModelStore(tmp_path)
+    digest = _upload(store, gguf_bytes)
+    with pytest.raises(InvalidRequest) as refused:
+        store.add(_manifest("bad", digest, options=options))
+    assert refused.value.param == "options"
+
+
+def test_options_are_for_llama_models_only() -> None:
+    manifest = _manifest("onnx-model", "a" * 64, runtime="onnx", options={"parallel": 2})
+    with pytest.raises(InvalidRequest) as refused:
+        manifest.checked()
+    assert refused.value.param == "options"
