@@ -35,6 +35,7 @@ from edged.appkeys import (
     SYNC_ENDPOINT,
 )
 from edged.attributor import Attributor
+from edged.background import running
 from edged.datanets import DatanetStore
 from edged.demo import install_demo_model
 from edged.demo_classifier import install_demo_classifier
@@ -222,12 +223,8 @@ async def _background_tasks(app: web.Application, *,
             lambda: list(settings.peers) + [url for url, _ in exchange.discovered()]),
             name="edged-sync"),
     ]
-    try:
+    async with running(tasks):
         yield
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _finish_startup(app: web.Application) -> None:

@@ -28,6 +28,7 @@ from aiohttp import web
 
 from edged.api_exchange import add_sync_endpoint_routes
 from edged.appkeys import READY, REQUEST_VERIFIER, SETTINGS, SYNC_ENDPOINT
+from edged.background import running
 from edged.exchange import SyncEndpoint
 from edged.fleet.api import FLEET, add_fleet_routes
 from edged.fleet.db import Database
@@ -154,12 +155,8 @@ async def _fleet_tasks(app: web.Application, *,
     if service.settler.adapter is not None:
         tasks.append(asyncio.create_task(_settle_forever(service, settings),
                                          name="edged-fleet-settlement"))
-    try:
+    async with running(tasks):
         yield
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def enrollment_middleware() -> web.middleware:  # type: ignore[valid-type]
