@@ -94,16 +94,18 @@ class Daemon(ServerProcess):
     ``--keep-alive -1``: a bench may idle longer than the default unload delay (indexing,
     baselines), and a reload would land in a timed run."""
 
-    def __init__(self, base: Path, threads: int, demo: bool = True) -> None:
+    def __init__(self, base: Path, threads: int, demo: bool = True,
+                 settings: dict[str, str] | None = None) -> None:
         self.data_dir = base / "data"
         self.log_path = base / "edged.log"
         self.port = free_port()
         self.threads = threads
         self.demo = demo
+        self.settings = settings or {}  # extra EDGED_* environment, e.g. EDGED_PARALLEL
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 600.0) -> None:
-        env = self.environment()
+        env = self.environment(**self.settings)
         args = [sys.executable, "-m", "edged", "--data-dir", str(self.data_dir), "serve",
                 "--port", str(self.port), "--threads", str(self.threads), "--keep-alive", "-1"]
         if not self.demo:
