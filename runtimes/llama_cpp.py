@@ -137,6 +137,9 @@ class LlamaCppBackend(Backend):
         if not spec.path.is_file():
             raise BackendError(f"the weights file of model {spec.name!r} is missing")
         kwargs = {k: v for k, v in spec.options.items() if k in LLAMA_OPTIONS}
+        # llama-cpp-python turns flash attention off unless asked; llama.cpp itself (and so
+        # the batched engine and llama-server) turns it on where the backend supports it.
+        kwargs.setdefault("flash_attn", True)
         try:
             llm = _llama_type(llama_cpp, bool(spec.options.get("repack", default_repack())))(
                 model_path=str(spec.path),
