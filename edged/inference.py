@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import struct
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +22,7 @@ from attribution.commitments import commit
 from attribution.receipt import ModelRef, ReceiptDraft, SignedReceipt
 from edged import errors
 from edged.attributor import Attribution, Attributor
+from edged.background import wait_through_cancellation
 from edged.keys import NodeKeys
 from edged.ledger import Ledger
 from edged.models import Manifest, ModelStore
@@ -196,7 +197,13 @@ class GenerationStream:
     async def __aexit__(self, *exc_info: object) -> None:
         # Runs to its end even if the caller is cancelled meanwhile (a server cancels the
         # handler of a client that went away): what was produced still gets its receipt.
-        await _complete_despite_cancellation(self._finish())
+        finishing = asyncio.ensure_future(self._finish())
+        try:
+            await wait_through_cancellation(finishing)
+        except asyncio.CancelledError:
+            finishing.result()  # an error of its own is reported first
+            raise
+        finishing.result()
 
     async def _finish(self) -> None:
         try:
@@ -218,18 +225,3 @@ class GenerationStream:
             self.manifest, self.request.kind, self.request.committed_input(), {"text": text},
             text, self.done.prompt_tokens, self.done.completion_tokens)
 
-
-async def _complete_despite_cancellation(work: Coroutine[Any, Any, None]) -> None:
-    """Await ``work`` to its end; a cancellation meanwhile is re-raised once it is done."""
-    task = asyncio.ensure_future(work)
-    cancelled = False
-    while not task.done():
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            if task.done() and task.cancelled():
-                raise
-            cancelled = True
-    task.result()
-    if cancelled:
-        raise asyncio.CancelledError

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
 import runtimes
+from edged.background import wait_through_cancellation
 from edged.errors import NotReady, Overloaded
 from runtimes import Backend, Delta, Done, GenerationParams, ModelSpec, Prompt
 
@@ -216,10 +217,10 @@ class Scheduler:
 
         Like :meth:`unload`, but returns at once: the current load stops taking new
         requests now and closes after the requests it admitted have finished."""
-        targets = [m for m in self._models.values() if m.name == model]
-        for m in targets:
+        m = self._models.get(model)
+        if m is not None:
             self._retire(m, "reload")
-        return bool(targets)
+        return m is not None
 
     async def unload_expired(self) -> list[str]:
         """Unload the idle models whose keep-alive has run out by ``clock()`` now.
@@ -475,7 +476,7 @@ class Lease:
         future = asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
         self._threads.add(future)
         future.add_done_callback(self._threads.discard)
-        await _wait_done(future)
+        await wait_through_cancellation(future)
         return future.result()
 
     def stream(self, prompt: Prompt, params: GenerationParams) -> TokenStream:
@@ -500,7 +501,7 @@ class Lease:
         interrupted = False
         for future in threads:  # wait for all even when cancelled, then re-raise
             try:
-                await _wait_done(future)
+                await wait_through_cancellation(future)
             except asyncio.CancelledError:
                 interrupted = True
         if interrupted:
@@ -547,7 +548,7 @@ class TokenStream:
         """Stop the generation and wait until the backend has returned."""
         thread = self._stop()
         if thread is not None:
-            await _wait_done(thread)
+            await wait_through_cancellation(thread)
 
     def _stop(self) -> asyncio.Future[None] | None:
         """End the stream; return the worker's future if it still runs."""
@@ -584,19 +585,6 @@ class TokenStream:
             close = getattr(events, "close", None)
             if callable(close):
                 close()  # runs the generator's cleanup here, before the slot is freed
-
-
-async def _wait_done(future: asyncio.Future[Any]) -> None:
-    """Wait for a thread's future even through cancellation, then re-raise the
-    cancellation: no slot may be freed while its thread still runs."""
-    interrupted = False
-    while not future.done():
-        try:
-            await asyncio.wait([future])
-        except asyncio.CancelledError:
-            interrupted = True
-    if interrupted:
-        raise asyncio.CancelledError
 
 
 def _close_orphan(future: asyncio.Future[tuple[Backend, int, int]]) -> None:
