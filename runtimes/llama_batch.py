@@ -71,14 +71,13 @@ class _Slot:
 class BatchEngine:
     """Serves :meth:`generate` calls from many threads on one context (see module doc)."""
 
-    def __init__(self, llama_cpp: ModuleType, model: Any, vocab: Any, *, parallel: int,
+    def __init__(self, llama_cpp: ModuleType, model: Any, *, parallel: int,
                  context_length: int, threads: int | None, n_batch: int,
                  context_options: dict[str, Any], sampler: SamplerSettings,
                  piece: Callable[[int], bytes | None]) -> None:
         if parallel < 1:
             raise ValueError("parallel must be at least 1")
         self._llama_cpp = llama_cpp
-        self._vocab = vocab
         self._sampler_settings = sampler
         self._piece = piece
         self.parallel = parallel

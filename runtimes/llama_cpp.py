@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -66,6 +66,7 @@ OTHER_OPTIONS = frozenset({"repack", "embedding_batch", "parallel"})
 # Context options the batched engine passes to llama.cpp as they are.
 _ENGINE_CONTEXT_OPTIONS = ("n_ubatch", "type_k", "type_v")
 DEFAULT_BATCH_TOKENS = 512  # tokens per decode step of the batched engine
+_SMALLEST_CONTEXT = 256  # llama.cpp pads any context to this
 _KV_CACHE_BYTES_PER_VALUE = 2  # llama.cpp's default K/V cache type is f16
 
 
@@ -96,10 +97,8 @@ class LlamaCppBackend(Backend):
 
     runtime = "llama.cpp"
 
-    def __init__(self, spec: ModelSpec, llm: Llama, llama_cpp: ModuleType,
-                 engine: BatchEngine | None = None) -> None:
+    def __init__(self, spec: ModelSpec, llm: Llama, llama_cpp: ModuleType) -> None:
         self.spec = spec
-        self._engine = engine  # several sequences at once, when ``parallel`` > 1
         self._llama_cpp = llama_cpp
         self._llm: Llama | None = llm
         self._embedder: Llama | None = None
@@ -107,17 +106,22 @@ class LlamaCppBackend(Backend):
         self._embed_guard = _ContextGuard()
         self._sampler = {k: spec.options.get(k, v) for k, v in SAMPLER_DEFAULTS.items()}
         self._llama_kwargs = {k: v for k, v in spec.options.items() if k in LLAMA_OPTIONS}
-        # llama.cpp pads a small context (to 256 tokens) but llama-cpp-python sizes its
-        # token buffer to the context asked for: the smaller of the two is the limit.
-        self._n_ctx = min(llm.n_ctx(), len(llm.input_ids))
-        if engine is not None:
-            self._n_ctx = min(spec.context_length, engine.context_length)
         self._n_vocab = llm.n_vocab()
         self._metadata = llm.metadata
         self._repack = bool(spec.options.get("repack", default_repack()))
         self._vocab = llm._model.vocab  # llama-cpp-python exposes no public vocab handle
         self._pieces: dict[int, bytes | None] = {}  # token id -> bytes, None for end-of-generation
         self._template: TemplateChatFormat | None = None  # built on first use
+        parallel = _parallel(spec)
+        # Several sequences at once: the engine holds the contexts, ``llm`` the model.
+        self._engine = _batch_engine(llama_cpp, llm, spec, parallel, self._piece) \
+            if parallel > 1 else None
+        if self._engine is not None:
+            self._n_ctx = min(spec.context_length, self._engine.context_length)
+        else:
+            # llama.cpp pads a small context (to 256 tokens) but llama-cpp-python sizes its
+            # token buffer to the context asked for: the smaller of the two is the limit.
+            self._n_ctx = min(llm.n_ctx(), len(llm.input_ids))
         self._weights_bytes = spec.path.stat().st_size
         self._kv_bytes_per_context = _kv_cache_bytes(self._metadata, self._n_ctx)
 
@@ -134,34 +138,33 @@ class LlamaCppBackend(Backend):
         unknown = set(spec.options) - LLAMA_OPTIONS - OTHER_OPTIONS - set(SAMPLER_DEFAULTS)
         if unknown:
             raise BackendError(f"unknown llama.cpp options {sorted(unknown)}")
+        if _parallel(spec) < 1:
+            raise BackendError("the llama.cpp option 'parallel' must be at least 1")
         if not spec.path.is_file():
             raise BackendError(f"the weights file of model {spec.name!r} is missing")
         kwargs = {k: v for k, v in spec.options.items() if k in LLAMA_OPTIONS}
         # llama-cpp-python turns flash attention off unless asked; llama.cpp itself (and so
         # the batched engine and llama-server) turns it on where the backend supports it.
         kwargs.setdefault("flash_attn", True)
+        # With the batched engine this instance only holds the model and tokenizes: its
+        # own context is kept at llama.cpp's smallest instead of a full context_length.
+        n_ctx = spec.context_length if _parallel(spec) == 1 else min(spec.context_length,
+                                                                     _SMALLEST_CONTEXT)
         try:
             llm = _llama_type(llama_cpp, bool(spec.options.get("repack", default_repack())))(
                 model_path=str(spec.path),
-                n_ctx=spec.context_length,
+                n_ctx=n_ctx,
                 n_threads=spec.threads,
                 verbose=False,
                 **kwargs,
             )
         except ValueError:  # llama-cpp-python's message names the path: keep it out
             raise BackendError(f"llama.cpp could not load model {spec.name!r}") from None
-        parallel = int(spec.options.get("parallel", 1))
-        if parallel < 1:
+        try:
+            return cls(spec, llm, llama_cpp)
+        except BaseException:  # the batched engine could not be made
             llm.close()
-            raise BackendError("the llama.cpp option 'parallel' must be at least 1")
-        engine = None
-        if parallel > 1:
-            try:
-                engine = _batch_engine(llama_cpp, llm, spec, parallel)
-            except BaseException:
-                llm.close()
-                raise
-        return cls(spec, llm, llama_cpp, engine)
+            raise
 
     # -- generation -------------------------------------------------------------------
 
@@ -246,9 +249,9 @@ class LlamaCppBackend(Backend):
 
     def _piece(self, token: int) -> bytes | None:
         """The bytes of ``token`` (``None`` for end-of-generation), cached per token."""
-        piece = _token_piece(self._llama_cpp, self._vocab, token)
-        self._pieces[token] = piece
-        return piece
+        if token not in self._pieces:
+            self._pieces[token] = _token_piece(self._llama_cpp, self._vocab, token)
+        return self._pieces[token]
 
     def _tokenize(self, llm: Llama, text: str, *, special: bool) -> list[int]:
         # add_bos=True means "add BOS/EOS as the model's metadata says" in llama.cpp
@@ -375,9 +378,9 @@ class LlamaCppBackend(Backend):
 
     def memory_bytes(self) -> int:
         """Weights file size plus the f16 KV cache of each live context."""
-        contexts = (self._llm is not None) + (self._embedder is not None)
-        if self._engine is not None:
-            contexts += self._engine.parallel
+        generating = self._engine.parallel if self._engine is not None else (
+            self._llm is not None)
+        contexts = generating + (self._embedder is not None)
         return self._weights_bytes + contexts * self._kv_bytes_per_context
 
     def describe(self) -> dict[str, Any]:
@@ -478,8 +481,12 @@ def _normalise(vector: Any) -> list[float]:
     return result
 
 
-def _batch_engine(llama_cpp: ModuleType, llm: Llama, spec: ModelSpec,
-                  parallel: int) -> BatchEngine:
+def _parallel(spec: ModelSpec) -> int:
+    return int(spec.options.get("parallel", 1))
+
+
+def _batch_engine(llama_cpp: ModuleType, llm: Llama, spec: ModelSpec, parallel: int,
+                  piece: Callable[[int], bytes | None]) -> BatchEngine:
     """A batched context on ``llm``'s model, with the model's sampler and context options."""
     options = spec.options
     sampler = SamplerSettings(**{k: type(getattr(SamplerSettings, k))(options[k])
@@ -488,15 +495,7 @@ def _batch_engine(llama_cpp: ModuleType, llm: Llama, spec: ModelSpec,
     context_options = {k: options[k] for k in _ENGINE_CONTEXT_OPTIONS if k in options}
     if "n_ubatch" in context_options:
         context_options["n_ubatch"] = min(int(context_options["n_ubatch"]), n_batch)
-    vocab = llm._model.vocab
-    pieces: dict[int, bytes | None] = {}
-
-    def piece(token: int) -> bytes | None:
-        if token not in pieces:
-            pieces[token] = _token_piece(llama_cpp, vocab, token)
-        return pieces[token]
-
-    return BatchEngine(llama_cpp, llm._model.model, vocab, parallel=parallel,
+    return BatchEngine(llama_cpp, llm._model.model, parallel=parallel,
                        context_length=spec.context_length, threads=spec.threads,
                        n_batch=n_batch, context_options=context_options, sampler=sampler,
                        piece=piece)
