@@ -92,28 +92,28 @@ class Unsupported(EdgedError):
     code = "unsupported"
 
 
-class Overloaded(EdgedError):
-    """The model's wait queue is full; try again after ``retry_after`` seconds."""
+class RetryLater(EdgedError):
+    """A refusal the client should retry after ``retry_after`` seconds (``Retry-After``)."""
+
+    def __init__(self, message: str, *, retry_after: int = 1) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after)})
+        self.retry_after = retry_after
+
+
+class Overloaded(RetryLater):
+    """The model's wait queue is full."""
 
     status = 503
     type = "server_error"
     code = "queue_full"
 
-    def __init__(self, message: str, *, retry_after: int = 1) -> None:
-        super().__init__(message, headers={"Retry-After": str(retry_after)})
-        self.retry_after = retry_after
 
-
-class TooManyRequests(EdgedError):
-    """Too many requests of one kind at once; try again after ``retry_after`` seconds."""
+class TooManyRequests(RetryLater):
+    """Too many requests of one kind at once."""
 
     status = 429
     type = "rate_limit_error"
     code = "rate_limited"
-
-    def __init__(self, message: str, *, retry_after: int = 1) -> None:
-        super().__init__(message, headers={"Retry-After": str(retry_after)})
-        self.retry_after = retry_after
 
 
 class NotReady(EdgedError):
