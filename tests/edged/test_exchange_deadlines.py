@@ -24,6 +24,7 @@ from edged.fleet.app import create_fleet_app
 from edged.models import RUNTIMES
 from edged.settings import Settings
 from tests.edged.conftest import FAKE_MODEL, fake_loader, install_fake_model, make_settings
+from tests.support.waiting import wait_until
 
 Client = TestClient[Any, web.Application]
 
@@ -136,16 +137,6 @@ async def _held_of(node: Client, origin: Client) -> Callable[[], int]:
     return lambda: node.app[EXCHANGE].replicas.size(key)
 
 
-async def _wait_until(condition: Callable[[], bool], what: str) -> None:
-    """Poll an in-memory condition until it holds; fail after WAIT_S."""
-    try:
-        async with asyncio.timeout(WAIT_S):
-            while not condition():
-                await asyncio.sleep(0.02)
-    except TimeoutError:
-        raise AssertionError(f"gave up waiting for {what}") from None
-
-
 async def _asked(peer: TricklingPeer) -> None:
     try:
         await asyncio.wait_for(peer.asked.wait(), WAIT_S)
@@ -176,7 +167,8 @@ async def test_an_honest_peer_syncs_while_a_trickling_peer_hangs(
     sync_round = asyncio.create_task(exchange.sync_round([hostile_url, _url(honest)]))
     try:
         await _asked(hostile)
-        await _wait_until(lambda: held() == 3, "the honest peer's receipts")
+        await wait_until(lambda: held() == 3, what="the honest peer's receipts",
+                         timeout=WAIT_S)
         assert not sync_round.done()  # the hostile exchange is still stuck
         assert exchange.states[_url(honest)].last_ok is not None
         assert exchange.states[hostile_url].failures == 0
@@ -270,7 +262,8 @@ async def test_the_fleet_push_does_not_wait_for_a_stuck_peer_round(
             state = exchange.states.get(_url(fleet))
             return state.received if state else 0
 
-        await _wait_until(lambda: pushed() == 2, "the push of the new receipts")
+        await wait_until(lambda: pushed() == 2, what="the push of the new receipts",
+                         timeout=WAIT_S)
         assert exchange.states[hostile_url].failures == 0  # still stuck all along
         assert exchange.states[hostile_url].last_error is None
     finally:
@@ -291,7 +284,8 @@ async def test_peer_rounds_do_not_wait_for_a_stuck_fleet_push(
     try:
         await _asked(hostile)  # the fleet push is now stuck
         await _serve(honest, 2)  # receipts made after it got stuck
-        await _wait_until(lambda: held() == 2, "the pull of the new receipts")
+        await wait_until(lambda: held() == 2, what="the pull of the new receipts",
+                         timeout=WAIT_S)
         assert exchange.states[hostile_url].failures == 0  # still stuck all along
     finally:
         await _stop(loops)
