@@ -106,6 +106,9 @@ def _model_view(request: web.Request, manifest: Manifest) -> dict[str, Any]:
             if state else None,
             # where it runs, as the backend reports it (never claimed, read back)
             "processor": state.details.get("processor") if state else None,
+            # llama.cpp: layers on a GPU (of all offloadable), and the GPU memory the load took
+            **{key: state.details.get(key) if state else None
+               for key in ("gpu_layers", "layers", "device_memory_bytes")},
             # the execution providers the session really uses (never claimed, read back)
             "providers": state.details.get("providers") if state else None}
 

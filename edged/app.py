@@ -52,7 +52,7 @@ from edged.predict import PredictService
 from edged.replicas import ReplicaStore
 from edged.scheduler import LoadPlan, Scheduler
 from edged.security import add_cors_headers, security_middleware
-from edged.settings import Settings
+from edged.settings import Settings, gpu_layers_option
 from runtimes import Backend, ModelSpec, load_backend
 from sync.auth import RequestVerifier
 from sync.discovery import Discovery
@@ -133,7 +133,7 @@ async def _models(app: web.Application, *, runtimes: tuple[str, ...], loader: Lo
             operator_ppm=settings.operator_share_ppm,
             span_params=SpanParams(min_words=settings.span_min_words))
         scheduler = Scheduler(_resolver(store, runtimes, default_threads(settings),
-                                        settings.parallel),
+                                        settings),
                               max_loaded_models=settings.max_loaded_models,
                               default_keep_alive=settings.keep_alive,
                               max_queue=settings.max_queue, loader=loader,
@@ -157,7 +157,7 @@ async def _models(app: web.Application, *, runtimes: tuple[str, ...], loader: Lo
 
 
 def _resolver(store: ModelStore, runtimes: tuple[str, ...], threads: int,
-              parallel: int) -> Callable[[str], LoadPlan]:
+              settings: Settings) -> Callable[[str], LoadPlan]:
     """How the scheduler turns a model name into a load plan: from its manifest."""
 
     def resolve(name: str) -> LoadPlan:
@@ -171,7 +171,8 @@ def _resolver(store: ModelStore, runtimes: tuple[str, ...], threads: int,
         if manifest.embedding_output is not None:
             options["embedding_output"] = manifest.embedding_output
         if manifest.runtime == "llama.cpp":
-            options.setdefault("parallel", parallel)
+            options.setdefault("parallel", settings.parallel)
+            options.setdefault("n_gpu_layers", gpu_layers_option(settings.gpu_layers))
         spec = ModelSpec(name=manifest.name, path=store.weights_path(manifest),
                          chat_format=manifest.chat_format,
                          context_length=manifest.context_length, threads=threads,

@@ -186,12 +186,15 @@ def _ppm(share: float | None) -> int | None:
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
               help="llama.cpp option, VALUE in JSON (replaces the model's options; "
                    "repeatable); the model reloads")
+@click.option("--gpu-layers", metavar="N|auto",
+              help="llama.cpp: layers to offload to a GPU (auto: all that fit; -1: all; "
+                   "0: none); kept with the model's other options; the model reloads")
 @click.pass_context
 def models_update(ctx: click.Context, name: str, owner: str | None, prices: tuple[str, ...],
                   datanets: tuple[str, ...], no_datanets: bool, data_share: float | None,
                   unmatched_data_to: str | None, influence_layer: str | None,
                   max_batch_size: int | None, batch_delay_us: int | None,
-                  options: tuple[str, ...]) -> None:
+                  options: tuple[str, ...], gpu_layers: str | None) -> None:
     """Change a model's owner, price, datanets, data share or batching."""
     changes: dict[str, Any] = {"owner": owner, "data_share_ppm": _ppm(data_share),
                                "unmatched_data_to": unmatched_data_to,
@@ -209,6 +212,15 @@ def models_update(ctx: click.Context, name: str, owner: str | None, prices: tupl
         changes["datanets"] = list(datanets)
     if options:
         changes["options"] = _parse_options(options)
+    if gpu_layers is not None:
+        if gpu_layers != "auto" and not gpu_layers.lstrip("-").isdigit():
+            raise click.BadParameter("a count of layers, -1 or auto", param_hint="--gpu-layers")
+        current = changes.get("options")
+        if current is None:
+            current = call_daemon(ctx, "GET", f"/api/models/{name}").get("options") or {}
+        changes["options"] = {**current,
+                              "n_gpu_layers": gpu_layers if gpu_layers == "auto" else
+                              int(gpu_layers)}
     changes = {key: value for key, value in changes.items() if value is not None}
     print_json(call_daemon(ctx, "PATCH", f"/api/models/{name}", json=changes))
 
@@ -244,7 +256,7 @@ def ps(ctx: click.Context) -> None:
     """Show the loaded models: size, where they run, slots busy, and until when."""
     import time
 
-    click.echo(f"{'NAME':<28} {'SIZE':>10}  {'PROCESSOR':<22} {'SLOTS':<9} UNTIL")
+    click.echo(f"{'NAME':<28} {'SIZE':>10}  {'PROCESSOR':<22} {'GPU':<18} {'SLOTS':<9} UNTIL")
     for model in call_daemon(ctx, "GET", "/api/models")["models"]:
         if not model["loaded"]:
             continue
@@ -255,8 +267,12 @@ def ps(ctx: click.Context) -> None:
         until = "forever" if expires is None else (
             "now" if expires <= time.time() else f"{expires - time.time():.0f} s")
         processor = model.get("processor") or ", ".join(model.get("providers") or []) or "-"
+        gpu = "-"
+        if model.get("gpu_layers"):
+            gpu = f"{model['gpu_layers']}/{model['layers']} layers " \
+                  f"{(model.get('device_memory_bytes') or 0) / 1e6:.0f} MB"
         click.echo(f"{model['name']:<28} {model['memory_bytes'] / 1e6:>7.1f} MB  "
-                   f"{processor:<22} {busy:<9} {until}")
+                   f"{processor:<22} {gpu:<18} {busy:<9} {until}")
 
 
 @models.command("show")

@@ -207,6 +207,8 @@ class Manifest:
     def _digest(self) -> bytes:
         data = self.to_dict()
         data["price"] = asdict(self.price)
+        if "options" in data:  # canonical encoding has no floats: name them by repr
+            data["options"] = _floats_as_text(data["options"])
         return canonical_digest(data)
 
     def public_view(self) -> dict[str, Any]:
@@ -264,10 +266,13 @@ class BlobWriter:
                 self._finished = True
 
 
+MAX_GPUS = 16  # llama.cpp's llama_max_devices()
 # The llama.cpp options a manifest may set: (type, lowest, highest), numbers inclusive.
 LLAMA_MANIFEST_OPTIONS: dict[str, tuple[type, float, float]] = {
     "parallel": (int, 1, 64),  # generations at once (else the `parallel` setting)
-    "n_gpu_layers": (int, -1, 10_000),  # layers offloaded to a GPU (-1: all)
+    "n_gpu_layers": (int, -1, 10_000),  # layers offloaded to a GPU (-1: all; or "auto")
+    "main_gpu": (int, 0, 255),  # the GPU that holds the model when it is not split
+    "tensor_split": (list, 0, 1e6),  # share of the model per GPU, e.g. [3, 1]
     "n_batch": (int, 1, 65_536),  # prompt tokens per decode step
     "n_ubatch": (int, 1, 65_536),
     "flash_attn": (bool, 0, 1),
@@ -293,11 +298,32 @@ def _check_options(manifest: Manifest) -> None:
         if name not in LLAMA_MANIFEST_OPTIONS:
             raise InvalidRequest(f"unknown option {name!r}; known: "
                                  f"{sorted(LLAMA_MANIFEST_OPTIONS)}", param="options")
+        if name == "n_gpu_layers" and value == "auto":
+            continue
         kind, lowest, highest = LLAMA_MANIFEST_OPTIONS[name]
+        if kind is list:
+            if not (isinstance(value, list) and 0 < len(value) <= MAX_GPUS and all(
+                    _is_kind(item, float) and lowest <= item <= highest for item in value)):
+                raise InvalidRequest(f"option {name!r} must be a list of at most {MAX_GPUS} "
+                                     f"numbers within {lowest}..{highest:g}", param="options")
+            continue
         if not _is_kind(value, kind) or (kind is not bool and not lowest <= value <= highest):
             what = "true or false" if kind is bool else \
                 f"{'a number' if kind is float else 'an integer'} within {lowest}..{highest}"
+            if name == "n_gpu_layers":
+                what += ', or "auto"'
             raise InvalidRequest(f"option {name!r} must be {what}", param="options")
+
+
+def _floats_as_text(value: Any) -> Any:
+    """``value`` with every float replaced by its shortest round-trip text (``0.05``)."""
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, dict):
+        return {key: _floats_as_text(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_floats_as_text(item) for item in value]
+    return value
 
 
 def _is_kind(value: object, kind: type) -> bool:

@@ -61,6 +61,9 @@ class Settings:
     threads: int = _setting(0, "CPU threads per model (0: all cores, at most 8)")
     parallel: int = _setting(4, "llama.cpp models: generations served at once per model, "
                              "batched in one context (each with its own context_length)")
+    gpu_layers: str = _setting("auto", "llama.cpp models: layers offloaded to a GPU: auto (all "
+                               "that fit the free GPU memory), a count, or -1 for all; "
+                               "a model's n_gpu_layers option overrides it")
     default_max_tokens: int = _setting(512, "max_tokens when a request gives none")
     operator_id: str = _setting("", "payee id of this node's operator (default: the node key)")
     operator_share_ppm: int = _setting(100_000, "operator share of each fee, in parts per million")
@@ -170,11 +173,23 @@ class Settings:
                                 param="chain_confirmations")
         if self.fleet_url and not self.fleet_url.startswith(("http://", "https://")):
             raise SettingsError("fleet_url must be an http:// or https:// URL", param="fleet_url")
+        if self.gpu_layers != "auto" and not _is_layer_count(self.gpu_layers):
+            raise SettingsError("gpu_layers must be auto, -1 or a count of layers",
+                                param="gpu_layers")
         for name in ("max_body_bytes", "max_loaded_models", "max_queue", "default_max_tokens",
                      "span_min_words", "parallel"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be positive", param=name)
         return self
+
+
+def gpu_layers_option(value: str) -> str | int:
+    """The ``gpu_layers`` setting as a manifest's ``n_gpu_layers`` option value."""
+    return value if value == "auto" else int(value)
+
+
+def _is_layer_count(value: str) -> bool:
+    return value.lstrip("-").isdigit() and int(value) >= -1
 
 
 def _is_usable_key(key: str) -> bool:

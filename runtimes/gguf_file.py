@@ -11,7 +11,8 @@ instead of failing every later request. It reads no tensor data.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -37,6 +38,15 @@ class GGUFSummary:
     tensors: int
     metadata: int
     architecture: str | None
+    # The scalar and string metadata values by key (arrays, such as the vocabulary, left
+    # out), for what is needed before llama.cpp loads the model (layer counts, sizes).
+    values: Mapping[str, int | float | str] = field(default_factory=dict)
+
+    def number(self, key: str, default: int = 0) -> int:
+        """An integer metadata value of the model's architecture (``block_count``, ...)."""
+        value = self.values.get(f"{self.architecture}.{key}")
+        return int(value) if isinstance(value, int) and not isinstance(value, bool) \
+            else default
 
 
 def check_gguf(path: Path) -> GGUFSummary:
@@ -62,10 +72,13 @@ class _Reader:
         entries = self._count("metadata count", minimum_item_bytes=8 + 4)
         architecture: str | None = None
         alignment = DEFAULT_ALIGNMENT
+        values: dict[str, int | float | str] = {}
         for _ in range(entries):
             key = self._string("metadata key")
             kind = self._scalar("<I", f"type of {key!r}")
             value = self._value(kind, key)
+            if isinstance(value, int | float | str):
+                values[key] = value
             if key == "general.architecture" and isinstance(value, str):
                 architecture = value
             if key == "general.alignment":
@@ -77,7 +90,7 @@ class _Reader:
         for index, offset in enumerate(offsets):
             if offset % alignment or data_start + offset >= self._size:
                 raise GGUFError(f"tensor {index} lies outside the file")
-        return GGUFSummary(version, tensors, entries, architecture)
+        return GGUFSummary(version, tensors, entries, architecture, values)
 
     def _tensor_info(self, index: int) -> int:
         self._string(f"tensor {index} name")

@@ -11,13 +11,18 @@ without it. ``verbose=False`` always: llama.cpp's verbose logs include prompt te
 
 ``spec.options`` (all optional): ``top_k`` (40), ``min_p`` (0.05) and
 ``repeat_penalty`` (1.0), the sampler settings outside the request (llama.cpp's
-defaults, the same as ``create_completion``'s); and ``n_gpu_layers``, ``n_batch``,
-``n_ubatch``, ``flash_attn``, ``use_mmap``, ``use_mlock``, ``type_k``, ``type_v`` and
-``kv_overrides``, passed to ``llama_cpp.Llama``; ``embedding_batch``, tokens per decode
-step when embedding with a generative model; ``repack`` (default: see
+defaults, the same as ``create_completion``'s); ``n_gpu_layers`` (``"auto"``, the default:
+see :mod:`runtimes.llama_devices`; a count; -1 for all); ``main_gpu``, ``tensor_split``,
+``n_batch``, ``n_ubatch``, ``flash_attn``, ``use_mmap``, ``use_mlock``, ``type_k``,
+``type_v`` and ``kv_overrides``, passed to ``llama_cpp.Llama``; ``embedding_batch``,
+tokens per decode step when embedding with a generative model; ``repack`` (default: see
 :func:`default_repack`): false is llama.cpp's ``--no-repack``, which keeps weights out of
 the CPU's extra buffer types (weight repacking, AMX). Some VMs advertise AMX but fault on
 its instructions; ``repack=False`` avoids that.
+
+Embeddings use a second llama.cpp instance on the same file, kept on the CPU (mmap shares
+its weight pages with the first): offloading it too would hold the weights twice in GPU
+memory.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from __future__ import annotations
 import ctypes
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,7 +55,16 @@ from runtimes.chat_formats import (
     chat_format_names,
     format_chat,
 )
+from runtimes.gguf_file import GGUFError, check_gguf
 from runtimes.llama_batch import BatchEngine, SamplerSettings
+from runtimes.llama_devices import (
+    AUTO,
+    gpu_free_bytes,
+    list_devices,
+    offloaded_layers,
+    plan_gpu_layers,
+    processor_label,
+)
 from runtimes.stop_text import StopTextStream
 
 if TYPE_CHECKING:
@@ -59,10 +74,10 @@ if TYPE_CHECKING:
 
 SAMPLER_DEFAULTS: Mapping[str, float] = {"top_k": 40, "min_p": 0.05, "repeat_penalty": 1.0}
 LLAMA_OPTIONS = frozenset(
-    {"n_gpu_layers", "n_batch", "n_ubatch", "flash_attn", "use_mmap", "use_mlock"}
+    {"n_batch", "n_ubatch", "flash_attn", "use_mmap", "use_mlock", "main_gpu", "tensor_split"}
     | {"type_k", "type_v", "kv_overrides"}
 )
-OTHER_OPTIONS = frozenset({"repack", "embedding_batch", "parallel"})
+OTHER_OPTIONS = frozenset({"repack", "embedding_batch", "parallel", "n_gpu_layers"})
 # Context options the batched engine passes to llama.cpp as they are.
 _ENGINE_CONTEXT_OPTIONS = ("n_ubatch", "type_k", "type_v")
 DEFAULT_BATCH_TOKENS = 512  # tokens per decode step of the batched engine
@@ -112,6 +127,7 @@ class LlamaCppBackend(Backend):
         self._vocab = llm._model.vocab  # llama-cpp-python exposes no public vocab handle
         self._pieces: dict[int, bytes | None] = {}  # token id -> bytes, None for end-of-generation
         self._template: TemplateChatFormat | None = None  # built on first use
+        self._gpu = _GpuPlacement(n_gpu_layers=0)  # load() sets what it planned and measured
         parallel = _parallel(spec)
         # Several sequences at once: the engine holds the contexts, ``llm`` the model.
         self._engine = _batch_engine(llama_cpp, llm, spec, parallel, self._piece) \
@@ -143,6 +159,8 @@ class LlamaCppBackend(Backend):
         if not spec.path.is_file():
             raise BackendError(f"the weights file of model {spec.name!r} is missing")
         kwargs = {k: v for k, v in spec.options.items() if k in LLAMA_OPTIONS}
+        gpu = _GpuPlacement.plan(llama_cpp, spec)
+        kwargs["n_gpu_layers"] = gpu.n_gpu_layers
         # llama-cpp-python turns flash attention off unless asked; llama.cpp itself (and so
         # the batched engine and llama-server) turns it on where the backend supports it.
         kwargs.setdefault("flash_attn", True)
@@ -161,7 +179,9 @@ class LlamaCppBackend(Backend):
         except ValueError:  # llama-cpp-python's message names the path: keep it out
             raise BackendError(f"llama.cpp could not load model {spec.name!r}") from None
         try:
-            return cls(spec, llm, llama_cpp)
+            backend = cls(spec, llm, llama_cpp)
+            backend._gpu = gpu.loaded(llama_cpp)
+            return backend
         except BaseException:  # the batched engine could not be made
             llm.close()
             raise
@@ -384,19 +404,21 @@ class LlamaCppBackend(Backend):
         return self._weights_bytes + contexts * self._kv_bytes_per_context
 
     def describe(self) -> dict[str, Any]:
-        """Where the model runs, from llama.cpp: a build without GPU offload, or no layer
-        offloaded, is ``CPU``; else the share of layers on the GPU."""
-        llm = self._llm
+        """Where the model runs: the layers offloaded (of the repeating blocks plus the
+        output layer), the GPU memory its load took as the devices reported it, and the
+        split in ``ollama ps``'s words (by that memory; by layers if none was measured)."""
         architecture = self._metadata.get("general.architecture", "")
-        layers = int(self._metadata.get(f"{architecture}.block_count", 0) or 0)
-        offloaded = 0
-        if llm is not None and self._llama_cpp.llama_supports_gpu_offload():
-            requested = int(llm.model_params.n_gpu_layers)
-            offloaded = layers if requested < 0 else min(requested, layers)
-        processor = "CPU" if offloaded == 0 else (
-            "100% GPU" if offloaded >= layers else f"{offloaded}/{layers} layers on GPU")
+        blocks = int(self._metadata.get(f"{architecture}.block_count", 0) or 0)
+        layers = blocks + 1
+        offloaded = offloaded_layers(self._gpu.n_gpu_layers, blocks)
+        device = self._gpu.device_bytes
+        if device:
+            processor = processor_label(max(0, self.memory_bytes() - device), device)
+        else:
+            processor = processor_label(layers - offloaded, offloaded)
         return {"runtime": self.runtime, "processor": processor, "layers": layers,
-                "gpu_layers": offloaded, "parallel": self.max_concurrency}
+                "gpu_layers": offloaded, "device_memory_bytes": device,
+                "parallel": self.max_concurrency}
 
     @property
     def embeds_apart(self) -> bool:
@@ -453,6 +475,42 @@ def _llama_type(llama_cpp: ModuleType, repack: bool) -> type[Llama]:
             self.__dict__["_no_repack_model_params"] = params
 
     return NoRepackLlama
+
+
+@dataclass(frozen=True)
+class _GpuPlacement:
+    """The ``n_gpu_layers`` a model was loaded with, and the GPU memory the load took
+    (free GPU memory before it minus after it, engine contexts included)."""
+
+    n_gpu_layers: int
+    free_before: int = 0
+    device_bytes: int = 0
+
+    @classmethod
+    def plan(cls, llama_cpp: ModuleType, spec: ModelSpec) -> _GpuPlacement:
+        """``spec.options["n_gpu_layers"]`` (a count, -1 for all, or ``"auto"``, the
+        default) for this build and the GPUs' free memory now (see llama_devices)."""
+        requested = spec.options.get("n_gpu_layers", AUTO)
+        if not llama_cpp.llama_supports_gpu_offload():
+            return cls(0)
+        try:
+            summary = check_gguf(spec.path)
+        except GGUFError as exc:
+            raise BackendError(f"model {spec.name!r}: {exc}") from None
+        metadata = {key: str(value) for key, value in summary.values.items()}
+        free = gpu_free_bytes(list_devices(llama_cpp))
+        kv_bytes = _kv_cache_bytes(metadata, spec.context_length) * _parallel(spec)
+        n_gpu_layers = plan_gpu_layers(
+            requested, supports_offload=True, n_layers=summary.number("block_count"),
+            weights_bytes=spec.path.stat().st_size, kv_cache_bytes=kv_bytes, free_bytes=free)
+        return cls(n_gpu_layers, free_before=free)
+
+    def loaded(self, llama_cpp: ModuleType) -> _GpuPlacement:
+        """This placement with the GPU memory the load took, read from the devices."""
+        if self.n_gpu_layers == 0:
+            return self
+        used = self.free_before - gpu_free_bytes(list_devices(llama_cpp))
+        return replace(self, device_bytes=max(0, used))
 
 
 def _kv_cache_bytes(metadata: Mapping[str, str], n_ctx: int) -> int:

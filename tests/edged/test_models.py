@@ -137,6 +137,11 @@ def test_llama_options_are_validated_and_kept(tmp_path: Path, gguf_bytes: bytes)
     tuned = store.add(_manifest("tuned", digest, options={
         "parallel": 8, "n_gpu_layers": -1, "flash_attn": True, "min_p": 0, "top_k": 20}))
     assert store.get("tuned").options == tuned.options
+    gpus = store.add(_manifest("gpus", digest, options={
+        "n_gpu_layers": "auto", "main_gpu": 1, "tensor_split": [3, 1.5], "min_p": 0.1}))
+    assert store.get("gpus").options["tensor_split"] == [3, 1.5]
+    # Floats are named in the digest by their text: a different value, a different digest.
+    assert gpus.digest() != replace(gpus, options={**gpus.options, "min_p": 0.2}).digest()
     assert tuned.digest() != replace(tuned, options={}).digest()
 
 
@@ -144,6 +149,9 @@ def test_llama_options_are_validated_and_kept(tmp_path: Path, gguf_bytes: bytes)
     {"paralel": 2},  # unknown
     {"parallel": 0}, {"parallel": 65}, {"parallel": 2.5}, {"parallel": True},
     {"flash_attn": 1}, {"min_p": 2}, {"min_p": "0.1"}, {"min_p": float("nan")},
+    {"n_gpu_layers": "all"}, {"n_gpu_layers": -2}, {"main_gpu": -1},
+    {"tensor_split": []}, {"tensor_split": [1, -1]}, {"tensor_split": "3,1"},
+    {"tensor_split": [1] * 17},
     [("parallel", 2)],
 ])
 def test_bad_llama_options_are_refused(tmp_path: Path, gguf_bytes: bytes,

@@ -100,12 +100,22 @@ def test_cli_models_run_receipts_keys_config(daemon: Daemon) -> None:
 
     # The model is loaded now: `edged ps` shows where it runs and its slots.
     ps = daemon.cli("ps").stdout.splitlines()
-    assert ps[0].split() == ["NAME", "SIZE", "PROCESSOR", "SLOTS", "UNTIL"]
+    assert ps[0].split() == ["NAME", "SIZE", "PROCESSOR", "GPU", "SLOTS", "UNTIL"]
     row = next(line.split() for line in ps[1:] if line.startswith(MODEL + " "))
-    assert row[3:5] == ["CPU", "0/4"]  # this build has no GPU offload; 4 parallel slots
+    assert row[3:6] == ["CPU", "-", "0/4"]  # this build has no GPU offload; 4 parallel slots
     loaded = json.loads(daemon.cli("models", "show", MODEL).stdout)
     assert loaded["slots"] == {"busy": 0, "total": 4, "queued": 0}
     assert loaded["processor"] == "CPU"
+    assert loaded["gpu_layers"] == 0 and loaded["device_memory_bytes"] == 0
+    assert loaded["layers"] > 1  # the blocks and the output layer, from llama.cpp
+
+    # --gpu-layers keeps the model's other options and reloads it on its next use.
+    daemon.cli("models", "update", MODEL, "--option", "parallel=2")
+    daemon.cli("models", "update", MODEL, "--gpu-layers", "0")
+    shown = json.loads(daemon.cli("models", "show", MODEL).stdout)
+    assert shown["options"] == {"parallel": 2, "n_gpu_layers": 0}
+    refused = daemon.cli("models", "update", MODEL, "--gpu-layers", "most", check=False)
+    assert refused.returncode != 0 and "--gpu-layers" in refused.stderr
 
     assert receipt_id in daemon.cli("receipts", "list", "--limit", "1000").stdout
     verify = daemon.cli("receipts", "verify")

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from edged.settings import DEFAULT_PORT, SettingsError, load_settings
+from edged.settings import DEFAULT_PORT, SettingsError, gpu_layers_option, load_settings
 
 
 def test_defaults_bind_loopback_on_the_documented_port(tmp_path: Path) -> None:
@@ -22,6 +22,15 @@ def test_precedence_defaults_file_environment_flags(tmp_path: Path) -> None:
     assert settings.max_queue == 3  # file beats default
     assert settings.keep_alive == 20.0  # environment beats file
     assert settings.port == 4003  # flag beats environment
+
+
+def test_gpu_layers_is_auto_a_count_or_all(tmp_path: Path) -> None:
+    assert load_settings(environ={"HOME": str(tmp_path)}).gpu_layers == "auto"
+    config = tmp_path / "edged.toml"
+    config.write_text("gpu_layers = 12\n")  # a TOML integer is a count too
+    assert gpu_layers_option(load_settings(environ={}, config_file=config).gpu_layers) == 12
+    settings = load_settings(environ={"HOME": str(tmp_path), "EDGED_GPU_LAYERS": "-1"})
+    assert gpu_layers_option(settings.gpu_layers) == -1
 
 
 def test_config_file_found_in_data_dir(tmp_path: Path) -> None:
@@ -45,6 +54,8 @@ def test_environment_lists_are_comma_separated(tmp_path: Path) -> None:
     ({"EDGED_CHAIN_MAX_FEE_GWEI": "0"}, "chain_max_fee_gwei"),
     ({"EDGED_CHAIN_MAX_FEE_GWEI": "-1"}, "chain_max_fee_gwei"),
     ({"EDGED_CHAIN_MAX_FEE_GWEI": "nan"}, "chain_max_fee_gwei"),
+    ({"EDGED_GPU_LAYERS": "all"}, "gpu_layers"),
+    ({"EDGED_GPU_LAYERS": "-2"}, "gpu_layers"),
 ])
 def test_invalid_settings_are_refused(tmp_path: Path, environ: dict[str, str],
                                       param: str) -> None:
