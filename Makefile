@@ -2,7 +2,12 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-stamp
+# llama.cpp's backend for llama-cpp-python: auto is CUDA when nvcc (or a CUDA toolkit) and
+# an NVIDIA driver are there, Metal on Apple Silicon, else the CPU. Force one with
+# EDGED_LLAMA_BACKEND=cpu|cuda|metal (see packaging/llama_wheel.py).
+EDGED_LLAMA_BACKEND ?= auto
+LLAMA_BACKEND := $(shell $(PYTHON) packaging/llama_wheel.py detect --backend $(EDGED_LLAMA_BACKEND))
+STAMP := $(VENV)/.installed-$(LLAMA_BACKEND)
 NODE_STAMP := node_modules/.installed-stamp
 JOBS := $(shell nproc 2>/dev/null || echo 2)
 # What the tests start for real: PostgreSQL (a throwaway cluster), Chromium (the fleet
@@ -14,11 +19,15 @@ APT_PACKAGES := postgresql chromium nodejs npm
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-# llama-cpp-python builds from source the first time (about 6-12 minutes on 2 cores);
-# pip's wheel cache makes later installs take seconds.
-$(STAMP): pyproject.toml | $(PY)
+# llama-cpp-python builds from source the first time (about 6-12 minutes on 2 cores for
+# the CPU); a wheel cache keyed by the backend makes later installs take seconds.
+$(STAMP): pyproject.toml packaging/llama_wheel.py | $(PY)
+	@test -n "$(LLAMA_BACKEND)" || { echo "no llama.cpp backend detected" >&2; exit 1; }
 	$(PY) -m pip install --quiet --upgrade pip
-	CMAKE_BUILD_PARALLEL_LEVEL=$(JOBS) $(PY) -m pip install --quiet -e '.[llama,demo,fleet,test]'
+	CMAKE_BUILD_PARALLEL_LEVEL=$(JOBS) $(PY) packaging/llama_wheel.py install \
+		--backend $(LLAMA_BACKEND) --python $(PY)
+	$(PY) -m pip install --quiet -e '.[llama,demo,fleet,test]'
+	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
 system-deps:
@@ -46,10 +55,11 @@ test: system-deps setup $(NODE_STAMP)
 	$(PY) -m pytest -q
 
 lint: setup
-	$(VENV)/bin/ruff check edged runtimes attribution sync tests bench
+	$(VENV)/bin/ruff check edged runtimes attribution sync tests bench packaging
 	$(VENV)/bin/mypy edged runtimes attribution sync
 
 bench: setup
+	$(PY) -m pip install --quiet -e '.[llama,demo,fleet,test,bench]'
 	$(PY) bench/bench_ledger.py
 	$(PY) bench/bench_generation.py
 

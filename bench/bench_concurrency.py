@@ -27,8 +27,12 @@ request after another (a raw completion prompt, so every server sees the same to
 TTFT with ``cache_prompt`` true vs false (in the request body, via ``extra_body``), for
 edged with ``parallel`` 1 and 4, and llama-server ``-np 4`` as the reference.
 
+``--gpu`` offloads every layer in all three (llama-server built with ``-DGGML_CUDA=ON``
+into a folder of its own; edged's venv needs a CUDA llama-cpp-python, which ``make setup``
+builds on a machine with a CUDA toolkit and an NVIDIA driver).
+
 Not a test: no asserts on timings. Run:
-``.venv/bin/python bench/bench_concurrency.py [--reps 1] [--streams 1,2,4,8]``.
+``.venv/bin/python bench/bench_concurrency.py [--reps 1] [--streams 1,2,4,8] [--gpu]``.
 """
 
 from __future__ import annotations
@@ -122,11 +126,12 @@ def cache_dir() -> Path:
     return Path(base) / "edged-bench"
 
 
-def llama_server_binary(version: str, jobs: int) -> Path:
+def llama_server_binary(version: str, jobs: int, *, cuda: bool = False) -> Path:
     """llama-server built from the llama.cpp vendored in llama-cpp-python ``version``'s
-    sdist: built (about 9 minutes on 2 cores) into :func:`cache_dir` unless already there."""
+    sdist: built (about 9 minutes on 2 cores) into :func:`cache_dir` unless already there;
+    with ``cuda``, a CUDA build in a folder of its own."""
     cache = cache_dir()
-    build = cache / f"llama-server-{version}"
+    build = cache / f"llama-server-{version}{'-cuda' if cuda else ''}"
     binary = build / "bin" / "llama-server"
     if binary.is_file():
         return binary
@@ -145,7 +150,7 @@ def llama_server_binary(version: str, jobs: int) -> Path:
             with tarfile.open(tarball) as archive:
                 archive.extractall(cache, filter="data")
         run_logged(["cmake", "-S", str(source / "vendor" / "llama.cpp"), "-B", str(build),
-                    *BUILD_FLAGS], log, log_path)
+                    *BUILD_FLAGS, f"-DGGML_CUDA={'ON' if cuda else 'OFF'}"], log, log_path)
         run_logged(["cmake", "--build", str(build), "--target", "llama-server",
                     "-j", str(jobs)], log, log_path)
     if not binary.is_file():
@@ -175,6 +180,7 @@ class Config:
     context: int  # tokens of context per stream (slot)
     chat_format: str | None  # edged's manifest: the demo GGUF has no chat template
     logs: Path  # a temp dir for logs (and edged's data dir)
+    gpu: bool = False  # every layer offloaded to the GPU (a CUDA build of both)
 
 
 class Server(Protocol):
@@ -224,7 +230,8 @@ class LlamaServer(ServerProcess):
         args = [str(self.binary), "-m", str(config.model_path), "--host", "127.0.0.1",
                 "--port", str(self.port), "-np", str(slots), "-c", str(slots * config.context),
                 "--no-kv-unified", "--swa-full", "-t", str(config.threads),
-                "-tb", str(config.threads), "--temp", "0", "--no-webui"]
+                "-tb", str(config.threads), "--temp", "0", "--no-webui",
+                "-ngl", "999" if config.gpu else "0"]
         self.launch(args, self.environment(), lambda: answers(self.port, "/health"),
                     START_TIMEOUT_S, self.name)
 
@@ -260,7 +267,8 @@ class LlamaCppPythonServer(ServerProcess):
         args = [sys.executable, "-m", "llama_cpp.server", "--model", str(config.model_path),
                 "--model_alias", MODEL_NAME, "--host", "127.0.0.1", "--port", str(self.port),
                 "--n_ctx", str(config.context), "--n_threads", str(config.threads),
-                "--n_threads_batch", str(config.threads)]
+                "--n_threads_batch", str(config.threads),
+                "--n_gpu_layers", "-1" if config.gpu else "0"]
         self.launch(args, self.environment(), lambda: answers(self.port, "/v1/models"),
                     START_TIMEOUT_S, self.name)
 
@@ -284,7 +292,8 @@ class Edged:
     def start(self, slots: int) -> None:
         config = self.config
         self.daemon = harness.Daemon(config.logs, config.threads, demo=False,
-                                     settings={"EDGED_PARALLEL": str(slots)})
+                                     settings={"EDGED_PARALLEL": str(slots),
+                                               "EDGED_GPU_LAYERS": "-1" if config.gpu else "0"})
         self.daemon.start(timeout=START_TIMEOUT_S)
         if not self.registered:
             args = [sys.executable, "-m", "edged", "--url", f"http://127.0.0.1:"
@@ -563,6 +572,9 @@ def main() -> None:
     parser.add_argument("--build-only", action="store_true",
                         help="build llama-server (if needed), print its path and exit")
     parser.add_argument("--no-prefix", action="store_true", help="skip the prefix reuse part")
+    parser.add_argument("--gpu", action="store_true",
+                        help="offload every layer (llama-server built with CUDA; edged and "
+                             "llama-cpp-python need a CUDA build: EDGED_LLAMA_BACKEND=cuda)")
     args = parser.parse_args()
     counts = [int(n) for n in args.streams.split(",")]
     if args.reps < 1 or args.threads < 1 or args.max_tokens < 2 or not counts or any(
@@ -572,7 +584,7 @@ def main() -> None:
 
     version = importlib.metadata.version("llama-cpp-python")
     try:
-        binary = args.llama_server or llama_server_binary(version, args.jobs)
+        binary = args.llama_server or llama_server_binary(version, args.jobs, cuda=args.gpu)
     except BenchError as exc:
         raise SystemExit(f"bench failed: {exc}") from None
     if args.build_only:
@@ -587,7 +599,7 @@ def main() -> None:
         else:
             model_path = args.model.resolve()
         config = Config(model_path, args.threads, args.context,
-                        "gemma" if args.model is None else None, base)
+                        "gemma" if args.model is None else None, base, gpu=args.gpu)
         servers: list[Server] = [LlamaServer(binary, config)]
         skipped: dict[str, str] = {}
         missing = LlamaCppPythonServer.missing()
