@@ -1,12 +1,15 @@
 """Benchmark: fidelity and per-prediction cost of ``influence/1`` (and ``knn/1``).
 
-Runs the fidelity experiment of ``tests/attribution/test_influence.py``
-(breast-cancer data, 8 non-IID contributors, leave-one-contributor-out
-retraining as ground truth) and prints:
+Runs the fidelity experiment of ``tests/attribution/fidelity.py`` (8 non-IID
+contributors, leave-one-contributor-out retraining as ground truth) on
+scikit-learn's bundled breast-cancer, wine and digits data and prints:
 
 1. mean Spearman of ``influence/1``, ``knn/1`` and a random split against the
-   ground truth, for a logistic regression and a 16-unit MLP, plus a damping
-   sweep for ``influence/1``;
+   ground truth, for a logistic regression and a 16-unit MLP, each bound on
+   the standardised model and on the same model with the standardisation
+   folded into its first layer (as the demo classifier is written), with the
+   damping on standardised features (the default) and on raw features (index
+   format 1); plus a damping sweep for ``influence/1``;
 2. the time to bind the datanet (per-example gradients, Hessian, solve);
 3. the cost per prediction of ``influence/1`` (scores only: one gradient and
    one [contributors, p] mat-vec; and the full ``attribute``: scores, ppm and
@@ -17,7 +20,8 @@ retraining as ground truth) and prints:
 Numbers come from one machine and one run; timings are the median of
 ``--repeats`` batches. Not a test: no asserts on timings.
 
-Run: ``.venv/bin/python bench/bench_influence.py [--repeats 7]``.
+Run: ``.venv/bin/python bench/bench_influence.py [--repeats 7] [--datasets ...]``
+(about a minute on 2 cores; digits takes most of it).
 """
 
 from __future__ import annotations
@@ -36,12 +40,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from attribution.influence import bind_influence  # noqa: E402
-from tests.attribution.test_influence import (  # noqa: E402
+from attribution.influence import RAW, STANDARDISED  # noqa: E402
+from tests.attribution.fidelity import (  # noqa: E402
+    DATASETS,
     ModelResult,
     Split,
-    influence_scores,
-    mean_spearman,
     run_experiment,
 )
 
@@ -110,34 +113,33 @@ def onnx_predict(result: ModelResult, x: np.ndarray) -> Callable[[], Any] | None
     return lambda: session.run(None, {name: row})
 
 
-def fidelity_table(split: Split, results: dict[str, ModelResult]) -> None:
+def fidelity_table(experiments: dict[str, tuple[Split, dict[str, ModelResult]]]) -> None:
     print("\nFidelity: mean Spearman vs leave-one-contributor-out (per test point, averaged)")
-    print(f"{'model':<22}{'influence/1':>13}{'knn/1':>10}{'random':>10}{'target':>9}")
-    targets = {"lr": 0.85, "mlp": 0.5}
-    for key, result in results.items():
-        f = result.fidelity
-        print(
-            f"{result.spec.name:<22}{f['influence/1']:>13.3f}{f['knn/1']:>10.3f}"
-            f"{f['random']:>10.3f}{targets[key]:>9.2f}"
-        )
-    print(
-        f"\n{len(split.x_test)} test points, {len(split.names)} contributors, "
-        f"{len(split.x_train)} training examples"
-    )
-    print("\ninfluence/1 by damping (default 0.01):")
-    print(f"{'model':<22}" + "".join(f"{d:>9g}" for d in DAMPINGS))
-    for result in results.values():
-        w, b = result.spec.layer(result.model)
-        h_train = result.spec.features(result.model, split.x_train)
-        row = []
-        for damping in DAMPINGS:
-            index = bind_influence(h_train, split.y_train, split.owner, w, b, damping=damping)
-            row.append(
-                mean_spearman(
-                    influence_scores(index, result.h_test, result.predicted), result.truth
-                )
-            )
-        print(f"{result.spec.name:<22}" + "".join(f"{r:>9.3f}" for r in row))
+    print("influence/1 bound on the standardised model / on the folded model, damping 0.01 "
+          "on\nstandardised features (default) and on raw features (index format 1)")
+    print(f"{'data set':<15}{'model':<22}{'std':>7}{'folded':>8}{'std raw':>9}"
+          f"{'folded raw':>12}{'knn/1':>8}{'random':>8}{'n':>6}{'k':>4}")
+    for dataset, (split, results) in experiments.items():
+        for result in results.values():
+            f = result.fidelity
+            raw = [result.influence_fidelity(folded=folded, damping_basis=RAW)
+                   for folded in (False, True)]
+            print(f"{dataset:<15}{result.spec.name:<22}{f['influence/1']:>7.3f}"
+                  f"{f['influence/1 folded']:>8.3f}{raw[0]:>9.3f}{raw[1]:>12.3f}"
+                  f"{f['knn/1']:>8.3f}{f['random']:>8.3f}{len(split.x_train):>6}"
+                  f"{split.classes:>4}")
+    print("\nn = training examples (8 contributors), k = classes; test points: "
+          + ", ".join(f"{d} {len(s.x_test)}" for d, (s, _) in experiments.items()))
+    print("\ninfluence/1 by damping on the folded model, standardised basis (raw basis):")
+    print(f"{'data set':<15}{'model':<22}" + "".join(f"{d:>15g}" for d in DAMPINGS))
+    for dataset, (_, results) in experiments.items():
+        for result in results.values():
+            cells = [
+                f"{result.influence_fidelity(folded=True, damping=d):.3f} "
+                f"({result.influence_fidelity(folded=True, damping=d, damping_basis=RAW):.3f})"
+                for d in DAMPINGS
+            ]
+            print(f"{dataset:<15}{result.spec.name:<22}" + "".join(f"{c:>15}" for c in cells))
 
 
 def cost_table(split: Split, results: dict[str, ModelResult], repeats: int) -> None:
@@ -173,15 +175,19 @@ def cost_table(split: Split, results: dict[str, ModelResult], repeats: int) -> N
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--datasets", nargs="+", choices=sorted(DATASETS),
+                        default=list(DATASETS))
     args = parser.parse_args()
     print(f"python {platform.python_version()}, numpy {np.__version__}, {platform.machine()}")
-    started = time.perf_counter()
-    split, results = run_experiment()
-    print(
-        f"experiment (train + 8 retrainings per model + both indices): "
-        f"{time.perf_counter() - started:.1f} s"
-    )
-    fidelity_table(split, results)
+    experiments = {}
+    for dataset in args.datasets:
+        started = time.perf_counter()
+        experiments[dataset] = run_experiment(dataset)
+        print(f"{dataset}: train + 8 retrainings per model + indices: "
+              f"{time.perf_counter() - started:.1f} s")
+    fidelity_table(experiments)
+    split, results = next(iter(experiments.values()))
+    print(f"\n({next(iter(experiments))} data, damping basis {STANDARDISED})")
     cost_table(split, results, args.repeats)
 
 

@@ -1,13 +1,16 @@
 """Tabular contributor examples bound to a tensor model, for ``influence/1``.
 
 An examples file (NPZ with ``features`` [n, d], ``labels`` [n], ``contributors`` [n];
-or CSV with columns ``contributor,label,f1..fd``) is bound to an ONNX model. When the
-manifest names the final linear layer (``influence_layer``: ``features`` = the graph
-input, or a declared graph output carrying the hidden activations, that feeds it;
-``weights`` and ``bias`` = initializer names), binding computes the per-contributor
-influence vectors once (``influence/1``); every prediction is then attributed with one
-small matrix-vector product per row. Models without a named layer get ``knn/1`` over
-the input features instead (much weaker, see DESIGN.md). Bindings are stored in
+or CSV with columns ``contributor,label,f1..fd``) is bound to an ONNX model. The final
+linear layer is the one the manifest names (``influence_layer``: ``features`` = the
+tensor that feeds it, ``weights`` and ``bias`` = initializer names) or, when it names
+none, the one ``attribution.onnx_layers.find_final_linear_layer`` finds in the graph
+(``Binding.layer`` says which, and where it came from). With a layer, binding computes
+the per-contributor influence vectors once (``influence/1``); every prediction is then
+attributed with one small matrix-vector product per row. The layer's input is the graph
+input, a graph output, or a hidden tensor that a second session (the graph with that
+tensor exposed) computes from the input rows. Models without a layer get ``knn/1``
+over the input features instead (much weaker, see DESIGN.md). Bindings are stored in
 ``<data_dir>/influence/``.
 """
 
@@ -32,6 +35,7 @@ from attribution.influence import METHOD as INFLUENCE_METHOD
 from attribution.influence import InfluenceIndex, bind_influence
 from attribution.knn import METHOD as KNN_METHOD
 from attribution.knn import KnnIndex
+from attribution.onnx_layers import find_final_linear_layer
 from edged.errors import InvalidRequest, PayloadTooLarge
 from edged.models import Manifest, validate_name
 
@@ -167,11 +171,33 @@ def _bounded_lines(text: io.TextIOBase) -> Iterator[str]:
         yield line
 
 
+LAYER_FROM_MANIFEST = "manifest"
+LAYER_FOUND = "found"
+
+
+@dataclass(frozen=True, eq=False)
+class Layer:
+    """The final linear layer a binding uses: tensor and parameter names, the parameters
+    as the model applies them (``weights`` [d, k]) and where it came from: ``"manifest"``
+    (``influence_layer``) or ``"found"`` (``find_final_linear_layer``)."""
+
+    features: str
+    weights_name: str
+    bias_name: str
+    weights: np.ndarray
+    bias: np.ndarray
+    source: str
+
+    def describe(self) -> dict[str, str]:
+        """What to show (``models show``, the bind answer): names and source only."""
+        return {"features": self.features, "weights": self.weights_name,
+                "bias": self.bias_name, "source": self.source}
+
+
 @dataclass(frozen=True)
 class Binding:
     """What a prediction is attributed with: ``influence/1`` through the final linear
-    layer (fed by the graph input or by a declared hidden output), or ``knn/1`` over the
-    input features when the manifest names no layer."""
+    layer, or ``knn/1`` over the input features when there is none."""
 
     method: str
     features: str  # the tensor (graph input or output) the method reads, per row
@@ -179,6 +205,9 @@ class Binding:
     knn: KnnIndex | None = None
     weights: np.ndarray | None = None
     bias: np.ndarray | None = None
+    layer: Layer | None = None  # influence/1's layer, named or found
+    # Computes a hidden layer input from input rows, when no graph output carries it.
+    layer_input: LayerInput | None = None
 
     def digest(self) -> bytes:
         index = self.influence if self.influence is not None else self.knn
@@ -190,6 +219,8 @@ class Binding:
         """Per-contributor scores for one row, and the predicted class used."""
         if self.influence is not None:
             assert self.weights is not None and self.bias is not None
+            if self.layer_input is not None:
+                row = self.layer_input(row[None, :])[0]
             logits = row @ self.weights + self.bias
             predicted = int(np.argmax(logits)) if logits.size > 1 else int(float(logits[0]) > 0)
             return self.influence.influence(row, predicted), predicted
@@ -230,6 +261,13 @@ class InfluenceBindings:
         suffix = "knn" if method == KNN_METHOD else "influence"
         return self.root / f"{validate_name(model)}.{suffix}.npz"
 
+    def _store(self, model: str, method: str) -> Path:
+        """Where a new binding of ``method`` goes; the other method's file is removed, so
+        a restart loads what was bound last."""
+        other = INFLUENCE_METHOD if method == KNN_METHOD else KNN_METHOD
+        self._path(model, other).unlink(missing_ok=True)
+        return self._path(model, method)
+
     def bind(self, manifest: Manifest, weights_path: Path, examples: Examples) -> Binding:
         """Build and store the binding; anything that does not fit the model is a 400."""
         try:
@@ -244,21 +282,21 @@ class InfluenceBindings:
         if width is not None and examples.features.shape[1] != width:
             raise InvalidRequest(f"the examples have {examples.features.shape[1]} features; "
                                  f"the model's input has {width}")
-        layer = manifest.influence_layer
-        if not layer:
+        layer = _final_layer(manifest, weights_path)
+        if layer is None:
             features_name = _single_input(weights_path)
             knn = KnnIndex(examples.features, examples.labels, examples.contributors)
-            np.savez(self._path(manifest.name, KNN_METHOD), features=examples.features,
+            np.savez(self._store(manifest.name, KNN_METHOD), features=examples.features,
                      labels=examples.labels, contributors=np.array(examples.contributors))
             binding = Binding(KNN_METHOD, features_name, knn=knn)
         else:
-            w, b = _initializers(weights_path, layer["weights"], layer["bias"])
-            features = _layer_features(weights_path, layer["features"], examples.features)
-            w = _oriented(w, features.shape[1])
-            index = bind_influence(features, examples.labels, examples.contributors, w, b)
-            index.save(self._path(manifest.name, INFLUENCE_METHOD))
-            binding = Binding(INFLUENCE_METHOD, layer["features"], influence=index,
-                              weights=w, bias=b)
+            layer_input = LayerInput(weights_path, layer.features)
+            features = layer_input(examples.features)
+            w = _oriented(layer.weights, features.shape[1])
+            index = bind_influence(features, examples.labels, examples.contributors, w,
+                                   layer.bias)
+            index.save(self._store(manifest.name, INFLUENCE_METHOD))
+            binding = _influence_binding(weights_path, layer, index, layer_input)
         with self._lock:
             self._cache[manifest.name] = binding
         return binding
@@ -271,15 +309,13 @@ class InfluenceBindings:
         """Load a stored binding (after a restart, on first use)."""
         if self.get(manifest.name) is not None:
             return
-        layer = manifest.influence_layer
         influence_path = self._path(manifest.name, INFLUENCE_METHOD)
         knn_path = self._path(manifest.name, KNN_METHOD)
-        if layer and influence_path.is_file():
+        layer = _final_layer(manifest, weights_path) if influence_path.is_file() else None
+        if layer is not None:
             index = InfluenceIndex.load(influence_path)
-            w, b = _initializers(weights_path, layer["weights"], layer["bias"])
-            binding = Binding(INFLUENCE_METHOD, layer["features"], influence=index,
-                              weights=_oriented(w, index.features), bias=b)
-        elif not layer and knn_path.is_file():
+            binding = _influence_binding(weights_path, layer, index, None)
+        elif not manifest.influence_layer and knn_path.is_file():
             with np.load(knn_path, allow_pickle=False) as stored:
                 knn = KnnIndex(stored["features"], stored["labels"],
                                [str(c) for c in stored["contributors"]])
@@ -288,6 +324,92 @@ class InfluenceBindings:
             return
         with self._lock:
             self._cache[manifest.name] = binding
+
+
+def _final_layer(manifest: Manifest, path: Path) -> Layer | None:
+    """The layer the manifest names, else the one found in the graph, else None."""
+    named = manifest.influence_layer
+    if named:
+        w, b = _initializers(path, named["weights"], named["bias"])
+        return Layer(named["features"], named["weights"], named["bias"], w, b,
+                     LAYER_FROM_MANIFEST)
+    found = find_final_linear_layer(_graph(path))
+    if found is None:
+        return None
+    return Layer(found.features, found.weights, found.bias, found.weight_values,
+                 found.bias_values, LAYER_FOUND)
+
+
+def _influence_binding(path: Path, layer: Layer, index: InfluenceIndex,
+                       layer_input: LayerInput | None) -> Binding:
+    """Rows come from the graph input or output that is the layer's input; a hidden
+    tensor is computed from the input rows by ``layer_input``."""
+    graph = _graph(path).graph
+    if layer.features in {o.name for o in graph.output} or layer.features == _single_input(
+            path):
+        features, layer_input = layer.features, None
+    else:
+        features = _single_input(path)
+        layer_input = layer_input or LayerInput(path, layer.features)
+    return Binding(INFLUENCE_METHOD, features, influence=index,
+                   weights=_oriented(layer.weights, index.features), bias=layer.bias,
+                   layer=layer, layer_input=layer_input)
+
+
+class LayerInput:
+    """The final layer's input computed from the graph input's rows: the rows themselves
+    when the layer reads the graph input, else the tensor ``name`` (a graph output or any
+    hidden tensor, exposed as an output of a copy of the graph) from one run."""
+
+    def __init__(self, path: Path, name: str) -> None:
+        self.name = name
+        self.input = _single_input(path)
+        self._session: Any = None
+        if name == self.input:
+            return
+        import onnxruntime
+
+        model = _graph(path)
+        graph = model.graph
+        produced = {output for node in graph.node for output in node.output}
+        if name not in produced:
+            raise InvalidRequest("influence_layer.features must be the graph input or a "
+                                 "tensor the graph computes", param="influence_layer")
+        if name not in {o.name for o in graph.output}:
+            graph.output.append(_value_info(model, name))
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = 1
+        self._session = onnxruntime.InferenceSession(
+            model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        self._dtype = _input_dtype(self._session)
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        """[n, d_in] input rows -> [n, d] float64 layer inputs."""
+        if self._session is None:
+            return np.asarray(rows, dtype=np.float64)
+        feed = {self.input: np.asarray(rows, dtype=self._dtype)}
+        (result,) = self._session.run([self.name], feed)
+        return np.asarray(result, dtype=np.float64).reshape(len(rows), -1)
+
+
+def _value_info(model: Any, name: str) -> Any:
+    """The type of tensor ``name`` as shape inference sees it; float of any shape if it
+    cannot tell."""
+    from onnx import TensorProto, helper, shape_inference
+
+    try:
+        inferred = shape_inference.infer_shapes(model).graph.value_info
+    except Exception:  # an op shape inference does not know: keep the default
+        inferred = []
+    for info in inferred:
+        if info.name == name and info.type.tensor_type.elem_type:
+            return helper.make_tensor_value_info(name, info.type.tensor_type.elem_type, None)
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, None)
+
+
+def _input_dtype(session: Any) -> Any:
+    """The numpy type of a session's single input (float32 unless it says double)."""
+    return np.float64 if session.get_inputs()[0].type == "tensor(double)" else np.float32
 
 
 def _oriented(w: np.ndarray, d: int) -> np.ndarray:
@@ -322,21 +444,6 @@ def _single_input(path: Path) -> str:
     if len(inputs) != 1:
         raise InvalidRequest("binding examples needs a model with exactly one input")
     return str(inputs[0])
-
-
-def _layer_features(path: Path, name: str, inputs: np.ndarray) -> np.ndarray:
-    """The final layer's input for every example: the examples themselves when the layer
-    reads the graph input, else the declared hidden output, computed by running the model."""
-    if name == _single_input(path):
-        return inputs
-    import onnxruntime
-
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    if name not in {o.name for o in session.get_outputs()}:
-        raise InvalidRequest("influence_layer.features must be the graph input or an output",
-                             param="influence_layer")
-    feed = {session.get_inputs()[0].name: inputs.astype(np.float32)}
-    return np.asarray(session.run([name], feed)[0], dtype=np.float64).reshape(len(inputs), -1)
 
 
 def _initializers(path: Path, weights: str, bias: str) -> tuple[np.ndarray, np.ndarray]:

@@ -1,239 +1,30 @@
 """Fidelity and unit tests of ``influence/1`` and ``knn/1``.
 
-Fidelity: scikit-learn's bundled breast-cancer data, standardised, split into a
-held-out test set and 8 non-IID contributors (training points sorted along the
-first principal component, cut into 8 contiguous chunks). A logistic
-regression and a small MLP are trained on all contributors, then retrained
-(same hyper-parameters, same seed) without each contributor in turn. Ground
-truth for a test point and contributor: the drop in the predicted class's
-probability when that contributor is removed. Both models are binary with one
-sigmoid output, so the predicted class's probability is monotone in its signed
-logit; the drop is measured on the logit, which ranks contributors exactly as
-the probability does without losing precision on saturated points. Each
-method's per-contributor scores are compared with it by Spearman's rank
-correlation per test point, averaged over the test set.
-
-``run_experiment`` is shared with ``bench/bench_influence.py``.
+The fidelity experiment (breast-cancer data, 8 non-IID contributors,
+leave-one-contributor-out retraining as ground truth) lives in
+``tests/attribution/fidelity.py``, shared with ``bench/bench_influence.py``.
 """
 
 from __future__ import annotations
 
 import time
-import warnings
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import pytest
-from sklearn.datasets import load_breast_cancer
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import train_test_split
-from sklearn.neural_network import MLPClassifier
 
 from attribution.canonical import encode
 from attribution.commitments import digest
 from attribution.influence import (
+    RAW,
     SCORE_SCALE,
+    STANDARDISED,
     InfluenceIndex,
     bind_influence,
     influence_weights,
 )
 from attribution.knn import KnnIndex
-
-CONTRIBUTORS = 8
-SEED = 0
-KNN_K = 10
-Array = npt.NDArray[np.float64]
-
-
-@dataclass(frozen=True)
-class Split:
-    """Standardised train/test data; ``owner[i]`` is the contributor of training row i."""
-
-    x_train: Array
-    y_train: npt.NDArray[np.int64]
-    owner: tuple[str, ...]
-    x_test: Array
-    y_test: npt.NDArray[np.int64]
-
-    @property
-    def names(self) -> list[str]:
-        return sorted(set(self.owner))
-
-    def without(self, name: str) -> tuple[Array, npt.NDArray[np.int64]]:
-        keep = np.array([o != name for o in self.owner])
-        return self.x_train[keep], self.y_train[keep]
-
-
-def make_split() -> Split:
-    """Breast cancer, 25% held out, 8 contiguous chunks along the first principal component."""
-    bunch = load_breast_cancer()
-    x_train, x_test, y_train, y_test = train_test_split(
-        bunch.data, bunch.target, test_size=0.25, random_state=SEED, stratify=bunch.target
-    )
-    mean, std = x_train.mean(axis=0), x_train.std(axis=0)
-    x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
-    _, _, vt = np.linalg.svd(x_train - x_train.mean(axis=0), full_matrices=False)
-    order = np.argsort(x_train @ vt[0], kind="stable")
-    owner = [""] * len(order)
-    for j, chunk in enumerate(np.array_split(order, CONTRIBUTORS)):
-        for row in chunk:
-            owner[row] = f"contributor-{j}"
-    return Split(x_train, y_train.astype(np.int64), tuple(owner), x_test, y_test.astype(np.int64))
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """How to train a model and read its final linear layer."""
-
-    name: str
-    fit: Callable[[Array, npt.NDArray[np.int64]], Any]
-    features: Callable[[Any, Array], Array]  # input of the final linear layer
-    layer: Callable[[Any], tuple[Array, Array]]  # (W [d, 1], b [1])
-
-    def logit(self, model: Any, x: Array) -> Array:
-        w, b = self.layer(model)
-        result: Array = (self.features(model, x) @ w + b)[:, 0]
-        return result
-
-
-def fit_lr(x: Array, y: npt.NDArray[np.int64]) -> LogisticRegression:
-    return LogisticRegression(C=1.0, tol=1e-10, max_iter=10_000).fit(x, y)
-
-
-def fit_mlp(x: Array, y: npt.NDArray[np.int64]) -> MLPClassifier:
-    """scikit-learn's default solver (adam), ReLU, alpha=1e-4; converges in ~350-500 epochs.
-
-    With ``solver="lbfgs"`` the leave-one-out retrainings land in different
-    minima and the ground truth itself becomes noise (influence/1 then reaches
-    only 0.0-0.4 whatever the damping); adam from the same seed moves less.
-    """
-    model = MLPClassifier(hidden_layer_sizes=(16,), max_iter=2_000, random_state=SEED)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        model.fit(x, y)
-    assert model.out_activation_ == "logistic" and model.activation == "relu"
-    return model
-
-
-def mlp_hidden(model: MLPClassifier, x: Array) -> Array:
-    """The hidden ReLU activations, computed with numpy from the fitted weights."""
-    hidden: Array = np.maximum(x @ model.coefs_[0] + model.intercepts_[0], 0.0)
-    return hidden
-
-
-LR = ModelSpec("logistic regression", fit_lr, lambda m, x: x, lambda m: (m.coef_.T, m.intercept_))
-MLP = ModelSpec("MLP (16 hidden)", fit_mlp, mlp_hidden, lambda m: (m.coefs_[1], m.intercepts_[1]))
-
-
-def rank(values: Array) -> Array:
-    """Ranks from 1, ties get their average rank."""
-    order = np.argsort(values, kind="stable")
-    ranks = np.empty(len(values))
-    sorted_values = values[order]
-    start = 0
-    while start < len(values):
-        stop = start + 1
-        while stop < len(values) and sorted_values[stop] == sorted_values[start]:
-            stop += 1
-        ranks[order[start:stop]] = (start + stop + 1) / 2.0
-        start = stop
-    return ranks
-
-
-def spearman(a: Array, b: Array) -> float:
-    """Spearman's rho; 0.0 when either side is constant."""
-    ra, rb = rank(np.asarray(a, dtype=np.float64)), rank(np.asarray(b, dtype=np.float64))
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    denominator = float(np.sqrt((ra @ ra) * (rb @ rb)))
-    return float(ra @ rb) / denominator if denominator > 0 else 0.0
-
-
-def mean_spearman(scores: Array, truth: Array) -> float:
-    """Mean over test points (rows) of Spearman across contributors (columns)."""
-    return float(np.mean([spearman(s, t) for s, t in zip(scores, truth, strict=True)]))
-
-
-@dataclass
-class ModelResult:
-    """Fidelity of each method on one model, and what the benchmark times."""
-
-    spec: ModelSpec
-    model: Any
-    index: InfluenceIndex
-    knn: KnnIndex
-    truth: Array  # [test points, contributors]: drop of the predicted class when removed
-    predicted: npt.NDArray[np.int64]
-    h_test: Array
-    bind_seconds: float
-    fidelity: dict[str, float] = field(default_factory=dict)
-
-
-def ground_truth(
-    spec: ModelSpec, split: Split, model: Any, predicted: npt.NDArray[np.int64]
-) -> Array:
-    """Leave-one-contributor-out: drop of the predicted class's signed logit per contributor."""
-    sign = np.where(predicted == 1, 1.0, -1.0)
-    full = spec.logit(model, split.x_test)
-    columns = []
-    for name in split.names:
-        retrained = spec.fit(*split.without(name))
-        columns.append(sign * (full - spec.logit(retrained, split.x_test)))
-    return np.stack(columns, axis=1)
-
-
-def influence_scores(
-    index: InfluenceIndex, h_test: Array, predicted: npt.NDArray[np.int64]
-) -> Array:
-    return np.stack([index.score_vector(h, int(c)) for h, c in zip(h_test, predicted, strict=True)])
-
-
-def knn_scores(
-    knn: KnnIndex, x_test: Array, predicted: npt.NDArray[np.int64], k: int = KNN_K
-) -> Array:
-    return np.array(
-        [
-            [knn.weights(x, int(c), k=k)[name] for name in knn.names]
-            for x, c in zip(x_test, predicted, strict=True)
-        ]
-    )
-
-
-def evaluate(spec: ModelSpec, split: Split, *, damping: float = 0.01) -> ModelResult:
-    """Train, bind both indices, compute the ground truth and each method's mean Spearman."""
-    model = spec.fit(split.x_train, split.y_train)
-    predicted = (spec.logit(model, split.x_test) > 0).astype(np.int64)
-    assert np.array_equal(predicted, model.predict(split.x_test))
-    w, b = spec.layer(model)
-    h_train = spec.features(model, split.x_train)
-    started = time.perf_counter()
-    index = bind_influence(h_train, split.y_train, split.owner, w, b, damping=damping)
-    bind_seconds = time.perf_counter() - started
-    knn = KnnIndex(split.x_train, split.y_train, split.owner)
-    assert list(index.contributors) == split.names == list(knn.names)
-    truth = ground_truth(spec, split, model, predicted)
-    h_test = spec.features(model, split.x_test)
-    rng = np.random.default_rng(SEED)
-    result = ModelResult(spec, model, index, knn, truth, predicted, h_test, bind_seconds)
-    result.fidelity = {
-        "influence/1": mean_spearman(influence_scores(index, h_test, predicted), truth),
-        "knn/1": mean_spearman(knn_scores(knn, split.x_test, predicted), truth),
-        "random": mean_spearman(rng.standard_normal(truth.shape), truth),
-    }
-    return result
-
-
-@cache
-def run_experiment() -> tuple[Split, dict[str, ModelResult]]:
-    """The fidelity experiment on both models (cached: the tests share one run)."""
-    split = make_split()
-    return split, {"lr": evaluate(LR, split), "mlp": evaluate(MLP, split)}
-
+from tests.attribution.fidelity import CONTRIBUTORS, Array, influence_scores, run_experiment
 
 # --------------------------------------------------------------------------- fidelity
 
@@ -242,6 +33,20 @@ def run_experiment() -> tuple[Split, dict[str, ModelResult]]:
 def test_influence_fidelity_meets_target(model: str, target: float) -> None:
     _, results = run_experiment()
     assert results[model].fidelity["influence/1"] >= target, results[model].fidelity
+
+
+@pytest.mark.parametrize("model", ["lr", "mlp"])
+def test_folding_the_standardisation_into_the_model_changes_nothing(model: str) -> None:
+    """The same model with its input standardisation folded into the first layer (as the
+    demo classifier is written) gets the same fidelity; with the damping on raw features
+    (format 1) the folded logistic regression lost a quarter of it."""
+    _, results = run_experiment()
+    fidelity = results[model].fidelity
+    assert fidelity["influence/1 folded"] == pytest.approx(fidelity["influence/1"], abs=1e-9)
+    assert fidelity["influence/1 folded"] >= (0.85 if model == "lr" else 0.5)
+    if model == "lr":
+        raw = results[model].influence_fidelity(folded=True, damping_basis=RAW)
+        assert raw < fidelity["influence/1"] - 0.1
 
 
 @pytest.mark.parametrize("model", ["lr", "mlp"])
@@ -320,6 +125,53 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
             assert loaded.influence(row, 1) == index.influence(row, 1)
 
 
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_scores_do_not_change_when_an_affine_transform_is_folded_in(k: int) -> None:
+    """Features ``h' = h * a + c`` (per feature, any sign and scale) with the layer
+    rewritten to compute the same logits give the same scores; damping on raw features
+    does not."""
+    rng = np.random.default_rng(6)
+    h = rng.standard_normal((80, 5))
+    labels = rng.integers(0, max(k, 2), size=80)
+    owners = [f"c{i % 4}" for i in range(80)]
+    w, b = rng.standard_normal((5, k)), rng.standard_normal(k)
+    a = np.array([1e3, -0.01, 7.0, 1e-4, 1.0])
+    c = np.array([-50.0, 3.0, 0.0, 2e-3, 1e4])
+    h_folded, w_folded, b_folded = h * a + c, w / a[:, None], b - (c / a) @ w
+    np.testing.assert_allclose(h_folded @ w_folded + b_folded, h @ w + b, atol=1e-8)
+    for basis, same in ((STANDARDISED, True), (RAW, False)):
+        plain = bind_influence(h, labels, owners, w, b, damping_basis=basis)
+        folded = bind_influence(h_folded, labels, owners, w_folded, b_folded,
+                                damping_basis=basis)
+        for row, row_folded in zip(h[:6], h_folded[:6], strict=True):
+            for predicted in range(plain.classes):
+                expected = plain.score_vector(row, predicted)
+                got = folded.score_vector(row_folded, predicted)
+                assert np.allclose(got, expected, rtol=1e-6, atol=1e-12) == same
+
+
+def test_a_constant_feature_is_harmless() -> None:
+    rng = np.random.default_rng(8)
+    h = np.hstack([rng.standard_normal((40, 3)), np.full((40, 1), 5.0)])
+    labels = rng.integers(0, 2, size=40)
+    index = bind_influence(h, labels, ["a", "b"] * 20, rng.standard_normal((4, 1)), [0.1])
+    assert np.all(np.isfinite(index.vectors))
+    assert np.all(np.isfinite(index.score_vector(h[0], 1)))
+
+
+def test_a_format_1_index_loads_with_raw_damping(tmp_path: Path) -> None:
+    """Bindings written before standardisation keep their numbers and say how they were
+    made, so receipts made with them stay reproducible."""
+    index, h = _toy_index(3)
+    path = tmp_path / "old.npz"
+    np.savez(path, format=np.array(1), contributors=np.array(index.contributors),
+             vectors=index.vectors, weights=index.weights, bias=index.bias,
+             examples=np.array(index.examples), damping=np.array(index.damping))
+    loaded = InfluenceIndex.load(path)
+    assert loaded.params["damping_basis"] == RAW and index.params["damping_basis"] == STANDARDISED
+    assert loaded.influence(h[0], 1) == index.influence(h[0], 1)
+
+
 def test_params_and_evidence_are_canonical() -> None:
     index, h = _toy_index(3)
     encode(index.params)
@@ -333,14 +185,16 @@ def test_params_and_evidence_are_canonical() -> None:
 
 
 def test_softmax_matches_brute_force_newton_step() -> None:
-    """A k-class index equals H^-1 g computed densely from per-example terms."""
+    """A k-class index equals H^-1 g computed densely from per-example terms (damping on the
+    features as given; the standardised basis is the same computation on standardised
+    features, tested by the invariance test above)."""
     rng = np.random.default_rng(3)
     n, d, k, damping = 40, 3, 3, 0.1
     h = rng.standard_normal((n, d))
     labels = rng.integers(0, k, size=n)
     owners = ["a" if i < 15 else "b" for i in range(n)]
     w, b = rng.standard_normal((d, k)), rng.standard_normal(k)
-    index = bind_influence(h, labels, owners, w, b, damping=damping)
+    index = bind_influence(h, labels, owners, w, b, damping=damping, damping_basis=RAW)
     x = np.hstack([h, np.ones((n, 1))])
     z = h @ w + b
     s = np.exp(z - z.max(axis=1, keepdims=True))

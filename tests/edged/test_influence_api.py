@@ -15,7 +15,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from edged.app import create_app
-from edged.appkeys import LEDGER
+from edged.appkeys import BINDINGS, LEDGER
 from edged.settings import Settings
 from tests.edged.conftest import AppClientFactory
 from tests.edged.test_api_v2 import MODEL, install_onnx_model, tensor
@@ -88,8 +88,9 @@ async def test_csv_examples_and_bad_files(aiohttp_client: AppClientFactory,
     assert client.app[LEDGER].head()[0] == 0
 
 
-def _write_mlp(path: Path) -> Any:
-    """input [-1, 4] -> relu(x W1 + b1) = "hidden" (a declared output) -> logits -> softmax."""
+def _write_mlp(path: Path, *, softmax: bool = True) -> Any:
+    """input [-1, 4] -> relu(x W1 + b1) = "hidden" (a declared output) -> logits -> softmax
+    (without ``softmax``, the logits are the output: no classifier layer to find)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -101,8 +102,9 @@ def _write_mlp(path: Path) -> Any:
          helper.make_node("Add", ["m1", "b1"], ["a1"]),
          helper.make_node("Relu", ["a1"], ["hidden"]),
          helper.make_node("MatMul", ["hidden", "w2"], ["m2"]),
-         helper.make_node("Add", ["m2", "b2"], ["logits"]),
-         helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1)],
+         helper.make_node("Add", ["m2", "b2"], ["logits" if softmax else "probabilities"]),
+         *([helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1)] if softmax
+           else [])],
         "mlp", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 4])],
         [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 3]),
          helper.make_tensor_value_info("hidden", TensorProto.FLOAT, [None, 5])],
@@ -135,31 +137,95 @@ async def _bind_and_predict(client: Client, model: str, probabilities: Any) -> d
     return receipt
 
 
-async def test_influence_through_a_hidden_layer_and_knn_without_one(
-        aiohttp_client: AppClientFactory, settings: Settings, tmp_path: Path) -> None:
+def _add_model(settings: Settings, path: Path, name: str, **fields: Any) -> None:
     import hashlib
 
     from edged.models import Manifest, ModelStore
 
-    probabilities = _write_mlp(tmp_path / "mlp.onnx")
     store = ModelStore(settings.models_dir)
-    data = (tmp_path / "mlp.onnx").read_bytes()
+    data = path.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
     with store.blob_writer(digest) as writer:
         writer.write(data)
+    store.add(Manifest(name=name, runtime="onnx", weights=digest, size=0, owner="o",
+                       data_share_ppm=300_000, batch_delay_us=0, **fields))
+
+
+async def test_influence_through_a_named_or_found_hidden_layer_and_knn_without_one(
+        aiohttp_client: AppClientFactory, settings: Settings, tmp_path: Path) -> None:
+    probabilities = _write_mlp(tmp_path / "mlp.onnx")
+    _write_mlp(tmp_path / "logits.onnx", softmax=False)
     hidden = {"features": "hidden", "weights": "w2", "bias": "b2"}
-    store.add(Manifest(name="mlp", runtime="onnx", weights=digest, size=0, owner="o",
-                       influence_layer=hidden, data_share_ppm=300_000, batch_delay_us=0))
-    store.add(Manifest(name="mlp-knn", runtime="onnx", weights=digest, size=0, owner="o",
-                       data_share_ppm=300_000, batch_delay_us=0))
+    _add_model(settings, tmp_path / "mlp.onnx", "mlp", influence_layer=hidden)
+    _add_model(settings, tmp_path / "mlp.onnx", "mlp-found")
+    _add_model(settings, tmp_path / "logits.onnx", "mlp-knn")
     client = await aiohttp_client(create_app(settings))
 
-    influence = await _bind_and_predict(client, "mlp", probabilities)
-    assert influence["attr"]["method"] == "influence/1"
-    assert sum(p[2] for p in influence["payees"] if p[1] == "data") == 300_000
+    named = await _bind_and_predict(client, "mlp", probabilities)
+    found = await _bind_and_predict(client, "mlp-found", probabilities)
+    for receipt in (named, found):
+        assert receipt["attr"]["method"] == "influence/1"
+        assert sum(p[2] for p in receipt["payees"] if p[1] == "data") == 300_000
+    # The same layer, named or found, gives the same attribution.
+    assert named["payees"] == found["payees"] and named["attr"] == found["attr"]
+    layers = {name: client.app[BINDINGS].get(name).layer for name in ("mlp", "mlp-found")}
+    assert {n: layer.describe() if layer else None for n, layer in layers.items()} == {
+        "mlp": {**hidden, "source": "manifest"}, "mlp-found": {**hidden, "source": "found"}}
     knn = await _bind_and_predict(client, "mlp-knn", probabilities)
     assert knn["attr"]["method"] == "knn/1"
+    assert client.app[BINDINGS].get("mlp-knn").layer is None
     assert sum(p[2] for p in knn["payees"] if p[1] == "data") == 300_000
+
+
+async def test_a_skl2onnx_mlp_is_attributed_through_its_found_layer_after_a_restart(
+        aiohttp_client: AppClientFactory, settings: Settings, tmp_path: Path) -> None:
+    """skl2onnx keeps the hidden activations inside the graph (no output carries them):
+    the binding computes them from the input rows, before and after a restart."""
+    import warnings
+
+    from skl2onnx import to_onnx
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.neural_network import MLPClassifier
+
+    from edged.examples import InfluenceBindings
+    from edged.models import ModelStore
+
+    rng = np.random.default_rng(9)
+    x = rng.normal(size=(60, 4)).astype(np.float32)
+    labels = (x[:, 0] + x[:, 1] > 0).astype(np.int64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        mlp = MLPClassifier((5,), max_iter=300, random_state=0).fit(x, labels)
+    onx = to_onnx(mlp, x[:1], options={"zipmap": False}, target_opset=17)
+    (tmp_path / "sk.onnx").write_bytes(onx.SerializeToString())
+    _add_model(settings, tmp_path / "sk.onnx", "sk-mlp")
+    client = await aiohttp_client(create_app(settings))
+    buffer = io.BytesIO()
+    np.savez(buffer, features=x, labels=labels, contributors=np.array(["a", "b", "c"] * 20))
+    bound = await client.put("/api/models/sk-mlp/examples", data=buffer.getvalue())
+    assert bound.status == 201, await bound.text()
+    binding = client.app[BINDINGS].get("sk-mlp")
+    assert binding is not None and binding.layer is not None
+    assert binding.layer.describe() == {"features": "next_activations", "weights": "coefficient1",
+                                        "bias": "intercepts1", "source": "found"}
+    answer = await (await client.post("/v2/models/sk-mlp/infer", json={
+        "inputs": [tensor(x[:3], name="X")]})).json()
+    receipt = await (await client.get(f"/v1/receipts/{answer['receipt']['id']}")).json()
+    assert receipt["attr"]["method"] == "influence/1"
+    hidden = np.maximum(x[:3] @ mlp.coefs_[0] + mlp.intercepts_[0], 0.0)
+    expected = [binding.influence.influence(h, int(c)) for h, c in  # type: ignore[union-attr]
+                zip(hidden, mlp.predict(x[:3]), strict=True)]
+    got = [binding.scores(row, {}, 0)[0] for row in x[:3]]
+    for mine, theirs in zip(got, expected, strict=True):
+        assert mine == pytest.approx(theirs, rel=1e-4, abs=1e-9)
+
+    manifest = ModelStore(settings.models_dir).get("sk-mlp")
+    restarted = InfluenceBindings(settings.data_dir / "influence")
+    restarted.load(manifest, ModelStore(settings.models_dir).weights_path(manifest))
+    again = restarted.get("sk-mlp")
+    assert again is not None and again.layer is not None
+    assert again.layer.describe() == binding.layer.describe()
+    assert [again.scores(row, {}, 0)[0] for row in x[:3]] == got
 
 
 async def test_examples_that_do_not_fit_are_400_and_attribution_failures_fall_back(
