@@ -28,6 +28,7 @@ from attribution.span_format import (
     FORMAT,
     FORMAT_VERSION,
     MANIFEST,
+    MINHASH_FILE,
     SA_FILE,
     SEPARATOR,
     SHINGLES_FILE,
@@ -38,6 +39,7 @@ from attribution.span_format import (
     sha256_file,
 )
 from attribution.span_hashing import shingle_fingerprints, word_window_hashes
+from attribution.span_minhash import PERMUTATIONS, corpus_signatures
 
 _PROGRESS_EVERY = 1000  # documents between progress calls
 _FILTER_CHUNK = 1 << 24  # suffix-array entries filtered per numpy pass
@@ -100,6 +102,7 @@ def _write_segment(
     contributor_names: list[str] = []
     sizes: list[int] = []
     starts: list[int] = []
+    duplicates: list[list[Any]] = []
     offset = 0
     with open(staging / CORPUS_FILE, "wb") as corpus_file:
         for document in documents:
@@ -110,6 +113,8 @@ def _write_segment(
             # Spaces around the text put every word, first and last included, between
             # two spaces, so word-aligned patterns are b" " + words + b" ".
             corpus_file.write(b" " + text + b" " + bytes([SEPARATOR]))
+            if document.duplicate_of is not None:
+                duplicates.append([len(doc_ids), document.duplicate_of])
             seen.add(document.doc_id)
             doc_ids.append(document.doc_id)
             contributor_names.append(document.contributor)
@@ -133,12 +138,15 @@ def _write_segment(
     _save_npy(staging / DOCS_FILE, doc_starts)
     shingles = _shingles(corpus, shingle_words)
     _save_npy(staging / SHINGLES_FILE, shingles)
-    docs_json = {
+    _save_npy(staging / MINHASH_FILE, corpus_signatures(corpus, doc_starts).ravel())
+    docs_json: dict[str, Any] = {
         "ids": doc_ids,
         "contributors": contributors,
         "contributor_of": [index_of[name] for name in contributor_names],
         "sizes": sizes,
     }
+    if duplicates:  # absent when empty, so segments of original documents look as before
+        docs_json["duplicate_of"] = duplicates
     with open(staging / DOCS_JSON, "w", encoding="utf-8") as handle:
         json.dump(docs_json, handle, separators=(",", ":"))
         _fsync(handle)
@@ -151,7 +159,8 @@ def _write_segment(
         "words": _npy_length(staging / SA_FILE),
         "shingles": len(shingles),
         "shingle_words": shingle_words,
-        "files": {name: _file_record(staging / name) for name in DATA_FILES},
+        "minhash_permutations": PERMUTATIONS,
+        "files": {name: _file_record(staging / name) for name in (*DATA_FILES, MINHASH_FILE)},
     }
     with open(staging / MANIFEST, "w", encoding="utf-8") as handle:
         json.dump(manifest, handle, indent=1, sort_keys=True)
@@ -168,10 +177,14 @@ def _check_document(document: CorpusDocument, seen: set[str]) -> None:
         raise CorpusError(f"document {document.doc_id!r} has no contributor")
     if not isinstance(document.text, str):
         raise CorpusError(f"document {document.doc_id!r}: text must be a string")
+    if document.duplicate_of is not None and (
+            not isinstance(document.duplicate_of, str) or not document.duplicate_of):
+        raise CorpusError(f"document {document.doc_id!r}: duplicate_of must name a contributor")
     try:
         # Ids end up in canonical evidence, which needs them as UTF-8.
         document.doc_id.encode("utf-8")
         document.contributor.encode("utf-8")
+        (document.duplicate_of or "").encode("utf-8")
     except UnicodeEncodeError:
         raise CorpusError(f"document {document.doc_id!r}: ids must be valid Unicode") from None
 

@@ -18,8 +18,12 @@ SA_FILE = "sa.npy"
 DOCS_FILE = "docs.npy"
 DOCS_JSON = "docs.json"
 SHINGLES_FILE = "shingles.npy"
+MINHASH_FILE = "minhash.npy"
 MANIFEST = "segment.json"
 DATA_FILES = (CORPUS_FILE, SA_FILE, DOCS_FILE, DOCS_JSON, SHINGLES_FILE)
+# Written by every build since near-duplicate detection; segments without it still open
+# (their signatures are computed from the text when needed).
+OPTIONAL_FILES = (MINHASH_FILE,)
 _MANIFEST_INTS = ("version", "documents", "contributors", "corpus_bytes", "words", "shingles",
                   "shingle_words")
 
@@ -30,11 +34,17 @@ class CorpusError(Exception):
 
 @dataclass(frozen=True)
 class CorpusDocument:
-    """One contributor document to index. ``doc_id`` must be unique within a segment."""
+    """One contributor document to index. ``doc_id`` must be unique within a segment.
+
+    ``duplicate_of`` names the contributor credited for a document found at ingest
+    to be a near-duplicate of one indexed earlier (``attribution.span_duplicates``);
+    ``None`` for original documents.
+    """
 
     doc_id: str
     contributor: str
     text: str
+    duplicate_of: str | None = None
 
 
 @dataclass(frozen=True)
@@ -89,9 +99,11 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     if manifest["corpus_bytes"] < 4 * manifest["documents"]:  # b" x \xff" is the shortest
         raise CorpusError(f"{MANIFEST}: corpus too small for {manifest['documents']} documents")
     files = manifest.get("files")
-    if not isinstance(files, dict) or set(files) != set(DATA_FILES):
-        raise CorpusError(f"{MANIFEST}: 'files' must list exactly {', '.join(DATA_FILES)}")
-    for name in DATA_FILES:
+    if not isinstance(files, dict) or not set(DATA_FILES) <= set(files) \
+            or not set(files) <= set(DATA_FILES + OPTIONAL_FILES):
+        raise CorpusError(f"{MANIFEST}: 'files' must list {', '.join(DATA_FILES)} "
+                          f"(and optionally {', '.join(OPTIONAL_FILES)})")
+    for name in files:
         record = files[name]
         if not (isinstance(record, dict) and isinstance(record.get("bytes"), int)
                 and isinstance(record.get("sha256"), str)):
@@ -131,4 +143,12 @@ def read_docs_json(path: Path, manifest: dict[str, Any]) -> dict[str, Any]:
         isinstance(x, str) for x in docs["ids"] + names
     ):
         raise CorpusError(f"{DOCS_JSON}: ids and contributors must be strings, sizes integers")
+    duplicates = docs.setdefault("duplicate_of", [])
+    if not isinstance(duplicates, list) or not all(
+        isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], int)
+        and 0 <= pair[0] < count and isinstance(pair[1], str) and pair[1]
+        for pair in duplicates
+    ):
+        raise CorpusError(f"{DOCS_JSON}: duplicate_of must be [document index, contributor] "
+                          "pairs")
     return docs

@@ -9,6 +9,12 @@ A segment is one directory::
     docs.npy       int64 start offset of each document in corpus.bin (sorted)
     docs.json      document ids, contributor of each document, sizes
     shingles.npy   sorted distinct uint32 fingerprints of every ``shingle_words``-word window
+    minhash.npy    MinHash signature of each document (``attribution.span_minhash``),
+                   documents x ``PERMUTATIONS`` uint32, flattened; absent in older segments
+
+``docs.json`` may list ``duplicate_of``: ``[document index, contributor]`` for the
+documents found at ingest to be near-duplicates of earlier ones; the policies of
+``attribution.spans`` credit such a document's spans to that contributor.
 
 Padding each document with spaces makes every word, including the first and the
 last, sit between two spaces, so a word-aligned pattern is simply
@@ -39,6 +45,7 @@ from attribution.span_format import (
     DOCS_JSON,
     FORMAT_VERSION,
     MANIFEST,
+    MINHASH_FILE,
     SA_FILE,
     SEPARATOR,
     SHINGLES_FILE,
@@ -50,6 +57,7 @@ from attribution.span_format import (
     sha256_file,
 )
 from attribution.span_hashing import shingle_fingerprints, word_window_hashes
+from attribution.span_minhash import PERMUTATIONS, corpus_signatures
 
 __all__ = [
     "DEFAULT_SHINGLE_WORDS",
@@ -83,6 +91,11 @@ class Segment:
             self.doc_starts = self._map_npy(directory / DOCS_FILE, np.int64, manifest["documents"])
             self.shingles = self._map_npy(directory / SHINGLES_FILE, np.uint32,
                                           manifest["shingles"])
+            self._signatures: npt.NDArray[np.uint32] | None = None
+            if MINHASH_FILE in manifest["files"]:
+                self._signatures = self._map_npy(
+                    directory / MINHASH_FILE, np.uint32, manifest["documents"] * PERMUTATIONS
+                ).reshape(manifest["documents"], PERMUTATIONS)
         except BaseException:
             self.close()
             raise
@@ -98,6 +111,17 @@ class Segment:
         per_contributor = np.bincount(self.doc_contributor, minlength=len(contributors))
         self.documents_by_contributor: dict[str, int] = {
             name: int(n) for name, n in zip(contributors, per_contributor, strict=True)
+        }
+        #: Document index -> contributor credited instead (near-duplicates found at ingest).
+        self.duplicate_of: dict[int, str] = {int(i): str(name)
+                                             for i, name in docs_json["duplicate_of"]}
+        self.is_duplicate = np.zeros(manifest["documents"], dtype=np.bool_)
+        self.is_duplicate[list(self.duplicate_of)] = True
+        originals = np.bincount(self.doc_contributor[~self.is_duplicate],
+                                minlength=len(contributors))
+        #: Documents per contributor that are not near-duplicates (the rarity's N).
+        self.original_documents_by_contributor: dict[str, int] = {
+            name: int(n) for name, n in zip(contributors, originals, strict=True)
         }
         self.info = SegmentInfo(
             directory=directory,
@@ -183,7 +207,7 @@ class Segment:
         """Unmap the files. Further queries fail."""
         self._closed = True
         # Views must go before the maps they export from can close.
-        for name in ("_sa", "suffix_array", "doc_starts", "shingles"):
+        for name in ("_sa", "suffix_array", "doc_starts", "shingles", "_signatures"):
             view = self.__dict__.pop(name, None)
             if isinstance(view, memoryview):
                 view.release()
@@ -224,6 +248,15 @@ class Segment:
             raise CorpusError("segment is closed")
         start = int(self.doc_starts[index]) + 1  # skip the leading pad space
         return self._text[start : start + self._doc_sizes[index]].decode("utf-8")
+
+    def signatures(self) -> npt.NDArray[np.uint32]:
+        """MinHash signatures, one row per document (computed from the text, once, for
+        segments built before they were stored)."""
+        if self._closed:
+            raise CorpusError("segment is closed")
+        if self._signatures is None:
+            self._signatures = corpus_signatures(self._text[:], self.doc_starts)
+        return self._signatures
 
     def doc_id(self, index: int) -> str:
         """Id of document ``index``."""

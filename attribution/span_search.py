@@ -17,23 +17,50 @@ from attribution.span_index import Segment
 _SPACE = 0x20
 
 
+def excluded_documents(segment: Segment, excluded: frozenset[str]) -> npt.NDArray[np.bool_] | None:
+    """Per document, whether it is left out (True), or None when none is.
+
+    A document is left out when its contributor is excluded, and also when it is a
+    near-duplicate of an excluded contributor's document (a copy of withdrawn
+    content earns nobody anything, and compaction drops it with the original).
+    """
+    if not excluded:
+        return None
+    by_contributor = np.array([name in excluded for name in segment.info.contributors],
+                              dtype=bool)
+    copies = [index for index, name in segment.duplicate_of.items() if name in excluded]
+    if not by_contributor.any() and not copies:
+        return None
+    mask = by_contributor[segment.doc_contributor]
+    mask[copies] = True
+    return mask
+
+
 class OutputSearch:
-    """One output against a set of segments, with exclusions applied."""
+    """One output against a set of segments, with exclusions applied.
+
+    ``tags`` (one per segment, default its position) travel with the segments
+    that remain, in ``self.tags``: the caller uses them to know which datanet a
+    segment belongs to.
+    """
 
     def __init__(
-        self, padded: bytes, segments: Sequence[Segment], excluded: frozenset[str]
+        self, padded: bytes, segments: Sequence[Segment], excluded: frozenset[str],
+        tags: Sequence[int] | None = None,
     ) -> None:
         self.padded = padded
         self.spaces_array = np.flatnonzero(np.frombuffer(padded, dtype=np.uint8) == _SPACE)
         self.spaces: list[int] = self.spaces_array.tolist()
         self.words = len(self.spaces) - 1
-        # Per segment: a mask over its contributors (True = excluded), or None if it
-        # excludes nobody. Segments whose every contributor is excluded drop out.
+        # Per segment: a mask over its documents (True = excluded), or None if it
+        # excludes nothing. Segments whose every document is excluded drop out.
         self.segments: list[tuple[Segment, npt.NDArray[np.bool_] | None]] = []
-        for segment in segments:
-            mask = np.array([name in excluded for name in segment.info.contributors], dtype=bool)
-            if not mask.all():
-                self.segments.append((segment, mask if mask.any() else None))
+        self.tags: list[int] = []
+        for position, segment in enumerate(segments):
+            mask = excluded_documents(segment, excluded)
+            if mask is None or not mask.all():
+                self.segments.append((segment, mask))
+                self.tags.append(position if tags is None else tags[position])
 
     def pattern(self, first: int, stop: int) -> bytes:
         """Padded bytes of words ``first..stop-1``."""
@@ -111,7 +138,7 @@ def occurs_outside(segment: Segment, mask: npt.NDArray[np.bool_], lo: int, hi: i
     step = 1 << 16
     for begin in range(lo, hi, step):
         documents = segment.range_documents(begin, min(hi, begin + step), step)
-        if not mask[segment.contributor_of(documents)].all():
+        if not mask[documents].all():
             return True
     return False
 

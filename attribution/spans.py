@@ -4,31 +4,47 @@ Anchors: OLMoTrace and infini-gram. The output is normalised like the corpus
 (``attribution.normalise``); the finder reports every *maximal* span of whole
 words (at least ``min_words``) that occurs verbatim, word-aligned, in some
 segment; each span earns credit for its length and its rarity, and that credit
-is split among contributors in proportion to their occurrences of it.
+is split equally among the span's *holders*: distinct contributors, never
+weighted by how many copies anyone holds.
 
 Scoring (integers only, so an auditor recomputes exactly the same ppm from the
 evidence on any machine)::
 
-    rarity(span) = floor(2**16 * log2(1 + N / count))  # 64-bit fixed point, integer-only
+    rarity(span) = floor(2**16 * log2(1 + N / max(1, documents)))  # integer fixed point
     credit(span) = words * rarity(span)
-    weight[c]   += credit(span) * by_contributor[c] // count
+    weight[c]   += credit(span) // len(holders)     for each c in holders
 
-where ``N`` is the number of documents of non-excluded contributors over all
-segments and ``count`` the span's occurrences in those documents. A span found
-in one document of a large corpus is worth ~log2(N) per word; one that
-appears in every document is worth 1 per word: boilerplate barely counts.
+``N`` counts the *original* documents of non-excluded contributors (documents
+that ingest found to be near-duplicates of earlier ones are not counted) and
+``documents`` the distinct original documents holding the span, so repeating
+text, inside one document or as copies, changes no credit. A span found in one
+document of a large corpus is worth ~log2(N) per word; one in every document is
+worth 1 per word: boilerplate barely counts.
 
-Excluded contributors are treated as if their documents were not in the
-corpus: spans are found, counted and weighted without them.
+Holders depend on each datanet's duplicate policy (``SpanSource.duplicates``):
+
+- ``split``: every distinct contributor with a document holding the span, plus,
+  for a near-duplicate document, the contributor it duplicates;
+- ``first``: only the contributor credited for the earliest document holding the
+  span (segments oldest first, documents in indexing order); for a
+  near-duplicate document that is the contributor it duplicates. Later copies
+  earn nothing.
+
+With several datanets a span's holders are the union of each one's holders.
+
+Excluded contributors are treated as if their documents (and the near-duplicates
+of their documents) were not in the corpus: spans are found, counted and
+weighted without them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
+import numpy.typing as npt
 
 from attribution.commitments import digest
 from attribution.normalise import normalise_bytes
@@ -37,7 +53,9 @@ from attribution.span_index import Segment
 from attribution.span_search import OutputSearch, maximal_spans
 
 METHOD = "spans/1"
-SCORING = "words*log2(1+N/count)/q16"
+SCORING = "words*log2(1+N/documents)/q16;distinct-holders"
+DuplicatePolicy = Literal["first", "split"]
+DUPLICATE_POLICIES: tuple[str, ...] = get_args(DuplicatePolicy)
 NORMALISATION = "nfkc-casefold-nfkc-ws/1"
 RARITY_BITS = 16
 _SPACE = 0x20
@@ -72,6 +90,42 @@ class SpanParams:
 
 
 @dataclass(frozen=True)
+class SpanSource:
+    """One datanet's segments (oldest first) and how it credits duplicated spans.
+
+    ``name`` and ``state`` (a digest of the datanet's state) only label the
+    source in the parameters, so a receipt says which rule paid on which data.
+    """
+
+    segments: tuple[Segment, ...]
+    duplicates: DuplicatePolicy = "split"
+    name: str = ""
+    state: str = ""
+
+    def __post_init__(self) -> None:
+        if self.duplicates not in DUPLICATE_POLICIES:
+            raise ValueError(f"duplicates must be one of {DUPLICATE_POLICIES}")
+
+    def to_wire(self) -> dict[str, Any]:
+        """What the parameters record of this source."""
+        return {"name": self.name, "duplicates": self.duplicates, "state": self.state}
+
+
+def as_sources(corpus: Sequence[Segment] | Sequence[SpanSource]) -> list[SpanSource]:
+    """``corpus`` as sources: bare segments form one unnamed source under ``split``."""
+    sources = [item for item in corpus if isinstance(item, SpanSource)]
+    segments = tuple(item for item in corpus if isinstance(item, Segment))
+    if sources and segments:
+        raise TypeError("pass either segments or SpanSources, not both")
+    return sources if sources else [SpanSource(segments)] if segments else []
+
+
+def wire_params(params: SpanParams, sources: Sequence[SpanSource]) -> dict[str, Any]:
+    """The parameters a receipt's ``attr.params`` digests: ``params`` plus each source."""
+    return {**params.to_wire(), "sources": [source.to_wire() for source in sources]}
+
+
+@dataclass(frozen=True)
 class SpanMatch:
     """One maximal span of the normalised output that occurs in the corpus.
 
@@ -83,6 +137,10 @@ class SpanMatch:
     segment, that segment's occurrences are attributed from an evenly spaced
     sample and scaled to its exact count (``sampled`` is then true and
     ``by_document`` holds the sampled occurrences only).
+
+    ``documents`` is the number of distinct original (not near-duplicate)
+    documents holding the span (estimated from the sample when sampled), and
+    ``holders`` the contributors its credit goes to under the policies.
     """
 
     start: int
@@ -93,6 +151,8 @@ class SpanMatch:
     by_contributor: dict[str, int]
     by_document: dict[str, int]
     sampled: bool = False
+    documents: int = 0
+    holders: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -102,56 +162,82 @@ class SpanAttribution:
     weights_ppm: dict[str, int]  # empty when nothing matched
     spans: list[SpanMatch]
     evidence: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)  # wire_params(...)
 
     def evidence_digest(self) -> bytes:
         """SHA-256 of the canonical evidence: the receipt's ``attr.evidence``."""
         return digest(self.evidence)
 
+    def params_digest(self) -> bytes:
+        """SHA-256 of the canonical parameters: the receipt's ``attr.params``."""
+        return digest(self.params)
+
 
 def find_spans(
     output: str,
-    segments: Sequence[Segment],
+    corpus: Sequence[Segment] | Sequence[SpanSource],
     params: SpanParams,
     *,
     excluded_contributors: frozenset[str] = frozenset(),
 ) -> list[SpanMatch]:
-    """Every maximal word-aligned span of ``output`` (normalised) found in ``segments``.
+    """Every maximal word-aligned span of ``output`` (normalised) found in ``corpus``.
 
-    Spans are sorted by ``start``; none is contained in another. They may
-    overlap. A span found only in excluded contributors' documents is not
-    reported (a shorter part of it may be, if others hold that).
+    ``corpus`` is a list of segments (one source under ``split``) or of
+    ``SpanSource``. Spans are sorted by ``start``; none is contained in another.
+    They may overlap. A span found only in excluded contributors' documents is
+    not reported (a shorter part of it may be, if others hold that).
     """
+    sources = as_sources(corpus)
+    segments = [segment for source in sources for segment in source.segments]
     data = normalise_bytes(output)
     if not data or not segments:
         return []
-    search = OutputSearch(b" " + data + b" ", segments, excluded_contributors)
+    tags = [number for number, source in enumerate(sources) for _ in source.segments]
+    search = OutputSearch(b" " + data + b" ", segments, excluded_contributors, tags)
     if not search.segments:
         return []
+    policies = [source.duplicates for source in sources]
     matches = []
     for first, stop in maximal_spans(search, params.min_words):
-        match = _count_span(search, first, stop, params.max_enumerated)
+        match = _count_span(search, policies, first, stop, params.max_enumerated)
         if match.count:
             matches.append(match)
     return matches
 
 
-def _count_span(search: OutputSearch, first: int, stop: int, limit: int) -> SpanMatch:
-    """Occurrences of words ``first..stop-1`` per contributor and per document."""
+def _count_span(search: OutputSearch, policies: Sequence[DuplicatePolicy], first: int,
+                stop: int, limit: int) -> SpanMatch:
+    """Occurrences of words ``first..stop-1`` per contributor and per document, the
+    distinct original documents holding them, and the holders under ``policies``."""
     pattern = search.pattern(first, stop)
     by_contributor: dict[str, int] = {}
     by_document: dict[str, int] = {}
     sampled = False
-    for segment, mask in search.segments:
+    originals = 0
+    holders: set[str] = set()
+    decided: set[int] = set()  # sources under "first" whose earliest holder is known
+    for (segment, mask), tag in zip(search.segments, search.tags, strict=True):
         lo, hi = segment.suffix_range(pattern)
         if hi == lo:
             continue
         documents = segment.range_documents(lo, hi, limit)
-        owners = segment.contributor_of(documents)
         if mask is not None:
-            kept = ~mask[owners]
-            documents, owners = documents[kept], owners[kept]
+            documents = documents[~mask[documents]]
         if len(documents) == 0:
             continue
+        owners = segment.contributor_of(documents)
+        distinct = np.unique(documents)
+        distinct = distinct[~segment.is_duplicate[distinct]]
+        originals += len(distinct) if hi - lo <= limit else \
+            len(distinct) * (hi - lo) // limit  # sampled: scale like the occurrences
+        if policies[tag] == "split":
+            holders.update(_credited(segment, np.unique(documents), "split"))
+        elif tag not in decided:  # "first": the earliest document, exactly (no sample)
+            decided.add(tag)
+            every = segment.range_documents(lo, hi, hi - lo)
+            if mask is not None:
+                every = every[~mask[every]]
+            holders.update(_credited(segment, every.min(keepdims=True), "first"))
         names = segment.info.contributors
         indices, counts = np.unique(owners, return_counts=True)
         per_contributor = {names[i]: int(n) for i, n in zip(indices, counts, strict=True)}
@@ -182,7 +268,22 @@ def _count_span(search: OutputSearch, first: int, stop: int, limit: int) -> Span
         by_contributor={name: by_contributor[name] for name in sorted(by_contributor)},
         by_document=by_document,  # canonical encoding sorts keys; no need to here
         sampled=sampled,
+        documents=originals,
+        holders=tuple(sorted(holders)),
     )
+
+
+def _credited(segment: Segment, documents: npt.NDArray[np.int64],
+              policy: DuplicatePolicy) -> set[str]:
+    """Contributors credited for ``documents`` of ``segment``: under ``split`` each one's
+    contributor plus, for a near-duplicate, the contributor it duplicates; under
+    ``first`` a near-duplicate is credited to that contributor only."""
+    names = segment.info.contributors
+    copies = documents[segment.is_duplicate[documents]]
+    credited = {segment.duplicate_of[index] for index in copies.tolist()}
+    own = documents if policy == "split" else documents[~segment.is_duplicate[documents]]
+    credited.update(names[index] for index in np.unique(segment.contributor_of(own)).tolist())
+    return credited
 
 
 def _apportion(shares: Mapping[str, int], total: int) -> dict[str, int]:
@@ -223,23 +324,24 @@ def rarity(count: int, total_documents: int) -> int:
 
 
 def span_credit(span: SpanMatch, total_documents: int) -> int:
-    """``words * rarity(count, total_documents)``: what one span is worth."""
-    return span.words * rarity(span.count, total_documents)
+    """``words * rarity(max(1, documents), total_documents)``: what one span is worth."""
+    return span.words * rarity(max(1, span.documents), total_documents)
 
 
 def contributor_weights(spans: Sequence[SpanMatch], total_documents: int) -> dict[str, int]:
     """Integer weight per contributor (see the module docstring for the formula).
 
-    ``total_documents`` is N: the documents of non-excluded contributors over
-    all segments searched.
+    Each span's credit is split equally among its distinct ``holders``; how many
+    occurrences or copies a holder has plays no part. ``total_documents`` is N:
+    the original documents of non-excluded contributors over all segments searched.
     """
     weights: dict[str, int] = {}
     for span in spans:
-        if not span.count:
+        if not span.holders:
             continue
-        credit = span_credit(span, total_documents)
-        for name, occurrences in span.by_contributor.items():
-            weights[name] = weights.get(name, 0) + credit * occurrences // span.count
+        share = span_credit(span, total_documents) // len(span.holders)
+        for name in span.holders:
+            weights[name] = weights.get(name, 0) + share
     return {name: weights[name] for name in sorted(weights) if weights[name] > 0}
 
 
@@ -256,43 +358,51 @@ def to_ppm(weights: Mapping[str, int]) -> dict[str, int]:
 
 
 def total_documents(
-    segments: Sequence[Segment], excluded_contributors: frozenset[str] = frozenset()
+    corpus: Sequence[Segment] | Sequence[SpanSource],
+    excluded_contributors: frozenset[str] = frozenset(),
 ) -> int:
-    """N: documents of non-excluded contributors over ``segments``."""
+    """N: original (not near-duplicate) documents of non-excluded contributors."""
     return sum(
         n
-        for segment in segments
-        for name, n in segment.documents_by_contributor.items()
+        for source in as_sources(corpus)
+        for segment in source.segments
+        for name, n in segment.original_documents_by_contributor.items()
         if name not in excluded_contributors
     )
 
 
 def attribute(
     output: str,
-    segments: Sequence[Segment],
+    corpus: Sequence[Segment] | Sequence[SpanSource],
     params: SpanParams,
     excluded_contributors: frozenset[str] = frozenset(),
 ) -> SpanAttribution:
     """Find the spans of ``output``, weigh them and build the evidence.
 
-    Nothing matched -> empty ``weights_ppm`` (the caller decides where the data
-    share goes). The evidence holds only integers and strings (offsets,
-    lengths, counts, doc ids, segment digests), never the text::
+    ``corpus``: segments (one source under ``split``) or ``SpanSource`` per
+    datanet. Nothing matched -> empty ``weights_ppm`` (the caller decides where
+    the data share goes). ``SpanAttribution.params`` is what ``attr.params``
+    digests (``wire_params``: the parameters plus each source's name, duplicate
+    policy and state digest). The evidence holds only integers and strings
+    (offsets, lengths, counts, doc ids, segment digests), never the text::
 
-        {"method": "spans/1", "params": params.to_wire(),
+        {"method": "spans/1", "params": wire_params(...),
          "segments": [segment digest hex, ...], "documents": N,
          "excluded": [sorted contributor ids], "output_bytes": int,
-         "spans": [{"start", "end", "words", "count", "rarity", "sampled": 0|1,
+         "spans": [{"start", "end", "words", "count", "documents", "rarity",
+                    "sampled": 0|1, "holders": [contributor, ...],
                     "by_contributor": {id: n}, "by_document": {doc_id: n}}, ...],
          "weights": {contributor: integer weight}}
     """
-    spans = find_spans(output, segments, params, excluded_contributors=excluded_contributors)
-    documents = total_documents(segments, excluded_contributors)
+    sources = as_sources(corpus)
+    spans = find_spans(output, sources, params, excluded_contributors=excluded_contributors)
+    documents = total_documents(sources, excluded_contributors)
     weights = contributor_weights(spans, documents)
+    wire = wire_params(params, sources)
     evidence: dict[str, Any] = {
         "method": METHOD,
-        "params": params.to_wire(),
-        "segments": [segment.info.digest for segment in segments],
+        "params": wire,
+        "segments": [segment.info.digest for source in sources for segment in source.segments],
         "documents": documents,
         "excluded": sorted(excluded_contributors),
         "output_bytes": len(normalise_bytes(output)),
@@ -302,8 +412,10 @@ def attribute(
                 "end": span.end,
                 "words": span.words,
                 "count": span.count,
-                "rarity": rarity(span.count, documents),
+                "documents": span.documents,
+                "rarity": rarity(max(1, span.documents), documents),
                 "sampled": int(span.sampled),
+                "holders": list(span.holders),
                 "by_contributor": dict(span.by_contributor),
                 "by_document": dict(span.by_document),
             }
@@ -311,4 +423,5 @@ def attribute(
         ],
         "weights": weights,
     }
-    return SpanAttribution(weights_ppm=to_ppm(weights), spans=spans, evidence=evidence)
+    return SpanAttribution(weights_ppm=to_ppm(weights), spans=spans, evidence=evidence,
+                           params=wire)

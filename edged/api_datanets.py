@@ -10,7 +10,7 @@ from aiohttp import web
 
 from attribution import canonical
 from edged.appkeys import DATANETS, LEDGER, SERVICE, SETTINGS
-from edged.datanets import parse_document_lines
+from edged.datanets import DEFAULT_DUPLICATES, parse_document_lines, validate_duplicates
 from edged.errors import Forbidden, InvalidRequest, NotFound
 from edged.http_common import json_response, read_body, read_json
 
@@ -37,11 +37,16 @@ async def show_datanet(request: web.Request) -> web.Response:
 
 
 async def create_datanet(request: web.Request) -> web.Response:
+    """Body: ``{"name": ..., "duplicates": "first" | "split"}`` (policy optional, ``first``)."""
     body = await read_json(request)
     name = body.get("name") if isinstance(body, dict) else None
     if not isinstance(name, str):
         raise InvalidRequest("'name' is required", param="name")
-    state = await asyncio.to_thread(request.app[DATANETS].create, name)
+    duplicates = body.get("duplicates", DEFAULT_DUPLICATES)
+    if not isinstance(duplicates, str):
+        raise InvalidRequest("'duplicates' is 'first' or 'split'", param="duplicates")
+    state = await asyncio.to_thread(request.app[DATANETS].create, name,
+                                    duplicates=validate_duplicates(duplicates))
     return json_response(state.public_view(), status=201)
 
 
@@ -55,7 +60,8 @@ async def remove_datanet(request: web.Request) -> web.Response:
 async def add_documents(request: web.Request) -> web.Response:
     """Body: JSON Lines, one ``{"id": ..., "text": ...}`` per document, for one contributor
     (query ``contributor``, optional ``payout``). Streamed, so it may exceed the usual body
-    limit up to ``max_datanet_upload_bytes``; indexed as one new segment."""
+    limit up to ``max_datanet_upload_bytes``; indexed as one new segment. The answer
+    reports, per document, what other contributors already held (counts and ids)."""
     contributor = request.query.get("contributor", "")
     payout = request.query.get("payout") or None
     limit = request.app[SETTINGS].max_datanet_upload_bytes
@@ -64,10 +70,7 @@ async def add_documents(request: web.Request) -> web.Response:
     report = await asyncio.to_thread(request.app[DATANETS].add_documents,
                                      request.match_info["name"], contributor, documents,
                                      payout=payout)
-    return json_response({"datanet": report.datanet, "documents": report.documents,
-                          "bytes": report.bytes, "contributors": report.contributors,
-                          "segments": report.segments, "seconds": round(report.seconds, 3)},
-                         status=201)
+    return json_response(report.to_wire(), status=201)
 
 
 async def remove_contributor(request: web.Request) -> web.Response:

@@ -126,7 +126,7 @@ async def _models(app: web.Application, *, runtimes: tuple[str, ...], loader: Lo
     """The model store, datanets and scheduler, and the services that use them."""
     settings, keys, ledger = app[SETTINGS], app[NODE_KEYS], app[LEDGER]
     store = ModelStore(settings.models_dir, runtimes=runtimes)
-    datanets = DatanetStore(settings.datanets_dir)
+    datanets = DatanetStore(settings.datanets_dir, span_min_words=settings.span_min_words)
     try:
         attributor = Attributor(
             datanets, operator_id=settings.operator_id or "node:" + keys.public_key.hex(),

@@ -4,8 +4,10 @@
   ``operator_share_ppm``, the model owner the rest.
 - ``spans/1``: models with datanets and a data share. The operator keeps its
   share; the data share (capped so the two never exceed the whole fee) is split
-  among contributors by their span weights; the owner keeps the rest. When no
-  span matches, the data share goes to whom the manifest's
+  among contributors by their span weights (each span split among its distinct
+  holders under its datanet's ``first``/``split`` duplicate policy; the parameters
+  digest names the policies and datanet state digests); the owner keeps the rest.
+  When no span matches, the data share goes to whom the manifest's
   ``unmatched_data_to`` names (the owner by default). A contributor's payee id is
   its payout address when its datanet has one, else its name.
 
@@ -58,9 +60,11 @@ class Attributor:
         """Blocking (index queries): call it from a thread."""
         if output_text is None or not manifest.datanets or not manifest.data_share_ppm:
             return self._owner_only(manifest)
-        segments, excluded = self.datanets.segments_for(manifest.datanets)
-        result = attribute(output_text, segments, self.span_params, excluded)
-        ref = AttributionRef(SPANS_METHOD, self.span_params.digest(), result.evidence_digest())
+        sources, excluded = self.datanets.sources_for(manifest.datanets)
+        result = attribute(output_text, sources, self.span_params, excluded)
+        # attr.params digests the span parameters plus each datanet's duplicate policy and
+        # state digest, so a receipt says which rule paid, on which data.
+        ref = AttributionRef(SPANS_METHOD, result.params_digest(), result.evidence_digest())
         return Attribution(self._split(manifest, result.weights_ppm), ref,
                            canonical.encode(result.evidence))
 

@@ -6,6 +6,7 @@ import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -22,11 +23,15 @@ def datanet() -> None:
 
 @datanet.command("create")
 @click.argument("name")
+@click.option("--duplicates", type=click.Choice(["first", "split"]), default="first",
+              show_default=True,
+              help="credit for spans several contributors hold: the first to index them "
+                   "(first) or all holders equally (split)")
 @click.pass_context
-def datanet_create(ctx: click.Context, name: str) -> None:
+def datanet_create(ctx: click.Context, name: str, duplicates: str) -> None:
     """Create an empty datanet."""
-    call_daemon(ctx, "POST", "/api/datanets", json={"name": name})
-    click.echo(f"created datanet {name}")
+    call_daemon(ctx, "POST", "/api/datanets", json={"name": name, "duplicates": duplicates})
+    click.echo(f"created datanet {name} (duplicates: {duplicates})")
 
 
 @datanet.command("add")
@@ -66,6 +71,26 @@ def datanet_add(ctx: click.Context, name: str, files: tuple[Path, ...], contribu
         raise click.ClickException(str(exc)) from None
     click.echo(f"added {report['documents']} documents ({report['bytes']} bytes) to {name}; "
                f"{report['contributors']} contributors, {report['segments']} segments")
+    _echo_duplicates(report["duplicates"])
+
+
+def _echo_duplicates(duplicates: dict[str, Any]) -> None:
+    """One line per document others already held (counts and contributor ids only)."""
+    if not duplicates["documents"]:
+        click.echo("no duplicated content found")
+        return
+    click.echo(f"{duplicates['documents']} documents hold content already indexed "
+               f"({duplicates['held_words']} of {duplicates['words']} words; "
+               f"{duplicates['near_duplicates']} near-duplicates):")
+    for finding in duplicates["findings"]:
+        held_by = ", ".join(f"{who} {words}" for who, words in finding["held_by"].items())
+        line = f"  {finding['id']}: {finding['held_words']}/{finding['words']} words held"
+        if held_by:
+            line += f" ({held_by})"
+        if finding["near_duplicate_of"] is not None:
+            line += (f"; near-duplicate of {finding['near_duplicate_of']}'s "
+                     f"(similarity {finding['similarity_ppm'] / 1e6:.2f})")
+        click.echo(line)
 
 
 @datanet.command("list")

@@ -16,6 +16,17 @@ contributor compacts first, so their old documents do not come back.
 
 Every change builds into a temporary folder and then replaces ``datanet.json``
 atomically: a failed add or a crash leaves the datanet as it was.
+
+**Duplicates.** Every add is screened against what the datanet already holds
+(``attribution.span_duplicates``): the report says, per document, how many of its
+words other contributors already hold in spans of at least ``span_min_words``
+words, and whether it is a near-duplicate (MinHash similarity of word 2-grams of
+at least 0.5) of an earlier document, and whose. Near-duplicates are recorded in
+the segment; the datanet's ``duplicates`` policy (``first``, the default, or
+``split``, fixed at creation) decides who is credited for duplicated spans, and
+the policy and a digest of the datanet's state go into every receipt's
+attribution parameters. Copies of a removed contributor's documents are excluded
+with it and dropped with it at compaction.
 """
 
 from __future__ import annotations
@@ -35,7 +46,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from attribution.commitments import digest
+from attribution.span_duplicates import DuplicateFinding, screen_documents
 from attribution.span_index import CorpusDocument, CorpusError, Segment, build_segment
+from attribution.spans import DUPLICATE_POLICIES, DuplicatePolicy, SpanSource
 from edged import bounded_json
 from edged.errors import Conflict, InvalidRequest, NotFound
 from edged.models import validate_name
@@ -48,7 +62,7 @@ PAYOUT_PATTERN = re.compile(r"^0x[0-9a-fA-F]{40}$")
 TEXT_SUFFIXES = (".txt", ".md", ".markdown", ".text")
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 MAX_DOCUMENT_ID = 256
-
+DEFAULT_DUPLICATES: DuplicatePolicy = "first"
 
 
 def _is_unicode_text(value: str) -> bool:
@@ -100,6 +114,16 @@ def validate_payout(payout: str | None) -> str | None:
     return payout
 
 
+def validate_duplicates(policy: str) -> DuplicatePolicy:
+    """A datanet's duplicate policy: ``first`` or ``split``."""
+    if policy == "first":
+        return "first"
+    if policy == "split":
+        return "split"
+    raise InvalidRequest(f"duplicates must be one of {list(DUPLICATE_POLICIES)}",
+                         param="duplicates")
+
+
 @dataclass(frozen=True)
 class AddReport:
     datanet: str
@@ -108,6 +132,20 @@ class AddReport:
     contributors: int  # contributors of the datanet after the add
     segments: int
     seconds: float
+    findings: tuple[DuplicateFinding, ...] = ()  # one per document added, in order
+
+    def to_wire(self) -> dict[str, Any]:
+        """The API's answer: totals, and the documents found (partly) held already."""
+        duplicated = [finding for finding in self.findings if finding.duplicated]
+        return {"datanet": self.datanet, "documents": self.documents, "bytes": self.bytes,
+                "contributors": self.contributors, "segments": self.segments,
+                "seconds": round(self.seconds, 3),
+                "duplicates": {
+                    "documents": len(duplicated),
+                    "near_duplicates": sum(f.near_duplicate_of is not None for f in duplicated),
+                    "words": sum(f.words for f in self.findings),
+                    "held_words": sum(f.held_words for f in self.findings),
+                    "findings": [finding.to_wire() for finding in duplicated]}}
 
 
 @dataclass
@@ -120,15 +158,17 @@ class DatanetState:
     removed: list[str] = field(default_factory=list)
     segments: list[str] = field(default_factory=list)
     next_segment: int = 1
+    duplicates: DuplicatePolicy = DEFAULT_DUPLICATES  # who is credited for duplicated spans
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "created": self.created, "contributors": self.contributors,
                 "removed": self.removed, "segments": self.segments,
-                "next_segment": self.next_segment}
+                "next_segment": self.next_segment, "duplicates": self.duplicates}
 
     def public_view(self) -> dict[str, Any]:
         active = {k: v for k, v in self.contributors.items() if k not in self.removed}
         return {"name": self.name, "created": self.created, "segments": len(self.segments),
+                "duplicates": self.duplicates,
                 "documents": sum(c["documents"] for c in active.values()),
                 "bytes": sum(c["bytes"] for c in active.values()),
                 "contributors": [{"id": k, **v} for k, v in sorted(active.items())],
@@ -138,8 +178,9 @@ class DatanetState:
 class DatanetStore:
     """All datanets of a node. Methods block (index builds): call them from a thread."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, span_min_words: int = 5) -> None:
         self.root = root
+        self.span_min_words = span_min_words  # exact duplicates are spans this long
         root.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         self._open_segments: dict[Path, Segment] = {}
@@ -185,13 +226,15 @@ class DatanetStore:
             json.dump(state.to_json(), handle, indent=2, sort_keys=True)
         Path(temp).replace(folder / "datanet.json")
 
-    def create(self, name: str) -> DatanetState:
+    def create(self, name: str, *, duplicates: str = DEFAULT_DUPLICATES) -> DatanetState:
+        """A new, empty datanet; ``duplicates`` is its policy for duplicated spans."""
+        policy = validate_duplicates(duplicates)
         with self._lock:
             folder = self._dir(name)
             if (folder / "datanet.json").exists():
                 raise Conflict(f"a datanet named {name!r} exists already", param="name")
             (folder / "segments").mkdir(parents=True, exist_ok=True)
-            state = DatanetState(name=name, created=int(time.time()))
+            state = DatanetState(name=name, created=int(time.time()), duplicates=policy)
             self._write(state)
             logger.info("datanet %s created", name)
             return state
@@ -224,7 +267,11 @@ class DatanetStore:
     def add_documents(self, name: str, contributor: str, documents: Sequence[tuple[str, str]],
                       *, payout: str | None = None,
                       progress: Callable[[int], None] | None = None) -> AddReport:
-        """Index ``(document id, text)`` pairs of one contributor as a new segment."""
+        """Index ``(document id, text)`` pairs of one contributor as a new segment.
+
+        The documents are first screened against the datanet (exact spans other
+        contributors hold, near-duplicate documents); near-duplicates are recorded
+        in the new segment, and the report carries one finding per document."""
         validate_contributor(contributor)
         validate_payout(payout)
         if not documents:
@@ -249,9 +296,15 @@ class DatanetStore:
             self._write(state)
         corpus = [CorpusDocument(doc_id, contributor, text)
                   for doc_id, text in _unique_ids(contributor, documents)]
-        # Queries (attribution on every request) keep running while this builds.
+        # Queries (attribution on every request) keep running while this screens and builds.
         segment_dir = self._dir(name) / "segments" / segment_name
         try:
+            held, excluded = self.segments_for([name])
+            findings = screen_documents(corpus, held, min_words=self.span_min_words,
+                                        excluded_contributors=excluded)
+            corpus = [CorpusDocument(doc.doc_id, doc.contributor, doc.text,
+                                     duplicate_of=finding.near_duplicate_of)
+                      for doc, finding in zip(corpus, findings, strict=True)]
             self._build(segment_dir, corpus, progress)
         except BaseException:
             shutil.rmtree(segment_dir, ignore_errors=True)  # never leave half a segment
@@ -269,9 +322,11 @@ class DatanetStore:
             self._write(state)
             if len(state.segments) > MAX_SEGMENTS:
                 state = self._compact(state)
-        logger.info("datanet %s: %d documents added as %s", name, len(documents), segment_name)
+        logger.info("datanet %s: %d documents added as %s (%d near-duplicates)", name,
+                    len(documents), segment_name,
+                    sum(f.near_duplicate_of is not None for f in findings))
         return AddReport(name, len(documents), size, len(state.contributors),
-                         len(state.segments), time.perf_counter() - started)
+                         len(state.segments), time.perf_counter() - started, tuple(findings))
 
     def remove_contributor(self, name: str, contributor: str) -> DatanetState:
         with self._lock:
@@ -289,11 +344,12 @@ class DatanetStore:
             return self._compact(self._read(name))
 
     def _compact(self, state: DatanetState) -> DatanetState:
-        """Merge every segment into one, without removed contributors' documents."""
+        """Merge every segment into one, without removed contributors' documents (and the
+        near-duplicates of theirs). Document order, hence ``first``, is kept."""
         folder = self._dir(state.name) / "segments"
         removed = set(state.removed)
         documents = [doc for doc in self._iter_documents(folder, state.segments)
-                     if doc.contributor not in removed]
+                     if doc.contributor not in removed and doc.duplicate_of not in removed]
         old = list(state.segments)
         state.segments = []
         if documents:
@@ -320,7 +376,8 @@ class DatanetStore:
                 if doc_id in seen:  # the same file name added twice, in two segments
                     doc_id = f"{doc_id}#{segment_name}"
                 seen.add(doc_id)
-                yield CorpusDocument(doc_id, contributor, segment.document_text(index))
+                yield CorpusDocument(doc_id, contributor, segment.document_text(index),
+                                     duplicate_of=segment.duplicate_of.get(index))
 
     @staticmethod
     def _build(directory: Path, documents: Sequence[CorpusDocument],
@@ -365,6 +422,21 @@ class DatanetStore:
                 removed.update(state.removed)
         return segments, frozenset(removed)
 
+    def sources_for(self, names: Iterable[str]) -> tuple[list[SpanSource], frozenset[str]]:
+        """One ``SpanSource`` per named datanet (its segments oldest first, its duplicate
+        policy and state digest), and the contributors to leave out."""
+        sources: list[SpanSource] = []
+        removed: set[str] = set()
+        with self._lock:
+            for name in names:
+                state = self._read(name)
+                folder = self._dir(name) / "segments"
+                segments = tuple(self._segment(folder / s) for s in state.segments)
+                sources.append(SpanSource(segments, state.duplicates, name,
+                                          state_digest(state, segments)))
+                removed.update(state.removed)
+        return sources, frozenset(removed)
+
     def payout_addresses(self, names: Iterable[str]) -> dict[str, str]:
         addresses: dict[str, str] = {}
         for name in names:
@@ -378,6 +450,14 @@ class DatanetStore:
             for segment in self._open_segments.values():
                 segment.close()
             self._open_segments.clear()
+
+
+def state_digest(state: DatanetState, segments: Sequence[Segment]) -> str:
+    """Hex SHA-256 of what decides a datanet's credit: its name, duplicate policy,
+    segments (each ``segment.json`` digest pins every file) and removed contributors."""
+    return digest({"name": state.name, "duplicates": state.duplicates,
+                   "segments": [segment.info.digest for segment in segments],
+                   "removed": sorted(state.removed)}).hex()
 
 
 def _unique_ids(contributor: str, documents: Sequence[tuple[str, str]]

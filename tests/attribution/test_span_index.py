@@ -137,7 +137,7 @@ def test_build_reports_progress_and_info(tmp_path: Path) -> None:
     assert info.words == 2500 * 5
     assert info.digest == Segment.open(tmp_path / "seg").info.digest
     names = sorted(p.name for p in (tmp_path / "seg").iterdir())
-    assert names == ["corpus.bin", "docs.json", "docs.npy", "sa.npy", "segment.json",
+    assert names == ["corpus.bin", "docs.json", "docs.npy", "minhash.npy", "sa.npy", "segment.json",
                      "shingles.npy"]
     assert list(tmp_path.iterdir()) == [tmp_path / "seg"]
 

@@ -210,15 +210,19 @@ def test_rarity_falls_as_spans_get_common() -> None:
         rarity(0, 10)
 
 
-def span(words: int, by_contributor: dict[str, int]) -> SpanMatch:
+def span(words: int, by_contributor: dict[str, int], documents: int | None = None
+         ) -> SpanMatch:
     count = sum(by_contributor.values())
-    return SpanMatch(0, 1, 1, words, count, by_contributor, {})
+    return SpanMatch(0, 1, 1, words, count, by_contributor, {},
+                     documents=count if documents is None else documents,
+                     holders=tuple(sorted(by_contributor)))
 
 
-def test_weights_split_each_span_by_occurrences() -> None:
-    weights = contributor_weights([span(10, {"a": 3, "b": 1})], 100)
-    credit = 10 * rarity(4, 100)
-    assert weights == {"a": credit * 3 // 4, "b": credit // 4}
+def test_weights_split_each_span_equally_among_distinct_holders() -> None:
+    # Three occurrences of "a" (in two documents) earn what one occurrence of "b" does.
+    weights = contributor_weights([span(10, {"a": 3, "b": 1}, documents=3)], 100)
+    credit = 10 * rarity(3, 100)
+    assert weights == {"a": credit // 2, "b": credit // 2}
     assert contributor_weights([], 100) == {}
 
 
