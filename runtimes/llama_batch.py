@@ -184,8 +184,9 @@ class BatchEngine:
             if not free:
                 return
             request = self._waiting.popleft()
-            if request.cancel.is_set():
-                request.events.put(Done(len(request.prompt), 0, "cancelled"))
+            if request.cancel.is_set() or request.limit <= 0:
+                reason: FinishReason = "cancelled" if request.cancel.is_set() else "length"
+                request.events.put(Done(len(request.prompt), 0, reason))
                 request.events.put(_END)
                 continue
             reuse = {slot.seq_id: _common_prefix(slot.cached, request.prompt)

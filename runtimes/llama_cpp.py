@@ -1,10 +1,12 @@
 """GGUF models through llama-cpp-python.
 
-Generation runs its own token loop over ``Llama.generate`` instead of
-``create_completion``: token counts are exact, cancellation is checked before every
-token, and text is decoded once per token with an incremental UTF-8 decoder (a
-multi-byte character split across byte tokens comes out whole) instead of
-``create_completion``'s re-detokenisation of the whole completion at each step.
+Generation runs on the batched engine (:mod:`runtimes.llama_batch`), one llama.cpp
+context of ``parallel`` sequences (1 by default here; the daemon's ``parallel`` setting
+gives 4) with native per-request sampler chains, instead of ``create_completion``: token
+counts are exact, cancellation is checked before every token, and text is decoded once
+per token with an incremental UTF-8 decoder (a multi-byte character split across byte
+tokens comes out whole). The ``Llama`` instance holds the model, tokenizes and formats
+chats.
 
 ``llama_cpp`` is imported in :meth:`LlamaCppBackend.load`, so this module imports
 without it. ``verbose=False`` always: llama.cpp's verbose logs include prompt text.
@@ -42,7 +44,6 @@ from runtimes.base import (
     Delta,
     Done,
     EmbeddingResult,
-    FinishReason,
     GenerationParams,
     MissingDependency,
     ModelSpec,
@@ -65,7 +66,6 @@ from runtimes.llama_devices import (
     plan_gpu_layers,
     processor_label,
 )
-from runtimes.stop_text import StopTextStream
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -85,27 +85,6 @@ _SMALLEST_CONTEXT = 256  # llama.cpp pads any context to this
 _KV_CACHE_BYTES_PER_VALUE = 2  # llama.cpp's default K/V cache type is f16
 
 
-class _ContextGuard:
-    """A lock around one llama context that refuses, instead of deadlocking, when the
-    thread asking for it is the one driving the (suspended) generation that holds it."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.owner: int | None = None
-
-    def __enter__(self) -> None:
-        if self.owner == threading.get_ident():
-            raise BackendError(
-                "a generation on this model is still open in this thread; exhaust or close it first"
-            )
-        self.lock.acquire()
-        self.owner = threading.get_ident()
-
-    def __exit__(self, *_exc: object) -> None:
-        self.owner = None
-        self.lock.release()
-
-
 class LlamaCppBackend(Backend):
     """A GGUF model loaded with llama.cpp. Chat prompts are formatted with
     ``spec.chat_format`` or, when that is ``None``, the GGUF's own chat template."""
@@ -117,9 +96,8 @@ class LlamaCppBackend(Backend):
         self._llama_cpp = llama_cpp
         self._llm: Llama | None = llm
         self._embedder: Llama | None = None
-        self._guard = _ContextGuard()
-        self._embed_guard = _ContextGuard()
-        self._sampler = {k: spec.options.get(k, v) for k, v in SAMPLER_DEFAULTS.items()}
+        self._guard = threading.Lock()  # the model instance: tokenizing, templates, close
+        self._embed_guard = threading.Lock()  # the embedding context
         self._llama_kwargs = {k: v for k, v in spec.options.items() if k in LLAMA_OPTIONS}
         self._n_vocab = llm.n_vocab()
         self._metadata = llm.metadata
@@ -128,16 +106,10 @@ class LlamaCppBackend(Backend):
         self._pieces: dict[int, bytes | None] = {}  # token id -> bytes, None for end-of-generation
         self._template: TemplateChatFormat | None = None  # built on first use
         self._gpu = _GpuPlacement(n_gpu_layers=0)  # load() sets what it planned and measured
-        parallel = _parallel(spec)
-        # Several sequences at once: the engine holds the contexts, ``llm`` the model.
-        self._engine = _batch_engine(llama_cpp, llm, spec, parallel, self._piece) \
-            if parallel > 1 else None
-        if self._engine is not None:
-            self._n_ctx = min(spec.context_length, self._engine.context_length)
-        else:
-            # llama.cpp pads a small context (to 256 tokens) but llama-cpp-python sizes its
-            # token buffer to the context asked for: the smaller of the two is the limit.
-            self._n_ctx = min(llm.n_ctx(), len(llm.input_ids))
+        # The engine holds the generation context (``parallel`` sequences), ``llm`` the
+        # model, its vocabulary and metadata.
+        self._engine: BatchEngine | None = _batch_engine(llama_cpp, llm, spec, self._piece)
+        self._n_ctx = min(spec.context_length, self._engine.context_length)
         self._weights_bytes = spec.path.stat().st_size
         self._kv_bytes_per_context = _kv_cache_bytes(self._metadata, self._n_ctx)
 
@@ -164,10 +136,9 @@ class LlamaCppBackend(Backend):
         # llama-cpp-python turns flash attention off unless asked; llama.cpp itself (and so
         # the batched engine and llama-server) turns it on where the backend supports it.
         kwargs.setdefault("flash_attn", True)
-        # With the batched engine this instance only holds the model and tokenizes: its
-        # own context is kept at llama.cpp's smallest instead of a full context_length.
-        n_ctx = spec.context_length if _parallel(spec) == 1 else min(spec.context_length,
-                                                                     _SMALLEST_CONTEXT)
+        # This instance only holds the model and tokenizes (the batched engine has the
+        # generation context): its own context is kept at llama.cpp's smallest.
+        n_ctx = min(spec.context_length, _SMALLEST_CONTEXT)
         try:
             llm = _llama_type(llama_cpp, bool(spec.options.get("repack", default_repack())))(
                 model_path=str(spec.path),
@@ -191,7 +162,8 @@ class LlamaCppBackend(Backend):
     def generate(
         self, prompt: Prompt, params: GenerationParams, cancel: threading.Event
     ) -> Iterator[Delta | Done]:
-        """Tokenize and check the prompt now (errors raise here), then stream the output."""
+        """Tokenize and check the prompt now (errors raise here), then queue it on the
+        batched engine and stream its events."""
         with self._guard:
             llm = self._require_open()
             if isinstance(prompt, str):
@@ -203,69 +175,11 @@ class LlamaCppBackend(Backend):
                 stops = params.stop + tuple(s for s in chat.stop if s not in params.stop)
             if len(tokens) >= self._n_ctx:
                 raise ContextLengthExceeded(len(tokens), self._n_ctx)
+            engine = self._engine
+            assert engine is not None  # _require_open
         room = self._n_ctx - len(tokens)
         limit = room if params.max_tokens is None else min(max(params.max_tokens, 0), room)
-        if self._engine is not None:
-            return self._engine.generate(tokens, params, stops, limit, cancel)
-        return self._stream(tokens, limit, params, stops, cancel)
-
-    def _stream(
-        self,
-        tokens: list[int],
-        limit: int,
-        params: GenerationParams,
-        stops: tuple[str, ...],
-        cancel: threading.Event,
-    ) -> Iterator[Delta | Done]:
-        with self._guard:
-            llm = self._require_open()
-            seed = self._llama_cpp.LLAMA_DEFAULT_SEED if params.seed is None else params.seed
-            # 0xFFFFFFFF is llama.cpp's "pick a random seed": keep user seeds below it.
-            llm.set_seed(seed % 0xFFFFFFFF if params.seed is not None else seed)
-            if not params.cache_prompt:
-                llm.reset()  # forget the evaluated prefix: the whole prompt is evaluated anew
-            tokens_out = llm.generate(
-                tokens,
-                temp=max(params.temperature, 0.0),
-                top_p=params.top_p,
-                top_k=int(self._sampler["top_k"]),
-                min_p=float(self._sampler["min_p"]),
-                repeat_penalty=float(self._sampler["repeat_penalty"]),
-                reset=True,
-            )
-            text = StopTextStream(stops)
-            pieces, guard = self._pieces, self._guard
-            produced = 0
-            unsent = 0  # tokens produced since the last Delta
-            finish: FinishReason = "length"
-            try:
-                while produced < limit:
-                    if cancel.is_set() or self._llm is None:
-                        finish = "cancelled"
-                        break
-                    token = next(tokens_out)
-                    piece = pieces[token] if token in pieces else self._piece(token)
-                    if piece is None:  # end of generation: not emitted, not counted
-                        finish = "stop"
-                        break
-                    produced += 1
-                    unsent += 1
-                    out = text.push(piece)
-                    if text.stopped:
-                        finish = "stop"
-                    if out:
-                        yield Delta(out, unsent)
-                        unsent = 0
-                        guard.owner = threading.get_ident()  # whoever resumed us
-                    if text.stopped:
-                        break
-            finally:
-                tokens_out.close()
-        # Outside the lock: a caller that stops reading at Done must not keep the context.
-        tail = text.finish()
-        if tail:
-            yield Delta(tail, unsent)
-        yield Done(len(tokens), produced, finish)
+        return engine.generate(tokens, params, stops, limit, cancel)
 
     def _piece(self, token: int) -> bytes | None:
         """The bytes of ``token`` (``None`` for end-of-generation), cached per token."""
@@ -377,16 +291,13 @@ class LlamaCppBackend(Backend):
     # -- lifetime ---------------------------------------------------------------------
 
     def close(self) -> None:
-        """Free both llama.cpp instances; waits for a running call on another thread."""
-        engine, self._engine = self._engine, None
+        """Free the engine and both llama.cpp instances; a running generation ends with
+        an error, a running embedding call on another thread is waited for."""
+        with self._guard:
+            engine, self._engine = self._engine, None
         if engine is not None:  # before the model it was made from
             engine.close()
         for guard, attribute in ((self._guard, "_llm"), (self._embed_guard, "_embedder")):
-            if guard.owner == threading.get_ident():
-                # A generation suspended in this very thread: it checks _llm before
-                # its next token and stops, so freeing under it is safe.
-                self._free(attribute)
-                continue
             with guard:
                 self._free(attribute)
 
@@ -398,8 +309,7 @@ class LlamaCppBackend(Backend):
 
     def memory_bytes(self) -> int:
         """Weights file size plus the f16 KV cache of each live context."""
-        generating = self._engine.parallel if self._engine is not None else (
-            self._llm is not None)
+        generating = self._engine.parallel if self._engine is not None else 0
         contexts = generating + (self._embedder is not None)
         return self._weights_bytes + contexts * self._kv_bytes_per_context
 
@@ -427,12 +337,11 @@ class LlamaCppBackend(Backend):
 
     @property
     def max_concurrency(self) -> int:
-        """The batched engine's slots (``parallel``), else one: a plain llama context
-        holds one sequence's state."""
-        return self._engine.parallel if self._engine is not None else 1
+        """The batched engine's slots (``parallel``)."""
+        return _parallel(self.spec)
 
     def _require_open(self) -> Llama:
-        if self._llm is None:
+        if self._llm is None or self._engine is None:
             raise BackendError(f"model {self.spec.name!r} is closed")
         return self._llm
 
@@ -543,7 +452,7 @@ def _parallel(spec: ModelSpec) -> int:
     return int(spec.options.get("parallel", 1))
 
 
-def _batch_engine(llama_cpp: ModuleType, llm: Llama, spec: ModelSpec, parallel: int,
+def _batch_engine(llama_cpp: ModuleType, llm: Llama, spec: ModelSpec,
                   piece: Callable[[int], bytes | None]) -> BatchEngine:
     """A batched context on ``llm``'s model, with the model's sampler and context options."""
     options = spec.options
@@ -553,7 +462,7 @@ def _batch_engine(llama_cpp: ModuleType, llm: Llama, spec: ModelSpec, parallel: 
     context_options = {k: options[k] for k in _ENGINE_CONTEXT_OPTIONS if k in options}
     if "n_ubatch" in context_options:
         context_options["n_ubatch"] = min(int(context_options["n_ubatch"]), n_batch)
-    return BatchEngine(llama_cpp, llm._model.model, parallel=parallel,
+    return BatchEngine(llama_cpp, llm._model.model, parallel=_parallel(spec),
                        context_length=spec.context_length, threads=spec.threads,
                        n_batch=n_batch, context_options=context_options, sampler=sampler,
                        piece=piece)
