@@ -12,9 +12,11 @@ from runtimes.base import (
     Done,
     EmbeddingResult,
     GenerationParams,
+    InvalidInput,
     MissingDependency,
     ModelSpec,
     Prompt,
+    TokenLogprob,
     UnsupportedOperation,
 )
 from runtimes.registry import backend_names, load_backend
@@ -28,9 +30,11 @@ __all__ = [
     "Done",
     "EmbeddingResult",
     "GenerationParams",
+    "InvalidInput",
     "MissingDependency",
     "ModelSpec",
     "Prompt",
+    "TokenLogprob",
     "UnsupportedOperation",
     "backend_names",
     "load_backend",

@@ -61,6 +61,15 @@ class GenerationParams:
     # on some CPUs greedy output can then differ from a fresh evaluation where logits
     # nearly tie (batch and single-token kernels round differently), as in llama-server.
     cache_prompt: bool = True
+    # Sampler settings the model has defaults for (None: the model's; see the backend).
+    top_k: int | None = None
+    min_p: float | None = None
+    repeat_penalty: float | None = None  # llama.cpp's: 1.0 is off
+    presence_penalty: float = 0.0  # OpenAI's: subtracted once from a token already seen
+    frequency_penalty: float = 0.0  # OpenAI's: subtracted per time a token was seen
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit)
+    grammar: str | None = None  # GBNF (root rule ``root``) the output must match
+    logprobs: int | None = None  # None: none; k: each token's log-probability and top k
 
 
 @dataclass(frozen=True)
@@ -73,6 +82,18 @@ class Delta:
 
     text: str
     tokens: int
+    # With ``GenerationParams.logprobs``: one entry per token this delta completes.
+    logprobs: tuple[TokenLogprob, ...] = ()
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's bytes and log-probability under the model's distribution
+    (before sampling settings), and the most likely alternatives at that position."""
+
+    token: bytes
+    logprob: float
+    top: tuple[tuple[bytes, float], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -5,9 +5,10 @@ its own ``context_length`` cells). A step thread loops: it admits waiting reques
 free slots, builds one ``llama_batch`` with the next token of every decoding sequence
 and prompt chunks of newly admitted ones (at most ``n_batch`` tokens a step, so a long
 prompt is prefilled over several steps while the others keep decoding), calls
-``llama_decode`` once, and samples every sequence that has logits with its own native
-sampler chain. Each request reads its events (``Delta`` / ``Done``) from its own queue,
-so a slow reader never stalls the others.
+``llama_decode`` once, and samples every sequence that has logits with its own
+:class:`~runtimes.llama_sampling.SequenceSampler` (native chain, grammar, logprobs).
+Each request reads its events (``Delta`` / ``Done``) from its own queue, so a slow
+reader never stalls the others.
 
 A finished sequence leaves its cells in place: the next request whose prompt shares
 their prefix (a repeated system prompt) is put in that slot and evaluates only the rest,
@@ -27,20 +28,19 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
-from runtimes.base import BackendError, Delta, Done, FinishReason, GenerationParams
+from runtimes.base import (
+    BackendError,
+    Delta,
+    Done,
+    FinishReason,
+    GenerationParams,
+    InvalidInput,
+    TokenLogprob,
+)
+from runtimes.llama_sampling import SequenceSampler
 from runtimes.stop_text import StopTextStream
 
 _END = object()  # queued after a request's Done
-
-
-@dataclass(frozen=True)
-class SamplerSettings:
-    """The model's sampler defaults (manifest options), completed per request."""
-
-    top_k: int = 40
-    min_p: float = 0.05
-    repeat_penalty: float = 1.0
-    penalty_last_n: int = 64
 
 
 @dataclass
@@ -50,6 +50,7 @@ class _Request:
     stops: tuple[str, ...]
     limit: int
     cancel: threading.Event
+    sampler: SequenceSampler
     events: queue.SimpleQueue[object] = field(default_factory=queue.SimpleQueue)
 
 
@@ -60,12 +61,12 @@ class _Slot:
     seq_id: int
     cached: list[int] = field(default_factory=list)
     request: _Request | None = None
-    sampler: Any = None
     pending: list[int] = field(default_factory=list)  # prompt tokens still to evaluate
     next_token: int | None = None  # sampled, to be evaluated next step
     produced: int = 0
     unsent: int = 0
     text: StopTextStream | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # of tokens not yet sent
 
 
 class BatchEngine:
@@ -73,12 +74,11 @@ class BatchEngine:
 
     def __init__(self, llama_cpp: ModuleType, model: Any, *, parallel: int,
                  context_length: int, threads: int | None, n_batch: int,
-                 context_options: dict[str, Any], sampler: SamplerSettings,
+                 context_options: dict[str, Any],
                  piece: Callable[[int], bytes | None]) -> None:
         if parallel < 1:
             raise ValueError("parallel must be at least 1")
         self._llama_cpp = llama_cpp
-        self._sampler_settings = sampler
         self._piece = piece
         self.parallel = parallel
         params = llama_cpp.llama_context_default_params()
@@ -110,11 +110,14 @@ class BatchEngine:
     # -- the callers' side ------------------------------------------------------------
 
     def generate(self, prompt: list[int], params: GenerationParams, stops: tuple[str, ...],
-                 limit: int, cancel: threading.Event) -> Iterator[Delta | Done]:
-        """Queue a generation; iterate its events. Closing the iterator cancels it."""
-        request = _Request(prompt, params, stops, limit, cancel)
+                 limit: int, cancel: threading.Event,
+                 sampler: SequenceSampler) -> Iterator[Delta | Done]:
+        """Queue a generation; iterate its events. Closing the iterator cancels it. The
+        engine owns ``sampler`` from here on and frees it when the request ends."""
+        request = _Request(prompt, params, stops, limit, cancel, sampler)
         with self._wake:
             if self._closed:
+                sampler.close()
                 raise BackendError("the model is closed")
             self._waiting.append(request)
             self._wake.notify()
@@ -144,10 +147,6 @@ class BatchEngine:
             self._wake.notify()
         self._thread.join()
         llama_cpp = self._llama_cpp
-        for slot in self._slots:
-            if slot.sampler is not None:
-                llama_cpp.llama_sampler_free(slot.sampler)
-                slot.sampler = None
         llama_cpp.llama_batch_free(self._batch)
         llama_cpp.llama_free(self._ctx)
 
@@ -171,6 +170,7 @@ class BatchEngine:
         for slot in self._active():
             self._finish(slot, None, error=error)
         for request in self._waiting:
+            request.sampler.close()
             request.events.put(error)
         self._waiting.clear()
 
@@ -186,6 +186,7 @@ class BatchEngine:
             request = self._waiting.popleft()
             if request.cancel.is_set() or request.limit <= 0:
                 reason: FinishReason = "cancelled" if request.cancel.is_set() else "length"
+                request.sampler.close()
                 request.events.put(Done(len(request.prompt), 0, reason))
                 request.events.put(_END)
                 continue
@@ -197,10 +198,10 @@ class BatchEngine:
             slot.cached = request.prompt[:keep]
             slot.pending = request.prompt[keep:]
             slot.request = request
-            slot.sampler = self._new_sampler(request.params)
             slot.next_token = None
             slot.produced = slot.unsent = 0
             slot.text = StopTextStream(request.stops)
+            slot.logprobs = []
 
     def _step(self) -> None:
         llama_cpp, batch = self._llama_cpp, self._batch
@@ -236,8 +237,12 @@ class BatchEngine:
         for slot, index in outputs:
             if slot.request is None:  # finished by an earlier output of this step
                 continue
-            token = llama_cpp.llama_sampler_sample(slot.sampler, self._ctx, index)
-            self._take(slot, token)
+            try:
+                token, logprob = slot.request.sampler.sample(self._ctx, index)
+            except InvalidInput as exc:  # the grammar allows no token: this request ends
+                self._finish(slot, None, error=exc)
+                continue
+            self._take(slot, token, logprob)
 
     def _add(self, count: int, token: int, position: int, seq_id: int, logits: bool) -> int:
         batch = self._batch
@@ -248,7 +253,7 @@ class BatchEngine:
         batch.logits[count] = logits
         return count + 1
 
-    def _take(self, slot: _Slot, token: int) -> None:
+    def _take(self, slot: _Slot, token: int, logprob: TokenLogprob | None) -> None:
         """Handle one sampled token: end of generation, stop string, limit, or text."""
         request, text = slot.request, slot.text
         assert request is not None and text is not None
@@ -258,9 +263,11 @@ class BatchEngine:
             return
         slot.produced += 1
         slot.unsent += 1
+        if logprob is not None:
+            slot.logprobs.append(logprob)
         out = text.push(piece)
         if out:
-            request.events.put(Delta(out, slot.unsent))
+            request.events.put(Delta(out, slot.unsent, self._take_logprobs(slot)))
             slot.unsent = 0
         if text.stopped:
             self._finish(slot, "stop")
@@ -282,36 +289,20 @@ class BatchEngine:
             assert reason is not None and text is not None
             tail = text.finish()
             if tail:
-                request.events.put(Delta(tail, slot.unsent))
+                request.events.put(Delta(tail, slot.unsent, self._take_logprobs(slot)))
             request.events.put(Done(len(request.prompt), slot.produced, reason))
             request.events.put(_END)
         slot.pending = []  # cancelled mid-prefill: cached holds what was evaluated
         slot.request = None
         slot.next_token = None
-        if slot.sampler is not None:
-            self._llama_cpp.llama_sampler_free(slot.sampler)
-            slot.sampler = None
+        slot.logprobs = []
+        request.sampler.close()
 
-    def _new_sampler(self, params: GenerationParams) -> Any:
-        """A native sampler chain for one request (penalties, then greedy or top-k, top-p,
-        min-p, temperature and a seeded draw)."""
-        llama_cpp, settings = self._llama_cpp, self._sampler_settings
-        chain = llama_cpp.llama_sampler_chain_init(
-            llama_cpp.llama_sampler_chain_default_params())
-        add = llama_cpp.llama_sampler_chain_add
-        if settings.repeat_penalty != 1.0:
-            add(chain, llama_cpp.llama_sampler_init_penalties(
-                settings.penalty_last_n, settings.repeat_penalty, 0.0, 0.0))
-        if params.temperature <= 0:
-            add(chain, llama_cpp.llama_sampler_init_greedy())
-            return chain
-        seed = llama_cpp.LLAMA_DEFAULT_SEED if params.seed is None else params.seed % 0xFFFFFFFF
-        add(chain, llama_cpp.llama_sampler_init_top_k(settings.top_k))
-        add(chain, llama_cpp.llama_sampler_init_top_p(params.top_p, 1))
-        add(chain, llama_cpp.llama_sampler_init_min_p(settings.min_p, 1))
-        add(chain, llama_cpp.llama_sampler_init_temp(params.temperature))
-        add(chain, llama_cpp.llama_sampler_init_dist(seed))
-        return chain
+    @staticmethod
+    def _take_logprobs(slot: _Slot) -> tuple[TokenLogprob, ...]:
+        taken = tuple(slot.logprobs)
+        slot.logprobs.clear()
+        return taken
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

@@ -57,7 +57,7 @@ from runtimes.chat_formats import (
     format_chat,
 )
 from runtimes.gguf_file import GGUFError, check_gguf
-from runtimes.llama_batch import BatchEngine, SamplerSettings
+from runtimes.llama_batch import BatchEngine
 from runtimes.llama_devices import (
     AUTO,
     gpu_free_bytes,
@@ -66,6 +66,7 @@ from runtimes.llama_devices import (
     plan_gpu_layers,
     processor_label,
 )
+from runtimes.llama_sampling import SamplerSettings, SequenceSampler
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -106,6 +107,7 @@ class LlamaCppBackend(Backend):
         self._pieces: dict[int, bytes | None] = {}  # token id -> bytes, None for end-of-generation
         self._template: TemplateChatFormat | None = None  # built on first use
         self._gpu = _GpuPlacement(n_gpu_layers=0)  # load() sets what it planned and measured
+        self._sampler = _sampler_settings(spec)
         # The engine holds the generation context (``parallel`` sequences), ``llm`` the
         # model, its vocabulary and metadata.
         self._engine: BatchEngine | None = _batch_engine(llama_cpp, llm, spec, self._piece)
@@ -177,9 +179,15 @@ class LlamaCppBackend(Backend):
                 raise ContextLengthExceeded(len(tokens), self._n_ctx)
             engine = self._engine
             assert engine is not None  # _require_open
+            sampler = SequenceSampler(self._llama_cpp, self._vocab, params, self._sampler,
+                                      self._text_of)
         room = self._n_ctx - len(tokens)
         limit = room if params.max_tokens is None else min(max(params.max_tokens, 0), room)
-        return engine.generate(tokens, params, stops, limit, cancel)
+        return engine.generate(tokens, params, stops, limit, cancel, sampler)
+
+    def _text_of(self, token: int) -> bytes:
+        """A token's bytes for logprobs; end-of-generation tokens are empty."""
+        return self._piece(token) or b""
 
     def _piece(self, token: int) -> bytes | None:
         """The bytes of ``token`` (``None`` for end-of-generation), cached per token."""
@@ -454,18 +462,22 @@ def _parallel(spec: ModelSpec) -> int:
 
 def _batch_engine(llama_cpp: ModuleType, llm: Llama, spec: ModelSpec,
                   piece: Callable[[int], bytes | None]) -> BatchEngine:
-    """A batched context on ``llm``'s model, with the model's sampler and context options."""
+    """A batched context on ``llm``'s model, with the model's context options."""
     options = spec.options
-    sampler = SamplerSettings(**{k: type(getattr(SamplerSettings, k))(options[k])
-                                 for k in SAMPLER_DEFAULTS if k in options})
     n_batch = int(options.get("n_batch", DEFAULT_BATCH_TOKENS))
     context_options = {k: options[k] for k in _ENGINE_CONTEXT_OPTIONS if k in options}
     if "n_ubatch" in context_options:
         context_options["n_ubatch"] = min(int(context_options["n_ubatch"]), n_batch)
     return BatchEngine(llama_cpp, llm._model.model, parallel=_parallel(spec),
                        context_length=spec.context_length, threads=spec.threads,
-                       n_batch=n_batch, context_options=context_options, sampler=sampler,
+                       n_batch=n_batch, context_options=context_options,
                        piece=piece)
+
+
+def _sampler_settings(spec: ModelSpec) -> SamplerSettings:
+    """The model's sampler defaults: its manifest options, else llama.cpp's."""
+    return SamplerSettings(**{k: type(getattr(SamplerSettings, k))(spec.options[k])
+                              for k in SAMPLER_DEFAULTS if k in spec.options})
 
 
 def _token_piece(llama_cpp: ModuleType, vocab: Any, token: int) -> bytes | None:
