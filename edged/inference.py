@@ -29,7 +29,7 @@ from edged.models import Manifest, ModelStore
 from edged.scheduler import Lease, Scheduler, TokenStream
 from edged.schemas import EmbeddingRequest, GenerateRequest
 from edged.settings import Settings
-from runtimes import ContextLengthExceeded, Delta, Done, UnsupportedOperation
+from runtimes import ContextLengthExceeded, Delta, Done, InvalidInput, UnsupportedOperation
 
 
 def unix_millis() -> int:
@@ -176,6 +176,8 @@ class GenerationStream:
                 raise errors.ContextLengthExceeded(str(exc), param=param) from None
             if isinstance(exc, UnsupportedOperation):  # no chat template; not a generator
                 raise errors.Unsupported(str(exc), param="model") from None
+            if isinstance(exc, InvalidInput):  # a grammar or bias this model cannot take
+                raise errors.InvalidRequest(str(exc), param=exc.param) from None
             raise
         return self
 
