@@ -71,7 +71,7 @@ async def embeddings(request: web.Request) -> web.Response:
     body = await read_json(request)
     parsed = parse_embeddings(body)
     result = await request.app[SERVICE].embed(parsed)
-    as_base64 = isinstance(body, dict) and body.get("encoding_format") == "base64"
+    as_base64 = parsed.encoding_format == "base64"
     data = [{"object": "embedding", "index": index,
              "embedding": base64.b64encode(struct.pack(f"<{len(v)}f", *v)).decode()
              if as_base64 else v}

@@ -46,6 +46,12 @@ class ContextLengthExceeded(InvalidRequest):
     code = "context_length_exceeded"
 
 
+class UnsupportedParameter(InvalidRequest):
+    """A request field (or value) edged does not implement; ``param`` names it."""
+
+    code = "unsupported_parameter"
+
+
 class Unauthorized(EdgedError):
     status = 401
     type = "authentication_error"

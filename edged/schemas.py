@@ -1,18 +1,21 @@
 """Typed requests, validated from JSON bodies.
 
 Validation turns any bad field into :class:`InvalidRequest` naming the
-``param``; nothing downstream sees an unchecked value.
+``param``; nothing downstream sees an unchecked value. Each OpenAI endpoint declares
+its request fields once (:data:`CHAT_FIELDS`, :data:`COMPLETION_FIELDS`,
+:data:`EMBEDDING_FIELDS`): a field edged does not implement is refused with 400,
+never silently ignored, so a client never pays for an answer it did not ask for.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from edged.errors import InvalidRequest
+from edged.errors import InvalidRequest, UnsupportedParameter
 from runtimes import ChatMessage, GenerationParams
 
 T = TypeVar("T")
@@ -48,6 +51,7 @@ class EmbeddingRequest:
     model: str
     inputs: tuple[str, ...]
     keep_alive: float | None
+    encoding_format: str = "float"  # or "base64": little-endian float32 bytes
 
 
 def _get(body: dict[str, Any], name: str, check: Callable[[Any], bool], expected: str,
@@ -99,12 +103,182 @@ def _text(value: str, param: str) -> str:
     return value
 
 
+def _never(value: Any) -> bool:
+    return False
+
+
+def _is_zero(value: Any) -> bool:
+    return _is_number(value) and value == 0
+
+
+def _is_empty_list(value: Any) -> bool:
+    return isinstance(value, list) and not value
+
+
+def _is_empty_object(value: Any) -> bool:
+    return isinstance(value, dict) and not value
+
+
+def _is_bool(value: Any) -> bool:
+    return isinstance(value, bool)
+
+
+def _is_metadata(value: Any) -> bool:
+    """OpenAI's limits: at most 16 string pairs, keys up to 64 and values up to 512 chars."""
+    return isinstance(value, dict) and len(value) <= 16 and all(
+        isinstance(k, str) and len(k) <= 64 and isinstance(v, str) and len(v) <= 512
+        for k, v in value.items())
+
+
+@dataclass(frozen=True)
+class Ignored:
+    """A field accepted, type-checked, and without effect; ``why`` says why that is honest."""
+
+    why: str
+    valid: Callable[[Any], bool]
+    expected: str
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A field edged does not implement: 400 naming it, except for ``null`` and the
+    ``neutral`` value, which asks for exactly what edged does anyway (``tools: []``).
+    ``why`` completes the error message "'<field>' is ..."."""
+
+    why: str
+    neutral: Callable[[Any], bool] = _never
+
+
+@dataclass(frozen=True)
+class Fields:
+    """The one declaration of an endpoint's request fields.
+
+    ``parsed``: parsed below into the typed request. ``ignored`` and ``refused``: the
+    other fields edged knows. Any other field is refused as unknown. Supporting a
+    refused field means moving its name from ``refused`` to ``parsed`` and parsing it.
+    """
+
+    endpoint: str
+    parsed: frozenset[str]
+    ignored: Mapping[str, Ignored]
+    refused: Mapping[str, Refused]
+
+    def check(self, body: dict[str, Any]) -> None:
+        """Raise for the first field (in body order) that edged would not honour."""
+        for name, value in body.items():
+            if name in self.parsed:
+                continue
+            shown = name if len(name) <= 64 else name[:61] + "..."
+            if name in self.ignored:
+                rule = self.ignored[name]
+                if value is not None and not rule.valid(value):
+                    raise InvalidRequest(f"'{shown}' must be {rule.expected}", param=shown)
+            elif name in self.refused:
+                if value is not None and not self.refused[name].neutral(value):
+                    raise UnsupportedParameter(
+                        f"'{shown}' is {self.refused[name].why}", param=shown)
+            else:
+                raise UnsupportedParameter(
+                    f"'{shown}' is not a parameter of {self.endpoint}", param=shown)
+
+
+NOT_YET = "not supported yet"
+_MODEL_OPTION = "not supported per request yet (a model option: PATCH /api/models/{name})"
+
+
+def _unsupported(reason: str, neutral: Callable[[Any], bool] = _never) -> Refused:
+    return Refused(f"not supported: {reason}", neutral)
+
+
+_USER_ID = Ignored("an end-user id for the provider's abuse monitoring; edged neither "
+                   "stores nor logs it", _is_str, "a string")
+# Sampling controls the engine work will wire through; both endpoints refuse them today.
+SAMPLING_NOT_YET: Mapping[str, Refused] = {
+    "presence_penalty": Refused(NOT_YET, _is_zero),
+    "frequency_penalty": Refused(NOT_YET, _is_zero),
+    "logit_bias": Refused(NOT_YET, _is_empty_object),
+    "top_k": Refused(_MODEL_OPTION),
+    "min_p": Refused(_MODEL_OPTION),
+    "repeat_penalty": Refused(_MODEL_OPTION),
+    "repetition_penalty": Refused(_MODEL_OPTION),
+}
+_GENERATION_PARSED = frozenset({
+    "model", "stream", "stream_options", "max_tokens", "max_completion_tokens",
+    "temperature", "top_p", "seed", "stop", "n", "keep_alive", "cache_prompt"})
+
+CHAT_FIELDS = Fields(
+    "/v1/chat/completions",
+    parsed=_GENERATION_PARSED | {"messages"},
+    ignored={
+        "user": _USER_ID,
+        "safety_identifier": _USER_ID,
+        "metadata": Ignored("tags for stored completions; edged stores none",
+                            _is_metadata, "at most 16 string pairs"),
+        "service_tier": Ignored("edged has one tier", lambda v: v in ("auto", "default"),
+                                "'auto' or 'default'"),
+        "parallel_tool_calls": Ignored("tools are not supported yet, so there are no "
+                                       "tool calls", _is_bool, "a boolean"),
+        "prompt_cache_key": Ignored("edged reuses shared prompt prefixes by itself "
+                                    "(cache_prompt)", _is_str, "a string"),
+    },
+    refused={
+        **SAMPLING_NOT_YET,
+        "response_format": Refused(NOT_YET, lambda v: v == {"type": "text"}),
+        "tools": Refused(NOT_YET, _is_empty_list),
+        "tool_choice": Refused(NOT_YET, lambda v: v == "none"),
+        "logprobs": Refused(NOT_YET, lambda v: v is False),
+        "top_logprobs": Refused(NOT_YET, lambda v: _is_int(v) and v == 0),
+        "functions": _unsupported("deprecated by OpenAI in favour of 'tools'", _is_empty_list),
+        "function_call": _unsupported("deprecated by OpenAI in favour of 'tool_choice'",
+                                      lambda v: v == "none"),
+        "store": _unsupported("edged never stores prompts or outputs", lambda v: v is False),
+        "modalities": _unsupported("edged generates text only", lambda v: v == ["text"]),
+        "audio": _unsupported("edged generates text only"),
+        "prediction": _unsupported("edged has no predicted outputs"),
+        "reasoning_effort": _unsupported("edged has no reasoning-effort control"),
+        "verbosity": _unsupported("edged has no verbosity control"),
+        "web_search_options": _unsupported("edged has no web search"),
+        "prompt_cache_retention": _unsupported("edged keeps no prompt cache across loads"),
+    })
+
+COMPLETION_FIELDS = Fields(
+    "/v1/completions",
+    parsed=_GENERATION_PARSED | {"prompt"},
+    ignored={"user": _USER_ID},
+    refused={
+        **SAMPLING_NOT_YET,
+        "logprobs": Refused(NOT_YET),
+        "echo": _unsupported("edged does not echo prompts", lambda v: v is False),
+        "best_of": _unsupported("one candidate per request", lambda v: _is_int(v) and v == 1),
+        "suffix": _unsupported("edged has no fill-in-the-middle"),
+    })
+
+EMBEDDING_FIELDS = Fields(
+    "/v1/embeddings",
+    parsed=frozenset({"model", "input", "encoding_format", "keep_alive"}),
+    ignored={"user": _USER_ID},
+    refused={"dimensions": _unsupported("edged returns the model's full vectors")},
+)
+
+MESSAGE_FIELDS = frozenset({"role", "content"})
+"""Chat message keys; any other key with a non-null value (``name``, ``tool_calls``...)
+is refused, naming it as ``messages[i].key``."""
+
+
+def _max_tokens(body: dict[str, Any], default: int) -> int:
+    """``max_tokens``, or its newer OpenAI name ``max_completion_tokens``."""
+    check, expected = (lambda v: _is_int(v) and v >= 1), "a positive integer"
+    old = _get(body, "max_tokens", check, expected)
+    new = _get(body, "max_completion_tokens", check, expected)
+    if old is not None and new is not None and old != new:
+        raise InvalidRequest("'max_tokens' and 'max_completion_tokens' differ; give one",
+                             param="max_completion_tokens")
+    value: int = old if old is not None else new if new is not None else default
+    return value
+
+
 def _params(body: dict[str, Any], default_max_tokens: int) -> GenerationParams:
-    max_tokens = _get(body, "max_tokens", lambda v: _is_int(v) and v >= 1,
-                      "a positive integer")
-    if max_tokens is None:
-        max_tokens = _get(body, "max_completion_tokens", lambda v: _is_int(v) and v >= 1,
-                          "a positive integer", default_max_tokens)
+    max_tokens = _max_tokens(body, default_max_tokens)
     temperature = _get(body, "temperature", lambda v: _is_number(v) and 0 <= v <= 2,
                        "a number between 0 and 2", 1.0)
     top_p = _get(body, "top_p", lambda v: _is_number(v) and 0 < v <= 1,
@@ -115,7 +289,10 @@ def _params(body: dict[str, Any], default_max_tokens: int) -> GenerationParams:
         and all(isinstance(s, str) and s for s in v)),
         f"a string or a list of at most {MAX_STOP_SEQUENCES} non-empty strings", [])
     stops = tuple(_text(s, "stop") for s in ((stop,) if isinstance(stop, str) else stop))
-    _get(body, "n", lambda v: _is_int(v) and v == 1, "1 (one choice per request)")
+    n = _get(body, "n", lambda v: _is_int(v) and v >= 1, "a positive integer")
+    if n is not None and n > 1:
+        raise UnsupportedParameter("'n' must be 1: edged answers one choice per request",
+                                   param="n")
     cache_prompt = _get(body, "cache_prompt", lambda v: isinstance(v, bool), "a boolean", True)
     return GenerationParams(max_tokens=max_tokens, temperature=float(temperature),
                             top_p=float(top_p), stop=tuple(s for s in stops if s), seed=seed,
@@ -126,6 +303,10 @@ def _message(index: int, raw: Any) -> ChatMessage:
     param = f"messages[{index}]"
     if not isinstance(raw, dict):
         raise InvalidRequest(f"'{param}' must be an object", param=param)
+    for key, value in raw.items():
+        if key not in MESSAGE_FIELDS and value is not None:
+            shown = f"{param}.{key if len(key) <= 64 else key[:61] + '...'}"
+            raise UnsupportedParameter(f"'{shown}' is not supported", param=shown)
     role = raw.get("role")
     if role not in ROLES:
         raise InvalidRequest(f"'{param}.role' must be one of {list(ROLES)}", param=param)
@@ -143,23 +324,35 @@ def _message(index: int, raw: Any) -> ChatMessage:
     return ChatMessage("system" if role == "developer" else role, _text(content, param))
 
 
-def _common(body: Any) -> tuple[str, float | None, bool, bool]:
+def _common(body: Any, fields: Fields) -> tuple[str, float | None]:
+    """Check the body against the endpoint's fields; return its model and keep_alive."""
     if not isinstance(body, dict):
         raise InvalidRequest("the request body must be a JSON object")
+    fields.check(body)
     model = _get(body, "model", lambda v: _is_str(v) and 0 < len(v) <= 128,
                  "a model name", required=True)
-    keep_alive = parse_keep_alive(body.get("keep_alive"))
-    stream = _get(body, "stream", lambda v: isinstance(v, bool), "a boolean", False)
+    return model, parse_keep_alive(body.get("keep_alive"))
+
+
+def _streaming(body: dict[str, Any]) -> tuple[bool, bool]:
+    """``stream`` and ``stream_options.include_usage``."""
+    stream = _get(body, "stream", _is_bool, "a boolean", False)
     options = _get(body, "stream_options", lambda v: isinstance(v, dict), "an object", {})
+    for key, value in options.items():
+        # include_obfuscation pads chunks against length side channels; edged does not.
+        if not (key == "include_usage" or (key == "include_obfuscation" and value is False)):
+            raise UnsupportedParameter(f"'stream_options.{key[:64]}' is not supported",
+                                       param="stream_options")
     include_usage = options.get("include_usage", False)
     if not isinstance(include_usage, bool):
         raise InvalidRequest("'stream_options.include_usage' must be a boolean",
                              param="stream_options")
-    return model, keep_alive, stream, include_usage
+    return stream, include_usage
 
 
 def parse_chat(body: Any, *, default_max_tokens: int) -> GenerateRequest:
-    model, keep_alive, stream, include_usage = _common(body)
+    model, keep_alive = _common(body, CHAT_FIELDS)
+    stream, include_usage = _streaming(body)
     raw_messages = _get(body, "messages", lambda v: isinstance(v, list) and len(v) > 0,
                         "a non-empty list of messages", required=True)
     messages = tuple(_message(i, m) for i, m in enumerate(raw_messages))
@@ -168,7 +361,8 @@ def parse_chat(body: Any, *, default_max_tokens: int) -> GenerateRequest:
 
 
 def parse_completion(body: Any, *, default_max_tokens: int) -> GenerateRequest:
-    model, keep_alive, stream, include_usage = _common(body)
+    model, keep_alive = _common(body, COMPLETION_FIELDS)
+    stream, include_usage = _streaming(body)
     prompt = _get(body, "prompt", lambda v: isinstance(v, str) or (
         isinstance(v, list) and len(v) == 1 and isinstance(v[0], str)),
         "a string", required=True)
@@ -178,11 +372,12 @@ def parse_completion(body: Any, *, default_max_tokens: int) -> GenerateRequest:
 
 
 def parse_embeddings(body: Any) -> EmbeddingRequest:
-    model, keep_alive, _, _ = _common(body)
+    model, keep_alive = _common(body, EMBEDDING_FIELDS)
     raw = _get(body, "input", lambda v: isinstance(v, str) or (
         isinstance(v, list) and 0 < len(v) <= MAX_EMBEDDING_INPUTS
         and all(isinstance(s, str) for s in v)),
         f"a string or a list of 1-{MAX_EMBEDDING_INPUTS} strings", required=True)
-    _get(body, "encoding_format", lambda v: v in ("float", "base64"), "'float' or 'base64'")
+    encoding = _get(body, "encoding_format", lambda v: v in ("float", "base64"),
+                    "'float' or 'base64'", "float")
     inputs = tuple(_text(text, "input") for text in ((raw,) if isinstance(raw, str) else raw))
-    return EmbeddingRequest(model, inputs, keep_alive)
+    return EmbeddingRequest(model, inputs, keep_alive, encoding)
