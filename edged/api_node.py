@@ -11,9 +11,20 @@ from typing import Any
 from aiohttp import web
 
 from attribution.receipt import SignedReceipt
-from edged.appkeys import DATANETS, LEDGER, NODE_KEYS, PREDICT, READY, SCHEDULER, SERVICE, SETTINGS
+from edged.appkeys import (
+    BINDINGS,
+    DATANETS,
+    LEDGER,
+    NODE_KEYS,
+    PREDICT,
+    READY,
+    SCHEDULER,
+    SERVICE,
+    SETTINGS,
+)
 from edged.errors import InvalidRequest, NotFound, NotReady
 from edged.http_common import json_response, read_json
+from edged.lineage import resolve_lineage
 from edged.models import Manifest, Price, validate_digest, validate_name
 from edged.schemas import parse_keep_alive
 
@@ -95,7 +106,14 @@ async def list_receipts(request: web.Request) -> web.Response:
     })
 
 
-def _model_view(request: web.Request, manifest: Manifest) -> dict[str, Any]:
+async def _model_view(request: web.Request, manifest: Manifest) -> dict[str, Any]:
+    """The manifest, its digest, its load state and (tensor models) its examples binding:
+    the attribution method, the layer used, and knn/1's fidelity warning."""
+    binding = None
+    if manifest.runtime == "onnx":  # off the loop: a stored binding reads the graph
+        binding = await asyncio.to_thread(
+            request.app[BINDINGS].describe, manifest,
+            request.app[SERVICE].store.weights_path(manifest))
     loaded = {m.name: m for m in request.app[SCHEDULER].loaded()}
     state = loaded.get(manifest.name)
     return {**manifest.public_view(), "digest": manifest.digest().hex(),  # what receipts name
@@ -110,17 +128,18 @@ def _model_view(request: web.Request, manifest: Manifest) -> dict[str, Any]:
             **{key: state.details.get(key) if state else None
                for key in ("gpu_layers", "layers", "device_memory_bytes")},
             # the execution providers the session really uses (never claimed, read back)
-            "providers": state.details.get("providers") if state else None}
+            "providers": state.details.get("providers") if state else None,
+            "binding": binding}
 
 
 async def list_models(request: web.Request) -> web.Response:
     manifests = request.app[SERVICE].store.list()
-    return json_response({"models": [_model_view(request, m) for m in manifests]})
+    return json_response({"models": [await _model_view(request, m) for m in manifests]})
 
 
 async def show_model(request: web.Request) -> web.Response:
     manifest = request.app[SERVICE].store.get(request.match_info["name"])
-    return json_response(_model_view(request, manifest))
+    return json_response(await _model_view(request, manifest))
 
 
 async def create_model(request: web.Request) -> web.Response:
@@ -148,7 +167,7 @@ async def create_model(request: web.Request) -> web.Response:
     # Off the loop: registration reads the weights' header and tensor table.
     stored = await asyncio.to_thread(request.app[SERVICE].store.add, manifest,
                                      replace_existing=bool(body.get("replace")))
-    return json_response(_model_view(request, stored), status=201)
+    return json_response(await _model_view(request, stored), status=201)
 
 
 def _options(value: Any) -> dict[str, Any]:
@@ -212,7 +231,7 @@ async def _require_datanets(request: web.Request, names: tuple[str, ...]) -> Non
 
 UPDATABLE = {"owner", "price", "datanets", "data_share_ppm", "unmatched_data_to",
              "chat_format", "context_length", "max_batch_size", "batch_delay_us",
-             "influence_layer", "label_names", "options"}
+             "influence_layer", "label_names", "options", "lineage"}
 
 
 async def update_model(request: web.Request) -> web.Response:
@@ -233,6 +252,9 @@ async def update_model(request: web.Request) -> web.Response:
         await _require_datanets(request, changes["datanets"])
     if "options" in changes:
         changes["options"] = _options(changes["options"])
+    if "lineage" in changes:  # training datanets without a digest: pinned at their state now
+        changes["lineage"] = await asyncio.to_thread(resolve_lineage, changes["lineage"],
+                                                     request.app[DATANETS])
     if "label_names" in changes:
         changes["label_names"] = tuple(_string_list(changes["label_names"], "label_names"))
     for name in ("data_share_ppm", "context_length", "max_batch_size", "batch_delay_us"):
@@ -241,7 +263,7 @@ async def update_model(request: web.Request) -> web.Response:
     updated = store.add(dataclasses.replace(current, **changes), replace_existing=True)
     # Requests already running finish on the old load; the next one loads the new manifest.
     request.app[SCHEDULER].reload(updated.name)
-    return json_response(_model_view(request, updated))
+    return json_response(await _model_view(request, updated))
 
 
 async def remove_model(request: web.Request) -> web.Response:
@@ -258,14 +280,14 @@ async def load_model(request: web.Request) -> web.Response:
     keep_alive = parse_keep_alive(body.get("keep_alive")) if isinstance(body, dict) else None
     request.app[SERVICE].store.get(name)
     await request.app[SCHEDULER].load(name, keep_alive=keep_alive)
-    return json_response(_model_view(request, request.app[SERVICE].store.get(name)))
+    return json_response(await _model_view(request, request.app[SERVICE].store.get(name)))
 
 
 async def unload_model(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     manifest = request.app[SERVICE].store.get(name)
     await request.app[SCHEDULER].unload(name)
-    return json_response(_model_view(request, manifest))
+    return json_response(await _model_view(request, manifest))
 
 
 async def has_blob(request: web.Request) -> web.Response:

@@ -17,7 +17,7 @@ from aiohttp import web
 from edged.api_openai import RECEIPT_HEADER, receipt_ref
 from edged.appkeys import BINDINGS, PREDICT, READY, SCHEDULER, SERVICE, SETTINGS
 from edged.errors import InvalidRequest, ModelNotFound
-from edged.examples import parse_examples
+from edged.examples import BIND_INFLUENCE, BIND_METHODS, parse_examples
 from edged.http_common import json_response, read_body, read_json
 from edged.models import Manifest
 
@@ -42,6 +42,8 @@ def add_v2_routes(app: web.Application) -> None:
         app.router.add_get(prefix + "/ready", model_ready)
         app.router.add_post(prefix + "/infer", infer)
     app.router.add_put("/api/models/{name}/examples", bind_examples)
+    # The receipt audit recomputes influence/1 splits too; registered with these routes
+    # until create_app (edged/app.py) adds it itself.
 
 
 async def server_metadata(request: web.Request) -> web.Response:
@@ -161,14 +163,19 @@ async def infer(request: web.Request) -> web.Response:
 
 
 async def bind_examples(request: web.Request) -> web.Response:
-    """Bind tabular contributor examples (``?format=npz|csv``) for ``influence/1``."""
+    """Bind tabular contributor examples (``?format=npz|csv``) for ``influence/1``, or
+    for ``knn/1`` when the owner opts in with ``?method=knn``. The answer names the
+    method, the layer used and, for ``knn/1``, its fidelity warning."""
     manifest = _tensor_model(request)
+    method = request.query.get("method", BIND_INFLUENCE)
+    if method not in BIND_METHODS:  # before the upload is read
+        raise InvalidRequest(f"method must be one of {list(BIND_METHODS)}", param="method")
     limit = request.app[SETTINGS].max_datanet_upload_bytes
     data = await read_body(request, limit, "the examples exceed max_datanet_upload_bytes")
     examples = await asyncio.to_thread(parse_examples, data, request.query.get("format", "npz"))
     weights = request.app[SERVICE].store.weights_path(manifest)
-    binding = await asyncio.to_thread(request.app[BINDINGS].bind, manifest, weights, examples)
-    return json_response({"model": manifest.name, "method": binding.method,
+    binding = await asyncio.to_thread(request.app[BINDINGS].bind, manifest, weights, examples,
+                                      method=method)
+    return json_response({"model": manifest.name, **binding.describe(),
                           "examples": len(examples.contributors),
-                          "contributors": len(set(examples.contributors)),
-                          "params": binding.digest().hex()}, status=201)
+                          "contributors": len(set(examples.contributors))}, status=201)

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from aiohttp import web
 
 from attribution.spans import SpanParams
+from edged.api_audit import add_audit_routes
 from edged.api_datanets import add_datanet_routes
 from edged.api_exchange import add_exchange_routes
 from edged.api_node import STARTUP_FAILURES, add_node_routes
@@ -89,6 +90,7 @@ def create_app(settings: Settings, *, loader: Loader = load_backend,
     add_sync_routes(app)
     add_peer_routes(app)
     add_exchange_routes(app)
+    add_audit_routes(app)
     add_v2_routes(app)
 
     # One context per resource, opened in this order and closed in the reverse order;

@@ -1,7 +1,9 @@
 """Which attribution method a receipt uses, and the payees it yields.
 
-- ``owner/1``: models without datanets (and embeddings): the operator keeps
-  ``operator_share_ppm``, the model owner the rest.
+- ``owner/1``: models without datanets or bound examples (and embeddings, and
+  tensor models whose examples could not be bound): the operator keeps
+  ``operator_share_ppm``; the model's data share, if it has one, goes to whom
+  ``unmatched_data_to`` names (the owner by default); the owner keeps the rest.
 - ``spans/1``: models with datanets and a data share. The operator keeps its
   share; the data share (capped so the two never exceed the whole fee) is split
   among contributors by their span weights (each span split among its distinct
@@ -10,6 +12,8 @@
   When no span matches, the data share goes to whom the manifest's
   ``unmatched_data_to`` names (the owner by default). A contributor's payee id is
   its payout address when its datanet has one, else its name.
+- ``influence/1`` (or ``knn/1``, only when the owner opted in to it): tensor models
+  with bound examples, split by the binding's scores.
 
 Integer arithmetic throughout: each part is weighted in units of 1e-12 of the
 fee, then :func:`attribution.payees.split_ppm` rounds once to ppm.
@@ -59,24 +63,25 @@ class Attributor:
     def attribute(self, manifest: Manifest, output_text: str | None) -> Attribution:
         """Blocking (index queries): call it from a thread."""
         if output_text is None or not manifest.datanets or not manifest.data_share_ppm:
-            return self._owner_only(manifest)
+            return self.owner_only(manifest)
         sources, excluded = self.datanets.sources_for(manifest.datanets)
         result = attribute(output_text, sources, self.span_params, excluded)
         # attr.params digests the span parameters plus each datanet's duplicate policy and
         # state digest, so a receipt says which rule paid, on which data.
         ref = AttributionRef(SPANS_METHOD, result.params_digest(), result.evidence_digest())
-        return Attribution(self._split(manifest, result.weights_ppm), ref,
+        return Attribution(self.split_payees(manifest, result.weights_ppm), ref,
                            canonical.encode(result.evidence))
 
     def attribute_prediction(self, manifest: Manifest, bindings: InfluenceBindings,
                              inputs: Mapping[str, np.ndarray],
                              outputs: Mapping[str, np.ndarray]) -> Attribution:
-        """``influence/1`` (or ``knn/1``) for a tensor model with bound examples: each
-        row's scores on its predicted class, summed over the request's rows; ``owner/1``
-        when nothing is bound or the manifest has no data share."""
+        """``influence/1`` (or ``knn/1``, when the owner opted in) for a tensor model with
+        bound examples: each row's scores on its predicted class, summed over the
+        request's rows; ``owner/1`` when nothing is bound (no layer and no opt-in) or the
+        manifest has no data share."""
         binding = bindings.get(manifest.name)
         if binding is None or not manifest.data_share_ppm:
-            return self._owner_only(manifest)
+            return self.owner_only(manifest)
         source = inputs if binding.features in inputs else outputs
         rows = np.asarray(source[binding.features], dtype=np.float64)
         totals: dict[str, float] = {}
@@ -87,10 +92,11 @@ class Attributor:
                 totals[contributor] = totals.get(contributor, 0.0) + score
         evidence = binding.evidence(totals, predicted)
         ref = AttributionRef(binding.method, binding.digest(), digest(evidence))
-        return Attribution(self._split(manifest, influence_weights(totals)), ref,
+        return Attribution(self.split_payees(manifest, influence_weights(totals)), ref,
                            canonical.encode(evidence))
 
-    def _split(self, manifest: Manifest, shares: Mapping[str, int]) -> tuple[Payee, ...]:
+    def split_payees(self, manifest: Manifest,
+                     shares: Mapping[str, int]) -> tuple[Payee, ...]:
         """Owner, operator and the data share split by ``shares`` (ppm of the data share)."""
         data_ppm = min(manifest.data_share_ppm, PPM - self.operator_ppm)
         owner_ppm = PPM - self.operator_ppm - data_ppm
@@ -109,10 +115,33 @@ class Attributor:
             weights.append((manifest.owner, "owner", data_ppm * PPM))
         return split_ppm(weights)
 
-    def _owner_only(self, manifest: Manifest) -> Attribution:
+    def owner_only(self, manifest: Manifest) -> Attribution:
+        """``owner/1``: no contributor is paid. The operator keeps its share; the model's
+        data share (capped as in :meth:`split_payees`) goes to whom ``unmatched_data_to``
+        names, the owner keeps the rest. The parameters are ``{"operator_ppm": n}``, plus
+        ``unmatched_data_to_operator_ppm`` when the operator takes the data share (so
+        receipts of models without one keep their digests)."""
+        return Attribution(self.owner_only_payees(manifest), self.owner_only_ref(manifest),
+                           None)
+
+    def owner_only_payees(self, manifest: Manifest) -> tuple[Payee, ...]:
+        to_operator = self._unmatched_to_operator_ppm(manifest)
         weights: list[tuple[str, Role, int]] = [
-            (manifest.owner, "owner", PPM - self.operator_ppm),
-            (self.operator_id, "operator", self.operator_ppm)]
-        ref = AttributionRef(OWNER_METHOD, digest({"operator_ppm": self.operator_ppm}),
-                             digest({}))
-        return Attribution(split_ppm(weights), ref, None)
+            (manifest.owner, "owner", PPM - self.operator_ppm - to_operator),
+            (self.operator_id, "operator", self.operator_ppm + to_operator)]
+        return split_ppm(weights)
+
+    def owner_only_ref(self, manifest: Manifest) -> AttributionRef:
+        return AttributionRef(OWNER_METHOD, digest(self.owner_only_params(manifest)),
+                              digest({}))
+
+    def owner_only_params(self, manifest: Manifest) -> dict[str, int]:
+        params = {"operator_ppm": self.operator_ppm}
+        if to_operator := self._unmatched_to_operator_ppm(manifest):
+            params["unmatched_data_to_operator_ppm"] = to_operator
+        return params
+
+    def _unmatched_to_operator_ppm(self, manifest: Manifest) -> int:
+        if manifest.unmatched_data_to != "operator":
+            return 0
+        return min(manifest.data_share_ppm, PPM - self.operator_ppm)

@@ -189,13 +189,22 @@ def _ppm(share: float | None) -> int | None:
 @click.option("--gpu-layers", metavar="N|auto",
               help="llama.cpp: layers to offload to a GPU (auto: all that fit; -1: all; "
                    "0: none); kept with the model's other options; the model reloads")
+@click.option("--base", metavar="DIGEST",
+              help="lineage: sha256 of the base model's weights this model derives from")
+@click.option("--trained-on", "trained_on", multiple=True, metavar="DATANET[@DIGEST]",
+              help="lineage: a training datanet, pinned at DIGEST or else at the local "
+                   "datanet's current state digest (repeatable; replaces the list)")
+@click.option("--card", metavar="FILE|TEXT",
+              help="lineage: the model card, from FILE if it exists, else TEXT")
+@click.option("--no-lineage", is_flag=True, help="clear the lineage (before the options above)")
 @click.pass_context
 def models_update(ctx: click.Context, name: str, owner: str | None, prices: tuple[str, ...],
                   datanets: tuple[str, ...], no_datanets: bool, data_share: float | None,
                   unmatched_data_to: str | None, influence_layer: str | None,
                   max_batch_size: int | None, batch_delay_us: int | None,
-                  options: tuple[str, ...], gpu_layers: str | None) -> None:
-    """Change a model's owner, price, datanets, data share or batching."""
+                  options: tuple[str, ...], gpu_layers: str | None, base: str | None,
+                  trained_on: tuple[str, ...], card: str | None, no_lineage: bool) -> None:
+    """Change a model's owner, price, datanets, data share, batching or lineage."""
     changes: dict[str, Any] = {"owner": owner, "data_share_ppm": _ppm(data_share),
                                "unmatched_data_to": unmatched_data_to,
                                "max_batch_size": max_batch_size,
@@ -221,23 +230,77 @@ def models_update(ctx: click.Context, name: str, owner: str | None, prices: tupl
         changes["options"] = {**current,
                               "n_gpu_layers": gpu_layers if gpu_layers == "auto" else
                               int(gpu_layers)}
+    if no_lineage or base is not None or trained_on or card is not None:
+        changes["lineage"] = _lineage(ctx, name, base, trained_on, card, keep=not no_lineage)
     changes = {key: value for key, value in changes.items() if value is not None}
     print_json(call_daemon(ctx, "PATCH", f"/api/models/{name}", json=changes))
+
+
+def _lineage(ctx: click.Context, name: str, base: str | None, trained_on: tuple[str, ...],
+             card: str | None, *, keep: bool) -> dict[str, Any]:
+    """The model's lineage (``keep``: as it is now) with the parts given replaced. A
+    ``--trained-on`` without ``@DIGEST`` is pinned by the daemon at the datanet's state."""
+    lineage: dict[str, Any] = {}
+    if keep:
+        lineage = dict(call_daemon(ctx, "GET", f"/api/models/{name}").get("lineage") or {})
+    if base is not None:
+        lineage["base"] = base
+    if trained_on:
+        lineage["trained_on"] = []
+        for item in trained_on:
+            datanet, _, digest = item.partition("@")
+            lineage["trained_on"].append({"datanet": datanet, **({"state": digest}
+                                                                  if digest else {})})
+    if card is not None:
+        lineage["card"] = _card_text(card)
+    return lineage
+
+
+def _card_text(card: str) -> str:
+    """The contents of the file ``card`` names, or ``card`` itself when it names none."""
+    try:
+        is_file = Path(card).is_file()
+    except (OSError, ValueError):  # a long text or one with NUL is no file name
+        is_file = False
+    if not is_file:
+        return card
+    try:
+        return Path(card).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        raise click.BadParameter(f"cannot read {card!r} as UTF-8 text",
+                                 param_hint="--card") from None
 
 
 @models.command("bind")
 @click.argument("name")
 @click.argument("examples", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--method", type=click.Choice(["influence", "knn"]), default="influence",
+              show_default=True,
+              help="influence: through the model's final linear layer (refused without "
+                   "one); knn: opt in to knn/1, which measured near-random fidelity")
 @click.pass_context
-def models_bind(ctx: click.Context, name: str, examples: Path) -> None:
+def models_bind(ctx: click.Context, name: str, examples: Path, method: str) -> None:
     """Bind contributor examples (.npz: features, labels, contributors; or .csv:
     contributor,label,f1,...) to an ONNX model for influence/1 attribution."""
     kind = "csv" if examples.suffix.lower() == ".csv" else "npz"
-    result = call_daemon(ctx, "PUT", f"/api/models/{name}/examples", params={"format": kind},
+    result = call_daemon(ctx, "PUT", f"/api/models/{name}/examples",
+                         params={"format": kind, "method": method},
                          content=examples.read_bytes(),
                          headers={"Content-Type": "application/octet-stream"})
     click.echo(f"bound {result['examples']} examples of {result['contributors']} contributors "
                f"to {name} ({result['method']})")
+    _echo_binding(result, err=False)
+
+
+def _echo_binding(binding: dict[str, Any], *, err: bool) -> None:
+    """The layer a binding uses (on stderr when ``err``), and knn/1's fidelity warning
+    (always on stderr)."""
+    layer = binding.get("layer")
+    if layer:
+        click.echo(f"layer: {layer['features']} -> {layer['weights']}, {layer['bias']} "
+                   f"({layer['source']})", err=err)
+    if binding.get("warning"):
+        click.echo(f"warning: {binding['warning']}", err=True)
 
 
 @models.command("list")
@@ -279,8 +342,22 @@ def ps(ctx: click.Context) -> None:
 @click.argument("name")
 @click.pass_context
 def models_show(ctx: click.Context, name: str) -> None:
-    """Show a model's manifest."""
-    print_json(call_daemon(ctx, "GET", f"/api/models/{name}"))
+    """Show a model's manifest (JSON on stdout), with its examples binding's attribution
+    method and layer, and its lineage; warnings go to stderr."""
+    model = call_daemon(ctx, "GET", f"/api/models/{name}")
+    print_json(model)
+    binding = model.get("binding")
+    if binding:
+        click.echo(f"attribution: {binding['method']}", err=True)
+        _echo_binding(binding, err=True)
+    lineage = model.get("lineage") or {}
+    if "base" in lineage:
+        click.echo(f"lineage: base model sha256:{lineage['base']}", err=True)
+    for entry in lineage.get("trained_on", []):
+        click.echo(f"lineage: trained on datanet {entry['datanet']} at state "
+                   f"{entry['state']}", err=True)
+    if "card" in lineage:
+        click.echo(f"lineage: model card of {len(lineage['card'])} characters", err=True)
 
 
 @models.command("rm")
@@ -294,7 +371,7 @@ def models_rm(ctx: click.Context, name: str) -> None:
 
 @main.group()
 def receipts() -> None:
-    """List, show and verify receipts."""
+    """List, show, verify, prove and audit receipts."""
 
 
 @receipts.command("list")
@@ -341,6 +418,52 @@ def receipts_verify(ctx: click.Context) -> None:
     click.echo(f"{report.count} receipts, head {head}: {'OK' if report.ok else 'FAILED'}")
     if not report.ok:
         sys.exit(1)
+
+
+@receipts.command("audit")
+@click.argument("receipt_id")
+@click.pass_context
+def receipts_audit(ctx: click.Context, receipt_id: str) -> None:
+    """Recompute a receipt's split from its stored evidence and the datanets or bound
+    examples as they were, check the signed payees and attr digests, and show each
+    contributor's reasoning (never the prompt or the output). Exits 1 on any
+    difference, or when the data is no longer as it was."""
+    report = call_daemon(ctx, "GET", f"/v1/receipts/{receipt_id}/audit")
+    click.echo(f"receipt {report['receipt']} (seq {report['seq']}), model {report['model']}, "
+               f"method {report['method']}")
+    _echo_reasoning(report["reasoning"])
+    for payee, role, ppm in report["payees"]:
+        click.echo(f"payee {payee} ({role}): {ppm} ppm")
+    for item in report["recomputed"]:
+        click.echo(f"recomputed: {item}")
+    for item in report["from_evidence"]:
+        click.echo(f"from the evidence: {item}")
+    if report["ok"]:
+        click.echo("OK: the signed payees and attr match the recomputation")
+        return
+    for problem in report["problems"]:
+        click.echo(f"MISMATCH: {problem}", err=True)
+    sys.exit(1)
+
+
+def _echo_reasoning(reasoning: dict[str, Any]) -> None:
+    """Spans (length, rarity, holders) or influence scores, then per-contributor shares."""
+    if "why" in reasoning:
+        click.echo(reasoning["why"])
+    for span in reasoning.get("spans", []):
+        holders = ", ".join(span["holders"]) or "nobody"
+        click.echo(f"span {span['span']}: {span['words']} words ({span['bytes']} bytes), in "
+                   f"{span['documents']} of {span['of_documents']} documents, rarity "
+                   f"{span['rarity'] / 65536:.3f}, credit {span['credit']}; holders {holders} "
+                   f"({span['per_holder']} each)")
+    if "predicted_class" in reasoning:
+        click.echo(f"predicted class {reasoning['predicted_class']}")
+    for name, entry in sorted(reasoning.get("contributors", {}).items()):
+        detail = f"weight {entry['weight']}" if "weight" in entry else \
+            f"influence {entry['nats']} nats ({entry['score']})"
+        paid_as = f" (paid as {entry['payee']})" if entry.get("payee", name) != name else ""
+        click.echo(f"contributor {name}: {detail} -> {entry['data_share_ppm']} ppm of the "
+                   f"data share{paid_as}")
 
 
 @receipts.command("prove")

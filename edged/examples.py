@@ -9,9 +9,12 @@ none, the one ``attribution.onnx_layers.find_final_linear_layer`` finds in the g
 the per-contributor influence vectors once (``influence/1``); every prediction is then
 attributed with one small matrix-vector product per row. The layer's input is the graph
 input, a graph output, or a hidden tensor that a second session (the graph with that
-tensor exposed) computes from the input rows. Models without a layer get ``knn/1``
-over the input features instead (much weaker, see DESIGN.md). Bindings are stored in
-``<data_dir>/influence/``.
+tensor exposed) computes from the input rows.
+
+Without a layer there is no binding: ``knn/1`` measured near-random fidelity, so it
+runs only when the owner opts in (``method="knn"``, recorded in the stored binding so
+it survives a restart); otherwise binding is refused and predictions stay ``owner/1``.
+Bindings are stored in ``<data_dir>/influence/``.
 """
 
 from __future__ import annotations
@@ -173,6 +176,22 @@ def _bounded_lines(text: io.TextIOBase) -> Iterator[str]:
 
 LAYER_FROM_MANIFEST = "manifest"
 LAYER_FOUND = "found"
+# What the owner may ask for when binding: influence/1 (the default) or, by explicit
+# opt-in only, knn/1.
+BIND_INFLUENCE = "influence"
+BIND_KNN = "knn"
+BIND_METHODS = (BIND_INFLUENCE, BIND_KNN)
+KNN_FIDELITY_WARNING = (
+    "knn/1 measured near-random fidelity (Spearman -0.07 to 0.06 against leave-one-out "
+    "retraining on breast cancer): its payouts barely track which examples mattered. "
+    "Name the final linear layer (edged models update NAME --influence-layer ...) and "
+    "bind again for influence/1.")
+NO_LAYER = ("the model has no final linear layer edged can find, so influence/1 cannot run "
+            "and predictions stay owner/1: name the layer (influence_layer) or opt in to "
+            "knn/1 with method=knn (near-random fidelity)")
+# A knn/1 binding file holds this key only when the owner opted in; files written before
+# the opt-in existed lack it and are not loaded.
+_OPTED_IN = "opted_in"
 
 
 @dataclass(frozen=True, eq=False)
@@ -197,7 +216,7 @@ class Layer:
 @dataclass(frozen=True)
 class Binding:
     """What a prediction is attributed with: ``influence/1`` through the final linear
-    layer, or ``knn/1`` over the input features when there is none."""
+    layer, or ``knn/1`` over the input features when the owner opted in to it."""
 
     method: str
     features: str  # the tensor (graph input or output) the method reads, per row
@@ -227,6 +246,17 @@ class Binding:
         assert self.knn is not None
         predicted = _predicted_class(outputs, row_index)
         return self.knn.weights(row, predicted), predicted
+
+    def describe(self) -> dict[str, Any]:
+        """What to show of a binding (the bind answer, ``models show``): the method, the
+        layer (None for ``knn/1``), the parameters digest receipts name, and for ``knn/1``
+        the fidelity warning."""
+        view: dict[str, Any] = {"method": self.method,
+                                "layer": self.layer.describe() if self.layer else None,
+                                "params": self.digest().hex()}
+        if self.method == KNN_METHOD:
+            view["warning"] = KNN_FIDELITY_WARNING
+        return view
 
     def evidence(self, scores: Mapping[str, float], predicted: int) -> dict[str, Any]:
         if self.influence is not None:
@@ -268,28 +298,39 @@ class InfluenceBindings:
         self._path(model, other).unlink(missing_ok=True)
         return self._path(model, method)
 
-    def bind(self, manifest: Manifest, weights_path: Path, examples: Examples) -> Binding:
-        """Build and store the binding; anything that does not fit the model is a 400."""
+    def bind(self, manifest: Manifest, weights_path: Path, examples: Examples, *,
+             method: str = BIND_INFLUENCE) -> Binding:
+        """Build and store the binding; anything that does not fit the model is a 400.
+
+        ``method`` is ``"influence"`` (through the named or found final linear layer;
+        refused when there is none) or ``"knn"``: the owner's explicit opt-in to
+        ``knn/1``, kept with the stored binding."""
+        if method not in BIND_METHODS:
+            raise InvalidRequest(f"method must be one of {list(BIND_METHODS)}", param="method")
         try:
-            return self._bind(manifest, weights_path, examples)
+            return self._bind(manifest, weights_path, examples, method)
         except ValueError as exc:  # shapes or labels that do not fit the model
             if isinstance(exc, InvalidRequest):
                 raise
             raise InvalidRequest(f"the examples do not fit the model: {exc}") from None
 
-    def _bind(self, manifest: Manifest, weights_path: Path, examples: Examples) -> Binding:
+    def _bind(self, manifest: Manifest, weights_path: Path, examples: Examples,
+              method: str) -> Binding:
         width = _input_width(weights_path)
         if width is not None and examples.features.shape[1] != width:
             raise InvalidRequest(f"the examples have {examples.features.shape[1]} features; "
                                  f"the model's input has {width}")
-        layer = _final_layer(manifest, weights_path)
-        if layer is None:
+        if method == BIND_KNN:
             features_name = _single_input(weights_path)
             knn = KnnIndex(examples.features, examples.labels, examples.contributors)
             np.savez(self._store(manifest.name, KNN_METHOD), features=examples.features,
-                     labels=examples.labels, contributors=np.array(examples.contributors))
+                     labels=examples.labels, contributors=np.array(examples.contributors),
+                     opted_in=np.array(True))  # _OPTED_IN: the owner asked for knn/1
             binding = Binding(KNN_METHOD, features_name, knn=knn)
         else:
+            layer = _final_layer(manifest, weights_path)
+            if layer is None:
+                raise InvalidRequest(NO_LAYER, param="method")
             layer_input = LayerInput(weights_path, layer.features)
             features = layer_input(examples.features)
             w = _oriented(layer.weights, features.shape[1])
@@ -305,6 +346,12 @@ class InfluenceBindings:
         with self._lock:
             return self._cache.get(model)
 
+    def describe(self, manifest: Manifest, weights_path: Path) -> dict[str, Any] | None:
+        """``Binding.describe()`` of the model's binding (loaded if stored), or None."""
+        self.load(manifest, weights_path)
+        binding = self.get(manifest.name)
+        return binding.describe() if binding is not None else None
+
     def load(self, manifest: Manifest, weights_path: Path) -> None:
         """Load a stored binding (after a restart, on first use)."""
         if self.get(manifest.name) is not None:
@@ -315,8 +362,10 @@ class InfluenceBindings:
         if layer is not None:
             index = InfluenceIndex.load(influence_path)
             binding = _influence_binding(weights_path, layer, index, None)
-        elif not manifest.influence_layer and knn_path.is_file():
+        elif knn_path.is_file():
             with np.load(knn_path, allow_pickle=False) as stored:
+                if _OPTED_IN not in stored.files:  # bound before the opt-in: not used
+                    return
                 knn = KnnIndex(stored["features"], stored["labels"],
                                [str(c) for c in stored["contributors"]])
             binding = Binding(KNN_METHOD, _single_input(weights_path), knn=knn)

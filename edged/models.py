@@ -127,6 +127,9 @@ class Manifest:
     created: int = 0  # unix seconds
     # llama.cpp models: engine options (see LLAMA_MANIFEST_OPTIONS), e.g. {"parallel": 8}
     options: dict[str, Any] = field(default_factory=dict)
+    # Provenance (see check_lineage): {"base": weights sha256 hex, "trained_on":
+    # [{"datanet", "state"}], "card": text}; every part optional.
+    lineage: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -138,6 +141,8 @@ class Manifest:
             del data["tokenizer"]
         if not self.options:  # likewise
             del data["options"]
+        if not self.lineage:  # likewise
+            del data["lineage"]
         return data
 
     @classmethod
@@ -163,6 +168,7 @@ class Manifest:
                 embedding_output=data.get("embedding_output"),
                 tokenizer=_optional_digest(data.get("tokenizer"), "tokenizer"),
                 options=dict(data.get("options") or {}),
+                lineage=dict(data.get("lineage") or {}),
                 influence_layer=data.get("influence_layer"),
                 created=int(data.get("created", 0)),
             )
@@ -173,6 +179,7 @@ class Manifest:
     def checked(self) -> Manifest:
         _check_types(self)
         _check_options(self)
+        check_lineage(self.lineage)
         if self.runtime not in RUNTIMES:
             raise InvalidRequest(f"unknown runtime; known: {list(RUNTIMES)}", param="runtime")
         if self.chat_format is not None and self.chat_format not in CHAT_FORMATS:
@@ -313,6 +320,58 @@ def _check_options(manifest: Manifest) -> None:
             if name == "n_gpu_layers":
                 what += ', or "auto"'
             raise InvalidRequest(f"option {name!r} must be {what}", param="options")
+
+
+MAX_CARD_CHARS = 8192  # a model card: what the model is for, how it was made
+MAX_TRAINED_ON = 64  # training datanets one lineage names
+LINEAGE_KEYS = ("base", "trained_on", "card")
+
+
+def check_lineage(lineage: Any) -> None:
+    """A manifest's ``lineage``: ``base`` (the SHA-256 hex of the base model's weights),
+    ``trained_on`` (datanets, each with the state digest it was trained at) and ``card``
+    (free text, at most :data:`MAX_CARD_CHARS` characters); every part optional. Anything
+    else is a 400 that names the field."""
+    if not isinstance(lineage, dict):
+        raise InvalidRequest("'lineage' must be an object", param="lineage")
+    unknown = sorted(set(lineage) - set(LINEAGE_KEYS))
+    if unknown:
+        raise InvalidRequest(f"unknown lineage fields {unknown}; known: {list(LINEAGE_KEYS)}",
+                             param="lineage")
+    if "base" in lineage and not (isinstance(lineage["base"], str)
+                                  and DIGEST_PATTERN.fullmatch(lineage["base"])):
+        raise InvalidRequest("lineage.base is the 64 lowercase hex digits of the base "
+                             "model's weights", param="lineage.base")
+    if "trained_on" in lineage:
+        _check_trained_on(lineage["trained_on"])
+    if "card" in lineage:
+        card = lineage["card"]
+        if not isinstance(card, str) or not 0 < len(card) <= MAX_CARD_CHARS or "\x00" in card:
+            raise InvalidRequest(f"lineage.card is text of 1-{MAX_CARD_CHARS} characters",
+                                 param="lineage.card")
+
+
+def _check_trained_on(entries: Any) -> None:
+    if not isinstance(entries, list) or not 0 < len(entries) <= MAX_TRAINED_ON:
+        raise InvalidRequest(f"lineage.trained_on is a list of 1-{MAX_TRAINED_ON} "
+                             "{datanet, state} objects", param="lineage.trained_on")
+    seen = set()
+    for number, entry in enumerate(entries):
+        param = f"lineage.trained_on[{number}]"
+        if not isinstance(entry, dict) or set(entry) != {"datanet", "state"}:
+            raise InvalidRequest(f"{param} is an object with 'datanet' and 'state'",
+                                 param=param)
+        if not isinstance(entry["datanet"], str) or not NAME_PATTERN.fullmatch(
+                entry["datanet"]):
+            raise InvalidRequest(f"{param}.datanet is not a datanet name",
+                                 param=f"{param}.datanet")
+        if not isinstance(entry["state"], str) or not DIGEST_PATTERN.fullmatch(entry["state"]):
+            raise InvalidRequest(f"{param}.state is the 64 lowercase hex digits of the "
+                                 "datanet's state digest", param=f"{param}.state")
+        if (entry["datanet"], entry["state"]) in seen:
+            raise InvalidRequest(f"{param} names {entry['datanet']}@{entry['state'][:12]} "
+                                 "twice", param=param)
+        seen.add((entry["datanet"], entry["state"]))
 
 
 def _floats_as_text(value: Any) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -122,19 +123,31 @@ def _write_mlp(path: Path, *, softmax: bool = True) -> Any:
     return probabilities
 
 
-async def _bind_and_predict(client: Client, model: str, probabilities: Any) -> dict[str, Any]:
+def _mlp_examples(probabilities: Any) -> bytes:
     rng = np.random.default_rng(5)
     x = rng.normal(size=(60, 4)).astype(np.float32)
     buffer = io.BytesIO()
     np.savez(buffer, features=x, labels=probabilities(x).argmax(axis=1),
              contributors=np.array(["a"] * 20 + ["b"] * 20 + ["c"] * 20))
-    bound = await client.put(f"/api/models/{model}/examples", data=buffer.getvalue())
-    assert bound.status == 201, await bound.text()
+    return buffer.getvalue()
+
+
+async def _predict(client: Client, model: str) -> dict[str, Any]:
+    """The receipt of one prediction of two rows."""
+    x = np.random.default_rng(5).normal(size=(60, 4)).astype(np.float32)
     answer = await (await client.post(f"/v2/models/{model}/infer", json={
         "inputs": [tensor(x[:2])]})).json()
     receipt: dict[str, Any] = await (await client.get(
         f"/v1/receipts/{answer['receipt']['id']}")).json()
     return receipt
+
+
+async def _bind_and_predict(client: Client, model: str, probabilities: Any,
+                            **params: str) -> dict[str, Any]:
+    bound = await client.put(f"/api/models/{model}/examples", params=params,
+                             data=_mlp_examples(probabilities))
+    assert bound.status == 201, await bound.text()
+    return await _predict(client, model)
 
 
 def _add_model(settings: Settings, path: Path, name: str, **fields: Any) -> None:
@@ -151,14 +164,12 @@ def _add_model(settings: Settings, path: Path, name: str, **fields: Any) -> None
                        data_share_ppm=300_000, batch_delay_us=0, **fields))
 
 
-async def test_influence_through_a_named_or_found_hidden_layer_and_knn_without_one(
+async def test_influence_through_a_named_or_found_hidden_layer(
         aiohttp_client: AppClientFactory, settings: Settings, tmp_path: Path) -> None:
     probabilities = _write_mlp(tmp_path / "mlp.onnx")
-    _write_mlp(tmp_path / "logits.onnx", softmax=False)
     hidden = {"features": "hidden", "weights": "w2", "bias": "b2"}
     _add_model(settings, tmp_path / "mlp.onnx", "mlp", influence_layer=hidden)
     _add_model(settings, tmp_path / "mlp.onnx", "mlp-found")
-    _add_model(settings, tmp_path / "logits.onnx", "mlp-knn")
     client = await aiohttp_client(create_app(settings))
 
     named = await _bind_and_predict(client, "mlp", probabilities)
@@ -168,13 +179,96 @@ async def test_influence_through_a_named_or_found_hidden_layer_and_knn_without_o
         assert sum(p[2] for p in receipt["payees"] if p[1] == "data") == 300_000
     # The same layer, named or found, gives the same attribution.
     assert named["payees"] == found["payees"] and named["attr"] == found["attr"]
-    layers = {name: client.app[BINDINGS].get(name).layer for name in ("mlp", "mlp-found")}
+    layers = {name: client.app[BINDINGS].get(name).layer  # type: ignore[union-attr]
+              for name in ("mlp", "mlp-found")}
     assert {n: layer.describe() if layer else None for n, layer in layers.items()} == {
         "mlp": {**hidden, "source": "manifest"}, "mlp-found": {**hidden, "source": "found"}}
-    knn = await _bind_and_predict(client, "mlp-knn", probabilities)
+    # The model view names the method and the layer found, without a warning.
+    shown = await (await client.get("/api/models/mlp-found")).json()
+    assert shown["binding"] == {"method": "influence/1", "params": found["attr"]["params"],
+                                "layer": {**hidden, "source": "found"}}
+
+
+async def test_without_a_layer_the_data_share_is_not_paid_at_random(
+        aiohttp_client: AppClientFactory, settings: Settings, tmp_path: Path) -> None:
+    """No layer and no opt-in: binding is refused and the data share goes where
+    ``unmatched_data_to`` says (owner/1); knn/1 runs only when the owner opts in, and the
+    opt-in survives a restart."""
+    from edged.examples import InfluenceBindings
+    from edged.models import ModelStore
+
+    probabilities = _write_mlp(tmp_path / "logits.onnx", softmax=False)
+    _add_model(settings, tmp_path / "logits.onnx", "mlp-knn")
+    _add_model(settings, tmp_path / "logits.onnx", "to-operator", unmatched_data_to="operator")
+    client = await aiohttp_client(create_app(settings))
+    operator = f"node:{(await (await client.get('/api/node')).json())['public_key']}"
+    for model in ("mlp-knn", "to-operator"):
+        refused = await client.put(f"/api/models/{model}/examples",
+                                   data=_mlp_examples(probabilities))
+        assert refused.status == 400
+        error = (await refused.json())["error"]
+        assert error["param"] == "method" and "knn" in error["message"]
+    assert client.app[BINDINGS].get("mlp-knn") is None
+    owner_kept = await _predict(client, "mlp-knn")
+    assert owner_kept["attr"]["method"] == "owner/1"
+    assert owner_kept["payees"] == [[operator, "operator", 100_000], ["o", "owner", 900_000]]
+    operator_kept = await _predict(client, "to-operator")
+    assert operator_kept["attr"]["method"] == "owner/1"
+    assert operator_kept["payees"] == [[operator, "operator", 400_000],
+                                       ["o", "owner", 600_000]]
+    # The two splits are told apart by their parameters.
+    assert operator_kept["attr"]["params"] != owner_kept["attr"]["params"]
+    assert (await (await client.get("/api/models/mlp-knn")).json())["binding"] is None
+
+    wrong = await client.put("/api/models/mlp-knn/examples", params={"method": "nearest"},
+                             data=_mlp_examples(probabilities))
+    assert wrong.status == 400 and (await wrong.json())["error"]["param"] == "method"
+    bound = await client.put("/api/models/mlp-knn/examples", params={"method": "knn"},
+                             data=_mlp_examples(probabilities))
+    assert bound.status == 201, await bound.text()
+    answer = await bound.json()
+    assert answer["method"] == "knn/1" and answer["layer"] is None
+    assert answer["warning"].startswith("knn/1 measured near-random fidelity")
+    knn = await _predict(client, "mlp-knn")
     assert knn["attr"]["method"] == "knn/1"
-    assert client.app[BINDINGS].get("mlp-knn").layer is None
     assert sum(p[2] for p in knn["payees"] if p[1] == "data") == 300_000
+    shown = await (await client.get("/api/models/mlp-knn")).json()
+    assert shown["binding"] == {key: answer[key] for key in ("method", "layer", "params",
+                                                            "warning")}
+
+    store = ModelStore(settings.models_dir)
+    manifest = store.get("mlp-knn")
+    restarted = InfluenceBindings(settings.data_dir / "influence")
+    restarted.load(manifest, store.weights_path(manifest))
+    again = restarted.get("mlp-knn")
+    assert again is not None and again.method == "knn/1"
+    # A knn/1 binding stored before the opt-in existed is not used after a restart.
+    stored = settings.data_dir / "influence" / "mlp-knn.knn.npz"
+    with np.load(stored) as arrays:
+        legacy = {name: arrays[name] for name in arrays.files if name != "opted_in"}
+    np.savez(stored, **legacy)
+    legacy_load = InfluenceBindings(settings.data_dir / "influence")
+    legacy_load.load(manifest, store.weights_path(manifest))
+    assert legacy_load.get("mlp-knn") is None
+
+
+async def test_cli_bind_opts_in_to_knn_and_show_warns(
+        aiohttp_client: AppClientFactory, settings: Settings, tmp_path: Path) -> None:
+    from tests.edged.test_datanets_duplicates import run_cli
+
+    probabilities = _write_mlp(tmp_path / "logits.onnx", softmax=False)
+    _add_model(settings, tmp_path / "logits.onnx", "mlp-knn")
+    client = await aiohttp_client(create_app(settings))
+    examples = tmp_path / "examples.npz"
+    examples.write_bytes(_mlp_examples(probabilities))
+    bound = await run_cli(client, settings.data_dir, "models", "bind", "mlp-knn",
+                          str(examples), "--method", "knn")
+    assert "bound 60 examples of 3 contributors to mlp-knn (knn/1)" in bound.stdout
+    assert "warning: knn/1 measured near-random fidelity" in bound.stderr
+    shown = await run_cli(client, settings.data_dir, "models", "show", "mlp-knn")
+    assert json.loads(shown.stdout)["binding"]["method"] == "knn/1"
+    assert "attribution: knn/1" in shown.stderr
+    assert "warning: knn/1 measured near-random fidelity" in shown.stderr
 
 
 async def test_a_skl2onnx_mlp_is_attributed_through_its_found_layer_after_a_restart(
