@@ -18,7 +18,7 @@ from edged.errors import EdgedError, InternalError
 from edged.http_common import json_response, read_json
 from edged.inference import GenerationStream
 from edged.schemas import GenerateRequest, parse_chat, parse_completion, parse_embeddings
-from runtimes import Done
+from runtimes import Done, TokenLogprob
 
 logger = logging.getLogger(__name__)
 RECEIPT_HEADER = "X-Edged-Receipt"
@@ -91,34 +91,66 @@ class _Shape:
         self.id = ("chatcmpl-" if self.chat else "cmpl-") + secrets.token_hex(12)
         self.created = int(time.time())
         self.model = parsed.model
+        self.logprobs = parsed.params.logprobs is not None
+        self._offset = 0  # characters of text before the next chunk (completion logprobs)
+
+    def _logprobs(self, text: str, entries: tuple[TokenLogprob, ...]) -> dict[str, Any] | None:
+        """OpenAI's logprobs object for ``entries`` (the tokens behind ``text``)."""
+        if not self.logprobs:
+            return None
+        if self.chat:
+            return {"content": [{**_token(entry.token, entry.logprob), "top_logprobs": [
+                _token(token, logprob) for token, logprob in entry.top]}
+                for entry in entries], "refusal": None}
+        offsets, offset = [], self._offset
+        for entry in entries:
+            offsets.append(offset)
+            offset += len(entry.token.decode("utf-8", errors="replace"))
+        self._offset += len(text)
+        return {"tokens": [_text_of(entry.token) for entry in entries],
+                "token_logprobs": [entry.logprob for entry in entries],
+                "top_logprobs": [{_text_of(t): lp for t, lp in entry.top} for entry in entries],
+                "text_offset": offsets}
 
     def _envelope(self, obj: str, choices: list[dict[str, Any]]) -> dict[str, Any]:
         return {"id": self.id, "object": obj, "created": self.created, "model": self.model,
                 "choices": choices}
 
-    def whole(self, text: str, done: Done, receipt: SignedReceipt) -> dict[str, Any]:
+    def whole(self, text: str, done: Done, receipt: SignedReceipt,
+              logprobs: tuple[TokenLogprob, ...] = ()) -> dict[str, Any]:
         if self.chat:
             choice = {"index": 0, "message": {"role": "assistant", "content": text},
-                      "logprobs": None, "finish_reason": done.finish_reason}
+                      "logprobs": self._logprobs(text, logprobs),
+                      "finish_reason": done.finish_reason}
             body = self._envelope("chat.completion", [choice])
         else:
-            choice = {"index": 0, "text": text, "logprobs": None,
+            choice = {"index": 0, "text": text, "logprobs": self._logprobs(text, logprobs),
                       "finish_reason": done.finish_reason}
             body = self._envelope("text_completion", [choice])
         return {**body, "usage": _usage(done), "receipt": receipt_ref(receipt)}
 
     def chunk(self, text: str | None, finish_reason: str | None = None,
-              first: bool = False) -> dict[str, Any]:
+              first: bool = False, logprobs: tuple[TokenLogprob, ...] = ()) -> dict[str, Any]:
+        entries = self._logprobs(text or "", logprobs) if logprobs else None
         if self.chat:
             delta: dict[str, Any] = {"role": "assistant"} if first else {}
             if text is not None:
                 delta["content"] = text
-            choice = {"index": 0, "delta": delta, "logprobs": None,
+            choice = {"index": 0, "delta": delta, "logprobs": entries,
                       "finish_reason": finish_reason}
             return self._envelope("chat.completion.chunk", [choice])
-        choice = {"index": 0, "text": text or "", "logprobs": None,
+        choice = {"index": 0, "text": text or "", "logprobs": entries,
                   "finish_reason": finish_reason}
         return self._envelope("text_completion", [choice])
+
+
+def _text_of(token: bytes) -> str:
+    return token.decode("utf-8", errors="replace")
+
+
+def _token(token: bytes, logprob: float) -> dict[str, Any]:
+    """One token in chat logprobs: its text, log-probability and UTF-8 bytes."""
+    return {"token": _text_of(token), "logprob": logprob, "bytes": list(token)}
 
 
 def _sse(data: dict[str, Any] | str) -> bytes:
@@ -131,7 +163,8 @@ async def _generate(request: web.Request, parsed: GenerateRequest) -> web.Stream
     shape = _Shape(parsed)
     if not parsed.stream:
         result = await service.complete(parsed)
-        return json_response(shape.whole(result.text, result.done, result.receipt),
+        return json_response(shape.whole(result.text, result.done, result.receipt,
+                                         result.logprobs),
                              headers={RECEIPT_HEADER: result.receipt.leaf.hex()})
     stream = service.stream(parsed)
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
@@ -140,8 +173,9 @@ async def _generate(request: web.Request, parsed: GenerateRequest) -> web.Stream
         async with stream:  # errors before the first token still become plain JSON errors
             await response.prepare(request)
             first = True
-            async for text in stream:
-                await response.write(_sse(shape.chunk(text, first=first)))
+            async for delta in stream:
+                await response.write(_sse(shape.chunk(delta.text, first=first,
+                                                      logprobs=delta.logprobs)))
                 first = False
         await _finish_stream(response, shape, parsed, stream)
     except ConnectionError:

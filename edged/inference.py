@@ -29,7 +29,14 @@ from edged.models import Manifest, ModelStore
 from edged.scheduler import Lease, Scheduler, TokenStream
 from edged.schemas import EmbeddingRequest, GenerateRequest
 from edged.settings import Settings
-from runtimes import ContextLengthExceeded, Delta, Done, InvalidInput, UnsupportedOperation
+from runtimes import (
+    ContextLengthExceeded,
+    Delta,
+    Done,
+    InvalidInput,
+    TokenLogprob,
+    UnsupportedOperation,
+)
 
 
 def unix_millis() -> int:
@@ -59,6 +66,7 @@ class Completion:
     text: str
     done: Done
     receipt: SignedReceipt
+    logprobs: tuple[TokenLogprob, ...] = ()  # one per token, when the request asked
 
 
 @dataclass(frozen=True)
@@ -90,9 +98,10 @@ class InferenceService:
     async def complete(self, request: GenerateRequest) -> Completion:
         """Run a generation to its end and commit its receipt."""
         async with self.stream(request) as stream:
-            pieces = [piece async for piece in stream]
+            deltas = [delta async for delta in stream]
         assert stream.receipt is not None and stream.done is not None
-        return Completion("".join(pieces), stream.done, stream.receipt)
+        return Completion("".join(delta.text for delta in deltas), stream.done, stream.receipt,
+                          tuple(entry for delta in deltas for entry in delta.logprobs))
 
     def stream(self, request: GenerateRequest) -> GenerationStream:
         """An async context manager; entering it raises request errors (bad model, context
@@ -143,7 +152,8 @@ class InferenceService:
 
 
 class GenerationStream:
-    """One streamed generation: ``async with service.stream(req) as s: async for text in s``.
+    """One streamed generation: ``async with service.stream(req) as s: async for delta in
+    s`` (each :class:`Delta` has its text, its tokens and, when asked for, their logprobs).
 
     Leaving the block early cancels the generation; the receipt for the tokens produced so
     far is still committed, and is available as ``s.receipt`` after the block.
@@ -181,10 +191,10 @@ class GenerationStream:
             raise
         return self
 
-    def __aiter__(self) -> AsyncIterator[str]:
+    def __aiter__(self) -> AsyncIterator[Delta]:
         return self._deltas()
 
-    async def _deltas(self) -> AsyncIterator[str]:
+    async def _deltas(self) -> AsyncIterator[Delta]:
         assert self._events is not None
         event = self._first
         while event is not None:
@@ -193,7 +203,7 @@ class GenerationStream:
                 return
             self._text.append(event.text)
             self._tokens += event.tokens
-            yield event.text
+            yield event
             event = await anext(self._events, None)
 
     async def __aexit__(self, *exc_info: object) -> None:

@@ -16,11 +16,14 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from edged.errors import InvalidRequest, UnsupportedParameter
+from edged.structured import grammar_for, schema_grammar
 from runtimes import ChatMessage, GenerationParams
 
 T = TypeVar("T")
 MAX_STOP_SEQUENCES = 4
 MAX_EMBEDDING_INPUTS = 256
+MAX_LOGIT_BIAS = 300  # OpenAI's limit on logit_bias entries
+MAX_TOP_LOGPROBS = 20
 ROLES = ("system", "user", "assistant", "developer")
 MAX_KEEP_ALIVE = 365 * 24 * 3600.0
 _DURATION = re.compile(r"^(-?\d+(?:\.\d+)?)(ms|s|m|h)?$")
@@ -40,10 +43,14 @@ class GenerateRequest:
     keep_alive: float | None
 
     def committed_input(self) -> dict[str, Any]:
-        """What the receipt's ``in`` commitment covers (never stored itself)."""
-        if isinstance(self.prompt, str):
-            return {"prompt": self.prompt}
-        return {"messages": [[m.role, m.content] for m in self.prompt]}
+        """What the receipt's ``in`` commitment covers (never stored itself): the prompt
+        or the messages as ``[role, content]`` pairs, and the grammar (GBNF text) a
+        structured-output request constrained the answer with, when there is one."""
+        committed: dict[str, Any] = {"prompt": self.prompt} if isinstance(self.prompt, str) \
+            else {"messages": [[m.role, m.content] for m in self.prompt]}
+        if self.params.grammar is not None:
+            committed["grammar"] = self.params.grammar
+        return committed
 
 
 @dataclass(frozen=True)
@@ -192,23 +199,16 @@ def _unsupported(reason: str, neutral: Callable[[Any], bool] = _never) -> Refuse
 
 _USER_ID = Ignored("an end-user id for the provider's abuse monitoring; edged neither "
                    "stores nor logs it", _is_str, "a string")
-# Sampling controls the engine work will wire through; both endpoints refuse them today.
-SAMPLING_NOT_YET: Mapping[str, Refused] = {
-    "presence_penalty": Refused(NOT_YET, _is_zero),
-    "frequency_penalty": Refused(NOT_YET, _is_zero),
-    "logit_bias": Refused(NOT_YET, _is_empty_object),
-    "top_k": Refused(_MODEL_OPTION),
-    "min_p": Refused(_MODEL_OPTION),
-    "repeat_penalty": Refused(_MODEL_OPTION),
-    "repetition_penalty": Refused(_MODEL_OPTION),
-}
 _GENERATION_PARSED = frozenset({
     "model", "stream", "stream_options", "max_tokens", "max_completion_tokens",
-    "temperature", "top_p", "seed", "stop", "n", "keep_alive", "cache_prompt"})
+    "temperature", "top_p", "seed", "stop", "n", "keep_alive", "cache_prompt",
+    # sampling (llama.cpp's native chain) and structured output (a grammar)
+    "presence_penalty", "frequency_penalty", "logit_bias", "top_k", "min_p",
+    "repeat_penalty", "repetition_penalty", "response_format", "format", "logprobs"})
 
 CHAT_FIELDS = Fields(
     "/v1/chat/completions",
-    parsed=_GENERATION_PARSED | {"messages"},
+    parsed=_GENERATION_PARSED | {"messages", "top_logprobs"},
     ignored={
         "user": _USER_ID,
         "safety_identifier": _USER_ID,
@@ -222,12 +222,8 @@ CHAT_FIELDS = Fields(
                                     "(cache_prompt)", _is_str, "a string"),
     },
     refused={
-        **SAMPLING_NOT_YET,
-        "response_format": Refused(NOT_YET, lambda v: v == {"type": "text"}),
         "tools": Refused(NOT_YET, _is_empty_list),
         "tool_choice": Refused(NOT_YET, lambda v: v == "none"),
-        "logprobs": Refused(NOT_YET, lambda v: v is False),
-        "top_logprobs": Refused(NOT_YET, lambda v: _is_int(v) and v == 0),
         "functions": _unsupported("deprecated by OpenAI in favour of 'tools'", _is_empty_list),
         "function_call": _unsupported("deprecated by OpenAI in favour of 'tool_choice'",
                                       lambda v: v == "none"),
@@ -246,8 +242,6 @@ COMPLETION_FIELDS = Fields(
     parsed=_GENERATION_PARSED | {"prompt"},
     ignored={"user": _USER_ID},
     refused={
-        **SAMPLING_NOT_YET,
-        "logprobs": Refused(NOT_YET),
         "echo": _unsupported("edged does not echo prompts", lambda v: v is False),
         "best_of": _unsupported("one candidate per request", lambda v: _is_int(v) and v == 1),
         "suffix": _unsupported("edged has no fill-in-the-middle"),
@@ -277,7 +271,76 @@ def _max_tokens(body: dict[str, Any], default: int) -> int:
     return value
 
 
-def _params(body: dict[str, Any], default_max_tokens: int) -> GenerationParams:
+def _sampling(body: dict[str, Any]) -> dict[str, Any]:
+    """The sampler fields beyond temperature and top_p (llama.cpp's native chain)."""
+    def number_within(low: float, high: float) -> Callable[[Any], bool]:
+        return lambda v: _is_number(v) and low <= v <= high
+
+    penalty = number_within(-2.0, 2.0)  # OpenAI's range
+    repeat = _get(body, "repeat_penalty", number_within(0.0, 10.0), "a number within 0..10")
+    alias = _get(body, "repetition_penalty", number_within(0.0, 10.0),
+                 "a number within 0..10")
+    if repeat is not None and alias is not None and repeat != alias:
+        raise InvalidRequest("'repeat_penalty' and 'repetition_penalty' differ; give one",
+                             param="repetition_penalty")
+    bias = _get(body, "logit_bias", lambda v: isinstance(v, dict) and len(v) <= MAX_LOGIT_BIAS,
+                f"an object of at most {MAX_LOGIT_BIAS} token ids", {})
+    pairs = []
+    for token, value in bias.items():
+        if not (isinstance(token, str) and token.isdigit() and len(token) <= 9) or not (
+                _is_number(value) and -100 <= value <= 100):
+            raise InvalidRequest("'logit_bias' maps token ids to numbers within -100..100",
+                                 param="logit_bias")
+        pairs.append((int(token), float(value)))
+    top_k = _get(body, "top_k", lambda v: _is_int(v) and 0 <= v <= 100_000,
+                 "an integer within 0..100000")
+    min_p = _get(body, "min_p", number_within(0.0, 1.0), "a number within 0..1")
+    return {
+        "presence_penalty": float(_get(body, "presence_penalty", penalty,
+                                       "a number within -2..2", 0.0)),
+        "frequency_penalty": float(_get(body, "frequency_penalty", penalty,
+                                        "a number within -2..2", 0.0)),
+        "repeat_penalty": None if repeat is None and alias is None else float(
+            repeat if repeat is not None else alias),
+        "logit_bias": tuple(sorted(pairs)),
+        "top_k": top_k,
+        "min_p": None if min_p is None else float(min_p),
+    }
+
+
+def _structured(body: dict[str, Any]) -> str | None:
+    """The grammar for ``response_format`` (OpenAI) or ``format`` (Ollama: "json" or a
+    JSON schema)."""
+    response_format = body.get("response_format")
+    ollama = body.get("format")
+    if response_format is not None and ollama is not None:
+        raise InvalidRequest("give 'response_format' or 'format', not both", param="format")
+    if ollama is not None:
+        if ollama == "json":
+            return grammar_for({"type": "json_object"}, "format")
+        if isinstance(ollama, dict):
+            return schema_grammar(ollama, "format")
+        raise InvalidRequest("'format' must be \"json\" or a JSON schema", param="format")
+    return grammar_for(response_format)
+
+
+def _logprobs(body: dict[str, Any], chat: bool) -> int | None:
+    """How many alternatives per token to return (None: no logprobs). Chat: ``logprobs``
+    true and ``top_logprobs`` 0..20; completions: ``logprobs`` 0..20."""
+    if not chat:
+        value: int | None = _get(body, "logprobs",
+                                 lambda v: _is_int(v) and 0 <= v <= MAX_TOP_LOGPROBS,
+                                 f"an integer within 0..{MAX_TOP_LOGPROBS}")
+        return value
+    wanted = _get(body, "logprobs", _is_bool, "a boolean", False)
+    top = _get(body, "top_logprobs", lambda v: _is_int(v) and 0 <= v <= MAX_TOP_LOGPROBS,
+               f"an integer within 0..{MAX_TOP_LOGPROBS}")
+    if top and not wanted:
+        raise InvalidRequest("'top_logprobs' needs 'logprobs': true", param="top_logprobs")
+    return (top or 0) if wanted else None
+
+
+def _params(body: dict[str, Any], default_max_tokens: int, *, chat: bool) -> GenerationParams:
     max_tokens = _max_tokens(body, default_max_tokens)
     temperature = _get(body, "temperature", lambda v: _is_number(v) and 0 <= v <= 2,
                        "a number between 0 and 2", 1.0)
@@ -296,7 +359,8 @@ def _params(body: dict[str, Any], default_max_tokens: int) -> GenerationParams:
     cache_prompt = _get(body, "cache_prompt", lambda v: isinstance(v, bool), "a boolean", True)
     return GenerationParams(max_tokens=max_tokens, temperature=float(temperature),
                             top_p=float(top_p), stop=tuple(s for s in stops if s), seed=seed,
-                            cache_prompt=cache_prompt)
+                            cache_prompt=cache_prompt, grammar=_structured(body),
+                            logprobs=_logprobs(body, chat), **_sampling(body))
 
 
 def _message(index: int, raw: Any) -> ChatMessage:
@@ -356,8 +420,8 @@ def parse_chat(body: Any, *, default_max_tokens: int) -> GenerateRequest:
     raw_messages = _get(body, "messages", lambda v: isinstance(v, list) and len(v) > 0,
                         "a non-empty list of messages", required=True)
     messages = tuple(_message(i, m) for i, m in enumerate(raw_messages))
-    return GenerateRequest("chat", model, messages, _params(body, default_max_tokens), stream,
-                           include_usage, keep_alive)
+    return GenerateRequest("chat", model, messages, _params(body, default_max_tokens, chat=True),
+                           stream, include_usage, keep_alive)
 
 
 def parse_completion(body: Any, *, default_max_tokens: int) -> GenerateRequest:
@@ -367,8 +431,9 @@ def parse_completion(body: Any, *, default_max_tokens: int) -> GenerateRequest:
         isinstance(v, list) and len(v) == 1 and isinstance(v[0], str)),
         "a string", required=True)
     prompt = _text(prompt if isinstance(prompt, str) else prompt[0], "prompt")
-    return GenerateRequest("completion", model, prompt, _params(body, default_max_tokens),
-                           stream, include_usage, keep_alive)
+    return GenerateRequest("completion", model, prompt,
+                           _params(body, default_max_tokens, chat=False), stream, include_usage,
+                           keep_alive)
 
 
 def parse_embeddings(body: Any) -> EmbeddingRequest:

@@ -23,6 +23,7 @@ from runtimes.base import (
     Done,
     EmbeddingResult,
     GenerationParams,
+    InvalidInput,
     ModelSpec,
     Prompt,
 )
@@ -62,6 +63,12 @@ class FakeBackend(Backend):
         words = tuple(text.split()) if self.echo and text.split() else self.words
         if prompt_tokens >= self.spec.context_length:
             raise ContextLengthExceeded(prompt_tokens, self.spec.context_length)
+        # What only a real sampler can do is refused, never silently ignored.
+        for name, asked in (("response_format", params.grammar is not None),
+                            ("logprobs", params.logprobs is not None),
+                            ("logit_bias", bool(params.logit_bias))):
+            if asked:
+                raise InvalidInput(f"the fake runtime has no {name}", param=name)
         return self._run(text, prompt_tokens, params, cancel, words)
 
     def _run(
