@@ -8,6 +8,7 @@ import logging
 import secrets
 import struct
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import web
@@ -18,6 +19,7 @@ from edged.errors import EdgedError, InternalError
 from edged.http_common import json_response, read_json
 from edged.inference import GenerationStream
 from edged.schemas import GenerateRequest, parse_chat, parse_completion, parse_embeddings
+from edged.tools import CallSplitter, ToolCall, find_calls
 from runtimes import Done, TokenLogprob
 
 logger = logging.getLogger(__name__)
@@ -92,6 +94,7 @@ class _Shape:
         self.created = int(time.time())
         self.model = parsed.model
         self.logprobs = parsed.params.logprobs is not None
+        self.tools = parsed.tools
         self._offset = 0  # characters of text before the next chunk (completion logprobs)
 
     def _logprobs(self, text: str, entries: tuple[TokenLogprob, ...]) -> dict[str, Any] | None:
@@ -119,9 +122,17 @@ class _Shape:
     def whole(self, text: str, done: Done, receipt: SignedReceipt,
               logprobs: tuple[TokenLogprob, ...] = ()) -> dict[str, Any]:
         if self.chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": text},
+            message: dict[str, Any] = {"role": "assistant", "content": text}
+            finish_reason: str = done.finish_reason
+            if self.tools is not None:
+                content, calls = find_calls(text, self.tools)
+                if calls:
+                    message = {"role": "assistant", "content": content,
+                               "tool_calls": [call.to_openai() for call in calls]}
+                    finish_reason = "tool_calls"
+            choice = {"index": 0, "message": message,
                       "logprobs": self._logprobs(text, logprobs),
-                      "finish_reason": done.finish_reason}
+                      "finish_reason": finish_reason}
             body = self._envelope("chat.completion", [choice])
         else:
             choice = {"index": 0, "text": text, "logprobs": self._logprobs(text, logprobs),
@@ -130,12 +141,15 @@ class _Shape:
         return {**body, "usage": _usage(done), "receipt": receipt_ref(receipt)}
 
     def chunk(self, text: str | None, finish_reason: str | None = None,
-              first: bool = False, logprobs: tuple[TokenLogprob, ...] = ()) -> dict[str, Any]:
+              first: bool = False, logprobs: tuple[TokenLogprob, ...] = (),
+              calls: Sequence[ToolCall] = ()) -> dict[str, Any]:
         entries = self._logprobs(text or "", logprobs) if logprobs else None
         if self.chat:
             delta: dict[str, Any] = {"role": "assistant"} if first else {}
             if text is not None:
                 delta["content"] = text
+            if calls:
+                delta["tool_calls"] = [call.to_openai(index) for index, call in enumerate(calls)]
             choice = {"index": 0, "delta": delta, "logprobs": entries,
                       "finish_reason": finish_reason}
             return self._envelope("chat.completion.chunk", [choice])
@@ -169,15 +183,23 @@ async def _generate(request: web.Request, parsed: GenerateRequest) -> web.Stream
     stream = service.stream(parsed)
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                            "Cache-Control": "no-cache"})
+    splitter = CallSplitter(parsed.tools) if parsed.tools is not None else None
+    calls: list[ToolCall] = []
     try:
         async with stream:  # errors before the first token still become plain JSON errors
             await response.prepare(request)
             first = True
             async for delta in stream:
-                await response.write(_sse(shape.chunk(delta.text, first=first,
-                                                      logprobs=delta.logprobs)))
-                first = False
-        await _finish_stream(response, shape, parsed, stream)
+                text = delta.text if splitter is None else splitter.push(delta.text)
+                if text or first:
+                    await response.write(_sse(shape.chunk(text, first=first,
+                                                          logprobs=delta.logprobs)))
+                    first = False
+            if splitter is not None:
+                tail, calls = splitter.finish()
+                if tail or calls:
+                    await response.write(_sse(shape.chunk(tail or None, calls=calls)))
+        await _finish_stream(response, shape, parsed, stream, bool(calls))
     except ConnectionError:
         # The client went away: the stream context cancelled the generation and
         # committed the receipt for what was produced; there is nobody to answer.
@@ -195,11 +217,11 @@ async def _generate(request: web.Request, parsed: GenerateRequest) -> web.Stream
 
 
 async def _finish_stream(response: web.StreamResponse, shape: _Shape, parsed: GenerateRequest,
-                         stream: GenerationStream) -> None:
+                         stream: GenerationStream, called: bool) -> None:
     done, receipt = stream.done, stream.receipt
     if done is None or receipt is None:
         raise InternalError("generation ended without a result")
-    final = shape.chunk(None, done.finish_reason)
+    final = shape.chunk(None, "tool_calls" if called else done.finish_reason)
     if parsed.include_usage:
         await response.write(_sse(final))
         final = {**shape.chunk(None), "choices": [], "usage": _usage(done)}

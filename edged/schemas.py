@@ -12,11 +12,12 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from edged.errors import InvalidRequest, UnsupportedParameter
 from edged.structured import grammar_for, schema_grammar
+from edged.tools import MAX_CALLS, Message, ToolCall, ToolUse, conversation, parse_tools
 from runtimes import ChatMessage, GenerationParams
 
 T = TypeVar("T")
@@ -24,7 +25,7 @@ MAX_STOP_SEQUENCES = 4
 MAX_EMBEDDING_INPUTS = 256
 MAX_LOGIT_BIAS = 300  # OpenAI's limit on logit_bias entries
 MAX_TOP_LOGPROBS = 20
-ROLES = ("system", "user", "assistant", "developer")
+ROLES = ("system", "user", "assistant", "developer", "tool")
 MAX_KEEP_ALIVE = 365 * 24 * 3600.0
 _DURATION = re.compile(r"^(-?\d+(?:\.\d+)?)(ms|s|m|h)?$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -41,6 +42,7 @@ class GenerateRequest:
     stream: bool
     include_usage: bool  # stream_options.include_usage
     keep_alive: float | None
+    tools: ToolUse | None = None  # chat: the tools the model may call, and how
 
     def committed_input(self) -> dict[str, Any]:
         """What the receipt's ``in`` commitment covers (never stored itself): the prompt
@@ -50,6 +52,8 @@ class GenerateRequest:
             else {"messages": [[m.role, m.content] for m in self.prompt]}
         if self.params.grammar is not None:
             committed["grammar"] = self.params.grammar
+        if self.tools is not None:
+            committed["tools"] = self.tools.committed()
         return committed
 
 
@@ -189,10 +193,6 @@ class Fields:
                     f"'{shown}' is not a parameter of {self.endpoint}", param=shown)
 
 
-NOT_YET = "not supported yet"
-_MODEL_OPTION = "not supported per request yet (a model option: PATCH /api/models/{name})"
-
-
 def _unsupported(reason: str, neutral: Callable[[Any], bool] = _never) -> Refused:
     return Refused(f"not supported: {reason}", neutral)
 
@@ -208,7 +208,7 @@ _GENERATION_PARSED = frozenset({
 
 CHAT_FIELDS = Fields(
     "/v1/chat/completions",
-    parsed=_GENERATION_PARSED | {"messages", "top_logprobs"},
+    parsed=_GENERATION_PARSED | {"messages", "top_logprobs", "tools", "tool_choice"},
     ignored={
         "user": _USER_ID,
         "safety_identifier": _USER_ID,
@@ -216,14 +216,13 @@ CHAT_FIELDS = Fields(
                             _is_metadata, "at most 16 string pairs"),
         "service_tier": Ignored("edged has one tier", lambda v: v in ("auto", "default"),
                                 "'auto' or 'default'"),
-        "parallel_tool_calls": Ignored("tools are not supported yet, so there are no "
-                                       "tool calls", _is_bool, "a boolean"),
+        "parallel_tool_calls": Ignored("every call the model makes is returned; required "
+                                       "and named choices make exactly one", _is_bool,
+                                       "a boolean"),
         "prompt_cache_key": Ignored("edged reuses shared prompt prefixes by itself "
                                     "(cache_prompt)", _is_str, "a string"),
     },
     refused={
-        "tools": Refused(NOT_YET, _is_empty_list),
-        "tool_choice": Refused(NOT_YET, lambda v: v == "none"),
         "functions": _unsupported("deprecated by OpenAI in favour of 'tools'", _is_empty_list),
         "function_call": _unsupported("deprecated by OpenAI in favour of 'tool_choice'",
                                       lambda v: v == "none"),
@@ -254,9 +253,9 @@ EMBEDDING_FIELDS = Fields(
     refused={"dimensions": _unsupported("edged returns the model's full vectors")},
 )
 
-MESSAGE_FIELDS = frozenset({"role", "content"})
-"""Chat message keys; any other key with a non-null value (``name``, ``tool_calls``...)
-is refused, naming it as ``messages[i].key``."""
+MESSAGE_FIELDS = frozenset({"role", "content", "tool_calls", "tool_call_id"})
+"""Chat message keys; any other key with a non-null value (``name``, ``audio``...) is
+refused, naming it as ``messages[i].key``."""
 
 
 def _max_tokens(body: dict[str, Any], default: int) -> int:
@@ -363,7 +362,7 @@ def _params(body: dict[str, Any], default_max_tokens: int, *, chat: bool) -> Gen
                             logprobs=_logprobs(body, chat), **_sampling(body))
 
 
-def _message(index: int, raw: Any) -> ChatMessage:
+def _message(index: int, raw: Any) -> Message:
     param = f"messages[{index}]"
     if not isinstance(raw, dict):
         raise InvalidRequest(f"'{param}' must be an object", param=param)
@@ -374,7 +373,13 @@ def _message(index: int, raw: Any) -> ChatMessage:
     role = raw.get("role")
     if role not in ROLES:
         raise InvalidRequest(f"'{param}.role' must be one of {list(ROLES)}", param=param)
+    calls = _tool_calls(raw.get("tool_calls"), f"{param}.tool_calls") \
+        if role == "assistant" else ()
+    if raw.get("tool_calls") is not None and role != "assistant":
+        raise InvalidRequest(f"'{param}.tool_calls' is for assistant messages", param=param)
     content = raw.get("content")
+    if content is None and calls:
+        content = ""
     if isinstance(content, list):  # content parts: only text is supported
         texts = []
         for part in content:
@@ -385,7 +390,31 @@ def _message(index: int, raw: Any) -> ChatMessage:
         content = "".join(texts)
     if not isinstance(content, str):
         raise InvalidRequest(f"'{param}.content' must be a string", param=param)
-    return ChatMessage("system" if role == "developer" else role, _text(content, param))
+    call_id = raw.get("tool_call_id")
+    if (role == "tool") != isinstance(call_id, str):
+        raise InvalidRequest(f"'{param}.tool_call_id' is required on tool messages, and only "
+                             f"there", param=param)
+    return Message("system" if role == "developer" else role, _text(content, param), calls,
+                   call_id)
+
+
+def _tool_calls(raw: Any, param: str) -> tuple[ToolCall, ...]:
+    """An assistant message's earlier calls: ``[{"id", "type": "function", "function":
+    {"name", "arguments"}}]``."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not 0 < len(raw) <= MAX_CALLS:
+        raise InvalidRequest(f"'{param}' must be a list of 1-{MAX_CALLS} calls", param=param)
+    calls = []
+    for call in raw:
+        function = call.get("function") if isinstance(call, dict) else None
+        if not (isinstance(function, dict) and isinstance(call.get("id"), str)
+                and isinstance(function.get("name"), str)
+                and isinstance(function.get("arguments"), str)):
+            raise InvalidRequest(f"'{param}' items need an id and a function with a name "
+                                 f"and arguments (a JSON string)", param=param)
+        calls.append(ToolCall(call["id"], function["name"], function["arguments"]))
+    return tuple(calls)
 
 
 def _common(body: Any, fields: Fields) -> tuple[str, float | None]:
@@ -419,9 +448,21 @@ def parse_chat(body: Any, *, default_max_tokens: int) -> GenerateRequest:
     stream, include_usage = _streaming(body)
     raw_messages = _get(body, "messages", lambda v: isinstance(v, list) and len(v) > 0,
                         "a non-empty list of messages", required=True)
-    messages = tuple(_message(i, m) for i, m in enumerate(raw_messages))
-    return GenerateRequest("chat", model, messages, _params(body, default_max_tokens, chat=True),
-                           stream, include_usage, keep_alive)
+    use = parse_tools(body)
+    messages = conversation([_message(i, m) for i, m in enumerate(raw_messages)], use)
+    params = _params(body, default_max_tokens, chat=True)
+    if use is not None:
+        if params.logprobs is not None:
+            raise UnsupportedParameter("'logprobs' cannot be combined with tools yet",
+                                       param="logprobs")
+        grammar = use.grammar()
+        if grammar is not None:
+            if params.grammar is not None:
+                raise InvalidRequest("a required tool call and a response format exclude "
+                                     "each other", param="tool_choice")
+            params = replace(params, grammar=grammar)
+    return GenerateRequest("chat", model, messages, params, stream, include_usage, keep_alive,
+                           use)
 
 
 def parse_completion(body: Any, *, default_max_tokens: int) -> GenerateRequest:

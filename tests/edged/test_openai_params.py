@@ -90,9 +90,6 @@ def receipt_of(result: Any) -> str:
 
 # What the hostile client sent, each with a value that asks for real work.
 REFUSED = [
-    ("chat", "tools", [TOOL]),
-    ("chat", "tool_choice", "auto"),
-    ("chat", "tool_choice", {"type": "function", "function": {"name": "get_time"}}),
     ("chat", "functions", [TOOL["function"]]),
     ("chat", "function_call", "auto"),
     ("chat", "store", True),
@@ -128,6 +125,9 @@ MALFORMED = [
     ("chat", "service_tier", "priority", "invalid_request"),
     ("chat", "parallel_tool_calls", "yes", "invalid_request"),
     ("chat", "presence_penalty", "high", "invalid_request"),
+    ("chat", "tool_choice", "auto", "invalid_request"),  # no tools given
+    ("chat", "tool_choice", {"type": "function", "function": {"name": "get_time"}},
+     "invalid_request"),
     ("chat", "presence_penalty", 99, "invalid_request"),
     ("chat", "frequency_penalty", -2.5, "invalid_request"),
     ("chat", "logprobs", "yes", "invalid_request"),
