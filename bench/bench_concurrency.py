@@ -299,8 +299,8 @@ class Edged:
             args = [sys.executable, "-m", "edged", "--url", f"http://127.0.0.1:"
                     f"{self.daemon.port}", "models", "add", str(config.model_path),
                     "--name", MODEL_NAME, "--context-length", str(config.context)]
-            if config.chat_format is not None:
-                args += ["--chat-format", config.chat_format]
+            # The bench sends completions only: a GGUF without a template is registered so.
+            args += ["--chat-format", config.chat_format or "none"]
             added = subprocess.run(args, capture_output=True, text=True, check=False,
                                    env=self.daemon.environment(), cwd=harness.ROOT)
             if added.returncode != 0:

@@ -54,6 +54,25 @@ def serve(ctx: click.Context, host: str | None, port: int | None, api_keys: tupl
     run(create_app(settings), settings.host, settings.port)
 
 
+_ROLE_ORDER = {"owner": 0, "operator": 1, "data": 2}
+
+
+def _receipt_summary(ref: dict[str, Any], receipt: dict[str, Any] | None) -> str:
+    """One line for the terminal: id, seq, fee and each payee's share (full in
+    ``edged receipts show``). Long payee ids (node keys, addresses) are shortened."""
+    line = f"receipt {ref['id']} · seq {ref['seq']}"
+    if receipt is None:
+        return line
+    payees = sorted(receipt["payees"], key=lambda p: (_ROLE_ORDER.get(p[1], 3), -p[2], p[0]))
+    shares = []
+    for pid, role, ppm in payees:
+        label = pid if len(pid) <= 24 else pid[:16] + "…"
+        # The default operator id is "node:<key>": its prefix already says what it is.
+        label = label if label.startswith("node:") else f"{role}:{label}"
+        shares.append(f"{label} {ppm / 10_000:.1f}%")
+    return " · ".join([line, f"fee {receipt['fee']}", *shares])
+
+
 @main.command()
 @click.argument("model")
 @click.argument("prompt")
@@ -64,7 +83,8 @@ def serve(ctx: click.Context, host: str | None, port: int | None, api_keys: tupl
 @click.pass_context
 def run(ctx: click.Context, model: str, prompt: str, max_tokens: int | None,
         temperature: float | None, seed: int | None, raw: bool) -> None:
-    """Stream MODEL's answer to PROMPT, then print the receipt id."""
+    """Stream MODEL's answer to PROMPT, then print its receipt on stderr: id, fee and
+    each payee's share."""
     body: dict[str, Any] = {"model": model, "max_tokens": max_tokens,
                             "temperature": temperature, "seed": seed}
     if raw:
@@ -72,7 +92,7 @@ def run(ctx: click.Context, model: str, prompt: str, max_tokens: int | None,
     else:
         path, body["messages"] = "/v1/chat/completions", [{"role": "user", "content": prompt}]
     body = {key: value for key, value in body.items() if value is not None}
-    receipt = None
+    ref = None
     try:
         with daemon_client(ctx) as client:
             for event in client.stream_completion(path, body):
@@ -80,12 +100,16 @@ def run(ctx: click.Context, model: str, prompt: str, max_tokens: int | None,
                     text = choice.get("delta", {}).get("content") if not raw else choice["text"]
                     if text:
                         click.echo(text, nl=False)
-                receipt = event.get("receipt", receipt)
+                ref = event.get("receipt", ref)
+            click.echo()
+            if ref:
+                try:
+                    receipt = client.request("GET", f"/v1/receipts/{ref['id']}")
+                except DaemonError:  # the answer stands; its id is enough to look it up
+                    receipt = None
+                click.echo(_receipt_summary(ref, receipt), err=True)
     except DaemonError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo()
-    if receipt:
-        click.echo(f"receipt {receipt['id']} (seq {receipt['seq']})", err=True)
 
 
 @main.group()
@@ -113,7 +137,8 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--owner", help="payee id of the model owner")
 @click.option("--price", "prices", multiple=True, metavar="KEY=N",
               help="base units: request=N, input_per_1k=N, output_per_1k=N (repeatable)")
-@click.option("--chat-format", type=click.Choice(["gemma", "chatml"]))
+@click.option("--chat-format", type=click.Choice(["gemma", "chatml", "none"]),
+              help="needed when the GGUF has no chat template; none: completions only")
 @click.option("--context-length", type=int)
 @click.option("--runtime", default="llama.cpp", show_default=True)
 @click.option("--datanet", "datanets", multiple=True, help="datanet to attribute to (repeatable)")

@@ -38,7 +38,9 @@ DIGEST_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 RUNTIMES = ("llama.cpp", "onnx", "fake")  # every runtime a manifest may name
 SERVING_RUNTIMES = ("llama.cpp", "onnx")  # what a daemon serves unless told otherwise (fake: tests)
 MAX_PRICE = 2**40  # base units; keeps every fee far inside the receipt's 64-bit integers
-CHAT_FORMATS = ("gemma", "chatml")
+# Built-in chat formats, and "none": a model that serves completions only. A llama.cpp
+# model without one uses the chat template in its GGUF (refused at registration if none).
+CHAT_FORMATS = ("gemma", "chatml", "none")
 UNMATCHED_DATA_TO = ("owner", "operator")
 BLOB_WRITE_BATCH = 4 << 20  # bytes of an upload gathered before one write off the loop
 
@@ -510,10 +512,14 @@ class ModelStore:
             manifest = replace(manifest, **onnx_metadata(blob))
         if manifest.runtime == "llama.cpp":
             try:
-                check_gguf(blob)
+                summary = check_gguf(blob)
             except GGUFError as exc:
                 raise InvalidRequest(f"the llama.cpp runtime needs a well-formed GGUF file: "
                                      f"{exc}", param="weights") from None
+            if manifest.chat_format is None and not summary.values.get("tokenizer.chat_template"):
+                raise InvalidRequest("this GGUF has no chat template: give a chat_format "
+                                     "(gemma, chatml), or none for a model that serves "
+                                     "completions only", param="chat_format")
         path = self._manifest_path(manifest.name)
         if path.exists() and not replace_existing:
             raise Conflict(f"a model named {manifest.name!r} exists already", param="name")

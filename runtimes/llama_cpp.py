@@ -82,6 +82,7 @@ OTHER_OPTIONS = frozenset({"repack", "embedding_batch", "parallel", "n_gpu_layer
 # Context options the batched engine passes to llama.cpp as they are.
 _ENGINE_CONTEXT_OPTIONS = ("n_ubatch", "type_k", "type_v")
 DEFAULT_BATCH_TOKENS = 512  # tokens per decode step of the batched engine
+COMPLETIONS_ONLY = "none"  # the chat format of a model that serves no chat
 _SMALLEST_CONTEXT = 256  # llama.cpp pads any context to this
 _KV_CACHE_BYTES_PER_VALUE = 2  # llama.cpp's default K/V cache type is f16
 
@@ -208,6 +209,9 @@ class LlamaCppBackend(Backend):
         return tokens
 
     def _format_chat(self, llm: Llama, messages: Sequence[ChatMessage]) -> FormattedChat:
+        if self.spec.chat_format == COMPLETIONS_ONLY:
+            raise UnsupportedOperation(f"model {self.spec.name!r} serves completions only "
+                                       f"(chat format {COMPLETIONS_ONLY!r})")
         if self.spec.chat_format is not None:
             return format_chat(messages, self.spec.chat_format)
         if self._template is None:

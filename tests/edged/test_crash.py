@@ -55,7 +55,7 @@ def test_sigkill_under_load_keeps_every_acknowledged_receipt(tmp_path: Path,
                                                              tiny_model_file: Path) -> None:
     node = Daemon(tmp_path / "data").start()
     node.cli("models", "add", str(tiny_model_file), "--name", "tiny",
-             "--context-length", str(TINY_CONTEXT))
+             "--context-length", str(TINY_CONTEXT), "--chat-format", "none")
     acknowledged: set[str] = set()
     rng = random.Random(1234)
     try:

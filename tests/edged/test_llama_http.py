@@ -42,7 +42,7 @@ async def test_chat_without_a_template_or_on_onnx_is_a_clear_400(
         aiohttp_client: AppClientFactory, tmp_path: Path, tiny_model_file: Path) -> None:
     data_dir = tmp_path / "data"
     settings = make_settings(data_dir)
-    install_tiny_llama(data_dir, tiny_model_file)  # no chat format, no template in the GGUF
+    install_tiny_llama(data_dir, tiny_model_file)  # chat format none: completions only
     install_onnx_model(settings, tmp_path)
     client = await aiohttp_client(create_app(settings))
     for model in ("tiny", "tiny-clf"):

@@ -10,6 +10,7 @@ import pytest
 
 from edged.errors import Conflict, InvalidRequest, ModelNotFound
 from edged.models import Manifest, ModelStore, Price, validate_digest, validate_name
+from tests.support.tiny_gguf import write_tiny_llama_gguf
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +27,7 @@ def _upload(store: ModelStore, data: bytes) -> str:
 
 def _manifest(name: str, digest: str, **overrides: object) -> Manifest:
     fields: dict[str, object] = {"name": name, "runtime": "llama.cpp", "weights": digest,
-                                 "size": 0, "owner": "alice"}
+                                 "size": 0, "owner": "alice", "chat_format": "none"}
     return Manifest(**{**fields, **overrides})  # type: ignore[arg-type]
 
 
@@ -127,6 +128,19 @@ def test_manifest_digest_changes_with_content(tmp_path: Path) -> None:
     digest = "a" * 64
     assert _manifest("m", digest).digest() != _manifest("m", digest, owner="bob").digest()
     assert _manifest("m", digest).digest() == _manifest("m", digest).digest()
+
+
+def test_a_gguf_needs_a_chat_template_or_format(tmp_path: Path, gguf_bytes: bytes) -> None:
+    store = ModelStore(tmp_path)
+    digest = _upload(store, gguf_bytes)  # the tiny GGUF has no chat template
+    with pytest.raises(InvalidRequest) as refused:
+        store.add(_manifest("plain", digest, chat_format=None))
+    assert refused.value.param == "chat_format" and "chat template" in str(refused.value)
+    assert store.add(_manifest("chatty", digest, chat_format="chatml")).chat_format == "chatml"
+    templated = write_tiny_llama_gguf(tmp_path / "templated.gguf",
+                                      chat_template="{{ messages[0]['content'] }}")
+    with_template = _upload(store, templated.read_bytes())
+    assert store.add(_manifest("own", with_template, chat_format=None)).chat_format is None
 
 
 def test_llama_options_are_validated_and_kept(tmp_path: Path, gguf_bytes: bytes) -> None:

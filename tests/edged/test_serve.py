@@ -97,6 +97,12 @@ def test_cli_models_run_receipts_keys_config(daemon: Daemon) -> None:
     receipt = json.loads(daemon.cli("receipts", "show", receipt_id).stdout)
     assert receipt["id"] == receipt_id and receipt["kind"] == "chat"
     assert receipt["fee"] == 10 + receipt["usage"]["out"]  # 1000 per 1k output tokens
+    # stderr's one receipt line: id, seq, fee, then each payee's share, owner first.
+    node_key = json.loads(daemon.cli("keys", "show").stdout)["public_key"]
+    line = next(line for line in run.stderr.splitlines() if line.startswith("receipt "))
+    assert line.split(" · ") == [
+        f"receipt {receipt_id}", f"seq {receipt['seq']}", f"fee {receipt['fee']}",
+        "owner:tiny-lab 90.0%", f"node:{node_key[:11]}… 10.0%"]
 
     # The model is loaded now: `edged ps` shows where it runs and its slots.
     ps = daemon.cli("ps").stdout.splitlines()
@@ -136,7 +142,12 @@ def test_cli_models_run_receipts_keys_config(daemon: Daemon) -> None:
 
 
 def test_cli_models_add_and_rm(daemon: Daemon, tiny_model_file: Path) -> None:
-    daemon.cli("models", "add", str(tiny_model_file), "--name", "tiny-copy")
+    # A GGUF without a chat template needs a chat format (or none: completions only).
+    refused = daemon.cli("models", "add", str(tiny_model_file), "--name", "tiny-copy",
+                         check=False)
+    assert refused.returncode != 0 and "chat template" in refused.stderr
+    daemon.cli("models", "add", str(tiny_model_file), "--name", "tiny-copy",
+               "--chat-format", "none")
     assert "tiny-copy" in daemon.cli("models", "list").stdout
     daemon.cli("models", "rm", "tiny-copy")
     assert "tiny-copy" not in daemon.cli("models", "list").stdout

@@ -10,7 +10,7 @@ from tests.support.daemon import Daemon
 
 def add_tiny_model(node: Daemon, model_file: str, context_length: int) -> None:
     node.cli("models", "add", model_file, "--name", "tiny", "--context-length",
-             str(context_length))
+             str(context_length), "--chat-format", "none")
 
 
 def trust_each_other(nodes: list[Daemon]) -> None:

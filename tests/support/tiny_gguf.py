@@ -157,6 +157,8 @@ def install_tiny_llama(data_dir: Path, model_file: Path, name: str = "tiny",
     if not store.has_blob(digest):
         with store.blob_writer(digest) as handle:
             handle.write(data)
-    fields: dict[str, Any] = {"owner": "tiny-lab", "context_length": 256, **manifest_fields}
+    # The tiny GGUF has no chat template: completions only unless a format is given.
+    fields: dict[str, Any] = {"owner": "tiny-lab", "context_length": 256, "chat_format": "none",
+                              **manifest_fields}
     return store.add(Manifest(name=name, runtime="llama.cpp", weights=digest, size=len(data),
                               **fields))

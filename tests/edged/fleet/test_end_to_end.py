@@ -59,7 +59,8 @@ def fleet_and_nodes(tmp_path: Path, operator_key_file: Path,
         for node in nodes:
             node.start()
             node.cli("models", "add", str(tiny_model_file), "--name", "tiny",
-                     "--context-length", str(TINY_CONTEXT), "--owner", OWNER,
+                     "--context-length", str(TINY_CONTEXT), "--chat-format", "none",
+                     "--owner", OWNER,
                      "--price", "request=1000", "--price", "output_per_1k=333")
         yield fleet, nodes
     finally:
