@@ -8,8 +8,11 @@ top-k, top-p, min-p, temperature and a seeded draw. Without a grammar one native
 
 A grammar (GBNF) is checked the way llama.cpp's common sampler does it: the chain picks a
 token first and the grammar only checks that one token; only when it is rejected are
-all candidates filtered by the grammar and the chain applied again. Filtering the whole
-vocabulary (262,144 tokens for Gemma 3) on every step would cost more than the decode.
+the candidates filtered by the grammar and the chain applied again. Filtering the whole
+vocabulary (262,144 tokens for Gemma 3) costs more than the decode, so the filter first
+runs on the :data:`GRAMMAR_CANDIDATES` most likely tokens, and on the whole vocabulary
+only when none of those is allowed (or a logit bias may lift a token from further down).
+For greedy decoding that picks the same token whenever an allowed one is among them.
 
 Log-probabilities are those of the model's distribution (a log-softmax of the raw
 logits, before bias, penalties, temperature or grammar), as OpenAI's are of the model's.
@@ -29,6 +32,7 @@ import numpy as np
 from runtimes.base import GenerationParams, InvalidInput, TokenLogprob
 
 MAX_TOP_LOGPROBS = 20
+GRAMMAR_CANDIDATES = 256  # likeliest tokens the grammar filters first on a rejection
 _TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
 
 
@@ -56,6 +60,7 @@ class SequenceSampler:
             raise InvalidInput(f"top_logprobs must be within 0..{MAX_TOP_LOGPROBS}",
                                param="top_logprobs")
         self._grammar: Any = None
+        self._narrow: Any = None
         self._candidates: np.ndarray | None = None
         if params.grammar is not None:
             self._grammar = llama_cpp.llama_sampler_init_grammar(
@@ -63,6 +68,8 @@ class SequenceSampler:
             if not self._grammar:
                 raise InvalidInput("the grammar could not be parsed", param="response_format")
             self._candidates = np.empty(self._n_vocab, dtype=_TOKEN_DATA)
+            if not params.logit_bias:
+                self._narrow = llama_cpp.llama_sampler_init_top_k(GRAMMAR_CANDIDATES)
         try:
             self._chain = self._new_chain(params, defaults)
         except BaseException:
@@ -84,7 +91,7 @@ class SequenceSampler:
 
     def close(self) -> None:
         """Free the native samplers. Idempotent."""
-        for attribute in ("_chain", "_grammar"):
+        for attribute in ("_chain", "_grammar", "_narrow"):
             sampler = getattr(self, attribute, None)
             if sampler:
                 self._llama_cpp.llama_sampler_free(sampler)
@@ -138,13 +145,21 @@ class SequenceSampler:
             single.ctypes.data_as(llama_cpp.llama_token_data_p), 1, -1, False)
         llama_cpp.llama_sampler_apply(self._grammar, ctypes.byref(single_array))
         if not math.isfinite(float(single["logit"][0])):  # rejected: filter, pick again
-            token = self._apply(self._chain, logits, first=self._grammar)
+            token = -1
+            if self._narrow is not None:
+                token = self._apply(self._chain, logits, self._narrow, self._grammar)
+            if token < 0:
+                token = self._apply(self._chain, logits, self._grammar)
+            if token < 0:
+                raise InvalidInput("no token can continue the output under the grammar",
+                                   param="response_format")
         llama_cpp.llama_sampler_accept(self._grammar, token)
         llama_cpp.llama_sampler_accept(self._chain, token)
         return token
 
-    def _apply(self, chain: Any, logits: np.ndarray, first: Any = None) -> int:
-        """Run ``first`` (the grammar) and then ``chain`` over all candidates; the pick."""
+    def _apply(self, chain: Any, logits: np.ndarray, *first: Any) -> int:
+        """Run the ``first`` samplers (a narrowing, the grammar), then ``chain``, over all
+        candidates: the pick, or -1 when the first ones left no allowed token."""
         llama_cpp, candidates = self._llama_cpp, self._candidates
         assert candidates is not None
         candidates["id"] = np.arange(self._n_vocab, dtype=np.int32)
@@ -152,13 +167,16 @@ class SequenceSampler:
         candidates["p"] = 0.0
         array = llama_cpp.llama_token_data_array(
             candidates.ctypes.data_as(llama_cpp.llama_token_data_p), self._n_vocab, -1, False)
-        if first is not None:
-            llama_cpp.llama_sampler_apply(first, ctypes.byref(array))
+        for sampler in first:
+            llama_cpp.llama_sampler_apply(sampler, ctypes.byref(array))
+        # The narrowing sorts; the grammar then sets rejected logits to -inf in place, so
+        # the order no longer holds (greedy would take a rejected first entry).
+        array.sorted = False
+        kept = np.ctypeslib.as_array(array.data, shape=(array.size,))
+        if not np.isfinite(kept["logit"]).any():
+            return -1
         llama_cpp.llama_sampler_apply(chain, ctypes.byref(array))
-        if array.selected < 0:
-            raise InvalidInput("no token can continue the output under the grammar",
-                               param="response_format")
-        return int(array.data[array.selected].id)
+        return int(array.data[array.selected].id) if array.selected >= 0 else -1
 
     def _logits(self, ctx: Any, index: int) -> np.ndarray:
         pointer = self._llama_cpp.llama_get_logits_ith(ctx, index)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
+from pydantic import BaseModel, Field
 
 from tests.support.daemon import Daemon
 
@@ -86,3 +89,42 @@ def test_first_request_on_the_demo_model_shows_data_attribution(gemma_daemon: Da
     spans = evidence["evidence"]["spans"]
     holders = {holder for span in spans for holder in span["by_contributor"]}
     assert spans and set(data) <= holders <= DEMO_CONTRIBUTORS
+
+
+class City(BaseModel):
+    name: str = Field(max_length=40)
+    population: int
+    coastal: bool
+
+
+WEATHER_TOOL = {"type": "function", "function": {
+    "name": "get_weather", "description": "Current weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 40}},
+                   "required": ["city"], "additionalProperties": False}}}
+
+
+def test_gemma_structured_output_tools_and_logprobs(gemma_daemon: Daemon) -> None:
+    """The OpenAI surface on the real model: a schema always parses, a required call is
+    always valid, and logprobs come one per token (assert shapes, not words)."""
+    client = openai.OpenAI(base_url=gemma_daemon.url + "/v1", api_key="x", max_retries=0,
+                           timeout=120)
+    messages: list[Any] = [{"role": "user", "content": "Describe Lisbon as JSON."}]
+    parsed = client.chat.completions.parse(model=GEMMA, messages=messages, response_format=City,
+                                           max_tokens=120, temperature=0)
+    city = parsed.choices[0].message.parsed
+    assert isinstance(city, City) and parsed.choices[0].finish_reason == "stop"
+
+    called = client.chat.completions.create(
+        model=GEMMA, messages=[{"role": "user", "content": "Weather in Oslo?"}],
+        tools=[WEATHER_TOOL], tool_choice="required", max_tokens=60)  # type: ignore[list-item]
+    (call,) = called.choices[0].message.tool_calls or []
+    assert call.function.name == "get_weather"  # type: ignore[union-attr]
+    assert set(json.loads(call.function.arguments)) == {"city"}  # type: ignore[union-attr]
+    assert called.choices[0].finish_reason == "tool_calls"
+
+    scored = client.completions.create(model=GEMMA, prompt="The capital of France is",
+                                       max_tokens=5, temperature=0, logprobs=3)
+    logprobs = scored.choices[0].logprobs
+    assert logprobs is not None and len(logprobs.tokens or []) == 5
+    assert all(value <= 0 for value in logprobs.token_logprobs or [])
+    assert all(len(top) == 3 for top in logprobs.top_logprobs or [])
