@@ -47,6 +47,13 @@ from edged.http_common import error_middleware, server_handler_args
 from edged.inference import InferenceService, unix_millis
 from edged.keys import load_or_create_keys
 from edged.ledger import Ledger
+from edged.metrics import (
+    HTTP_METRICS,
+    METRICS,
+    NodeMetrics,
+    add_metrics_route,
+    http_metrics_middleware,
+)
 from edged.models import SERVING_RUNTIMES, ModelStore
 from edged.peers import PeerStore
 from edged.predict import PredictService
@@ -76,13 +83,16 @@ def create_app(settings: Settings, *, loader: Loader = load_backend,
     ``runtimes`` are those models may use; tests add the fake runtime with its loader."""
     settings.validate()
     app = web.Application(
-        middlewares=[error_middleware, security_middleware(settings)],
+        middlewares=[http_metrics_middleware, error_middleware,
+                     security_middleware(settings)],
         client_max_size=settings.max_body_bytes,
         handler_args=server_handler_args(),
     )
     app[SETTINGS] = settings
     app[READY] = asyncio.Event()
     app[STARTUP_FAILURES] = []
+    app[METRICS] = NodeMetrics(app)
+    app[HTTP_METRICS] = app[METRICS].http
     app.on_response_prepare.append(add_cors_headers)
     add_openai_routes(app)
     add_node_routes(app)
@@ -92,6 +102,7 @@ def create_app(settings: Settings, *, loader: Loader = load_backend,
     add_exchange_routes(app)
     add_audit_routes(app)
     add_v2_routes(app)
+    add_metrics_route(app)
 
     # One context per resource, opened in this order and closed in the reverse order;
     # each releases what it opened if a later step of its own start-up fails.
@@ -115,7 +126,8 @@ async def _node_keys(app: web.Application) -> AsyncIterator[None]:
 
 async def _ledger(app: web.Application) -> AsyncIterator[None]:
     ledger = await asyncio.to_thread(Ledger, app[SETTINGS].ledger_path,
-                                     app[NODE_KEYS].signing_key)
+                                     app[NODE_KEYS].signing_key,
+                                     on_commit=app[METRICS].ledger_committed)
     app[LEDGER] = ledger
     try:
         yield
@@ -139,7 +151,8 @@ async def _models(app: web.Application, *, runtimes: tuple[str, ...], loader: Lo
                               max_loaded_models=settings.max_loaded_models,
                               default_keep_alive=settings.keep_alive,
                               max_queue=settings.max_queue, loader=loader,
-                              clock=time.time)  # expires_at is shown to users: unix time
+                              clock=time.time,  # expires_at is shown to users: unix time
+                              token_timers=app[METRICS].generation_timer)
         await scheduler.start()
         try:
             app[SCHEDULER] = scheduler

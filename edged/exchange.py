@@ -114,6 +114,9 @@ class PeerState:
     last_ok: float | None = None
     last_error: str | None = None
     received: int = 0
+    key: bytes | None = None  # the peer's key, once it proved it (hello)
+    exchanges: int = 0  # exchanges attempted, for metrics (``failures`` resets on success)
+    failed_exchanges: int = 0
 
 
 @dataclass
@@ -264,7 +267,7 @@ class ExchangeService:
         """Pull everything newer from one peer; returns receipts received (also counted
         in the peer's state batch by batch, so progress survives a deadline)."""
         progress = self.states.setdefault(url, PeerState(url))
-        peer = await self._peer_key(client, url)
+        peer = progress.key = await self._peer_key(client, url)
         path = "/v1/sync/heads"
         heads = _parse_heads(await self._bounded_get(client, url, path, peer, MAX_HEADS_BYTES))
         received = 0
@@ -290,7 +293,7 @@ class ExchangeService:
         node's log and the trusted origins relayed here); returns receipts it stored (also
         counted in the fleet's state batch by batch)."""
         progress = self.states.setdefault(url, PeerState(url))
-        fleet = await self._peer_key(client, url)
+        fleet = progress.key = await self._peer_key(client, url)
         held = dict(_parse_heads(await self._bounded_get(client, url, "/v1/sync/heads", fleet,
                                                          MAX_HEADS_BYTES)))
         ours = [(self.origin, self.ledger.count())] + [
@@ -393,6 +396,7 @@ class ExchangeService:
         """Run ``action`` with one peer within the deadline and record the outcome in its
         state; returns the outcome in words. Never raises (but for cancellation)."""
         async with slots:
+            state.exchanges += 1
             received_before = state.received
             deadline = asyncio.timeout(self.peer_deadline_s)
             try:
@@ -418,6 +422,7 @@ class ExchangeService:
         """Record a failed exchange and back off from that peer; returns it in words."""
         logger.info("sync with %s failed: %s", state.url, error)
         state.failures += 1
+        state.failed_exchanges += 1
         state.last_error = error
         delay = min(MAX_BACKOFF_S, self.settings.sync_interval * 2 ** state.failures)
         state.next_attempt = time.monotonic() + delay

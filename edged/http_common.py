@@ -22,6 +22,8 @@ from edged.errors import (
 
 logger = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# The "model" a JSON body names, unchecked (edged.metrics labels it only if registered).
+REQUESTED_MODEL = web.RequestKey("requested_model", str)
 
 
 async def read_json(request: web.Request) -> Any:
@@ -33,9 +35,12 @@ async def read_json(request: web.Request) -> Any:
     if not raw:
         return {}
     try:
-        return bounded_json.loads(raw)
+        body = bounded_json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise InvalidJSON("the request body is not valid JSON") from None
+    if isinstance(body, dict) and isinstance(body.get("model"), str):
+        request[REQUESTED_MODEL] = body["model"]
+    return body
 
 
 async def read_body(request: web.Request, limit: int, message: str) -> bytes:

@@ -27,7 +27,8 @@ import os
 import queue
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -111,11 +112,13 @@ class Ledger:
     """The node's receipt store. Usable as a (sync) context manager."""
 
     def __init__(self, path: Path | str, signing_key: SigningKey, *,
-                 max_batch: int = DEFAULT_MAX_BATCH) -> None:
+                 max_batch: int = DEFAULT_MAX_BATCH,
+                 on_commit: Callable[[list[ReceiptDraft], float], None] | None = None) -> None:
         """Open (creating if needed) the ledger at ``path`` for the node ``signing_key``.
 
         ``max_batch`` bounds how many receipts share one transaction; 1 turns
-        group commit off (one transaction and fsync per receipt).
+        group commit off (one transaction and fsync per receipt). ``on_commit`` is told,
+        on the writer thread, the drafts each transaction committed and its seconds.
         Raises :class:`ForeignLedgerError` if the ledger was written by another key.
         """
         if max_batch < 1:
@@ -124,6 +127,7 @@ class Ledger:
         self._key = signing_key
         self._node = bytes(signing_key.verify_key)
         self._max_batch = max_batch
+        self._on_commit = on_commit
         self._create_schema()
         self._writer_conn = self._connect()
         try:
@@ -244,6 +248,7 @@ class Ledger:
     def _commit_batch(self, batch: list[_Pending]) -> None:
         conn = self._writer_conn
         outcomes: list[_Outcome] = []
+        started = time.perf_counter()
         try:
             # IMMEDIATE takes the write lock before the head is read.
             conn.execute("BEGIN IMMEDIATE")
@@ -277,7 +282,20 @@ class Ledger:
             except sqlite3.Error as rollback_exc:
                 logger.error("ledger rollback failed: %s", rollback_exc)
             outcomes = [_failure(exc) for _ in batch]
+        else:
+            self._report_commit(batch, outcomes, time.perf_counter() - started)
         self._settle(batch, outcomes)
+
+    def _report_commit(self, batch: list[_Pending], outcomes: list[_Outcome],
+                       seconds: float) -> None:
+        if self._on_commit is None:
+            return
+        committed = [pending.draft for pending, outcome in zip(batch, outcomes, strict=True)
+                     if not isinstance(outcome, BaseException)]
+        try:
+            self._on_commit(committed, seconds)
+        except Exception:  # metrics must never fail a committed batch
+            logger.exception("the ledger's on_commit hook failed")
 
     def _settle(self, batch: list[_Pending], outcomes: list[_Outcome]) -> None:
         # One wake-up per event loop per batch, not one per receipt.

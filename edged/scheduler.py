@@ -32,7 +32,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, cast
+from typing import Any, Protocol, TypeVar, cast
 
 import runtimes
 from edged.background import wait_through_cancellation
@@ -74,6 +74,12 @@ class LoadedModel:
     slots: int = 1  # leases served at once (the backend's max_concurrency)
 
 
+class TokenTimer(Protocol):
+    """Told of each batch of tokens one generation hands to the loop (edged.metrics)."""
+
+    def tokens(self, count: int) -> None: ...
+
+
 class _Abandoned(NotReady):
     """Every request for a model still waiting to load went away."""
 
@@ -110,9 +116,11 @@ class Scheduler:
     def __init__(self, resolve: Callable[[str], LoadPlan], *, max_loaded_models: int = 2,
                  default_keep_alive: float = 300.0, max_queue: int = 16,
                  loader: Callable[[str, ModelSpec], Backend] = runtimes.load_backend,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 token_timers: Callable[[str], TokenTimer] | None = None) -> None:
         """``resolve`` maps a model name to a plan and raises ``ModelNotFound``; it runs
-        on the event loop when a load starts, so it must be quick."""
+        on the event loop when a load starts, so it must be quick. ``token_timers`` makes
+        a timer per generation, by model name."""
         if max_loaded_models < 1 or max_queue < 0:
             raise ValueError("max_loaded_models must be >= 1 and max_queue >= 0")
         self._resolve = resolve
@@ -126,6 +134,7 @@ class Scheduler:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._change = asyncio.Event()  # set and replaced on every notable change
         self._closed = False
+        self._token_timers = token_timers
 
     async def start(self) -> None:
         """Start the scheduler. There is no background task (expiry uses one timer
@@ -178,7 +187,7 @@ class Scheduler:
                     await self._acquire_slot(m)
             finally:
                 m.queued -= 1
-            lease = Lease(m, self._clock(), side=not slot)
+            lease = Lease(m, self._clock(), side=not slot, token_timers=self._token_timers)
             m.leases.add(lease)
             yield lease
         finally:
@@ -456,7 +465,8 @@ class Lease:
     thread it started to return before the slot is freed.
     """
 
-    def __init__(self, m: _Model, started: float, *, side: bool = False) -> None:
+    def __init__(self, m: _Model, started: float, *, side: bool = False,
+                 token_timers: Callable[[str], TokenTimer] | None = None) -> None:
         executor = m.side_executor if side else m.executor
         assert m.backend is not None and executor is not None
         self.model = m.name
@@ -467,6 +477,7 @@ class Lease:
         self._threads: set[asyncio.Future[Any]] = set()
         self._streams: list[TokenStream] = []
         self._ended = False
+        self._token_timers = token_timers
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run blocking ``fn(*args)`` on the model's executor. If the caller is
@@ -485,7 +496,8 @@ class Lease:
         ``__anext__``."""
         if self._ended:
             raise RuntimeError("this lease has ended")
-        stream = TokenStream(self.backend, self._executor, prompt, params)
+        timer = self._token_timers(self.model) if self._token_timers else None
+        stream = TokenStream(self.backend, self._executor, prompt, params, timer)
         self._streams.append(stream)
         return stream
 
@@ -515,7 +527,7 @@ class TokenStream:
     ``cancel`` makes the backend finish early with ``Done("cancelled")``."""
 
     def __init__(self, backend: Backend, executor: ThreadPoolExecutor, prompt: Prompt,
-                 params: GenerationParams) -> None:
+                 params: GenerationParams, timer: TokenTimer | None = None) -> None:
         self.cancel = threading.Event()  # handed to the backend
         self._gone = threading.Event()  # the consumer left: stop pulling events
         self._backend = backend
@@ -525,6 +537,7 @@ class TokenStream:
         self._queue: asyncio.Queue[object] = asyncio.Queue()
         self._thread: asyncio.Future[None] | None = None
         self._finished = False
+        self._timer = timer
 
     def __aiter__(self) -> TokenStream:
         return self
@@ -542,6 +555,8 @@ class TokenStream:
         if isinstance(item, BaseException):
             self._finished = True
             raise item
+        if self._timer is not None and isinstance(item, Delta) and item.tokens:
+            self._timer.tokens(item.tokens)
         return cast("Delta | Done", item)
 
     async def aclose(self) -> None:

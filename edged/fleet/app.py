@@ -33,12 +33,14 @@ from edged.exchange import SyncEndpoint
 from edged.fleet.api import FLEET, add_fleet_routes
 from edged.fleet.db import Database
 from edged.fleet.epochs import Epochs
+from edged.fleet.metrics import FLEET_METRICS, FleetMetrics, metrics
 from edged.fleet.service import FleetService
 from edged.fleet.settle import Settler
 from edged.fleet.store import FleetRefused, FleetStore
 from edged.http_common import error_middleware, server_handler_args
 from edged.inference import unix_millis
 from edged.keys import NodeKeys, load_or_create_keys
+from edged.metrics import HTTP_METRICS, http_metrics_middleware
 from edged.security import (
     NODE_SIGNED_PATHS,
     PUBLIC_PATHS,
@@ -82,14 +84,18 @@ def create_fleet_app(settings: Settings, *, clock_ms: Callable[[], int] = unix_m
                      adapter_factory: AdapterFactory = chain_adapter,
                      enrollment_reload_s: float = ENROLLMENT_RELOAD_SECONDS) -> web.Application:
     settings.validate()
-    app = web.Application(middlewares=[error_middleware, security_middleware(
-        settings, public_paths=PUBLIC_PATHS | {"/fleet/"}), enrollment_middleware()],
+    security = security_middleware(settings, public_paths=PUBLIC_PATHS | {"/fleet/"})
+    app = web.Application(middlewares=[http_metrics_middleware, error_middleware, security,
+                                       enrollment_middleware()],
         client_max_size=settings.max_body_bytes, handler_args=server_handler_args())
     app[SETTINGS] = settings
     app[READY] = asyncio.Event()
+    app[FLEET_METRICS] = FleetMetrics(app)
+    app[HTTP_METRICS] = app[FLEET_METRICS].http
     app.on_response_prepare.append(add_cors_headers)
     add_sync_endpoint_routes(app)
     add_fleet_routes(app)
+    app.router.add_get("/metrics", metrics)
 
     # One context per resource, closed in the reverse order (see edged.app).
     app.cleanup_ctx.extend([
@@ -130,7 +136,7 @@ async def _fleet_service(app: web.Application, *, clock_ms: Callable[[], int],
                                settler=Settler(epochs, settings, adapter), keys=keys,
                                clock_ms=clock_ms)
         app[FLEET] = service
-        endpoint: SyncEndpoint = service
+        endpoint: SyncEndpoint = app[FLEET_METRICS].timed(service)
         app[SYNC_ENDPOINT] = endpoint
         app[REQUEST_VERIFIER] = RequestVerifier(store.is_enrolled, audience=keys.public_key)
         yield

@@ -38,6 +38,7 @@ class ChainHealth:
     next_attempt: float = 0.0
     last_error: str | None = None
     last_ok: float | None = None
+    errors: int = 0  # every failure since start (``failures`` resets on success); metrics
 
     def to_json(self) -> dict[str, Any]:
         return {"failures": self.failures, "last_error": self.last_error,
@@ -136,6 +137,7 @@ class Settler:
     def _failed(self, exc: Exception) -> FleetRefused:
         """Record a chain failure for backoff; the error to report, in the one error shape."""
         self.health.failures += 1
+        self.health.errors += 1
         self.health.last_error = str(exc) or exc.__class__.__name__
         delay = min(MAX_BACKOFF_S, self.settings.settle_interval * 2 ** self.health.failures)
         self.health.next_attempt = time.monotonic() + delay

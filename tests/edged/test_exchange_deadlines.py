@@ -167,10 +167,12 @@ async def test_an_honest_peer_syncs_while_a_trickling_peer_hangs(
     sync_round = asyncio.create_task(exchange.sync_round([hostile_url, _url(honest)]))
     try:
         await _asked(hostile)
-        await wait_until(lambda: held() == 3, what="the honest peer's receipts",
+        # The receipts are stored (in the ingest thread) before the exchange resumes and
+        # records its success: wait for both.
+        await wait_until(lambda: held() == 3 and exchange.states[_url(honest)].last_ok
+                         is not None, what="the honest peer's receipts and success",
                          timeout=WAIT_S)
         assert not sync_round.done()  # the hostile exchange is still stuck
-        assert exchange.states[_url(honest)].last_ok is not None
         assert exchange.states[hostile_url].failures == 0
         assert hostile.paths[0].startswith("/v1/sync/hello?")
     finally:
