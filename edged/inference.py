@@ -177,7 +177,8 @@ class GenerationStream:
             self.service._lease(self.manifest, self.request.keep_alive))
         self.manifest = manifest_of(lease, self.manifest)
         try:
-            self._events = lease.stream(self.request.prompt, self.request.params)
+            prompt, params = self.request.backend_input(lease.backend.renders_tools)
+            self._events = lease.stream(prompt, params)
             self._first = await anext(self._events)
         except BaseException as exc:
             await self._stack.aclose()

@@ -17,8 +17,16 @@ from typing import Any, TypeVar
 
 from edged.errors import InvalidRequest, UnsupportedParameter
 from edged.structured import grammar_for, schema_grammar
-from edged.tools import MAX_CALLS, Message, ToolCall, ToolUse, conversation, parse_tools
-from runtimes import ChatMessage, GenerationParams
+from edged.tools import (
+    MAX_CALLS,
+    Message,
+    ToolCall,
+    ToolUse,
+    conversation,
+    native_messages,
+    parse_tools,
+)
+from runtimes import GenerationParams, Prompt
 
 T = TypeVar("T")
 MAX_STOP_SEQUENCES = 4
@@ -37,7 +45,7 @@ class GenerateRequest:
 
     kind: str  # "chat" or "completion"
     model: str
-    prompt: str | tuple[ChatMessage, ...]
+    prompt: str | tuple[Message, ...]  # a completion's text, or the chat as sent
     params: GenerationParams
     stream: bool
     include_usage: bool  # stream_options.include_usage
@@ -45,16 +53,40 @@ class GenerateRequest:
     tools: ToolUse | None = None  # chat: the tools the model may call, and how
 
     def committed_input(self) -> dict[str, Any]:
-        """What the receipt's ``in`` commitment covers (never stored itself): the prompt
-        or the messages as ``[role, content]`` pairs, and the grammar (GBNF text) a
-        structured-output request constrained the answer with, when there is one."""
-        committed: dict[str, Any] = {"prompt": self.prompt} if isinstance(self.prompt, str) \
-            else {"messages": [[m.role, m.content] for m in self.prompt]}
+        """What the receipt's ``in`` commitment covers (never stored itself): the prompt,
+        or the messages as ``[role, content]`` (a tool turn adds the call id it answers,
+        an assistant turn that called tools adds ``[[id, name, arguments], ...]``); the
+        grammar (GBNF text) when a response format or a required call constrained the
+        answer; and the tools and choice (canonical JSON text) when tools were given."""
+        if isinstance(self.prompt, str):
+            committed: dict[str, Any] = {"prompt": self.prompt}
+        else:
+            committed = {"messages": [_committed_message(m) for m in self.prompt]}
         if self.params.grammar is not None:
             committed["grammar"] = self.params.grammar
         if self.tools is not None:
             committed["tools"] = self.tools.committed()
         return committed
+
+    def backend_input(self, renders_tools: bool) -> tuple[Prompt, GenerationParams]:
+        """The prompt and parameters for a model: a chat template that renders tools gets
+        the tools and the tool turns as they are, any other the conversation with the
+        tools described in its system turn (see :mod:`edged.tools`)."""
+        if isinstance(self.prompt, str):
+            return self.prompt, self.params
+        if renders_tools:
+            tools = self.tools.openai() if self.tools is not None else ()
+            return native_messages(self.prompt), replace(self.params, tools=tools)
+        return conversation(self.prompt, self.tools), self.params
+
+
+def _committed_message(message: Message) -> list[Any]:
+    if message.tool_calls:
+        return [message.role, message.content,
+                [[c.id, c.name, c.arguments] for c in message.tool_calls]]
+    if message.tool_call_id is not None:
+        return [message.role, message.content, message.tool_call_id]
+    return [message.role, message.content]
 
 
 @dataclass(frozen=True)
@@ -449,7 +481,7 @@ def parse_chat(body: Any, *, default_max_tokens: int) -> GenerateRequest:
     raw_messages = _get(body, "messages", lambda v: isinstance(v, list) and len(v) > 0,
                         "a non-empty list of messages", required=True)
     use = parse_tools(body)
-    messages = conversation([_message(i, m) for i, m in enumerate(raw_messages)], use)
+    messages = tuple(_message(i, m) for i, m in enumerate(raw_messages))
     params = _params(body, default_max_tokens, chat=True)
     if use is not None:
         if params.logprobs is not None:

@@ -1,6 +1,11 @@
 """Tool calls (OpenAI ``tools`` / ``tool_choice``) for models of any chat format.
 
-The conversation the model sees: the tools are described in the system turn, with the
+A model whose GGUF chat template renders tools (it uses the ``tools`` variable, as the
+templates of Qwen, Llama 3.1+, Mistral and Hermes models do) gets the tools, the
+assistant's earlier calls and the tool results as they are, rendered by that template
+(:func:`native_messages`). For every other model (built-in formats, templates without
+tools) the documented fallback is used. The conversation the model sees then: the tools
+are described in the system turn, with the
 one call syntax the model is asked to use,
 ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` (the Hermes/Qwen form that
 many open models are trained on); an assistant turn that called tools is rendered with
@@ -76,6 +81,12 @@ class ToolUse:
         canonical JSON text (a schema may hold floats, which canonical msgpack has not)."""
         return json.dumps({"tools": [[t.name, t.description, t.parameters] for t in self.tools],
                            "tool_choice": self.choice}, sort_keys=True, separators=(",", ":"))
+
+    def openai(self) -> tuple[dict[str, Any], ...]:
+        """The tools in OpenAI's shape, for a chat template that renders them."""
+        return tuple({"type": "function", "function": {
+            "name": t.name, "description": t.description, "parameters": t.parameters}}
+            for t in self.tools)
 
     def grammar(self) -> str | None:
         """The GBNF of one valid call, for ``required`` and a named function."""
@@ -177,6 +188,13 @@ def conversation(messages: Sequence[Message], use: ToolUse | None) -> tuple[Chat
         else:
             rendered.insert(0, ChatMessage("system", use.system_text()))
     return tuple(rendered)
+
+
+def native_messages(messages: Sequence[Message]) -> tuple[ChatMessage, ...]:
+    """The messages for a chat template that renders tool calls and results itself."""
+    return tuple(ChatMessage(m.role, m.content,
+                             tuple(c.to_openai() for c in m.tool_calls), m.tool_call_id)
+                 for m in messages)
 
 
 def _loads(call: ToolCall) -> Any:

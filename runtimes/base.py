@@ -42,8 +42,13 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class ChatMessage:
-    role: str  # "system", "user" or "assistant"
+    role: str  # "system", "user", "assistant", or "tool" (templates that render tools)
     content: str
+    # For a chat template that renders tools itself: an assistant turn's calls, OpenAI's
+    # shape ({"id", "type": "function", "function": {"name", "arguments"}}), and the
+    # call a tool turn answers.
+    tool_calls: tuple[Mapping[str, Any], ...] = ()
+    tool_call_id: str | None = None
 
 
 Prompt = str | Sequence[ChatMessage]
@@ -70,6 +75,9 @@ class GenerationParams:
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit)
     grammar: str | None = None  # GBNF (root rule ``root``) the output must match
     logprobs: int | None = None  # None: none; k: each token's log-probability and top k
+    # OpenAI tool definitions, for a chat template that renders tools itself
+    # (:attr:`Backend.renders_tools`); other models get them described in the messages.
+    tools: tuple[Mapping[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -181,6 +189,12 @@ class Backend(ABC):
     def max_concurrency(self) -> int:
         """How many generate/embed calls may run at once on this instance."""
         return 1
+
+    @property
+    def renders_tools(self) -> bool:
+        """Whether this model's own chat template renders tool definitions, tool calls and
+        tool results (``GenerationParams.tools``, ``ChatMessage.tool_calls``)."""
+        return False
 
     @property
     def embeds_apart(self) -> bool:

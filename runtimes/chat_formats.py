@@ -13,13 +13,16 @@ imported when the first template is compiled.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import json
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from runtimes.base import BackendError, ChatMessage
 
 ROLES = frozenset({"system", "user", "assistant"})
+TEMPLATE_ROLES = ROLES | {"tool"}  # a template that renders tools also takes tool turns
 
 
 @dataclass(frozen=True)
@@ -30,13 +33,13 @@ class FormattedChat:
     stop: tuple[str, ...]
 
 
-def _check_roles(messages: Sequence[ChatMessage]) -> None:
+def _check_roles(messages: Sequence[ChatMessage], roles: frozenset[str] = ROLES) -> None:
     if not messages:
         raise BackendError("a chat needs at least one message")
     for message in messages:
-        if message.role not in ROLES:
+        if message.role not in roles:
             raise BackendError(
-                f"unknown chat role {message.role!r}; expected one of {sorted(ROLES)}"
+                f"unknown chat role {message.role!r}; expected one of {sorted(roles)}"
             )
 
 
@@ -95,6 +98,23 @@ def format_chat(messages: Sequence[ChatMessage], chat_format: str) -> FormattedC
     return formatter(messages)
 
 
+def _template_message(message: ChatMessage) -> dict[str, Any]:
+    """A message as chat templates (written for Hugging Face's renderer) expect it: tool
+    call arguments as an object, not OpenAI's JSON text."""
+    rendered: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.tool_calls:
+        calls = []
+        for call in message.tool_calls:
+            function = dict(call.get("function") or {})
+            with contextlib.suppress(ValueError):  # not JSON: the text as it is
+                function["arguments"] = json.loads(function.get("arguments") or "{}")
+            calls.append({**call, "function": function})
+        rendered["tool_calls"] = calls
+    if message.tool_call_id is not None:
+        rendered["tool_call_id"] = message.tool_call_id
+    return rendered
+
+
 class TemplateChatFormat:
     """A GGUF's own ``tokenizer.chat_template`` (Jinja2), as llama-cpp-python renders it.
 
@@ -108,9 +128,16 @@ class TemplateChatFormat:
         self.eos_token = eos_token
         self._formatter: Any = None
 
-    def __call__(self, messages: Sequence[ChatMessage]) -> FormattedChat:
-        """Render ``messages``; template errors become :class:`BackendError`."""
-        _check_roles(messages)
+    @property
+    def renders_tools(self) -> bool:
+        """Whether the template uses the ``tools`` variable (and so knows tool turns)."""
+        return "tools" in self.template
+
+    def __call__(self, messages: Sequence[ChatMessage],
+                 tools: Sequence[Mapping[str, Any]] = ()) -> FormattedChat:
+        """Render ``messages`` (and ``tools``, for a template that renders them); template
+        errors become :class:`BackendError`."""
+        _check_roles(messages, TEMPLATE_ROLES if self.renders_tools else ROLES)
         try:
             if self._formatter is None:
                 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
@@ -119,7 +146,8 @@ class TemplateChatFormat:
                     template=self.template, eos_token=self.eos_token, bos_token=self.bos_token
                 )
             rendered = self._formatter(
-                messages=[{"role": m.role, "content": m.content} for m in messages]
+                messages=[_template_message(m) for m in messages],
+                tools=[dict(tool) for tool in tools] or None,
             )
         except Exception as exc:  # jinja2's errors and the template's raise_exception()
             # Only the type: a message could quote the conversation.

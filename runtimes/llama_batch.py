@@ -89,7 +89,10 @@ class BatchEngine:
         params.no_perf = True
         if threads:
             params.n_threads = params.n_threads_batch = threads
+        known = {name for name, *_ in params._fields_}
         for name, value in context_options.items():
+            if name not in known:  # a ctypes struct would take any name and ignore it
+                raise BackendError(f"llama.cpp has no context parameter {name!r}")
             setattr(params, name, value)
         self._ctx = llama_cpp.llama_init_from_model(model, params)
         if self._ctx is None:

@@ -106,7 +106,7 @@ class LlamaCppBackend(Backend):
         self._repack = bool(spec.options.get("repack", default_repack()))
         self._vocab = llm._model.vocab  # llama-cpp-python exposes no public vocab handle
         self._pieces: dict[int, bytes | None] = {}  # token id -> bytes, None for end-of-generation
-        self._template: TemplateChatFormat | None = None  # built on first use
+        self._template = _chat_template(llm)  # the GGUF's own, if it has one
         self._gpu = _GpuPlacement(n_gpu_layers=0)  # load() sets what it planned and measured
         self._sampler = _sampler_settings(spec)
         # The engine holds the generation context (``parallel`` sequences), ``llm`` the
@@ -136,9 +136,6 @@ class LlamaCppBackend(Backend):
         kwargs = {k: v for k, v in spec.options.items() if k in LLAMA_OPTIONS}
         gpu = _GpuPlacement.plan(llama_cpp, spec)
         kwargs["n_gpu_layers"] = gpu.n_gpu_layers
-        # llama-cpp-python turns flash attention off unless asked; llama.cpp itself (and so
-        # the batched engine and llama-server) turns it on where the backend supports it.
-        kwargs.setdefault("flash_attn", True)
         # This instance only holds the model and tokenizes (the batched engine has the
         # generation context): its own context is kept at llama.cpp's smallest.
         n_ctx = min(spec.context_length, _SMALLEST_CONTEXT)
@@ -173,7 +170,7 @@ class LlamaCppBackend(Backend):
                 tokens = self._tokenize(llm, prompt, special=False)
                 stops = params.stop
             else:
-                chat = self._format_chat(llm, prompt)
+                chat = self._format_chat(llm, prompt, params.tools)
                 tokens = self._tokenize(llm, chat.prompt, special=True)
                 stops = params.stop + tuple(s for s in chat.stop if s not in params.stop)
             if len(tokens) >= self._n_ctx:
@@ -208,26 +205,25 @@ class LlamaCppBackend(Backend):
             tokens = tokens[1:]  # a chat template that writes {{ bos_token }} itself
         return tokens
 
-    def _format_chat(self, llm: Llama, messages: Sequence[ChatMessage]) -> FormattedChat:
+    def _format_chat(self, llm: Llama, messages: Sequence[ChatMessage],
+                     tools: Sequence[Mapping[str, Any]] = ()) -> FormattedChat:
         if self.spec.chat_format == COMPLETIONS_ONLY:
             raise UnsupportedOperation(f"model {self.spec.name!r} serves completions only "
                                        f"(chat format {COMPLETIONS_ONLY!r})")
         if self.spec.chat_format is not None:
             return format_chat(messages, self.spec.chat_format)
         if self._template is None:
-            template = llm.metadata.get("tokenizer.chat_template")
-            if not template:
-                raise UnsupportedOperation(
-                    f"model {self.spec.name!r} has no chat template: set its chat format "
-                    f"to one of {chat_format_names()}"
-                )
-            bos, eos = llm.token_bos(), llm.token_eos()
-            self._template = TemplateChatFormat(
-                template,
-                bos_token=llm._model.token_get_text(bos) if bos >= 0 else "",
-                eos_token=llm._model.token_get_text(eos) if eos >= 0 else "",
+            raise UnsupportedOperation(
+                f"model {self.spec.name!r} has no chat template: set its chat format "
+                f"to one of {chat_format_names()}"
             )
-        return self._template(messages)
+        return self._template(messages, tools)
+
+    @property
+    def renders_tools(self) -> bool:
+        """The GGUF's own chat template is used and renders tools itself."""
+        return self.spec.chat_format is None and self._template is not None \
+            and self._template.renders_tools
 
     # -- embeddings -------------------------------------------------------------------
 
@@ -472,10 +468,25 @@ def _batch_engine(llama_cpp: ModuleType, llm: Llama, spec: ModelSpec,
     context_options = {k: options[k] for k in _ENGINE_CONTEXT_OPTIONS if k in options}
     if "n_ubatch" in context_options:
         context_options["n_ubatch"] = min(int(context_options["n_ubatch"]), n_batch)
+    if "flash_attn" in options:  # else llama.cpp's default: on where the backend has it
+        context_options["flash_attn_type"] = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
+                                              if options["flash_attn"] else
+                                              llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
     return BatchEngine(llama_cpp, llm._model.model, parallel=_parallel(spec),
                        context_length=spec.context_length, threads=spec.threads,
                        n_batch=n_batch, context_options=context_options,
                        piece=piece)
+
+
+def _chat_template(llm: Llama) -> TemplateChatFormat | None:
+    """The GGUF's ``tokenizer.chat_template`` with its BOS and EOS texts, if it has one."""
+    template = llm.metadata.get("tokenizer.chat_template")
+    if not template:
+        return None
+    bos, eos = llm.token_bos(), llm.token_eos()
+    return TemplateChatFormat(template,
+                              bos_token=llm._model.token_get_text(bos) if bos >= 0 else "",
+                              eos_token=llm._model.token_get_text(eos) if eos >= 0 else "")
 
 
 def _sampler_settings(spec: ModelSpec) -> SamplerSettings:

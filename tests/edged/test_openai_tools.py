@@ -17,9 +17,19 @@ from pydantic import BaseModel, Field
 
 from edged.app import create_app
 from edged.appkeys import LEDGER
-from edged.tools import OPEN, CallSplitter, ToolUse, find_calls, parse_tools
+from edged.tools import (
+    OPEN,
+    CallSplitter,
+    Message,
+    ToolCall,
+    ToolUse,
+    find_calls,
+    native_messages,
+    parse_tools,
+)
+from runtimes.chat_formats import TemplateChatFormat
 from tests.edged.conftest import AppClientFactory, make_settings
-from tests.support.tiny_gguf import byte_token, install_tiny_llama
+from tests.support.tiny_gguf import byte_token, install_tiny_llama, write_tiny_llama_gguf
 
 Client = TestClient[Any, web.Application]
 MODEL = "tiny"
@@ -202,3 +212,57 @@ def test_the_splitter_streams_content_and_holds_back_calls() -> None:
     almost = CallSplitter(use_of(WEATHER))
     held = "".join(almost.push(p) for p in ["{", '"a": 1}'])
     assert held == "" and almost.finish() == ('{"a": 1}', [])
+
+
+TOOL_TEMPLATE = (
+    "{%- if tools %}<tools>{{ tools | tojson }}</tools>{% endif -%}"
+    "{%- for m in messages %}<|{{ m.role }}|>{{ m.content }}"
+    "{%- for c in m.tool_calls or [] %}<tool_call>{{ c.function | tojson }}</tool_call>"
+    "{%- endfor %}{% if m.tool_call_id %}[{{ m.tool_call_id }}]{% endif %}{% endfor -%}"
+    "<|assistant|>")
+
+
+async def test_a_template_that_renders_tools_gets_them_natively(
+        aiohttp_client: AppClientFactory, tmp_path: Path) -> None:
+    """The GGUF's own template renders the tools and tool turns (no fallback text), and a
+    required call is still grammar-constrained."""
+    model_file = write_tiny_llama_gguf(tmp_path / "tools.gguf", chat_template=TOOL_TEMPLATE)
+    data_dir = tmp_path / "data"
+    install_tiny_llama(data_dir, model_file, chat_format=None, context_length=2048)
+    client = await aiohttp_client(create_app(make_settings(data_dir), runtimes=("llama.cpp",)))
+    official = await asyncio.to_thread(openai.AsyncOpenAI, base_url=str(client.make_url(
+        "/v1")), api_key="unused", max_retries=0)
+    try:
+        called = await official.chat.completions.create(
+            model=MODEL, messages=ASK, tools=[WEATHER], tool_choice="required",
+            max_tokens=200)
+        (call,) = called.choices[0].message.tool_calls or []
+        history: list[Any] = [*ASK, called.choices[0].message.model_dump(exclude_none=True),
+                              {"role": "tool", "tool_call_id": call.id, "content": "sunny"}]
+
+        async def prompt_tokens(messages: list[Any], **extra: Any) -> int:
+            result = await official.chat.completions.create(
+                model=MODEL, messages=messages, max_tokens=1, **extra)
+            assert result.usage is not None
+            return result.usage.prompt_tokens
+
+        plain = await prompt_tokens(ASK)
+        without_tools = await prompt_tokens(history, tools=[WEATHER], tool_choice="none")
+        native = await prompt_tokens(history, tools=[WEATHER])
+    finally:
+        await official.close()
+    asked = (Message("user", ASK[0]["content"]),)
+    answered = (*asked, Message("assistant", "", (ToolCall(
+        call.id, call.function.name, call.function.arguments),)),  # type: ignore[union-attr]
+        Message("tool", "sunny", (), call.id))
+    use = parse_tools({"tools": [WEATHER]})
+    assert use is not None
+    # One token per byte: the counts differ exactly as the template's renderings do.
+    assert without_tools - plain == rendered_bytes(answered) - rendered_bytes(asked)
+    assert native - plain == rendered_bytes(answered, use.openai()) - rendered_bytes(asked)
+
+
+def rendered_bytes(messages: tuple[Message, ...], tools: tuple[Any, ...] = ()) -> int:
+    """The length of the template's own rendering, in bytes."""
+    template = TemplateChatFormat(TOOL_TEMPLATE, bos_token="", eos_token="")
+    return len(template(native_messages(messages), tools).prompt.encode())

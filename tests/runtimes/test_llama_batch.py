@@ -152,3 +152,15 @@ def test_close_ends_every_request_and_refuses_new_ones(tiny_gguf_path: Path,
 def test_parallel_must_be_positive(tiny_gguf_path: Path) -> None:
     with pytest.raises(BackendError, match="parallel"):
         LlamaCppBackend.load(tiny_spec(tiny_gguf_path, options={"parallel": 0}))
+
+
+@pytest.mark.parametrize("flash", [True, False])
+def test_context_options_reach_the_engine(tiny_gguf_path: Path, flash: bool) -> None:
+    """flash_attn and a KV cache type go to the engine's context (an unknown context
+    parameter would raise: ctypes structs silently accept any attribute name)."""
+    backend = LlamaCppBackend.load(tiny_spec(tiny_gguf_path, options={
+        "parallel": 2, "flash_attn": flash, "type_k": 1, "type_v": 1, "n_ubatch": 64}))
+    try:
+        assert run(backend, "hello")[1].completion_tokens == 40
+    finally:
+        backend.close()
