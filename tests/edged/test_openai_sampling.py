@@ -4,10 +4,7 @@ from the grammar, and every property asserted holds on any CPU."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import openai
@@ -16,10 +13,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from pydantic import BaseModel, Field
 
-from edged.app import create_app
 from edged.appkeys import LEDGER
-from tests.edged.conftest import AppClientFactory, make_settings
-from tests.support.tiny_gguf import byte_token, install_tiny_llama
+from tests.edged.conftest import TinyServed
+from tests.support.tiny_gguf import byte_token
 
 Client = TestClient[Any, web.Application]
 MODEL = "tiny"
@@ -34,18 +30,8 @@ class Pet(BaseModel):
 
 
 @pytest.fixture
-async def served(aiohttp_client: AppClientFactory, tmp_path: Path,
-                 tiny_model_file: Path) -> AsyncIterator[tuple[Client, openai.AsyncOpenAI]]:
-    data_dir = tmp_path / "data"
-    install_tiny_llama(data_dir, tiny_model_file, chat_format="chatml")
-    client = await aiohttp_client(create_app(make_settings(data_dir), runtimes=("llama.cpp",)))
-    # Made off the loop: the client loads the system's CA certificates (tens of ms).
-    official = await asyncio.to_thread(openai.AsyncOpenAI, base_url=str(client.make_url(
-        "/v1")), api_key="unused", max_retries=0)
-    try:
-        yield client, official
-    finally:
-        await official.close()
+def served(tiny_served: TinyServed) -> TinyServed:
+    return tiny_served
 
 
 async def test_parse_with_a_pydantic_model_whole_and_streamed(

@@ -28,7 +28,7 @@ from edged.tools import (
     parse_tools,
 )
 from runtimes.chat_formats import TemplateChatFormat
-from tests.edged.conftest import AppClientFactory, make_settings
+from tests.edged.conftest import AppClientFactory, TinyServed, make_settings, serving_tiny
 from tests.support.tiny_gguf import byte_token, install_tiny_llama, write_tiny_llama_gguf
 
 Client = TestClient[Any, web.Application]
@@ -52,17 +52,10 @@ class Lookup(BaseModel):
 
 @pytest.fixture
 async def served(aiohttp_client: AppClientFactory, tmp_path: Path,
-                 tiny_model_file: Path) -> AsyncIterator[tuple[Client, openai.AsyncOpenAI]]:
-    data_dir = tmp_path / "data"
+                 tiny_model_file: Path) -> AsyncIterator[TinyServed]:
     # Tool descriptions are long in a byte vocabulary: a context beyond the file's 256.
-    install_tiny_llama(data_dir, tiny_model_file, chat_format="chatml", context_length=2048)
-    client = await aiohttp_client(create_app(make_settings(data_dir), runtimes=("llama.cpp",)))
-    official = await asyncio.to_thread(openai.AsyncOpenAI, base_url=str(client.make_url(
-        "/v1")), api_key="unused", max_retries=0)
-    try:
-        yield client, official
-    finally:
-        await official.close()
+    async with serving_tiny(aiohttp_client, tmp_path, tiny_model_file, 2048) as served:
+        yield served
 
 
 async def test_a_required_call_is_valid_whole_and_streamed(
