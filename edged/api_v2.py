@@ -8,6 +8,7 @@ clients send JSON data (``binary_data=False`` in tritonclient).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 from typing import Any
 
@@ -17,7 +18,7 @@ from aiohttp import web
 from edged.api_openai import RECEIPT_HEADER, receipt_ref
 from edged.appkeys import BINDINGS, PREDICT, READY, SCHEDULER, SERVICE, SETTINGS
 from edged.errors import InvalidRequest, ModelNotFound
-from edged.examples import BIND_INFLUENCE, BIND_METHODS, parse_examples
+from edged.examples import BIND_INFLUENCE, BIND_METHODS, LAYER_FOUND, parse_examples
 from edged.http_common import json_response, read_body, read_json
 from edged.models import Manifest
 
@@ -176,6 +177,14 @@ async def bind_examples(request: web.Request) -> web.Response:
     weights = request.app[SERVICE].store.weights_path(manifest)
     binding = await asyncio.to_thread(request.app[BINDINGS].bind, manifest, weights, examples,
                                       method=method)
+    if binding.layer is not None and binding.layer.source == LAYER_FOUND \
+            and manifest.influence_layer != binding.layer.describe():
+        # The manifest records the layer edged found, so every receipt's manifest digest
+        # names it; the model reloads with it.
+        recorded = dataclasses.replace(manifest, influence_layer=binding.layer.describe())
+        await asyncio.to_thread(request.app[SERVICE].store.add, recorded,
+                                replace_existing=True)
+        request.app[SCHEDULER].reload(manifest.name)
     return json_response({"model": manifest.name, **binding.describe(),
                           "examples": len(examples.contributors),
                           "contributors": len(set(examples.contributors))}, status=201)

@@ -378,15 +378,19 @@ class InfluenceBindings:
 def _final_layer(manifest: Manifest, path: Path) -> Layer | None:
     """The layer the manifest names, else the one found in the graph, else None."""
     named = manifest.influence_layer
-    if named:
+    if named and named.get("source") != LAYER_FOUND:
         w, b = _initializers(path, named["weights"], named["bias"])
         return Layer(named["features"], named["weights"], named["bias"], w, b,
                      LAYER_FROM_MANIFEST)
     found = find_final_linear_layer(_graph(path))
     if found is None:
         return None
-    return Layer(found.features, found.weights, found.bias, found.weight_values,
-                 found.bias_values, LAYER_FOUND)
+    layer = Layer(found.features, found.weights, found.bias, found.weight_values,
+                  found.bias_values, LAYER_FOUND)
+    if named and named != layer.describe():  # recorded at bind time: the graph must agree
+        raise InvalidRequest("the manifest records a found influence layer the graph no "
+                             "longer has", param="influence_layer")
+    return layer
 
 
 def _influence_binding(path: Path, layer: Layer, index: InfluenceIndex,

@@ -132,6 +132,8 @@ class Manifest:
     # Provenance (see check_lineage): {"base": weights sha256 hex, "trained_on":
     # [{"datanet", "state"}], "card": text}; every part optional.
     lineage: dict[str, Any] = field(default_factory=dict)
+    # Federation: False keeps this model from being advertised to or served for peers.
+    federate: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -145,6 +147,8 @@ class Manifest:
             del data["options"]
         if not self.lineage:  # likewise
             del data["lineage"]
+        if self.federate:  # likewise: only the opt-out is written
+            del data["federate"]
         return data
 
     @classmethod
@@ -171,6 +175,7 @@ class Manifest:
                 tokenizer=_optional_digest(data.get("tokenizer"), "tokenizer"),
                 options=dict(data.get("options") or {}),
                 lineage=dict(data.get("lineage") or {}),
+                federate=data.get("federate", True),
                 influence_layer=data.get("influence_layer"),
                 created=int(data.get("created", 0)),
             )
@@ -407,6 +412,8 @@ def _check_types(manifest: Manifest) -> None:
     for field_name in ("size", "context_length", "data_share_ppm", "created"):
         if not is_int(getattr(manifest, field_name)):
             raise InvalidRequest(f"'{field_name}' must be an integer", param=field_name)
+    if not isinstance(manifest.federate, bool):
+        raise InvalidRequest("'federate' must be true or false", param="federate")
     if manifest.embedding_output is not None and not isinstance(manifest.embedding_output, str):
         raise InvalidRequest("'embedding_output' must be a string", param="embedding_output")
     if manifest.chat_format is not None and not isinstance(manifest.chat_format, str):
@@ -420,10 +427,13 @@ def _check_types(manifest: Manifest) -> None:
         raise InvalidRequest("max_batch_size is 1..4096, batch_delay_us 0..1000000",
                              param="max_batch_size")
     layer = manifest.influence_layer
-    if layer is not None and (not isinstance(layer, dict) or set(layer) != {
-            "features", "weights", "bias"} or not all(isinstance(v, str) for v in layer.values())):
-        raise InvalidRequest("influence_layer is {features, weights, bias} names",
-                             param="influence_layer")
+    names = {"features", "weights", "bias"}
+    if layer is not None and (not isinstance(layer, dict) or not (
+            set(layer) == names or (set(layer) == names | {"source"}
+                                    and layer["source"] == "found"))
+            or not all(isinstance(v, str) for v in layer.values())):
+        raise InvalidRequest("influence_layer is {features, weights, bias} names (plus "
+                             "source: found, when edged found it)", param="influence_layer")
     if not isinstance(manifest.datanets, tuple) or not all(
             isinstance(name, str) for name in manifest.datanets):
         raise InvalidRequest("'datanets' must be a list of names", param="datanets")

@@ -187,6 +187,9 @@ async def test_influence_through_a_named_or_found_hidden_layer(
     shown = await (await client.get("/api/models/mlp-found")).json()
     assert shown["binding"] == {"method": "influence/1", "params": found["attr"]["params"],
                                 "layer": {**hidden, "source": "found"}}
+    # The manifest records the layer edged found, so the receipt's manifest names it.
+    assert shown["influence_layer"] == {**hidden, "source": "found"}
+    assert found["model"]["manifest"] == shown["digest"]
 
 
 async def test_without_a_layer_the_data_share_is_not_paid_at_random(
