@@ -3,16 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
+import json
+import logging
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
 from attribution import canonical
 from edged.appkeys import DATANETS, LEDGER, SERVICE, SETTINGS
-from edged.datanets import DEFAULT_DUPLICATES, parse_document_lines, validate_duplicates
-from edged.errors import Forbidden, InvalidRequest, NotFound
+from edged.datanets import (
+    DEFAULT_DUPLICATES,
+    AddReport,
+    parse_document_lines,
+    validate_duplicates,
+)
+from edged.errors import EdgedError, Forbidden, InvalidRequest, NotFound, error_body
 from edged.http_common import json_response, read_body, read_json
+
+logger = logging.getLogger(__name__)
+NDJSON = "application/x-ndjson"
 
 
 def add_datanet_routes(app: web.Application) -> None:
@@ -57,20 +69,86 @@ async def remove_datanet(request: web.Request) -> web.Response:
     return json_response({"deleted": name})
 
 
-async def add_documents(request: web.Request) -> web.Response:
+async def add_documents(request: web.Request) -> web.StreamResponse:
     """Body: JSON Lines, one ``{"id": ..., "text": ...}`` per document, for one contributor
     (query ``contributor``, optional ``payout``). Streamed, so it may exceed the usual body
     limit up to ``max_datanet_upload_bytes``; indexed as one new segment. The answer
-    reports, per document, what other contributors already held (counts and ids)."""
+    reports, per document, what other contributors already held (counts and ids).
+
+    With ``Accept: application/x-ndjson`` the answer is 200 and JSON Lines instead: a
+    ``{"progress": ...}`` line per step (see ``_stream_add``), then ``{"result": ...}``
+    holding the answer above, or ``{"error": {...}, "status": n}``."""
     contributor = request.query.get("contributor", "")
     payout = request.query.get("payout") or None
     limit = request.app[SETTINGS].max_datanet_upload_bytes
     body = await read_body(request, limit, "the documents exceed max_datanet_upload_bytes")
     documents = await asyncio.to_thread(parse_document_lines, body)
-    report = await asyncio.to_thread(request.app[DATANETS].add_documents,
-                                     request.match_info["name"], contributor, documents,
-                                     payout=payout)
+    add = functools.partial(request.app[DATANETS].add_documents, request.match_info["name"],
+                            contributor, documents, payout=payout)
+    if NDJSON in request.headers.get("Accept", ""):
+        return await _stream_add(request, add, documents=len(documents), received=len(body))
+    report = await asyncio.to_thread(add)
     return json_response(report.to_wire(), status=201)
+
+
+async def _stream_add(request: web.Request, add: Callable[..., AddReport], *,
+                      documents: int, received: int) -> web.StreamResponse:
+    """Run ``add`` in a thread and stream its progress, one JSON line per call:
+    ``{"progress": {"stage", "documents": {"done", "total"}, "bytes"}}`` (``bytes``: the
+    upload's size; stages as ``AddProgress``), then the result or the error line.
+    Nothing is sent before the first progress call, so what fails before indexing starts
+    (an unknown datanet, a bad contributor id) gets the ordinary error answer."""
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+
+    def progress(stage: str, done: int) -> None:
+        event = {"stage": stage, "documents": {"done": done, "total": documents},
+                 "bytes": received}
+        loop.call_soon_threadsafe(events.put_nowait, {"progress": event})
+
+    def run() -> AddReport:
+        try:
+            return add(progress=progress)
+        finally:
+            loop.call_soon_threadsafe(events.put_nowait, None)
+
+    outcome = asyncio.ensure_future(asyncio.to_thread(run))
+    outcome.add_done_callback(_mark_retrieved)
+    response: web.StreamResponse | None = None
+    while (event := await events.get()) is not None:
+        if response is None:
+            response = web.StreamResponse(headers={"Content-Type": NDJSON})
+            await response.prepare(request)
+        await response.write(_json_line(event))
+    try:
+        final: dict[str, Any] = {"result": (await outcome).to_wire()}
+    except EdgedError as exc:
+        if response is None:
+            raise
+        final = {**exc.body(), "status": exc.status}
+    except Exception:
+        if response is None:
+            raise
+        logger.exception("adding documents failed after streaming began")
+        final = {**error_body("internal server error", "server_error", None,
+                              "internal_error"), "status": 500}
+    if response is None:
+        response = web.StreamResponse(headers={"Content-Type": NDJSON})
+        await response.prepare(request)
+    await response.write(_json_line(final))
+    await response.write_eof()
+    return response
+
+
+def _json_line(value: dict[str, Any]) -> bytes:
+    return json.dumps(value, separators=(",", ":"), allow_nan=False).encode() + b"\n"
+
+
+def _mark_retrieved(task: asyncio.Future[Any]) -> None:
+    """Retrieve a finished add's exception, so a client gone mid-stream (the handler then
+    never awaits it) leaves no "exception was never retrieved" behind."""
+    if not task.cancelled():
+        task.exception()
 
 
 async def remove_contributor(request: web.Request) -> web.Response:

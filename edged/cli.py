@@ -11,11 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.progress import Progress
 
 from edged.cli_common import call_daemon, cli_settings, daemon_client, print_json
 from edged.cli_datanet import datanet
 from edged.cli_fleet import fleet
-from edged.client import DaemonError
+from edged.client import DaemonClient, DaemonError
+from edged.progress import advancer, progress_bars, progress_option
 from edged.settings import setting_help
 
 
@@ -152,6 +154,7 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
               help="llama.cpp option, VALUE in JSON: parallel=8, n_gpu_layers=-1, "
                    "flash_attn=true (repeatable)")
+@progress_option
 @click.pass_context
 def models_add(ctx: click.Context, path: Path, name: str, owner: str | None,
                prices: tuple[str, ...], chat_format: str | None, context_length: int | None,
@@ -161,9 +164,9 @@ def models_add(ctx: click.Context, path: Path, name: str, owner: str | None,
     """Upload the weights at PATH and register them as NAME."""
     price = _parse_prices(prices)
     try:
-        with daemon_client(ctx) as client:
+        with daemon_client(ctx) as client, progress_bars(ctx) as display:
             click.echo(f"uploading {path.name} ...", err=True)
-            digest = client.upload_blob(path)
+            digest = _upload_blob(client, display, path)
             body: dict[str, Any] = {
                 "name": name, "weights": digest, "owner": owner, "price": price,
                 "chat_format": chat_format, "context_length": context_length,
@@ -171,13 +174,21 @@ def models_add(ctx: click.Context, path: Path, name: str, owner: str | None,
                 "data_share_ppm": _ppm(data_share), "options": _parse_options(options)}
             if tokenizer is not None:
                 click.echo(f"uploading {tokenizer.name} ...", err=True)
-                body["tokenizer"] = client.upload_blob(tokenizer)
+                body["tokenizer"] = _upload_blob(client, display, tokenizer)
             if embedding_output is not None:
                 body["embedding_output"] = embedding_output
             created = client.request("POST", "/api/models", json=body)
     except DaemonError as exc:
         raise click.ClickException(str(exc)) from None
     print_json(created)
+
+
+def _upload_blob(client: DaemonClient, display: Progress, path: Path) -> str:
+    """Upload a blob with byte progress for its hashing and (when the daemon lacks it)
+    its upload; return its digest."""
+    size = path.stat().st_size
+    return client.upload_blob(path, hashed=advancer(display, f"hashing {path.name}", size),
+                              sent=advancer(display, f"uploading {path.name}", size))
 
 
 def _parse_prices(prices: tuple[str, ...]) -> dict[str, int]:
@@ -303,15 +314,19 @@ def _card_text(card: str) -> str:
               show_default=True,
               help="influence: through the model's final linear layer (refused without "
                    "one); knn: opt in to knn/1, which measured near-random fidelity")
+@progress_option
 @click.pass_context
 def models_bind(ctx: click.Context, name: str, examples: Path, method: str) -> None:
     """Bind contributor examples (.npz: features, labels, contributors; or .csv:
     contributor,label,f1,...) to an ONNX model for influence/1 attribution."""
     kind = "csv" if examples.suffix.lower() == ".csv" else "npz"
-    result = call_daemon(ctx, "PUT", f"/api/models/{name}/examples",
-                         params={"format": kind, "method": method},
-                         content=examples.read_bytes(),
-                         headers={"Content-Type": "application/octet-stream"})
+    try:
+        with daemon_client(ctx) as client, progress_bars(ctx) as display:
+            sent = advancer(display, f"uploading {examples.name}", examples.stat().st_size)
+            result = client.send_file("PUT", f"/api/models/{name}/examples", examples,
+                                      sent=sent, params={"format": kind, "method": method})
+    except DaemonError as exc:
+        raise click.ClickException(str(exc)) from None
     click.echo(f"bound {result['examples']} examples of {result['contributors']} contributors "
                f"to {name} ({result['method']})")
     _echo_binding(result, err=False)

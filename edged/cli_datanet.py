@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import click
+from rich.progress import Progress
 
 from edged.cli_common import call_daemon, daemon_client, print_json
 from edged.client import DaemonError
 from edged.datanets import read_document_file
 from edged.errors import EdgedError
+from edged.progress import progress_bars, progress_option
 
 
 @click.group()
@@ -40,38 +41,53 @@ def datanet_create(ctx: click.Context, name: str, duplicates: str) -> None:
                 type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--contributor", required=True, help="contributor id the documents belong to")
 @click.option("--payout", help="the contributor's payout address (0x...)")
+@progress_option
 @click.pass_context
 def datanet_add(ctx: click.Context, name: str, files: tuple[Path, ...], contributor: str,
                 payout: str | None) -> None:
     """Add FILES (.txt, .md, .jsonl with a text field) of one contributor to NAME."""
-    documents: list[tuple[str, str]] = []
-    with click.progressbar(files, label="reading", file=sys.stderr,
-                           show_pos=True) as reading:
-        for path in reading:
-            try:
-                documents += read_document_file(path)
-            except EdgedError as exc:
-                raise click.ClickException(exc.message) from None
-    total = sum(len(text.encode("utf-8")) for _, text in documents)
+    params = {"contributor": contributor, **({"payout": payout} if payout else {})}
+    with progress_bars(ctx) as display:
+        documents = _read_documents(display, files)
+        total = sum(len(text.encode("utf-8")) for _, text in documents)
+        uploading = display.add_task("uploading", total=total, unit="bytes")
 
-    def lines() -> Iterator[bytes]:
-        with click.progressbar(length=total, label="uploading",
-                               file=sys.stderr) as uploading:
+        def lines() -> Iterator[bytes]:
             for doc_id, text in documents:
                 yield json.dumps({"id": doc_id, "text": text}).encode() + b"\n"
-                uploading.update(len(text.encode("utf-8")))
+                display.advance(uploading, len(text.encode("utf-8")))
 
-    params = {"contributor": contributor, **({"payout": payout} if payout else {})}
-    try:
-        with daemon_client(ctx) as client:
-            report = client.request("POST", f"/api/datanets/{name}/documents", params=params,
-                                    content=lines(),
-                                    headers={"Content-Type": "application/x-ndjson"})
-    except DaemonError as exc:
-        raise click.ClickException(str(exc)) from None
+        indexing = display.add_task("indexing", total=None, visible=False, unit="documents")
+
+        def follow(progress: dict[str, Any]) -> None:
+            """The daemon's progress: its stage, and documents screened or indexed."""
+            display.update(indexing, description=progress["stage"], visible=True,
+                           completed=progress["documents"]["done"],
+                           total=progress["documents"]["total"])
+
+        try:
+            with daemon_client(ctx) as client:
+                report = client.request_with_progress(
+                    "POST", f"/api/datanets/{name}/documents", follow, params=params,
+                    content=lines(), headers={"Content-Type": "application/x-ndjson"})
+        except DaemonError as exc:
+            raise click.ClickException(str(exc)) from None
     click.echo(f"added {report['documents']} documents ({report['bytes']} bytes) to {name}; "
                f"{report['contributors']} contributors, {report['segments']} segments")
     _echo_duplicates(report["duplicates"])
+
+
+def _read_documents(display: Progress, files: tuple[Path, ...]) -> list[tuple[str, str]]:
+    """Every file's documents, counted off on ``display``."""
+    reading = display.add_task("reading", total=len(files), unit="files")
+    documents: list[tuple[str, str]] = []
+    for path in files:
+        try:
+            documents += read_document_file(path)
+        except EdgedError as exc:
+            raise click.ClickException(exc.message) from None
+        display.advance(reading)
+    return documents
 
 
 def _echo_duplicates(duplicates: dict[str, Any]) -> None:

@@ -11,6 +11,7 @@ import click
 
 from edged.cli_common import cli_settings, print_json
 from edged.client import DaemonClient, DaemonError
+from edged.progress import progress_option, spinner
 from edged.settings import setting_help
 
 
@@ -91,11 +92,15 @@ def fleet_revoke(ctx: click.Context, key: str) -> None:
 @fleet.command("epochs")
 @click.argument("epoch", type=int, required=False)
 @click.option("--close", is_flag=True, help="close a new epoch over everything since the last")
+@progress_option
 @click.pass_context
 def fleet_epochs(ctx: click.Context, epoch: int | None, close: bool) -> None:
     """List epochs, show EPOCH's totals per payee, or --close a new one."""
     if close:
-        print_json(call_fleet(ctx, "POST", "/fleet/epochs"))
+        # The fleet totals a large epoch for seconds without reporting how far it got.
+        with spinner(ctx, "closing the epoch"):
+            closed = call_fleet(ctx, "POST", "/fleet/epochs")
+        print_json(closed)
     elif epoch is not None:
         print_json(call_fleet(ctx, "GET", f"/fleet/epochs/{epoch}"))
     else:

@@ -2,15 +2,36 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from edged.models import file_sha256
 from edged.settings import Settings
+
+CHUNK_BYTES = 1 << 20
+NDJSON = "application/x-ndjson"
+Advance = Callable[[int], None]  # told how many more bytes were hashed or sent
+
+
+def read_chunks(path: Path, advance: Advance | None = None) -> Iterator[bytes]:
+    """The file's bytes in 1 MiB chunks, each chunk's size told to ``advance``."""
+    with path.open("rb") as handle:
+        while chunk := handle.read(CHUNK_BYTES):
+            yield chunk
+            if advance is not None:
+                advance(len(chunk))
+
+
+def file_digest(path: Path, advance: Advance | None = None) -> str:
+    """``sha256:<hex>`` of the file, the bytes hashed so far told to ``advance``."""
+    digest = hashlib.sha256()
+    for chunk in read_chunks(path, advance):
+        digest.update(chunk)
+    return "sha256:" + digest.hexdigest()
 
 
 class DaemonError(Exception):
@@ -72,12 +93,54 @@ class DaemonClient:
         except httpx.HTTPError as exc:
             raise DaemonError(f"cannot reach the daemon at {self.http.base_url}: {exc}") from None
 
-    def upload_blob(self, path: Path) -> str:
-        """Upload a weights file unless the daemon has it already; return its digest."""
-        digest = "sha256:" + file_sha256(path)
+    def upload_blob(self, path: Path, *, hashed: Advance | None = None,
+                    sent: Advance | None = None) -> str:
+        """Upload a weights file unless the daemon has it already; return its digest.
+        ``hashed`` and ``sent`` are told the bytes hashed and uploaded as they go."""
+        digest = file_digest(path, hashed)
         head = self.http.head(f"/api/blobs/{digest}")
         if head.status_code != 200:
-            with path.open("rb") as handle:
-                self.request("PUT", f"/api/blobs/{digest}", content=handle,
-                             headers={"Content-Type": "application/octet-stream"})
+            self.send_file("PUT", f"/api/blobs/{digest}", path, sent=sent)
         return digest
+
+    def send_file(self, method: str, path: str, file: Path, *, sent: Advance | None = None,
+                  **kwargs: Any) -> Any:
+        """``request`` with ``file`` as the body, streamed in chunks whose sizes are told to
+        ``sent`` (with a Content-Length, as a file body would have)."""
+        headers = {"Content-Type": "application/octet-stream",
+                   "Content-Length": str(file.stat().st_size), **kwargs.pop("headers", {})}
+        return self.request(method, path, content=read_chunks(file, sent), headers=headers,
+                            **kwargs)
+
+    def request_with_progress(self, method: str, path: str,
+                              on_progress: Callable[[dict[str, Any]], None],
+                              **kwargs: Any) -> Any:
+        """``request``, asking the daemon to stream its progress as JSON Lines (``Accept:
+        application/x-ndjson``): each ``{"progress": {...}}`` line goes to ``on_progress``,
+        the final ``{"result": ...}`` line is the answer, and an ``{"error": {...},
+        "status": n}`` line raises ``DaemonError``. A plain JSON answer (errors found
+        before any progress) is read as ``request`` reads it."""
+        headers = {"Accept": NDJSON, **kwargs.pop("headers", {})}
+        try:
+            with self.http.stream(method, path, headers=headers, **kwargs) as response:
+                if not response.headers.get("Content-Type", "").startswith(NDJSON):
+                    response.read()
+                    return self._decode(response)
+                for line in response.iter_lines():
+                    if not line.strip():
+                        continue
+                    try:
+                        event = json.loads(line)
+                    except ValueError:
+                        raise DaemonError("the daemon sent a malformed progress line") from None
+                    if "progress" in event:
+                        on_progress(event["progress"])
+                    elif "error" in event:
+                        error = event["error"]
+                        raise DaemonError(f"{event.get('status', 500)} {error.get('code') or ''}"
+                                          f": {error.get('message')}")
+                    elif "result" in event:
+                        return event["result"]
+        except httpx.HTTPError as exc:
+            raise DaemonError(f"cannot reach the daemon at {self.http.base_url}: {exc}") from None
+        raise DaemonError("the daemon's progress stream ended without a result")

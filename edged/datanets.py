@@ -32,6 +32,7 @@ with it and dropped with it at compaction.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import logging
 import multiprocessing
@@ -41,14 +42,21 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
+from multiprocessing.queues import SimpleQueue
 from pathlib import Path
 from typing import Any
 
 from attribution.commitments import digest
 from attribution.span_duplicates import DuplicateFinding, screen_documents
-from attribution.span_index import CorpusDocument, CorpusError, Segment, build_segment
+from attribution.span_index import (
+    CorpusDocument,
+    CorpusError,
+    Segment,
+    SegmentInfo,
+    build_segment,
+)
 from attribution.spans import DUPLICATE_POLICIES, DuplicatePolicy, SpanSource
 from edged import bounded_json
 from edged.errors import Conflict, InvalidRequest, NotFound
@@ -93,6 +101,14 @@ def parse_document_lines(body: bytes) -> list[tuple[str, str]]:
                                  param="documents")
         documents.append((record["id"], record["text"]))
     return documents
+
+AddProgress = Callable[[str, int], None]
+"""``progress(stage, documents_done)`` during ``DatanetStore.add_documents``: stage
+``screening`` (0) first, then ``indexing`` with the documents the index build has read
+so far (repeated; the last has them all, before the suffix sort), ``indexed`` (all) once
+the new segment is complete, and ``compacting`` when the add merges the datanet's
+segments."""
+
 
 class DatanetNotFound(NotFound):
     code = "datanet_not_found"
@@ -266,12 +282,13 @@ class DatanetStore:
 
     def add_documents(self, name: str, contributor: str, documents: Sequence[tuple[str, str]],
                       *, payout: str | None = None,
-                      progress: Callable[[int], None] | None = None) -> AddReport:
+                      progress: AddProgress | None = None) -> AddReport:
         """Index ``(document id, text)`` pairs of one contributor as a new segment.
 
         The documents are first screened against the datanet (exact spans other
         contributors hold, near-duplicate documents); near-duplicates are recorded
-        in the new segment, and the report carries one finding per document."""
+        in the new segment, and the report carries one finding per document.
+        ``progress`` (see ``AddProgress``) is called from this thread as it goes."""
         validate_contributor(contributor)
         validate_payout(payout)
         if not documents:
@@ -299,16 +316,21 @@ class DatanetStore:
         # Queries (attribution on every request) keep running while this screens and builds.
         segment_dir = self._dir(name) / "segments" / segment_name
         try:
+            if progress is not None:
+                progress("screening", 0)
             held, excluded = self.segments_for([name])
             findings = screen_documents(corpus, held, min_words=self.span_min_words,
                                         excluded_contributors=excluded)
             corpus = [CorpusDocument(doc.doc_id, doc.contributor, doc.text,
                                      duplicate_of=finding.near_duplicate_of)
                       for doc, finding in zip(corpus, findings, strict=True)]
-            self._build(segment_dir, corpus, progress)
+            self._build(segment_dir, corpus, None if progress is None
+                        else functools.partial(progress, "indexing"))
         except BaseException:
             shutil.rmtree(segment_dir, ignore_errors=True)  # never leave half a segment
             raise
+        if progress is not None:
+            progress("indexed", len(corpus))
         size = sum(len(text.encode("utf-8")) for _, text in documents)
         with self._lock:
             state = self._read(name)
@@ -321,6 +343,8 @@ class DatanetStore:
             state.segments.append(segment_name)
             self._write(state)
             if len(state.segments) > MAX_SEGMENTS:
+                if progress is not None:
+                    progress("compacting", len(documents))
                 state = self._compact(state)
         logger.info("datanet %s: %d documents added as %s (%d near-duplicates)", name,
                     len(documents), segment_name,
@@ -383,15 +407,23 @@ class DatanetStore:
     def _build(directory: Path, documents: Sequence[CorpusDocument],
                progress: Callable[[int], None] | None) -> None:
         """Build in a child process: the suffix array's construction needs several times
-        the corpus in memory, and a daemon's heap would keep that after the build."""
+        the corpus in memory, and a daemon's heap would keep that after the build.
+        ``progress`` gets the builder's counts of documents read, relayed from the child."""
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-            try:
-                pool.submit(build_segment, directory, list(documents)).result()
-            except CorpusError as exc:
-                raise InvalidRequest(str(exc), param="documents") from None
-        if progress is not None:
-            progress(len(documents))
+        updates: SimpleQueue[int] = context.SimpleQueue()
+        try:
+            with ProcessPoolExecutor(max_workers=1, mp_context=context,
+                                     initializer=_send_build_progress_to,
+                                     initargs=(updates if progress else None,)) as pool:
+                future = pool.submit(_build_segment_reporting, directory, list(documents))
+                try:
+                    if progress is not None:
+                        _relay_progress(future, updates, progress)
+                    future.result()
+                except CorpusError as exc:
+                    raise InvalidRequest(str(exc), param="documents") from None
+        finally:
+            updates.close()
 
     def _segment(self, directory: Path) -> Segment:
         with self._lock:
@@ -450,6 +482,37 @@ class DatanetStore:
             for segment in self._open_segments.values():
                 segment.close()
             self._open_segments.clear()
+
+
+# In a build child only: where build_segment's progress goes (None: nowhere). A pool
+# initializer is the one way to hand a worker a queue, so it lives in a module global.
+_build_progress: SimpleQueue[int] | None = None
+
+
+def _send_build_progress_to(updates: SimpleQueue[int] | None) -> None:
+    """Pool initializer of a build child: keep the queue its progress counts go to."""
+    global _build_progress
+    _build_progress = updates
+
+
+def _build_segment_reporting(directory: Path, documents: list[CorpusDocument]) -> SegmentInfo:
+    """``build_segment`` in a build child, its document counts sent to the parent."""
+    return build_segment(directory, documents,
+                         progress=None if _build_progress is None else _build_progress.put)
+
+
+def _relay_progress(future: Future[Any], updates: SimpleQueue[int],
+                    progress: Callable[[int], None]) -> None:
+    """Pass the build child's counts to ``progress`` until its ``future`` is done."""
+    while True:
+        # The child writes each count before it returns, so once the future is done
+        # every count it sent is readable here.
+        finished = future.done()
+        while not updates.empty():
+            progress(updates.get())
+        if finished:
+            return
+        wait([future], timeout=0.1)
 
 
 def state_digest(state: DatanetState, segments: Sequence[Segment]) -> str:
