@@ -203,6 +203,15 @@ def test_a_stall_counts_cpu_time_and_blocking_sleep_only() -> None:
     sleeping = Stall(wall_s=0.2, run_delay_s=0.0, cpu_s=0.001, gc_s=0.0, samples=(),
                      asleep_blocking_s=0.19)
     assert sleeping.blocked_s == pytest.approx(0.191)
+    # Asleep while asyncio's executor starts a worker thread that waits for a CPU.
+    starting = (Frame(threading.__file__, 990, "start"),
+                Frame(asyncio.base_events.__file__, 850, "run_in_executor"))
+    starting_a_thread = Stall(wall_s=0.08, run_delay_s=0.0, cpu_s=0.001, gc_s=0.0,
+                              samples=(starting,), asleep_blocking_s=0.077)
+    assert starting_a_thread.blocked_s == pytest.approx(0.001)
+    elsewhere = Stall(wall_s=0.08, run_delay_s=0.0, cpu_s=0.001, gc_s=0.0,
+                      samples=(starting, starting[1:]), asleep_blocking_s=0.077)
+    assert elsewhere.blocked_s == pytest.approx(0.078)
 
 
 def test_only_the_part_of_an_interval_within_the_trip_counts() -> None:

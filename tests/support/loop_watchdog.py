@@ -163,6 +163,10 @@ class Stall:
         off the GIL too) is not counted: it is no blocking call's fault."""
         if self.asleep_blocking_s is None:
             return self.wall_s - (self.run_delay_s or 0.0) - self.gc_s - self.gil_wait_s
+        if self.samples and all(_starting_a_thread(stack) for stack in self.samples):
+            # ``Thread.start`` sleeps until the new thread first runs: on a loaded machine
+            # that is a wait for a CPU (asyncio's executor starting a worker), not work.
+            return max(0.0, self.cpu_s - self.gc_s)
         return max(0.0, self.cpu_s - self.gc_s) + self.asleep_blocking_s
 
     @property
@@ -215,6 +219,12 @@ class Stall:
             lines.append("  loop thread stack (innermost first, down to the loop):")
             lines.extend(f"    {frame}" for frame in _shown(stack))
         return "\n".join(lines)
+
+
+def _starting_a_thread(stack: Stack) -> bool:
+    """Whether the loop thread was inside ``threading.Thread.start``."""
+    return any(frame.name == "start" and frame.filename.endswith(os.sep + "threading.py")
+               for frame in stack)
 
 
 def _project_frame(stack: Stack) -> Frame | None:
