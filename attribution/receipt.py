@@ -22,7 +22,8 @@ from attribution.payees import PPM, ROLES, Payee
 VERSION = 1
 SIGNATURE_DOMAIN = b"edged/receipt/v1\0"
 ZERO_HASH = bytes(32)
-KINDS = ("chat", "completion", "embedding", "predict")
+# "relay": a generation this node routed to a trusted peer (DESIGN.md, "Relay receipts").
+KINDS = ("chat", "completion", "embedding", "predict", "relay")
 _FIELDS = {
     "v", "node", "seq", "prev", "ts", "model", "kind", "in", "out",
     "usage", "fee", "payees", "attr", "sig",

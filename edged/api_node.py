@@ -14,6 +14,7 @@ from attribution.receipt import SignedReceipt
 from edged.appkeys import (
     BINDINGS,
     DATANETS,
+    FEDERATION,
     LEDGER,
     NODE_KEYS,
     PREDICT,
@@ -75,6 +76,9 @@ async def get_receipt(request: web.Request) -> web.Response:
     if not RECEIPT_ID.fullmatch(receipt_id):
         raise InvalidRequest("a receipt id is 64 hex digits", param="id")
     receipt = request.app[LEDGER].get(bytes.fromhex(receipt_id))
+    if receipt is None and (federation := request.app.get(FEDERATION)) is not None \
+            and federation.enabled:  # a peer's receipt, e.g. of a request routed there
+        receipt = await federation.fetch_receipt(bytes.fromhex(receipt_id))
     if receipt is None:
         raise NotFound("no receipt with that id", param="id")
     return json_response(receipt_json(receipt))
@@ -162,6 +166,7 @@ async def create_model(request: web.Request) -> web.Response:
         embedding_output=_optional_string(body, "embedding_output"),
         tokenizer=_tokenizer_digest(request, body.get("tokenizer")),
         options=_options(body.get("options")),
+        federate=body.get("federate", True),
     )
     await _require_datanets(request, manifest.datanets)
     # Off the loop: registration reads the weights' header and tensor table.
@@ -231,7 +236,7 @@ async def _require_datanets(request: web.Request, names: tuple[str, ...]) -> Non
 
 UPDATABLE = {"owner", "price", "datanets", "data_share_ppm", "unmatched_data_to",
              "chat_format", "context_length", "max_batch_size", "batch_delay_us",
-             "influence_layer", "label_names", "options", "lineage"}
+             "influence_layer", "label_names", "options", "lineage", "federate"}
 
 
 async def update_model(request: web.Request) -> web.Response:

@@ -14,6 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from attribution.receipt import SignedReceipt
+from edged.api_federation import relay_if_remote, remote_model_objects
 from edged.appkeys import SERVICE, SETTINGS
 from edged.errors import EdgedError, InternalError
 from edged.http_common import json_response, read_json
@@ -24,6 +25,7 @@ from runtimes import Done, TokenLogprob
 
 logger = logging.getLogger(__name__)
 RECEIPT_HEADER = "X-Edged-Receipt"
+NODE_HEADER = "X-Edged-Node"  # the key of the node whose receipt X-Edged-Receipt names
 
 
 def add_openai_routes(app: web.Application) -> None:
@@ -35,7 +37,7 @@ def add_openai_routes(app: web.Application) -> None:
 
 
 def receipt_ref(receipt: SignedReceipt) -> dict[str, Any]:
-    return {"id": receipt.leaf.hex(), "seq": receipt.seq}
+    return {"id": receipt.leaf.hex(), "seq": receipt.seq, "node": receipt.node.hex()}
 
 
 def _usage(done: Done) -> dict[str, int]:
@@ -50,7 +52,8 @@ def _model_object(manifest: Any) -> dict[str, Any]:
 
 async def list_models(request: web.Request) -> web.Response:
     manifests = request.app[SERVICE].store.list()
-    return json_response({"object": "list", "data": [_model_object(m) for m in manifests]})
+    return json_response({"object": "list", "data": [_model_object(m) for m in manifests]
+                          + remote_model_objects(request.app)})  # federation: peers' models
 
 
 async def get_model(request: web.Request) -> web.Response:
@@ -173,13 +176,21 @@ def _sse(data: dict[str, Any] | str) -> bytes:
 
 
 async def _generate(request: web.Request, parsed: GenerateRequest) -> web.StreamResponse:
+    relayed = await relay_if_remote(request, parsed)  # federation: a model a peer serves
+    return relayed if relayed is not None else await generate_locally(request, parsed)
+
+
+async def generate_locally(request: web.Request,
+                           parsed: GenerateRequest) -> web.StreamResponse:
+    """Answer from a local model (also a request a trusted peer routed here)."""
     service = request.app[SERVICE]
     shape = _Shape(parsed)
     if not parsed.stream:
         result = await service.complete(parsed)
         return json_response(shape.whole(result.text, result.done, result.receipt,
                                          result.logprobs),
-                             headers={RECEIPT_HEADER: result.receipt.leaf.hex()})
+                             headers={RECEIPT_HEADER: result.receipt.leaf.hex(),
+                                      NODE_HEADER: result.receipt.node.hex()})
     stream = service.stream(parsed)
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                            "Cache-Control": "no-cache"})

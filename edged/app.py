@@ -15,6 +15,7 @@ from attribution.spans import SpanParams
 from edged.api_audit import add_audit_routes
 from edged.api_datanets import add_datanet_routes
 from edged.api_exchange import add_exchange_routes
+from edged.api_federation import add_federation_routes
 from edged.api_node import STARTUP_FAILURES, add_node_routes
 from edged.api_openai import add_openai_routes
 from edged.api_peers import add_peer_routes
@@ -24,6 +25,7 @@ from edged.appkeys import (
     BINDINGS,
     DATANETS,
     EXCHANGE,
+    FEDERATION,
     LEDGER,
     NODE_KEYS,
     PEERS,
@@ -43,6 +45,7 @@ from edged.demo_classifier import install_demo_classifier
 from edged.errors import Unsupported
 from edged.examples import InfluenceBindings
 from edged.exchange import ExchangeService
+from edged.federation import Federation
 from edged.http_common import error_middleware, server_handler_args
 from edged.inference import InferenceService, unix_millis
 from edged.keys import load_or_create_keys
@@ -100,6 +103,7 @@ def create_app(settings: Settings, *, loader: Loader = load_backend,
     add_sync_routes(app)
     add_peer_routes(app)
     add_exchange_routes(app)
+    add_federation_routes(app)
     add_audit_routes(app)
     add_v2_routes(app)
     add_metrics_route(app)
@@ -111,6 +115,7 @@ def create_app(settings: Settings, *, loader: Loader = load_backend,
         _ledger,
         functools.partial(_models, runtimes=runtimes, loader=loader, clock_ms=clock_ms),
         functools.partial(_sync, clock_ms=clock_ms),
+        functools.partial(_federation, clock_ms=clock_ms),
         functools.partial(_background_tasks, clock_ms=clock_ms),
     ])
     return app
@@ -221,6 +226,23 @@ async def _sync(app: web.Application, *, clock_ms: Callable[[], int]) -> AsyncIt
                 await exchange.discovery.close()
     finally:
         replicas.close()
+
+
+async def _federation(app: web.Application, *,
+                      clock_ms: Callable[[], int]) -> AsyncIterator[None]:
+    """Federated inference: advertisements of peers' models, routing, relay receipts.
+    The exchange round fetches the advertisements of the peers it talks to."""
+    service = app[SERVICE]
+    federation = Federation(settings=app[SETTINGS], store=service.store,
+                            scheduler=app[SCHEDULER], ledger=app[LEDGER], keys=app[NODE_KEYS],
+                            peers=app[PEERS], clock_ms=clock_ms)
+    await federation.open()
+    app[FEDERATION] = federation
+    app[EXCHANGE].on_peer = federation.refresh
+    try:
+        yield
+    finally:
+        await federation.close()
 
 
 async def _background_tasks(app: web.Application, *,

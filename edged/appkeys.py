@@ -9,6 +9,7 @@ from aiohttp import web
 from edged.datanets import DatanetStore
 from edged.examples import InfluenceBindings
 from edged.exchange import ExchangeService, SyncEndpoint
+from edged.federation import Federation
 from edged.inference import InferenceService
 from edged.keys import NodeKeys
 from edged.ledger import Ledger
@@ -31,3 +32,4 @@ SYNC_ENDPOINT = web.AppKey("sync_endpoint", SyncEndpoint)
 REQUEST_VERIFIER = web.AppKey("request_verifier", RequestVerifier)
 PREDICT = web.AppKey("predict", PredictService)
 BINDINGS = web.AppKey("bindings", InfluenceBindings)
+FEDERATION = web.AppKey("federation", Federation)

@@ -136,6 +136,9 @@ class ExchangeService:
     peer_deadline_s: float = 30.0
     # How many peers one round talks to at once.
     parallel_peers: int = 4
+    # Called with (client, url, key) once a peer proved its trusted key in a pull round
+    # (federation fetches its model advertisement); must not raise.
+    on_peer: Callable[[httpx.AsyncClient, str, bytes], Awaitable[None]] | None = None
 
     def discovered(self) -> list[tuple[str, str]]:
         """``(url, node id)`` of discovered peers whose key is trusted (mDNS is a hint)."""
@@ -268,6 +271,8 @@ class ExchangeService:
         in the peer's state batch by batch, so progress survives a deadline)."""
         progress = self.states.setdefault(url, PeerState(url))
         peer = progress.key = await self._peer_key(client, url)
+        if self.on_peer is not None:
+            await self.on_peer(client, url, peer)
         path = "/v1/sync/heads"
         heads = _parse_heads(await self._bounded_get(client, url, path, peer, MAX_HEADS_BYTES))
         received = 0

@@ -22,11 +22,13 @@ from edged.settings import Settings
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 CORS_ORIGIN = web.RequestKey("cors_origin", str)  # the Origin that passed the policy
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
+# Federated inference (edged.api_federation) adds its models, routed requests and receipts.
 NODE_SIGNED_PATHS = frozenset({"/v1/sync/hello", "/v1/sync/heads", "/v1/sync/pull",
-                               "/v1/sync/push"})
+                               "/v1/sync/push", "/v1/sync/models", "/v1/sync/chat/completions",
+                               "/v1/sync/completions", "/v1/sync/receipt"})
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]", "::1")
 CORS_ALLOW_HEADERS = "Authorization, Content-Type, OpenAI-Organization, OpenAI-Project"
-CORS_EXPOSE_HEADERS = "X-Edged-Receipt, Retry-After"
+CORS_EXPOSE_HEADERS = "X-Edged-Receipt, X-Edged-Node, Retry-After"
 CORS_METHODS = "GET, POST, PUT, DELETE, HEAD, OPTIONS"
 
 

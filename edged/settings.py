@@ -72,6 +72,11 @@ class Settings:
     fleet_url: str = _setting("", "fleet manager this node pushes its receipts to "
                               "(http://host:port; its key must be trusted with `edged peers "
                               "trust`)")
+    federation: bool = _setting(False, "federated inference: advertise this node's models to "
+                                "trusted peers, serve their routed requests, and route requests "
+                                "for models it does not hold to a trusted peer that serves them")
+    relay_fee: int = _setting(0, "federation: base units this node's relay receipt charges per "
+                              "routed request (paid to its operator)")
     mdns_interfaces: tuple[str, ...] = _setting(
         (), "addresses to advertise and browse _edged._tcp on (empty: mDNS off)")
     checkpoint_interval: float = _setting(30.0, "seconds between signed checkpoints of the "
@@ -176,6 +181,8 @@ class Settings:
         if self.gpu_layers != "auto" and not _is_layer_count(self.gpu_layers):
             raise SettingsError("gpu_layers must be auto, -1 or a count of layers",
                                 param="gpu_layers")
+        if not 0 <= self.relay_fee <= 2**40:
+            raise SettingsError("relay_fee must be within 0..2**40", param="relay_fee")
         for name in ("max_body_bytes", "max_loaded_models", "max_queue", "default_max_tokens",
                      "span_min_words", "parallel"):
             if getattr(self, name) < 1:
