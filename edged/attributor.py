@@ -38,6 +38,9 @@ from edged.examples import InfluenceBindings
 from edged.models import Manifest
 
 OWNER_METHOD = "owner/1"
+# A relay receipt (edged/federation.py): the routing node's operator gets the relay fee;
+# params and evidence are both the digest of {"node", "receipt"} of the serving receipt.
+RELAY_METHOD = "relay/1"
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ import numpy as np
 from attribution import canonical
 from attribution.commitments import digest
 from attribution.influence import SCORE_SCALE, ppm_from_integer_weights
-from attribution.payees import Payee
+from attribution.payees import PPM, Payee
 from attribution.receipt import SignedReceipt
 from attribution.span_index import Segment
 from attribution.spans import (
@@ -53,7 +53,7 @@ from attribution.spans import (
     total_documents,
     wire_params,
 )
-from edged.attributor import OWNER_METHOD, Attributor
+from edged.attributor import OWNER_METHOD, RELAY_METHOD, Attributor
 from edged.datanets import DatanetNotFound, DatanetStore
 from edged.errors import ModelNotFound
 from edged.examples import InfluenceBindings
@@ -104,6 +104,8 @@ def audit_receipt(receipt: SignedReceipt, evidence_raw: bytes | None,
     attr = receipt.fields["attr"]
     report = AuditReport(receipt.leaf.hex(), receipt.seq, receipt.fields["model"]["name"],
                          attr["method"])
+    if report.method == RELAY_METHOD:  # a model of a peer: no manifest here to check
+        return _audit_relay(report, receipt, evidence_raw, node.attributor)
     try:
         manifest = node.models.get(report.model)
     except ModelNotFound:
@@ -142,6 +144,29 @@ def audit_receipt(receipt: SignedReceipt, evidence_raw: bytes | None,
     report.payees = [payee.to_wire() for payee in payees]
     report.problems += _payee_differences(receipt.fields["payees"], report.payees)
     report.recomputed += ["attr.params", "the payees"]
+    return report
+
+
+def _audit_relay(report: AuditReport, receipt: SignedReceipt, evidence_raw: bytes | None,
+                 attributor: Attributor) -> AuditReport:
+    """A relay receipt: its evidence names the serving node and receipt, both attr digests
+    are that evidence's, and the whole fee goes to this node's operator."""
+    attr = receipt.fields["attr"]
+    evidence = canonical.decode(evidence_raw) if evidence_raw else {}
+    link_ok = isinstance(evidence, dict) and set(evidence) == {"node", "receipt"} and all(
+        isinstance(value, str) and len(value) == 64 for value in evidence.values())
+    if not link_ok:
+        report.problems.append("the stored evidence does not name a serving node and receipt")
+        return report
+    for name in ("evidence", "params"):
+        if attr[name] != digest(evidence):
+            report.problems.append(f"attr.{name} is not the digest of the stored evidence")
+    report.payees = [Payee(attributor.operator_id, "operator", PPM).to_wire()]
+    report.problems += _payee_differences(receipt.fields["payees"], report.payees)
+    report.reasoning = {"serving_node": evidence["node"], "serving_receipt": evidence["receipt"],
+                        "why": "a request routed to a trusted peer: the peer's receipt pays "
+                               "for the inference, this one the relay fee to the operator"}
+    report.recomputed += ["the evidence digest (attr.evidence)", "attr.params", "the payees"]
     return report
 
 

@@ -490,6 +490,9 @@ def _echo_reasoning(reasoning: dict[str, Any]) -> None:
     """Spans (length, rarity, holders) or influence scores, then per-contributor shares."""
     if "why" in reasoning:
         click.echo(reasoning["why"])
+    if "serving_receipt" in reasoning:  # a relay receipt
+        click.echo(f"served by node {reasoning['serving_node']}, its receipt "
+                   f"{reasoning['serving_receipt']}")
     for span in reasoning.get("spans", []):
         holders = ", ".join(span["holders"]) or "nobody"
         click.echo(f"span {span['span']}: {span['words']} words ({span['bytes']} bytes), in "

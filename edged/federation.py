@@ -54,6 +54,7 @@ from attribution.receipt import (
     verify_receipt,
 )
 from edged import bounded_json
+from edged.attributor import RELAY_METHOD
 from edged.errors import EdgedError, NotReady
 from edged.federation_adverts import (
     ADVERT_DOMAIN,
@@ -78,7 +79,6 @@ MODELS_PATH = "/v1/sync/models"
 RECEIPT_PATH = "/v1/sync/receipt"
 GENERATE_PATHS = {"chat": "/v1/sync/chat/completions", "completion": "/v1/sync/completions"}
 RELAY_KIND = "relay"
-RELAY_METHOD = "relay/1"
 NODE_HEADER = "X-Edged-Node"
 RECEIPT_HEADER = "X-Edged-Receipt"
 MAX_ADVERT_BYTES = 1 << 20

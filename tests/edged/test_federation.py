@@ -206,6 +206,9 @@ def test_a_chat_request_is_routed_with_receipts_on_both_sides(
     assert relay["in"] == commit(key, {"messages": [["user", PROMPT]]}).hex()
     assert relay["out"] == commit(key, {"text": text}).hex()
     verify_receipt(base64.b64decode(relay["raw"]))
+    # An auditor on A can check the relay receipt: its link, digests and payee.
+    audited = a.cli("receipts", "audit", relay["id"])
+    assert audited.returncode == 0 and link["receipt"] in audited.stdout + audited.stderr
 
 
 def test_a_stream_passes_through_token_by_token(cluster: dict[str, Any]) -> None:
