@@ -17,8 +17,8 @@ from click.testing import CliRunner
 
 from attribution.commitments import digest
 from edged.app import create_app
-from edged.appkeys import DATANETS
 from edged.cli import main
+from edged.datanets import DATANETS
 from edged.models import MAX_CARD_CHARS, RUNTIMES, Manifest
 from edged.settings import Settings
 from tests.edged.conftest import FAKE_MODEL, AppClientFactory, fake_loader
@@ -39,7 +39,7 @@ def test_a_manifest_without_lineage_keeps_its_digest() -> None:
     assert "lineage" not in plain.to_dict()
     before_lineage = {**asdict(plain), "datanets": [], "inputs": [], "outputs": [],
                       "label_names": []}
-    for absent in ("tokenizer", "options", "lineage"):
+    for absent in ("tokenizer", "options", "lineage", "federate"):
         del before_lineage[absent]
     assert plain.digest() == digest(before_lineage)
     with_lineage = _manifest(lineage={"base": BASE})
