@@ -68,7 +68,6 @@ from bench.harness import (  # noqa: E402
     free_port,
     loadavg,
 )
-from edged.exchange import MSGPACK  # noqa: E402
 from edged.fleet.db import Database  # noqa: E402
 from edged.fleet.epochs import Epochs  # noqa: E402
 from edged.fleet.service import FleetService  # noqa: E402
@@ -76,9 +75,11 @@ from edged.fleet.settle import Settler  # noqa: E402
 from edged.fleet.store import FleetStore  # noqa: E402
 from edged.keys import load_or_create_keys  # noqa: E402
 from edged.settings import Settings  # noqa: E402
+from edged.sync_endpoint import MSGPACK  # noqa: E402
 from sync.auth import sign_request  # noqa: E402
 from sync.batch import MAX_BATCH_RECEIPTS  # noqa: E402
 from sync.checkpoint import Checkpoint  # noqa: E402
+from sync.clock import unix_millis as now_ms  # noqa: E402
 from tests.support.simulated_node import SimulatedNode  # noqa: E402
 
 PUSH = "/v1/sync/push"
@@ -88,10 +89,6 @@ OWNER = "0x" + "11" * 20
 OPERATOR = "operator-a"
 OPERATOR_ADDRESS = "0x" + "33" * 20
 FILL_CHUNK = 50_000
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 # --- receipts ----------------------------------------------------------------------------

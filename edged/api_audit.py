@@ -10,10 +10,13 @@ import ipaddress
 
 from aiohttp import web
 
-from edged.appkeys import BINDINGS, DATANETS, LEDGER, SERVICE
 from edged.audit import NodeData, audit_receipt
+from edged.datanets import DATANETS
 from edged.errors import Forbidden, InvalidRequest, NotFound
+from edged.examples import BINDINGS
 from edged.http_common import json_response
+from edged.inference import SERVICE
+from edged.ledger import LEDGER
 
 
 def add_audit_routes(app: web.Application) -> None:

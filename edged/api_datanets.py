@@ -13,8 +13,8 @@ from typing import Any
 from aiohttp import web
 
 from attribution import canonical
-from edged.appkeys import DATANETS, LEDGER, SERVICE, SETTINGS
 from edged.datanets import (
+    DATANETS,
     DEFAULT_DUPLICATES,
     AddReport,
     parse_document_lines,
@@ -22,6 +22,9 @@ from edged.datanets import (
 )
 from edged.errors import EdgedError, Forbidden, InvalidRequest, NotFound, error_body
 from edged.http_common import json_response, read_body, read_json
+from edged.inference import SERVICE
+from edged.ledger import LEDGER
+from edged.settings import SETTINGS
 
 logger = logging.getLogger(__name__)
 NDJSON = "application/x-ndjson"

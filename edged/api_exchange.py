@@ -1,5 +1,6 @@
-"""Node-to-node sync over HTTP. ``heads``, ``pull`` and ``push`` are authenticated by the
-caller's node signature (sync.auth), not by API keys, and only trusted keys get through;
+"""A node's sync routes: the signed endpoints it shares with the fleet
+(:mod:`edged.sync_endpoint`: hello, heads, push) plus ``pull``, all authenticated by the
+caller's node signature (sync.auth), not by API keys, so only trusted keys get through;
 the rest is for the local operator."""
 
 from __future__ import annotations
@@ -9,24 +10,11 @@ from typing import Any
 
 from aiohttp import web
 
-from edged.appkeys import EXCHANGE, REQUEST_VERIFIER, SETTINGS, SYNC_ENDPOINT
-from edged.errors import EdgedError, Forbidden, InvalidRequest, TooManyRequests, Unauthorized
-from edged.exchange import HELLO_DOMAIN, MSGPACK, SyncRefused
-from edged.http_common import json_response, read_body
-from sync.auth import AuthError
-from sync.batch import MAX_BATCH_BYTES
-
-# Pushes read up to MAX_BATCH_BYTES each: only this many bodies are read at once.
-MAX_CONCURRENT_PUSHES = 4
-PUSH_SLOTS = web.AppKey("push_slots", asyncio.Semaphore)
-
-
-def add_sync_endpoint_routes(app: web.Application) -> None:
-    """The signed endpoints a node and a fleet manager both answer (app[SYNC_ENDPOINT])."""
-    app[PUSH_SLOTS] = asyncio.Semaphore(MAX_CONCURRENT_PUSHES)
-    app.router.add_get("/v1/sync/hello", hello)
-    app.router.add_get("/v1/sync/heads", heads)
-    app.router.add_post("/v1/sync/push", push)
+from edged.errors import InvalidRequest
+from edged.exchange import EXCHANGE
+from edged.http_common import json_response
+from edged.settings import SETTINGS
+from edged.sync_endpoint import MSGPACK, add_sync_endpoint_routes, authenticate
 
 
 def add_exchange_routes(app: web.Application) -> None:
@@ -35,43 +23,6 @@ def add_exchange_routes(app: web.Application) -> None:
     app.router.add_get("/v1/sync/evidence", evidence)
     app.router.add_post("/api/sync/now", sync_now)
     app.router.add_get("/api/sync/status", sync_status)
-
-
-def _auth_error(exc: AuthError) -> EdgedError:
-    return (Forbidden if exc.status == 403 else Unauthorized)(exc.message)
-
-
-async def _authenticate(request: web.Request, body: bytes = b"") -> bytes:
-    try:
-        return request.app[REQUEST_VERIFIER].verify(request.method, request.path_qs,
-                                                    request.headers, body)
-    except AuthError as exc:
-        raise _auth_error(exc) from None
-
-
-def _refused(exc: SyncRefused) -> EdgedError:
-    error = EdgedError(exc.message)
-    error.status, error.type = exc.status, "invalid_request_error"
-    error.code = {400: "invalid_batch", 403: "forbidden", 409: "equivocation"}.get(exc.status)
-    return error
-
-
-async def hello(request: web.Request) -> web.Response:
-    """Who answers here: the node key a caller signs its sync requests for, with a
-    signature over the caller's challenge (proof this server holds that key)."""
-    challenge = request.query.get("challenge", "")
-    if len(challenge) != 32 or not all(c in "0123456789abcdef" for c in challenge):
-        raise InvalidRequest("'challenge' is 16 random bytes in lowercase hex",
-                             param="challenge")
-    service = request.app[SYNC_ENDPOINT]
-    signature = service.signing_key.sign(HELLO_DOMAIN + bytes.fromhex(challenge)).signature
-    return json_response({"public_key": service.origin.hex(), "signature": signature.hex()})
-
-
-async def heads(request: web.Request) -> web.Response:
-    await _authenticate(request)
-    service = request.app[SYNC_ENDPOINT]
-    return json_response({"heads": await asyncio.to_thread(service.heads)})
 
 
 def _hex_query(request: web.Request, name: str) -> bytes:
@@ -94,7 +45,7 @@ def _count_query(request: web.Request, name: str, default: int) -> int:
 
 
 async def pull(request: web.Request) -> web.Response:
-    await _authenticate(request)
+    await authenticate(request)
     origin = _hex_query(request, "origin")
     have = _count_query(request, "have", 0)
     known = _count_query(request, "known", 0)
@@ -102,31 +53,9 @@ async def pull(request: web.Request) -> web.Response:
     try:
         batch = await asyncio.to_thread(request.app[EXCHANGE].make_batch, origin, have, known,
                                         limit)
-    except SyncRefused as exc:
-        raise _refused(exc) from None
     except ValueError as exc:
         raise InvalidRequest(str(exc)) from None
     return web.Response(body=batch.encode(), content_type=MSGPACK)
-
-
-async def push(request: web.Request) -> web.Response:
-    # Nobody gets a body read before their headers pass: a trusted key, a fresh
-    # timestamp, an unused nonce. The signature over the body is checked after.
-    try:
-        request.app[REQUEST_VERIFIER].precheck(request.headers)
-    except AuthError as exc:
-        raise _auth_error(exc) from None
-    slots = request.app[PUSH_SLOTS]
-    if slots.locked():
-        raise TooManyRequests("too many pushes at once; try again shortly")
-    async with slots:  # held while the body is in memory
-        body = await read_body(request, MAX_BATCH_BYTES, "batch too large")
-        await _authenticate(request, body)
-        try:
-            stored = await asyncio.to_thread(request.app[SYNC_ENDPOINT].ingest, body)
-        except SyncRefused as exc:
-            raise _refused(exc) from None
-    return json_response({"stored": stored})
 
 
 async def evidence(request: web.Request) -> web.Response:

@@ -17,7 +17,6 @@ from typing import Any
 from aiohttp import web
 
 from edged import bounded_json
-from edged.appkeys import FEDERATION, LEDGER, REQUEST_VERIFIER, SETTINGS
 from edged.errors import (
     Forbidden,
     InternalError,
@@ -25,9 +24,9 @@ from edged.errors import (
     InvalidRequest,
     ModelNotFound,
     NotFound,
-    Unauthorized,
 )
 from edged.federation import (
+    FEDERATION,
     GENERATE_PATHS,
     MODELS_PATH,
     NODE_HEADER,
@@ -38,8 +37,10 @@ from edged.federation import (
     UpstreamError,
 )
 from edged.http_common import json_response, read_body
+from edged.ledger import LEDGER
 from edged.schemas import GenerateRequest, parse_chat, parse_completion
-from sync.auth import AuthError
+from edged.settings import SETTINGS
+from edged.sync_endpoint import REQUEST_VERIFIER
 
 FEDERATED_PATHS = frozenset({MODELS_PATH, RECEIPT_PATH, *GENERATE_PATHS.values()})
 
@@ -53,11 +54,8 @@ def add_federation_routes(app: web.Application) -> None:
 
 async def _trusted_peer(request: web.Request, body: bytes = b"") -> bytes:
     """The caller's node key: a valid signature for this node, fresh, unused, trusted."""
-    try:
-        key = request.app[REQUEST_VERIFIER].verify(request.method, request.path_qs,
-                                                   request.headers, body)
-    except AuthError as exc:
-        raise (Forbidden if exc.status == 403 else Unauthorized)(exc.message) from None
+    key = request.app[REQUEST_VERIFIER].verify(request.method, request.path_qs,
+                                               request.headers, body)
     if not request.app[FEDERATION].enabled:
         raise Forbidden("federation is off on this node")
     return key
@@ -78,10 +76,8 @@ async def routed_completion(request: web.Request) -> web.StreamResponse:
 
 async def _serve_routed(request: web.Request, kind: str) -> web.StreamResponse:
     """A peer routed a request here: served like a local one, with this node's receipt."""
-    try:  # nobody gets a body read before their headers pass
-        request.app[REQUEST_VERIFIER].precheck(request.headers)
-    except AuthError as exc:
-        raise (Forbidden if exc.status == 403 else Unauthorized)(exc.message) from None
+    # Nobody gets a body read before their headers pass.
+    request.app[REQUEST_VERIFIER].precheck(request.headers)
     settings = request.app[SETTINGS]
     body = await read_body(request, settings.max_body_bytes, "the request body is too large")
     await _trusted_peer(request, body)

@@ -11,23 +11,20 @@ from typing import Any
 from aiohttp import web
 
 from attribution.receipt import SignedReceipt
-from edged.appkeys import (
-    BINDINGS,
-    DATANETS,
-    FEDERATION,
-    LEDGER,
-    NODE_KEYS,
-    PREDICT,
-    READY,
-    SCHEDULER,
-    SERVICE,
-    SETTINGS,
-)
+from edged.datanets import DATANETS
 from edged.errors import InvalidRequest, NotFound, NotReady
-from edged.http_common import json_response, read_json
+from edged.examples import BINDINGS
+from edged.federation import FEDERATION
+from edged.http_common import READY, json_response, read_json
+from edged.inference import SERVICE
+from edged.keys import NODE_KEYS
+from edged.ledger import LEDGER
 from edged.lineage import resolve_lineage
 from edged.models import Manifest, Price, validate_digest, validate_name
+from edged.predict import PREDICT
+from edged.scheduler import SCHEDULER
 from edged.schemas import parse_keep_alive
+from edged.settings import SETTINGS
 
 RECEIPT_ID = re.compile(r"^[0-9a-f]{64}$")
 MAX_PAGE = 1000

@@ -15,11 +15,11 @@ from aiohttp import web
 
 from attribution.receipt import SignedReceipt
 from edged.api_federation import relay_if_remote, remote_model_objects
-from edged.appkeys import SERVICE, SETTINGS
 from edged.errors import EdgedError, InternalError
 from edged.http_common import json_response, read_json
-from edged.inference import GenerationStream
+from edged.inference import SERVICE, GenerationStream
 from edged.schemas import GenerateRequest, parse_chat, parse_completion, parse_embeddings
+from edged.settings import SETTINGS
 from edged.tools import CallSplitter, ToolCall, find_calls
 from runtimes import Done, TokenLogprob
 

@@ -6,10 +6,10 @@ from typing import Any
 
 from aiohttp import web
 
-from edged.appkeys import PEERS, SETTINGS
 from edged.errors import InvalidRequest
 from edged.http_common import json_response, read_json
-from edged.peers import TrustedPeer
+from edged.peers import PEERS, TrustedPeer
+from edged.settings import SETTINGS
 
 
 def add_peer_routes(app: web.Application) -> None:

@@ -9,12 +9,11 @@ from typing import Any
 from aiohttp import web
 
 from edged.api_node import RECEIPT_ID, _int_query
-from edged.appkeys import LEDGER
 from edged.errors import InvalidRequest, NotFound
 from edged.http_common import json_response
-from edged.inference import unix_millis
-from edged.ledger import Ledger
+from edged.ledger import LEDGER, Ledger
 from sync.checkpoint import SignedCheckpoint
+from sync.clock import unix_millis
 
 
 def add_sync_routes(app: web.Application) -> None:

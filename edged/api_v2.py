@@ -16,11 +16,14 @@ import numpy as np
 from aiohttp import web
 
 from edged.api_openai import RECEIPT_HEADER, receipt_ref
-from edged.appkeys import BINDINGS, PREDICT, READY, SCHEDULER, SERVICE, SETTINGS
 from edged.errors import InvalidRequest, ModelNotFound
-from edged.examples import BIND_INFLUENCE, BIND_METHODS, LAYER_FOUND, parse_examples
-from edged.http_common import json_response, read_body, read_json
+from edged.examples import BIND_INFLUENCE, BIND_METHODS, BINDINGS, LAYER_FOUND, parse_examples
+from edged.http_common import READY, json_response, read_body, read_json
+from edged.inference import SERVICE
 from edged.models import Manifest
+from edged.predict import PREDICT
+from edged.scheduler import SCHEDULER
+from edged.settings import SETTINGS
 
 # OIP datatype <-> numpy dtype
 DATATYPES = {"BOOL": np.bool_, "UINT8": np.uint8, "INT8": np.int8, "INT16": np.int16,

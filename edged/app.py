@@ -21,51 +21,32 @@ from edged.api_openai import add_openai_routes
 from edged.api_peers import add_peer_routes
 from edged.api_sync import add_sync_routes
 from edged.api_v2 import add_v2_routes
-from edged.appkeys import (
-    BINDINGS,
-    DATANETS,
-    EXCHANGE,
-    FEDERATION,
-    LEDGER,
-    NODE_KEYS,
-    PEERS,
-    PREDICT,
-    READY,
-    REQUEST_VERIFIER,
-    SCHEDULER,
-    SERVICE,
-    SETTINGS,
-    SYNC_ENDPOINT,
-)
 from edged.attributor import Attributor
 from edged.background import running
-from edged.datanets import DatanetStore
+from edged.datanets import DATANETS, DatanetStore
 from edged.demo import install_demo_model
 from edged.demo_classifier import install_demo_classifier
 from edged.errors import Unsupported
-from edged.examples import InfluenceBindings
-from edged.exchange import ExchangeService
-from edged.federation import Federation
-from edged.http_common import error_middleware, server_handler_args
-from edged.inference import InferenceService, unix_millis
-from edged.keys import load_or_create_keys
-from edged.ledger import Ledger
-from edged.metrics import (
-    HTTP_METRICS,
-    METRICS,
-    NodeMetrics,
-    add_metrics_route,
-    http_metrics_middleware,
-)
+from edged.examples import BINDINGS, InfluenceBindings
+from edged.exchange import EXCHANGE, ExchangeService
+from edged.federation import FEDERATION, Federation
+from edged.http_common import READY, error_middleware, server_handler_args
+from edged.http_metrics import HTTP_METRICS, http_metrics_middleware
+from edged.inference import SERVICE, InferenceService
+from edged.keys import NODE_KEYS, load_or_create_keys
+from edged.ledger import LEDGER, Ledger
+from edged.metrics import METRICS, NodeMetrics, add_metrics_route
 from edged.models import SERVING_RUNTIMES, ModelStore
-from edged.peers import PeerStore
-from edged.predict import PredictService
+from edged.peers import PEERS, PeerStore
+from edged.predict import PREDICT, PredictService
 from edged.replicas import ReplicaStore
-from edged.scheduler import LoadPlan, Scheduler
+from edged.scheduler import SCHEDULER, LoadPlan, Scheduler
 from edged.security import add_cors_headers, security_middleware
-from edged.settings import Settings, gpu_layers_option
+from edged.settings import SETTINGS, Settings, gpu_layers_option
+from edged.sync_endpoint import REQUEST_VERIFIER, SYNC_ENDPOINT
 from runtimes import Backend, ModelSpec, load_backend
 from sync.auth import RequestVerifier
+from sync.clock import unix_millis
 from sync.discovery import Discovery
 
 logger = logging.getLogger(__name__)

@@ -48,6 +48,8 @@ from multiprocessing.queues import SimpleQueue
 from pathlib import Path
 from typing import Any
 
+from aiohttp import web
+
 from attribution.commitments import digest
 from attribution.span_duplicates import DuplicateFinding, screen_documents
 from attribution.span_index import (
@@ -573,3 +575,7 @@ def read_document_file(path: Path) -> list[tuple[str, str]]:
     if suffix in TEXT_SUFFIXES or not suffix:
         return [(path.name[:MAX_DOCUMENT_ID], text)]
     raise InvalidRequest(f"{path.name}: use .txt, .md or .jsonl files")
+
+
+DATANETS = web.AppKey("datanets", DatanetStore)
+"""The node's datanets: ``app[DATANETS]``."""

@@ -1,35 +1,17 @@
 """One exception hierarchy; each error knows its HTTP status and OpenAI type/code.
 
-The HTTP layer turns any :class:`EdgedError` into
-``{"error": {"message", "type", "param", "code"}}`` with ``status``; anything
-else becomes a 500 whose message reveals nothing about the internals.
-Messages never contain prompts, outputs, paths or secrets.
+The root, :class:`EdgedError`, is defined in :mod:`sync.errors` (``sync`` raises errors
+of its own and may not import ``edged``) and re-exported here. Statuses, types and codes
+are class attributes. The HTTP layer (``edged.http_common.error_response``) renders any
+:class:`EdgedError` in its path's protocol shape with ``status``; anything else becomes a
+500 whose message reveals nothing about the internals. Messages never contain prompts,
+outputs, paths or secrets.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-
-class EdgedError(Exception):
-    status = 500
-    type = "server_error"
-    code: str | None = "internal_error"
-
-    def __init__(self, message: str, *, param: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.param = param
-        self.headers = headers or {}
-
-    def body(self) -> dict[str, Any]:
-        return error_body(self.message, self.type, self.param, self.code)
-
-
-def error_body(message: str, type_: str, param: str | None = None,
-               code: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+from sync.errors import EdgedError as EdgedError
+from sync.errors import error_body as error_body
 
 
 class InvalidRequest(EdgedError):

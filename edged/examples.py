@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from aiohttp import web
 from numpy.lib import format as npy_format
 
 from attribution.influence import METHOD as INFLUENCE_METHOD
@@ -509,3 +510,7 @@ def _initializers(path: Path, weights: str, bias: str) -> tuple[np.ndarray, np.n
         raise InvalidRequest("influence_layer names initializers the graph does not have",
                              param="influence_layer")
     return np.asarray(found[weights], np.float64), np.asarray(found[bias], np.float64)
+
+
+BINDINGS = web.AppKey("bindings", InfluenceBindings)
+"""Which datanet each model's influence engine reads: ``app[BINDINGS]``."""

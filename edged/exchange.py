@@ -16,9 +16,10 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import httpx
+from aiohttp import web
 from nacl.exceptions import CryptoError
 from nacl.signing import VerifyKey
 
@@ -27,6 +28,13 @@ from edged.ledger import Ledger
 from edged.peers import PeerStore
 from edged.replicas import ReplicaStore
 from edged.settings import Settings
+from edged.sync_endpoint import (
+    HELLO_DOMAIN,
+    MSGPACK,
+    SyncEquivocation,
+    SyncForbidden,
+    SyncRefused,
+)
 from sync import merkle
 from sync.auth import sign_request
 from sync.batch import (
@@ -40,9 +48,7 @@ from sync.batch import (
 from sync.discovery import Discovery
 
 logger = logging.getLogger(__name__)
-MSGPACK = "application/msgpack"
 MAX_BACKOFF_S = 300.0
-HELLO_DOMAIN = b"edged/sync-hello/v1\0"
 MAX_HEADS = 10_000
 MAX_HEADS_BYTES = 2 * 1024 * 1024
 MAX_HELLO_BYTES = 4096
@@ -54,20 +60,20 @@ def _parse_heads(body: bytes) -> list[tuple[bytes, int]]:
     try:
         heads = bounded_json.loads(body)["heads"]
     except (ValueError, KeyError, TypeError):
-        raise SyncRefused(400, "malformed heads") from None
+        raise SyncRefused("malformed heads") from None
     if not isinstance(heads, list) or len(heads) > MAX_HEADS:
-        raise SyncRefused(400, "malformed heads")
+        raise SyncRefused("malformed heads")
     parsed = []
     for head in heads:
         origin, size = (head.get("origin"), head.get("size")) if isinstance(head, dict) \
             else (None, None)
         if not isinstance(origin, str) or len(origin) != 64 or not isinstance(size, int) \
                 or isinstance(size, bool) or size < 0:
-            raise SyncRefused(400, "malformed heads")
+            raise SyncRefused("malformed heads")
         try:
             parsed.append((bytes.fromhex(origin), size))
         except ValueError:
-            raise SyncRefused(400, "malformed heads") from None
+            raise SyncRefused("malformed heads") from None
     return parsed
 
 
@@ -82,28 +88,10 @@ def _fitting(receipts: list[bytes]) -> list[bytes]:
     return receipts
 
 
-class SyncRefused(Exception):
-    """A batch or request this node will not accept (the HTTP layer answers 400/403)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-class SyncEndpoint(Protocol):
-    """What answers the signed sync endpoints (hello, heads, push): a node's
-    :class:`ExchangeService`, or a fleet manager."""
-
-    @property
-    def signing_key(self) -> Any: ...
-
-    @property
-    def origin(self) -> bytes: ...
-
-    def heads(self) -> list[dict[str, Any]]: ...
-
-    def ingest(self, data: bytes) -> int: ...
+def _outcome_name(exc: Exception) -> str:
+    """How a failed exchange is reported: the error's class, every refusal as
+    ``SyncRefused`` (its status-specific subclasses are one outcome to the operator)."""
+    return "SyncRefused" if isinstance(exc, SyncRefused) else exc.__class__.__name__
 
 
 @dataclass
@@ -182,17 +170,17 @@ class ExchangeService:
         if origin == self.origin:
             end = min(self.ledger.count(), have + limit)
             if end < have or known > end:
-                raise SyncRefused(400, "nothing to serve from there")
+                raise SyncRefused("nothing to serve from there")
             receipts = _fitting([r.raw for r in self.ledger.page(have - 1, end - have)])
             end = have + len(receipts)
             checkpoint = self.ledger.cut_checkpoint(self.clock_ms(), end, fresh=fresh)
             proof = self.ledger.consistency_proof(known, end) if known else []
             return Batch(origin, receipts, checkpoint, proof, known)
         if self.replicas.is_frozen(origin):
-            raise SyncRefused(403, "that origin is frozen for equivocation")
+            raise SyncForbidden("that origin is frozen for equivocation")
         held = [cp for cp in self.replicas.checkpoints(origin) if cp.checkpoint.size > have]
         if not held:
-            raise SyncRefused(400, "no newer checkpoint of that origin held here")
+            raise SyncRefused("no newer checkpoint of that origin held here")
         fitting = [cp for cp in held if cp.checkpoint.size <= have + limit] or held[:1]
         for checkpoint in reversed(fitting):  # the largest range that fits in a batch
             end = checkpoint.checkpoint.size
@@ -200,7 +188,7 @@ class ExchangeService:
             if len(_fitting(receipts)) == len(receipts):
                 break
         else:
-            raise SyncRefused(400, "the receipts up to the next checkpoint held of that "
+            raise SyncRefused("the receipts up to the next checkpoint held of that "
                               "origin do not fit in one batch")
         proof = (merkle.consistency_proof(known, end, self.replicas.subtrees(origin))
                  if known else [])
@@ -215,14 +203,14 @@ class ExchangeService:
         try:
             batch = Batch.decode(data)
         except BatchError as exc:
-            raise SyncRefused(400, str(exc)) from None
+            raise SyncRefused(str(exc)) from None
         origin = batch.origin
         if origin == self.origin:
             return 0  # our own log is authoritative here
         if not self.peers.is_trusted(origin):
-            raise SyncRefused(403, "receipts of an untrusted origin")
+            raise SyncForbidden("receipts of an untrusted origin")
         if self.replicas.is_frozen(origin):
-            raise SyncRefused(403, "that origin is frozen for equivocation")
+            raise SyncForbidden("that origin is frozen for equivocation")
         known = self.replicas.latest_checkpoint(origin)
         try:
             verified = verify_batch(batch, known=known, have_through=self.replicas.size(origin),
@@ -231,9 +219,9 @@ class ExchangeService:
             if self.replicas.record_equivocation(origin, exc.known, exc.new):
                 logger.warning("origin %s signed two inconsistent checkpoints; frozen",
                                origin.hex()[:16])
-            raise SyncRefused(409, "equivocation: the origin is now frozen") from None
+            raise SyncEquivocation("equivocation: the origin is now frozen") from None
         except BatchError as exc:
-            raise SyncRefused(400, str(exc)) from None
+            raise SyncRefused(str(exc)) from None
         return self.replicas.store(origin, verified.new_receipts, verified.subtree_rows,
                                    verified.checkpoint)
 
@@ -255,15 +243,15 @@ class ExchangeService:
             async for chunk in reply.aiter_bytes():  # unauthenticated: bounded
                 body += chunk
                 if len(body) > MAX_HELLO_BYTES:
-                    raise SyncRefused(400, "peer response too large")
+                    raise SyncRefused("peer response too large")
         try:
             data = bounded_json.loads(body)
             key = bytes.fromhex(data["public_key"])
             VerifyKey(key).verify(HELLO_DOMAIN + challenge, bytes.fromhex(data["signature"]))
         except (KeyError, TypeError, ValueError, CryptoError):
-            raise SyncRefused(400, "the peer did not prove its key") from None
+            raise SyncRefused("the peer did not prove its key") from None
         if not self.peers.is_trusted(key):
-            raise SyncRefused(403, "the node at that address is not trusted")
+            raise SyncForbidden("the node at that address is not trusted")
         return key
 
     async def sync_peer(self, client: httpx.AsyncClient, url: str) -> int:
@@ -339,7 +327,7 @@ class ExchangeService:
             async for chunk in reply.aiter_bytes():
                 body += chunk
                 if len(body) > limit:
-                    raise SyncRefused(400, "peer response too large")
+                    raise SyncRefused("peer response too large")
         return bytes(body)
 
     async def run_forever(self, urls: Callable[[], list[str]]) -> None:
@@ -409,7 +397,7 @@ class ExchangeService:
                     received = await action(client, state.url)
             except Exception as exc:  # one bad peer must not stop the round
                 if not deadline.expired():
-                    return self._failed(state, exc.__class__.__name__)
+                    return self._failed(state, _outcome_name(exc))
                 cut_short = f"TimeoutError: not done within {self.peer_deadline_s:g} s"
                 progress = state.received - received_before
                 if not progress:
@@ -432,3 +420,7 @@ class ExchangeService:
         delay = min(MAX_BACKOFF_S, self.settings.sync_interval * 2 ** state.failures)
         state.next_attempt = time.monotonic() + delay
         return f"error: {error}"
+
+
+EXCHANGE = web.AppKey("exchange", ExchangeService)
+"""The node's receipt exchange: ``app[EXCHANGE]``."""

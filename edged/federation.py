@@ -40,6 +40,7 @@ from typing import Any
 
 import aiohttp
 import httpx
+from aiohttp import web
 from nacl.signing import SigningKey
 
 from attribution import canonical
@@ -487,3 +488,7 @@ def _collect_chunk(payload: bytes, kind: str, outcome: RelayOutcome) -> None:
     if isinstance(receipt, dict) and isinstance(receipt.get("id"), str):
         with contextlib.suppress(ValueError):
             outcome.serving_receipt = bytes.fromhex(receipt["id"])
+
+
+FEDERATION = web.AppKey("federation", Federation)
+"""Routing to trusted peers' models: ``app[FEDERATION]``."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -24,6 +25,8 @@ logger = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # The "model" a JSON body names, unchecked (edged.metrics labels it only if registered).
 REQUESTED_MODEL = web.RequestKey("requested_model", str)
+# Set once the application has started (node and fleet); /readyz answers 503 until then.
+READY = web.AppKey("ready", asyncio.Event)
 
 
 async def read_json(request: web.Request) -> Any:

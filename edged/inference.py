@@ -12,11 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import struct
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
+
+from aiohttp import web
 
 from attribution.commitments import commit
 from attribution.receipt import ModelRef, ReceiptDraft, SignedReceipt
@@ -37,10 +38,7 @@ from runtimes import (
     TokenLogprob,
     UnsupportedOperation,
 )
-
-
-def unix_millis() -> int:
-    return time.time_ns() // 1_000_000
+from sync.clock import unix_millis
 
 
 def build_draft(manifest: Manifest, kind: str, commitment_key: bytes, committed_input: Any,
@@ -238,3 +236,6 @@ class GenerationStream:
             self.manifest, self.request.kind, self.request.committed_input(), {"text": text},
             text, self.done.prompt_tokens, self.done.completion_tokens)
 
+
+SERVICE = web.AppKey("service", InferenceService)
+"""The node's inference service: ``app[SERVICE]``."""

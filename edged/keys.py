@@ -15,6 +15,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from aiohttp import web
 from nacl.signing import SigningKey
 
 from attribution.commitments import COMMITMENT_KEY_BYTES
@@ -70,3 +71,7 @@ def load_or_create_keys(keys_dir: Path) -> NodeKeys:
     seed = _read_or_create_secret(keys_dir / SIGNING_KEY_FILE, 32)
     commitment = _read_or_create_secret(keys_dir / COMMITMENT_KEY_FILE, COMMITMENT_KEY_BYTES)
     return NodeKeys(SigningKey(seed), commitment)
+
+
+NODE_KEYS = web.AppKey("node_keys", NodeKeys)
+"""The node's signing and commitment keys: ``app[NODE_KEYS]``."""

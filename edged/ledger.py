@@ -35,6 +35,7 @@ from types import TracebackType
 from typing import Any, Self, TypeAlias
 
 import sqlite_utils
+from aiohttp import web
 from nacl.signing import SigningKey
 
 from attribution import canonical
@@ -559,3 +560,7 @@ def _fsync_directory(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+LEDGER = web.AppKey("ledger", Ledger)
+"""The node's receipt ledger: ``app[LEDGER]``."""

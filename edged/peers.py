@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aiohttp import web
+
 from edged.errors import InvalidRequest, NotFound
 
 KEY_PATTERN = re.compile(r"^[0-9a-f]{64}$")
@@ -131,3 +133,7 @@ class PeerStore:
             if trusted.pop(key, None) is None:
                 raise NotFound("that key is not trusted", param="key")
             self._save(trusted)
+
+
+PEERS = web.AppKey("peers", PeerStore)
+"""The trusted peer keys: ``app[PEERS]``."""

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from aiohttp import web
 
 from attribution.receipt import SignedReceipt
 from edged import errors
@@ -241,3 +242,7 @@ def _fail(group: list[_Request], error: errors.EdgedError) -> None:
     for request in group:
         if not request.future.done():
             request.future.set_exception(error)
+
+
+PREDICT = web.AppKey("predict", PredictService)
+"""The node's batched ONNX predictions: ``app[PREDICT]``."""

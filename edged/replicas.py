@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from pathlib import Path
 import sqlite_utils
 
 from sync.checkpoint import SignedCheckpoint
+from sync.clock import unix_millis
 
 _BUSY_TIMEOUT_MS = 10_000
 
@@ -198,5 +198,5 @@ class ReplicaStore:
             frozen = self._is_frozen(conn, origin)
             conn.execute("INSERT INTO equivocations (origin, first, second, ts) VALUES "
                          "(?, ?, ?, ?)", (origin, first.encode(), second.encode(),
-                                          int(time.time() * 1000)))
+                                          unix_millis()))
         return not frozen

@@ -34,6 +34,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar, cast
 
+from aiohttp import web
+
 import runtimes
 from edged.background import wait_through_cancellation
 from edged.errors import NotReady, Overloaded
@@ -605,3 +607,7 @@ class TokenStream:
 def _close_orphan(future: asyncio.Future[tuple[Backend, int, int]]) -> None:
     if not future.cancelled() and future.exception() is None:
         future.result()[0].close()
+
+
+SCHEDULER = web.AppKey("scheduler", Scheduler)
+"""The node's model scheduler: ``app[SCHEDULER]``."""

@@ -16,13 +16,19 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
-from edged.errors import InvalidRequest
+from aiohttp import web
+
+from edged.errors import EdgedError
 
 DEFAULT_PORT = 3343  # E-D-G-E on a phone keypad; not 8080 or 11434
 ENV_PREFIX = "EDGED_"
 
 
-class SettingsError(InvalidRequest):
+class SettingsError(EdgedError):
+    """A setting that cannot be used, raised while settings are loaded (at start-up or by
+    a CLI command), never in answer to a request: not an HTTP error like
+    :class:`edged.errors.InvalidRequest`. ``param`` names the setting when there is one."""
+
     code = "invalid_settings"
 
 
@@ -282,3 +288,7 @@ def load_settings(
                 # EDGED_API_KEYS=" " or --api-key "": someone meant to set a key.
                 raise SettingsError("api_keys is set but holds no key", param="api_keys")
     return dataclasses.replace(Settings(), **values).validate()
+
+
+SETTINGS = web.AppKey("settings", Settings)
+"""The settings the application was made with: ``app[SETTINGS]``."""

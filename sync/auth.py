@@ -13,9 +13,10 @@ See DESIGN.md, "Sync". A request carries four headers:
 :class:`RequestVerifier` refuses a request with :class:`AuthError` status 401 when
 a header is missing or malformed, the signature is bad, the timestamp is more than
 ``window_ms`` from its clock, or the ``(key, nonce)`` pair was already accepted
-within the window; and with 403 when the signature is valid but the key is not
-trusted. Nonces are remembered only for accepted requests and only until their
-timestamp leaves the window, so memory is bounded by the trusted peers' request
+within the window; and with its subclass :class:`UntrustedCaller` (403) when the
+signature is valid but the key is not trusted. Nonces are remembered only for
+accepted requests and only until their timestamp leaves the window, so memory is
+bounded by the trusted peers' request
 rate times twice the window; untrusted or unauthenticated callers add nothing.
 """
 
@@ -23,13 +24,14 @@ from __future__ import annotations
 
 import hashlib
 import heapq
-import time
 from collections.abc import Callable, Mapping
 
 from nacl.exceptions import CryptoError
 from nacl.signing import SigningKey, VerifyKey
 
 from attribution import canonical
+from sync.clock import unix_millis
+from sync.errors import EdgedError
 
 SIGNATURE_DOMAIN = b"edged/sync-request/v1\0"
 HEADER_NODE = "X-Edged-Node"
@@ -42,17 +44,21 @@ _HEX = frozenset("0123456789abcdef")
 _MAX_TS_DIGITS = 20  # 2**64 - 1 has 20 digits
 
 
-class AuthError(Exception):
-    """A sync request is refused: ``status`` is the HTTP status to answer (401 or 403)."""
+class AuthError(EdgedError):
+    """A sync request is refused: missing or malformed headers, a bad signature, a stale
+    timestamp or a replayed nonce (401)."""
 
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"{status}: {message}")
-        self.status = status
-        self.message = message
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
 
 
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
+class UntrustedCaller(AuthError):
+    """A well-signed sync request from a key this node does not trust (403)."""
+
+    status = 403
+    type = "permission_error"
+    code = "forbidden"
 
 
 def signing_bytes(method: str, path_qs: str, body: bytes, ts_ms: int, nonce: bytes,
@@ -104,14 +110,14 @@ def _header(headers: Mapping[str, str], name: str) -> str:
                 value = item
                 break
     if value is None:
-        raise AuthError(401, f"missing {name} header")
+        raise AuthError(f"missing {name} header")
     return value
 
 
 def _hex_header(headers: Mapping[str, str], name: str, size: int) -> bytes:
     value = _header(headers, name)
     if len(value) != 2 * size or not set(value) <= _HEX:
-        raise AuthError(401, f"{name} must be {size} bytes of lowercase hex")
+        raise AuthError(f"{name} must be {size} bytes of lowercase hex")
     return bytes.fromhex(value)
 
 
@@ -119,7 +125,7 @@ class RequestVerifier:
     """Checks signed sync requests and remembers accepted nonces (per instance)."""
 
     def __init__(self, trusted: Callable[[bytes], bool], *, window_ms: int = DEFAULT_WINDOW_MS,
-                 clock_ms: Callable[[], int] = _now_ms, audience: bytes | None = None) -> None:
+                 clock_ms: Callable[[], int] = unix_millis, audience: bytes | None = None) -> None:
         """``trusted(key)`` says whether a 32-byte public key is enrolled.
 
         A request's timestamp must be within ``window_ms`` of ``clock_ms()``. With
@@ -142,10 +148,10 @@ class RequestVerifier:
         key, nonce, _, ts_ms = self._fields(headers)
         now = self._check_fresh(ts_ms)
         if not self._trusted(key):
-            raise AuthError(403, "the caller's key is not trusted")
+            raise UntrustedCaller("the caller's key is not trusted")
         self._evict(now)
         if (key, nonce) in self._seen:
-            raise AuthError(401, "replayed request")
+            raise AuthError("replayed request")
         return key
 
     def verify(self, method: str, path_qs: str, headers: Mapping[str, str],
@@ -160,12 +166,12 @@ class RequestVerifier:
             VerifyKey(key).verify(signing_bytes(method, path_qs, body, ts_ms, nonce,
                                                 self._audience), signature)
         except (CryptoError, ValueError):
-            raise AuthError(401, "bad request signature") from None
+            raise AuthError("bad request signature") from None
         if not self._trusted(key):
-            raise AuthError(403, "the caller's key is not trusted")
+            raise UntrustedCaller("the caller's key is not trusted")
         self._evict(now)
         if (key, nonce) in self._seen:
-            raise AuthError(401, "replayed request")
+            raise AuthError("replayed request")
         self._seen.add((key, nonce))
         heapq.heappush(self._expiry, (ts_ms + self._window_ms, key, nonce))
         return key
@@ -178,17 +184,17 @@ class RequestVerifier:
         signature = _hex_header(headers, HEADER_SIGNATURE, 64)
         ts_text = _header(headers, HEADER_TIMESTAMP)
         if not ts_text.isascii() or not ts_text.isdigit() or len(ts_text) > _MAX_TS_DIGITS:
-            raise AuthError(401, f"{HEADER_TIMESTAMP} must be unix milliseconds")
+            raise AuthError(f"{HEADER_TIMESTAMP} must be unix milliseconds")
         ts_ms = int(ts_text)
         if ts_ms >= 2**64 or str(ts_ms) != ts_text:
-            raise AuthError(401, f"{HEADER_TIMESTAMP} must be unix milliseconds")
+            raise AuthError(f"{HEADER_TIMESTAMP} must be unix milliseconds")
         return key, nonce, signature, ts_ms
 
     def _check_fresh(self, ts_ms: int) -> int:
         """The clock now; 401 when ``ts_ms`` is outside the window."""
         now = self._clock_ms()
         if abs(now - ts_ms) > self._window_ms:
-            raise AuthError(401, "stale request: timestamp outside the window")
+            raise AuthError("stale request: timestamp outside the window")
         return now
 
     def remembered(self) -> int:

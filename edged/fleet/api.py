@@ -8,10 +8,9 @@ from typing import Any
 
 from aiohttp import web
 
-from edged.appkeys import READY
 from edged.errors import InvalidRequest, NotReady
 from edged.fleet.service import FleetService
-from edged.http_common import json_response, read_json
+from edged.http_common import READY, json_response, read_json
 from edged.peers import validate_key
 
 FLEET = web.AppKey("fleet", FleetService)

@@ -26,10 +26,7 @@ from typing import Any
 
 from aiohttp import web
 
-from edged.api_exchange import add_sync_endpoint_routes
-from edged.appkeys import READY, REQUEST_VERIFIER, SETTINGS, SYNC_ENDPOINT
 from edged.background import running
-from edged.exchange import SyncEndpoint
 from edged.fleet.api import FLEET, add_fleet_routes
 from edged.fleet.db import Database
 from edged.fleet.epochs import Epochs
@@ -37,18 +34,24 @@ from edged.fleet.metrics import FLEET_METRICS, FleetMetrics, metrics
 from edged.fleet.service import FleetService
 from edged.fleet.settle import Settler
 from edged.fleet.store import FleetRefused, FleetStore
-from edged.http_common import error_middleware, server_handler_args
-from edged.inference import unix_millis
+from edged.http_common import READY, error_middleware, server_handler_args
+from edged.http_metrics import HTTP_METRICS, http_metrics_middleware
 from edged.keys import NodeKeys, load_or_create_keys
-from edged.metrics import HTTP_METRICS, http_metrics_middleware
 from edged.security import (
     NODE_SIGNED_PATHS,
     PUBLIC_PATHS,
     add_cors_headers,
     security_middleware,
 )
-from edged.settings import Settings
+from edged.settings import SETTINGS, Settings
+from edged.sync_endpoint import (
+    REQUEST_VERIFIER,
+    SYNC_ENDPOINT,
+    SyncEndpoint,
+    add_sync_endpoint_routes,
+)
 from sync.auth import HEADER_NODE, RequestVerifier
+from sync.clock import unix_millis
 
 logger = logging.getLogger(__name__)
 CHAIN_ACCOUNT_KEY_FILE = "chain-account.key"
@@ -66,7 +69,7 @@ def database_url(settings: Settings) -> str:
 
 def chain_adapter(settings: Settings) -> Any:
     """The settlement adapter for ``chain_url``, creating the account key on first use."""
-    from sync.settlement import SettlementAdapter, create_account_key
+    from sync.settlement.adapter import SettlementAdapter, create_account_key
 
     key_path = settings.chain_account_key_file or (settings.fleet_dir / "keys"
                                                    / CHAIN_ACCOUNT_KEY_FILE)

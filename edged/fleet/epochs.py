@@ -3,8 +3,9 @@
 An epoch is closed over, per enrolled node, the receipts from the end of that node's
 previous epoch up to the last checkpoint the fleet has verified (receipts are assigned to
 epochs by their checkpoint, so every epoch is a set of signed, anchorable log prefixes).
-Each receipt's ``fee`` is split among its ``payees`` by :func:`sync.payout.split_fee`
-(exact integer arithmetic, rounding rule documented there) and summed per payee id.
+Each receipt's ``fee`` is split among its ``payees`` by
+:func:`sync.settlement.payout.split_fee` (exact integer arithmetic, rounding rule documented
+there) and summed per payee id.
 
 The epoch number is the epochs' primary key, so two fleet processes racing to close the
 same epoch cannot both succeed, and the per-node ranges of consecutive epochs never
@@ -25,8 +26,15 @@ from typing import Any
 import msgpack
 
 from edged.fleet.db import Transaction
-from edged.fleet.store import FleetRefused, FleetStore
-from sync.payout import ADDRESS_RE, PPM, PayoutError, PayoutTree, normalise_address, split_fee
+from edged.fleet.store import FleetConflict, FleetNotFound, FleetRefused, FleetStore
+from sync.settlement.payout import (
+    ADDRESS_RE,
+    PPM,
+    PayoutError,
+    PayoutTree,
+    normalise_address,
+    split_fee,
+)
 
 FETCH_ROWS = 10_000
 MAX_FEE = 1 << 64  # canonical receipts cannot carry more; anything else is malformed
@@ -107,7 +115,7 @@ class Epochs:
             epoch = (tx.one("SELECT MAX(epoch) FROM fleet_epochs")[0] or 0) + 1
             ranges = self._open_ranges(tx)
             if not ranges:
-                raise FleetRefused(409, "nothing new since the last epoch", "empty_epoch")
+                raise FleetConflict("nothing new since the last epoch", "empty_epoch")
             totals = EpochTotals()
             for item in ranges:
                 add_receipts(totals, self._raws(tx, item))
@@ -125,7 +133,7 @@ class Epochs:
                                 for payee, amount in sorted(totals.amounts.items()) if amount])
         except Exception as exc:
             if db.is_unique_violation(exc):
-                raise FleetRefused(409, "another fleet process closed this epoch; try again",
+                raise FleetConflict("another fleet process closed this epoch; try again",
                                    "epoch_conflict") from None
             raise
         return self.summary(epoch)
@@ -186,7 +194,7 @@ class Epochs:
             row = tx.one("SELECT closed_ms, receipts, total, malformed FROM fleet_epochs "
                          "WHERE epoch = ?", (epoch,))
             if row is None:
-                raise FleetRefused(404, f"no epoch {epoch}", "unknown_epoch")
+                raise FleetNotFound(f"no epoch {epoch}", "unknown_epoch")
             totals = self._totals(tx, epoch)
             ranges = tx.all("SELECT origin, start_seq, end_seq, root FROM "
                             "fleet_epoch_checkpoints WHERE epoch = ? ORDER BY origin", (epoch,))
@@ -219,7 +227,7 @@ class Epochs:
         addresses (409 naming the payees that have none yet)."""
         with self.store.db.reading() as tx:
             if tx.one("SELECT 1 FROM fleet_epochs WHERE epoch = ?", (epoch,)) is None:
-                raise FleetRefused(404, f"no epoch {epoch}", "unknown_epoch")
+                raise FleetNotFound(f"no epoch {epoch}", "unknown_epoch")
             settled = self._settled_tree(tx, epoch)
             if settled is not None:
                 return settled
@@ -228,7 +236,7 @@ class Epochs:
         addresses = {payee: _resolve(payee, book) for payee, _ in totals}
         missing = sorted(payee for payee, address in addresses.items() if address is None)
         if missing:
-            raise FleetRefused(409, "these payees have no address to be paid at: "
+            raise FleetConflict("these payees have no address to be paid at: "
                                + ", ".join(missing) + " (set one with `edged fleet payees set "
                                "PAYEE 0xADDRESS`)", "payee_not_address")
         return self._tree(epoch, totals, addresses)
@@ -247,12 +255,12 @@ class Epochs:
         with self.store.db.reading() as tx:
             address = _resolve(payee, self._address_book(tx))
         if address is None:
-            raise FleetRefused(404, f"{payee!r} is neither an address nor a known payee",
+            raise FleetNotFound(f"{payee!r} is neither an address nor a known payee",
                                "unknown_payee")
         try:
             proof = tree.proof(normalise_address(address))
         except KeyError:
-            raise FleetRefused(404, f"{payee} is owed nothing in epoch {epoch}",
+            raise FleetNotFound(f"{payee} is owed nothing in epoch {epoch}",
                                "unknown_payee") from None
         return {**proof.to_json(), "root": "0x" + tree.root.hex()}
 
@@ -289,9 +297,9 @@ class Epochs:
         try:
             normalise_address(address)
         except PayoutError as exc:
-            raise FleetRefused(400, str(exc), "payee_not_address") from None
+            raise FleetRefused(str(exc), "payee_not_address") from None
         if not valid_payee_id(payee):
-            raise FleetRefused(400, "a payee id is 1-256 characters, none of them a control "
+            raise FleetRefused("a payee id is 1-256 characters, none of them a control "
                                "character", "invalid_payee")
         with self.store.db.transaction() as tx:
             tx.execute("INSERT INTO fleet_payee_addresses (payee, address) VALUES (?, ?) "

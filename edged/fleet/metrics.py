@@ -20,12 +20,12 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from edged.exchange import SyncEndpoint
 from edged.fleet.api import FLEET
 from edged.fleet.service import FleetService
 from edged.fleet.store import FleetRefused
-from edged.metrics import HttpMetrics, exposition
-from sync.txjournal import STATUSES
+from edged.http_metrics import HttpMetrics, exposition
+from edged.sync_endpoint import SyncEndpoint
+from sync.settlement.txjournal import STATUSES
 
 FLEET_ROUTE_GROUPS: tuple[tuple[str, str], ...] = (("/v1/sync/", "sync"), ("/fleet/", "fleet"))
 INGEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)

@@ -3,8 +3,8 @@
 Without a chain (``chain_url`` empty) the fleet settles into its own ledger: the payout
 root of each closed epoch is fixed in ``fleet_settled_epochs`` and payees fetch their
 proofs from the fleet; :meth:`Settler.plan` shows the transactions a chain would get.
-With a chain, :class:`sync.settlement.SettlementAdapter` sends them (raw transactions kept
-and rebroadcast unchanged, or replaced with higher fees when stuck, up to
+With a chain, :class:`sync.settlement.adapter.SettlementAdapter` sends them (raw
+transactions kept and rebroadcast unchanged, or replaced with higher fees when stuck, up to
 ``chain_max_fee_gwei``), and an epoch is ``final`` only when every one of its transactions
 is final at the configured confirmation depth.
 """
@@ -17,7 +17,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edged.fleet.epochs import Epochs
-from edged.fleet.store import FleetRefused
+from edged.fleet.store import (
+    FleetChainRefused,
+    FleetChainUnavailable,
+    FleetConflict,
+    FleetPaymentRequired,
+    FleetRefused,
+    FleetSettlementFailed,
+)
 from edged.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -51,7 +58,7 @@ class ChainHealth:
 class Settler:
     epochs: Epochs
     settings: Settings
-    adapter: Any = None  # sync.settlement.SettlementAdapter when a chain is configured
+    adapter: Any = None  # sync.settlement.adapter.SettlementAdapter when a chain is configured
     health: ChainHealth = field(default_factory=ChainHealth)
 
     def __post_init__(self) -> None:
@@ -143,7 +150,7 @@ class Settler:
         self.health.next_attempt = time.monotonic() + delay
         logger.warning("settlement failed (%s); retrying in %.0f s",
                        exc.__class__.__name__, delay)
-        from sync.settlement import (
+        from sync.settlement.adapter import (
             ChainUnavailable,
             InsufficientFunds,
             SettlementError,
@@ -151,21 +158,21 @@ class Settler:
         )
 
         if isinstance(exc, ChainUnavailable):
-            return FleetRefused(503, f"the chain is unreachable: {exc}; retrying with backoff, "
+            return FleetChainUnavailable(f"the chain is unreachable: {exc}; retrying with backoff, "
                                 "nothing is lost", "chain_unavailable")
         if isinstance(exc, InsufficientFunds):
-            return FleetRefused(402, str(exc), "insufficient_funds")
+            return FleetPaymentRequired(str(exc), "insufficient_funds")
         if isinstance(exc, TransactionFailed):
-            return FleetRefused(502, f"the chain refused a transaction: {exc}",
+            return FleetChainRefused(f"the chain refused a transaction: {exc}",
                                 "transaction_failed")
         if isinstance(exc, SettlementError):
-            return FleetRefused(502, f"settlement failed: {exc}", "settlement_failed")
-        return FleetRefused(500, "settlement failed; see the fleet's log", "settlement_failed")
+            return FleetChainRefused(f"settlement failed: {exc}", "settlement_failed")
+        return FleetSettlementFailed("settlement failed; see the fleet's log", "settlement_failed")
 
     def deploy(self) -> str:
         """Deploy the settlement contract from the fleet's account."""
         if self.adapter is None:
-            raise FleetRefused(409, "no chain is configured (chain_url)", "no_chain")
+            raise FleetConflict("no chain is configured (chain_url)", "no_chain")
         try:
             return str(self.adapter.deploy())
         except Exception as exc:

@@ -29,16 +29,60 @@ from sync.checkpoint import SignedCheckpoint
 
 
 class FleetRefused(EdgedError):
-    """A request the fleet will not act on, with its HTTP status and error code."""
+    """A request the fleet will not act on (400 unless a subclass says otherwise); the
+    status and type are the class's, the error code names the reason."""
 
+    status = 400
     type = "invalid_request_error"
 
-    def __init__(self, status: int, message: str, code: str) -> None:
+    def __init__(self, message: str, code: str) -> None:
         super().__init__(message)
-        self.status = status
         self.code = code
-        if status in (401, 403):
-            self.type = "permission_error"
+
+
+class FleetPaymentRequired(FleetRefused):
+    """The fleet's account cannot pay for a settlement transaction (402)."""
+
+    status = 402
+
+
+class FleetForbidden(FleetRefused):
+    """A node that is not enrolled, revoked, frozen, or pushing from before its
+    enrollment (403)."""
+
+    status = 403
+    type = "permission_error"
+
+
+class FleetNotFound(FleetRefused):
+    """No such epoch, node, receipt or payee (404)."""
+
+    status = 404
+
+
+class FleetConflict(FleetRefused):
+    """The fleet's state forbids it now: nothing new, a concurrent close, no chain,
+    payees without addresses, an equivocation (409)."""
+
+    status = 409
+
+
+class FleetSettlementFailed(FleetRefused):
+    """Settlement failed for a reason the fleet's log names (500)."""
+
+    status = 500
+
+
+class FleetChainRefused(FleetRefused):
+    """The chain refused a transaction, or settlement failed there (502)."""
+
+    status = 502
+
+
+class FleetChainUnavailable(FleetRefused):
+    """The chain cannot be reached; retried with backoff (503)."""
+
+    status = 503
 
 
 @dataclass(frozen=True)
@@ -125,7 +169,7 @@ class FleetStore:
                              (node,))
             self._enrolled_keys.discard(node)
         if row is None:
-            raise FleetRefused(404, "no such node is enrolled", "unknown_node")
+            raise FleetNotFound("no such node is enrolled", "unknown_node")
         return _node(row)
 
     def is_enrolled(self, node: bytes) -> bool:
@@ -179,12 +223,12 @@ class FleetStore:
         try:
             batch = Batch.decode(data)
         except BatchError as exc:
-            raise FleetRefused(400, str(exc), "invalid_batch") from None
+            raise FleetRefused(str(exc), "invalid_batch") from None
         origin = batch.origin
         with self.db.transaction() as tx:
             row = tx.lock_node(origin, _NODE_COLUMNS + ", checkpoint")
             if row is None:
-                raise FleetRefused(403, "receipts of a node that is not enrolled",
+                raise FleetForbidden("receipts of a node that is not enrolled",
                                    "unknown_node")
             record = _node(row)
             self._check_admissible(record, batch)
@@ -195,21 +239,21 @@ class FleetStore:
             except Equivocation as exc:
                 equivocation = exc
             except BatchError as exc:
-                raise FleetRefused(400, str(exc), "invalid_batch") from None
+                raise FleetRefused(str(exc), "invalid_batch") from None
             else:
                 return self._store(tx, origin, verified.new_receipts, verified.subtree_rows,
                                    verified.checkpoint)
         self._record_equivocation(origin, equivocation.known, equivocation.new)
-        raise FleetRefused(409, "equivocation: the node signed two inconsistent checkpoints "
+        raise FleetConflict("equivocation: the node signed two inconsistent checkpoints "
                            "and is now frozen", "equivocation")
 
     def _check_admissible(self, record: NodeRecord, batch: Batch) -> None:
         if record.revoked_ms is not None:
-            raise FleetRefused(403, "the node's enrollment was revoked", "revoked_node")
+            raise FleetForbidden("the node's enrollment was revoked", "revoked_node")
         if record.frozen:
-            raise FleetRefused(403, "the node is frozen for equivocation", "frozen_node")
+            raise FleetForbidden("the node is frozen for equivocation", "frozen_node")
         if batch.checkpoint.checkpoint.ts < record.enrolled_ms:
-            raise FleetRefused(403, "the batch's checkpoint predates the node's enrollment",
+            raise FleetForbidden("the batch's checkpoint predates the node's enrollment",
                                "before_enrollment")
 
     @staticmethod
@@ -257,7 +301,7 @@ class FleetStore:
         with self.db.reading() as tx:
             checkpoint = self._latest_checkpoint(tx, origin)
             if checkpoint is None or not 0 <= seq < checkpoint.checkpoint.size:
-                raise FleetRefused(404, "no such receipt held here", "unknown_receipt")
+                raise FleetNotFound("no such receipt held here", "unknown_receipt")
             size = checkpoint.checkpoint.size
             reader = _Subtrees(tx, origin)
             leaf = reader.subtree(0, seq)

@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient
 from attribution.chain import verify_chain
 from attribution.receipt import leaf_hash, verify_receipt
 from edged.app import create_app
-from edged.appkeys import LEDGER
+from edged.ledger import LEDGER
 from edged.models import RUNTIMES
 from tests.edged.conftest import FAKE_MODEL, AppClientFactory, fake_loader
 

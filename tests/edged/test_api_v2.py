@@ -17,8 +17,9 @@ from aiohttp.test_utils import TestClient
 from attribution.receipt import verify_receipt
 from edged.api_v2 import decode_tensor
 from edged.app import create_app
-from edged.appkeys import LEDGER, SERVICE
 from edged.errors import InvalidRequest
+from edged.inference import SERVICE
+from edged.ledger import LEDGER
 from edged.models import Manifest, ModelStore, Price
 from edged.settings import Settings
 from tests.edged.conftest import AppClientFactory

@@ -16,8 +16,8 @@ from aiohttp.test_utils import TestClient
 
 from edged import models
 from edged.app import create_app
-from edged.appkeys import SERVICE
 from edged.errors import InvalidRequest, PayloadTooLarge
+from edged.inference import SERVICE
 from edged.models import RUNTIMES, ModelStore
 from edged.settings import Settings
 from tests.edged.conftest import AppClientFactory, fake_loader

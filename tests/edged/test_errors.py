@@ -15,8 +15,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from edged.app import create_app
-from edged.appkeys import LEDGER, SCHEDULER
+from edged.ledger import LEDGER
 from edged.models import RUNTIMES
+from edged.scheduler import SCHEDULER
 from edged.settings import Settings
 from runtimes import Backend, Delta, Done, ModelSpec
 from runtimes.fake import FakeBackend

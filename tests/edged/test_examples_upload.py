@@ -19,9 +19,9 @@ from numpy.lib import format as npy_format
 
 from edged import examples
 from edged.app import create_app
-from edged.appkeys import BINDINGS, LEDGER
 from edged.errors import InvalidRequest
-from edged.examples import parse_examples
+from edged.examples import BINDINGS, parse_examples
+from edged.ledger import LEDGER
 from edged.settings import Settings
 from tests.edged.conftest import AppClientFactory
 from tests.edged.test_api_v2 import MODEL, install_onnx_model

@@ -17,8 +17,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from edged.app import create_app
-from edged.appkeys import EXCHANGE
-from edged.exchange import ExchangeService
+from edged.exchange import EXCHANGE, ExchangeService
 from edged.fleet.api import FLEET
 from edged.fleet.app import create_fleet_app
 from edged.models import RUNTIMES

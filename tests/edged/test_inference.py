@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from edged.app import create_app
-from edged.appkeys import LEDGER, SERVICE
+from edged.inference import SERVICE
+from edged.ledger import LEDGER
 from edged.models import RUNTIMES
 from edged.schemas import GenerateRequest
 from edged.settings import Settings

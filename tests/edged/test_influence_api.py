@@ -16,7 +16,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from edged.app import create_app
-from edged.appkeys import BINDINGS, LEDGER
+from edged.examples import BINDINGS
+from edged.ledger import LEDGER
 from edged.settings import Settings
 from tests.edged.conftest import AppClientFactory
 from tests.edged.test_api_v2 import MODEL, install_onnx_model, tensor
@@ -328,7 +329,7 @@ async def test_a_skl2onnx_mlp_is_attributed_through_its_found_layer_after_a_rest
 async def test_examples_that_do_not_fit_are_400_and_attribution_failures_fall_back(
         aiohttp_client: AppClientFactory, settings: Settings, tmp_path: Path,
         caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
-    from edged.appkeys import PREDICT
+    from edged.predict import PREDICT
 
     install_onnx_model(settings, tmp_path, data_share_ppm=500_000, batch_delay_us=0)
     client = await aiohttp_client(create_app(settings))
@@ -371,7 +372,7 @@ async def test_parsing_graph_loading_and_attribution_run_off_the_event_loop(
         monkeypatch: pytest.MonkeyPatch) -> None:
     import edged.api_v2
     import edged.examples
-    from edged.appkeys import PREDICT
+    from edged.predict import PREDICT
 
     classifier = install_onnx_model(settings, tmp_path, influence_layer=LAYER,
                                     data_share_ppm=500_000, batch_delay_us=0)

@@ -11,7 +11,8 @@ from aiohttp.test_utils import TestClient
 
 from attribution.commitments import commit
 from edged.app import create_app
-from edged.appkeys import LEDGER, NODE_KEYS
+from edged.keys import NODE_KEYS
+from edged.ledger import LEDGER
 from edged.models import RUNTIMES
 from tests.edged.conftest import AppClientFactory, make_settings
 from tests.edged.test_api_v2 import install_onnx_model

@@ -15,8 +15,11 @@ from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from edged.app import create_app
-from edged.appkeys import EXCHANGE, LEDGER, NODE_KEYS, PEERS
+from edged.exchange import EXCHANGE
+from edged.keys import NODE_KEYS
+from edged.ledger import LEDGER
 from edged.models import RUNTIMES
+from edged.peers import PEERS
 from tests.edged.conftest import (
     FAKE_MODEL,
     AppClientFactory,

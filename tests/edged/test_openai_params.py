@@ -20,7 +20,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from edged.app import create_app
-from edged.appkeys import LEDGER
+from edged.ledger import LEDGER
 from edged.models import RUNTIMES
 from edged.schemas import CHAT_FIELDS, COMPLETION_FIELDS, EMBEDDING_FIELDS, Fields
 from tests.edged.conftest import FAKE_MODEL, AppClientFactory, make_settings

@@ -13,7 +13,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from pydantic import BaseModel, Field
 
-from edged.appkeys import LEDGER
+from edged.ledger import LEDGER
 from tests.edged.conftest import TinyServed
 from tests.support.tiny_gguf import byte_token
 

@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestClient
 from pydantic import BaseModel, Field
 
 from edged.app import create_app
-from edged.appkeys import LEDGER
+from edged.ledger import LEDGER
 from edged.tools import (
     OPEN,
     CallSplitter,

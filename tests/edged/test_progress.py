@@ -23,7 +23,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from edged.appkeys import DATANETS
+from edged.datanets import DATANETS
 from edged.errors import InvalidRequest
 from edged.fleet.db import Database
 from edged.fleet.store import FleetStore

@@ -16,10 +16,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from edged.app import create_app
-from edged.appkeys import LEDGER
 from edged.fleet.api import FLEET
 from edged.fleet.app import create_fleet_app
 from edged.fleet.store import FleetRefused
+from edged.ledger import LEDGER
 from edged.models import RUNTIMES
 from edged.settings import Settings
 from sync.auth import sign_request

@@ -71,7 +71,7 @@ def fleet_and_nodes(tmp_path: Path, operator_key_file: Path,
 def test_three_nodes_to_fleet_to_chain_to_claims(fleet_and_nodes: tuple[Daemon, list[Daemon]],
                                                  anvil: AnvilNode, tmp_path: Path,
                                                  other_key_file: Path) -> None:
-    from sync.settlement import SettlementAdapter, TransactionFailed
+    from sync.settlement.adapter import SettlementAdapter, TransactionFailed
 
     fleet, nodes = fleet_and_nodes
     contract = json.loads(fleet.cli("fleet", "deploy-contract").stdout)["contract"]

@@ -12,7 +12,7 @@ from attribution.payees import split_ppm
 from edged.fleet.epochs import Epochs
 from edged.fleet.store import FleetRefused, FleetStore
 from sync import merkle
-from sync.payout import PayoutProof, PayoutTree, verify_payout
+from sync.settlement.payout import PayoutProof, PayoutTree, verify_payout
 from tests.edged.fleet.conftest import Clock, enrolled_node
 
 OWNER = "0x" + "11" * 20

@@ -1,10 +1,11 @@
 """The settlement account's transaction journal: one SQLite row per action it signed.
 
 A row is written and committed, raw signed bytes included, *before* the transaction is
-broadcast, so a crash or an unreachable node never loses one: the adapter
-(:mod:`sync.settlement`) rebroadcasts the same bytes until the chain includes them. Rows
-are keyed by the logical action they perform (``"deploy"``, ``"checkpoint:<node>:<size>"``,
-``"epoch:<n>"``, ``"claim:<epoch>:<payee>"``); that key is what makes actions idempotent.
+broadcast, so a crash or an unreachable node never loses one: the transaction lifecycle
+(:mod:`sync.settlement.transactions`) rebroadcasts the same bytes until the chain includes
+them. Rows are keyed by the logical action they perform (``"deploy"``,
+``"checkpoint:<node>:<size>"``, ``"epoch:<n>"``, ``"claim:<epoch>:<payee>"``); that key is
+what makes actions idempotent.
 
 A stuck transaction is replaced by one with the same nonce and higher fees, and either may
 end up in a block. So every raw transaction signed for a row is also kept, in the
@@ -18,11 +19,15 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
-import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from sync.clock import unix_millis
+
+# settlement.py imports the clock from here under this name (sync.clock.unix_millis).
+now_ms = unix_millis
 
 STATUSES = ("pending", "included", "final", "failed")
 
@@ -64,11 +69,6 @@ _COLUMNS = ("key, nonce, tx_hash, raw, status, block_number, block_hash, error, 
 
 class JournalError(RuntimeError):
     """The journal belongs to another account or chain, or a key is written twice."""
-
-
-def now_ms() -> int:
-    """Unix time in milliseconds."""
-    return time.time_ns() // 1_000_000
 
 
 @dataclass(frozen=True)
@@ -182,7 +182,7 @@ class TxJournal:
             updated = db.execute(
                 "UPDATE txs SET tx_hash = ?, raw = ?, status = 'pending', block_number = NULL, "
                 "block_hash = NULL, error = NULL, updated_ms = ? WHERE key = ?",
-                (tx_hash, raw, now_ms(), key))
+                (tx_hash, raw, unix_millis(), key))
             if updated.rowcount != 1:
                 raise JournalError(f"journal has no transaction for {key!r}")
             _insert_signed(db, key, tx_hash, raw, signed_at_block)
@@ -197,7 +197,7 @@ class TxJournal:
             if found is None:
                 raise JournalError(f"journal has no transaction {tx_hash} for {key!r}")
             db.execute("UPDATE txs SET tx_hash = ?, raw = ?, updated_ms = ? WHERE key = ?",
-                       (tx_hash, found[0], now_ms(), key))
+                       (tx_hash, found[0], unix_millis(), key))
         return self._existing(key)
 
     def signed(self, key: str) -> list[SignedTx]:
@@ -217,7 +217,7 @@ class TxJournal:
             self._db.execute(
                 "UPDATE txs SET status = ?, block_number = ?, block_hash = ?, error = ?, "
                 "updated_ms = ? WHERE key = ?",
-                (status, block_number, block_hash, error, now_ms(), key))
+                (status, block_number, block_hash, error, unix_millis(), key))
         return self._existing(key)
 
     def _existing(self, key: str) -> JournalRow:
@@ -237,7 +237,7 @@ class TxJournal:
             db.execute("DELETE FROM txs WHERE key = ?", (new_key,))
             db.execute("DELETE FROM signed_txs WHERE key = ?", (new_key,))
             db.execute("UPDATE txs SET key = ?, updated_ms = ? WHERE key = ?",
-                       (new_key, now_ms(), key))
+                       (new_key, unix_millis(), key))
             db.execute("UPDATE signed_txs SET key = ? WHERE key = ?", (new_key, key))
         return new_key
 
@@ -278,7 +278,7 @@ class TxJournal:
 def _insert_signed(db: sqlite3.Connection, key: str, tx_hash: str, raw: bytes,
                    signed_at_block: int) -> None:
     db.execute("INSERT INTO signed_txs (key, tx_hash, raw, signed_at_block, created_ms) "
-               "VALUES (?, ?, ?, ?, ?)", (key, tx_hash, raw, signed_at_block, now_ms()))
+               "VALUES (?, ?, ?, ?, ?)", (key, tx_hash, raw, signed_at_block, unix_millis()))
 
 
 def _row(found: tuple[Any, ...]) -> JournalRow:

@@ -25,9 +25,9 @@ from web3.exceptions import ContractCustomError
 from web3.logs import DISCARD
 
 from sync import merkle
-from sync.contracts import compile as compile_module
-from sync.contracts import load_artifact
-from sync.contracts.compile import (
+from sync.settlement.contracts import compile as compile_module
+from sync.settlement.contracts import load_artifact
+from sync.settlement.contracts.compile import (
     ARTIFACT_PATH,
     EVM_VERSION,
     OPTIMIZER,
@@ -36,7 +36,7 @@ from sync.contracts.compile import (
     SOURCE_PATH,
     check,
 )
-from sync.payout import PayoutTree, payout_leaf
+from sync.settlement.payout import PayoutTree, payout_leaf
 from tests.support.anvil import AnvilNode
 
 NODE = b"\x11" * 32
@@ -48,7 +48,7 @@ ROOT_B = hashlib.sha256(b"root b").digest()
 
 
 def test_committed_artifact_matches_a_fresh_compile() -> None:
-    done = subprocess.run([sys.executable, "-m", "sync.contracts.compile", "--check"],
+    done = subprocess.run([sys.executable, "-m", "sync.settlement.contracts.compile", "--check"],
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
                           check=False, env={**os.environ, "PYTHONWARNINGS": "error"})
     assert done.returncode == 0, done.stderr
@@ -77,7 +77,7 @@ def test_check_fails_and_names_what_drifted(tmp_path: Path, monkeypatch: pytest.
     assert compile_module.main(["--check"]) == 1
     message = capsys.readouterr().err
     assert "EdgedSettlement.json differs from a fresh compile in: bytecode, sourceSha256" in message
-    assert "run `python -m sync.contracts.compile`" in message
+    assert "run `python -m sync.settlement.contracts.compile`" in message
     assert check(tmp_path / "absent.json") == "absent.json is missing"
 
 

@@ -7,7 +7,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from sync import merkle
-from sync.payout import (
+from sync.settlement.payout import (
     PayoutError,
     PayoutTree,
     normalise_address,

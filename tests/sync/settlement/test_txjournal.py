@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sync.txjournal import JournalError, JournalRow, SignedTx, TxJournal
+from sync.settlement.txjournal import JournalError, JournalRow, SignedTx, TxJournal
 
 KEY = "checkpoint:00:1"
 

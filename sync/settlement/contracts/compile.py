@@ -2,8 +2,8 @@
 
 Usage::
 
-    python -m sync.contracts.compile          # (re)write EdgedSettlement.json
-    python -m sync.contracts.compile --check  # exit 1 when the committed artifact is stale
+    python -m sync.settlement.contracts.compile          # (re)write EdgedSettlement.json
+    python -m sync.settlement.contracts.compile --check  # exit 1 when the artifact is stale
 
 The compiler is the npm package ``solc`` (solc-js) from the repository's ``node_modules``
 (``npm ci`` installs it; ``make test`` does too), run by ``node`` with standard JSON input.
@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sync.contracts import ARTIFACT_FILE, CONTRACT_NAME, SOURCE_FILE
+from sync.settlement.contracts import ARTIFACT_FILE, CONTRACT_NAME, SOURCE_FILE
 
 PINNED_COMPILER = "0.8.28"
 EVM_VERSION = "paris"
@@ -32,7 +32,7 @@ OPTIMIZER: dict[str, Any] = {"enabled": True, "runs": 200}
 HERE = Path(__file__).resolve().parent
 SOURCE_PATH = HERE / SOURCE_FILE
 ARTIFACT_PATH = HERE / ARTIFACT_FILE
-REPO_ROOT = HERE.parents[1]
+REPO_ROOT = HERE.parents[2]
 SOLC_PACKAGE = REPO_ROOT / "node_modules" / "solc"
 COMPILE_TIMEOUT_S = 120.0
 
@@ -149,7 +149,7 @@ def check(artifact_path: Path | None = None, source_path: Path | None = None) ->
 
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m sync.contracts.compile",
+    parser = argparse.ArgumentParser(prog="python -m sync.settlement.contracts.compile",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true",
                         help="compare the committed artifact with a fresh compile; write nothing")
@@ -159,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
             problem = check()
             if problem is not None:
                 print(f"error: {problem}; {SOURCE_FILE} and the committed artifact are out of "
-                      "sync: run `python -m sync.contracts.compile` and commit the result",
+                      "sync: run `python -m sync.settlement.contracts.compile` and commit the "
+                      "result",
                       file=sys.stderr)
                 return 1
             print(f"{ARTIFACT_FILE} matches a fresh compile of {SOURCE_FILE}")

@@ -1,29 +1,17 @@
-"""The settlement adapter on a real anvil node: journaling, finality, rebroadcasts, failures."""
+"""The settlement adapter on a real anvil node: journaling, finality, rebroadcasts, failures,
+replacement of stuck transactions."""
 
 from __future__ import annotations
 
-import json
-import os
 import sqlite3
-import stat
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
 
 import pytest
 from eth_account import Account
 
-from edged.fleet.settle import Settler
-from edged.settings import Settings
-from sync.payout import PayoutTree
-from sync.settlement import (
-    DEFAULT_MAX_FEE_PER_GAS,
+from sync.settlement.adapter import (
     AnchorStatus,
     ChainUnavailable,
     FeeLimitReached,
@@ -32,14 +20,12 @@ from sync.settlement import (
     SettlementAdapter,
     SettlementError,
     TransactionFailed,
-    bump_fees,
     create_account_key,
-    load_account_key,
 )
-from sync.settlement_rpc import Refusal, RpcClient, classify_refusal, decode_raw_pricing
+from sync.settlement.calls import decode_raw_pricing
+from sync.settlement.payout import PayoutTree
 from tests.support import anvil as anvil_support
 from tests.support.anvil import (
-    REPO_ROOT,
     AnvilError,
     AnvilNode,
     RpcGate,
@@ -94,40 +80,6 @@ def _settled(adapter: SettlementAdapter, key: str, timeout_s: float = 10.0) -> A
         if status.status in ("included", "final") or time.monotonic() > deadline:
             return status
         time.sleep(0.02)
-
-
-# --- key files ---------------------------------------------------------------------------------
-
-
-def test_create_account_key_writes_a_0600_file(tmp_path: Path) -> None:
-    previous = os.umask(0)
-    try:
-        address = create_account_key(tmp_path / "fresh.key")
-    finally:
-        os.umask(previous)
-    assert stat.S_IMODE((tmp_path / "fresh.key").stat().st_mode) == 0o600
-    assert load_account_key(tmp_path / "fresh.key").address == address
-    assert address.startswith("0x") and len(address) == 42
-    with pytest.raises(FileExistsError):
-        create_account_key(tmp_path / "fresh.key")
-    assert load_account_key(tmp_path / "fresh.key").address == address
-
-
-@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660])
-def test_key_files_open_to_group_or_others_are_refused(tmp_path: Path, mode: int) -> None:
-    path = tmp_path / "loose.key"
-    create_account_key(path)
-    path.chmod(mode)
-    with pytest.raises(SettlementError, match="chmod 600") as caught:
-        load_account_key(path)
-    assert f"{mode:04o}" in str(caught.value)
-
-
-def test_a_file_without_a_key_is_refused_without_echoing_it(tmp_path: Path) -> None:
-    path = write_key_file(tmp_path / "bad.key", "0xnot-a-key-but-a-secret")
-    with pytest.raises(SettlementError, match="does not hold") as caught:
-        load_account_key(path)
-    assert "secret" not in str(caught.value)
 
 
 # --- sending and following ---------------------------------------------------------------------
@@ -480,22 +432,6 @@ def test_deploy_is_idempotent(anvil: AnvilNode, adapters: AdapterFactory) -> Non
     assert len(bytes.fromhex(anvil.rpc("eth_getCode", contract, "latest")[2:])) > 1000
 
 
-def test_without_the_fleet_extra_the_error_says_what_to_install(tmp_path: Path) -> None:
-    script = ("import sys; sys.modules['web3'] = None\n"
-              "from pathlib import Path\n"
-              "from sync import settlement\n"
-              "try:\n"
-              "    settlement.create_account_key(Path(sys.argv[1]))\n"
-              "except settlement.SettlementError as exc:\n"
-              "    print(exc)\n")
-    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "k")],
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
-                          check=False, env={**os.environ, "PYTHONWARNINGS": "error"})
-    assert done.returncode == 0, done.stderr
-    assert "pip install 'edged[fleet]'" in done.stdout
-    assert not (tmp_path / "k").exists()
-
-
 def test_missing_node_modules_fail_with_a_clear_message(monkeypatch: pytest.MonkeyPatch,
                                                         tmp_path: Path) -> None:
     monkeypatch.setattr(anvil_support, "ANVIL", tmp_path / "node_modules" / ".bin" / "anvil")
@@ -684,155 +620,3 @@ def test_fees_above_the_maximum_are_refused_before_signing(
     assert cap == base + 1 and tip <= cap
     with pytest.raises(ValueError, match="positive"):
         adapter.max_fee_per_gas = 0
-
-
-@pytest.mark.parametrize(("offered", "base_fee", "suggested", "maximum", "expected"), [
-    # +10%, rounded up, on cap and tip when the market asks no more
-    (Fees(20, 10), 1, 1, 1000, Fees(22, 11)),
-    (Fees(21, 11), 1, 1, 1000, Fees(24, 13)),
-    # the base fee rose: the cap catches up at once (2 x base + tip)
-    (Fees(20, 10), 100, 1, 1000, Fees(211, 11)),
-    # the node suggests a higher tip
-    (Fees(20, 10), 1, 50, 1000, Fees(52, 50)),
-    # capped at the maximum, the tip too
-    (Fees(20, 10), 100, 1, 30, Fees(30, 11)),
-    (Fees(20, 10), 1, 50, 23, Fees(23, 23)),
-    # no room for +10% on the cap, or on the tip
-    (Fees(20, 10), 100, 1, 21, None),
-    (Fees(20, 19), 1, 1, 21, None),
-    # legacy gas price
-    (Fees(100), None, 50, 1000, Fees(110)),
-    (Fees(100), None, 500, 1000, Fees(500)),
-    (Fees(100), None, 500, 120, Fees(120)),
-    (Fees(100), None, 500, 109, None),
-])
-def test_bump_fees(offered: Fees, base_fee: int | None, suggested: int, maximum: int,
-                   expected: Fees | None) -> None:
-    bumped = bump_fees(offered, base_fee, suggested, maximum)
-    assert bumped == expected
-    if bumped is not None:  # what geth requires of a replacement, and never above the maximum
-        assert bumped.max_fee * 100 >= offered.max_fee * 110 and bumped.max_fee <= maximum
-        if offered.tip is not None:
-            assert bumped.tip is not None and bumped.tip * 100 >= offered.tip * 110
-            assert bumped.tip <= bumped.max_fee
-
-
-# --- node errors -------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(("code", "message", "software", "expected"), [
-    # besu gives these refusals codes of their own: the code decides
-    (-32001, "Nonce too low", "besu", Refusal.NONCE_TOO_LOW),
-    (-32004, "Upfront cost exceeds account balance", "besu", Refusal.INSUFFICIENT_FUNDS),
-    (-32009, "Gas price below current base fee", "besu", Refusal.FEE_TOO_LOW),
-    (-32001, "something new", "besu", Refusal.NONCE_TOO_LOW),
-    (-32000, "Replacement transaction underpriced", "besu", Refusal.REPLACEMENT_UNDERPRICED),
-    (-32000, "Known transaction", "besu", Refusal.ALREADY_KNOWN),
-    # the same numbers mean other things elsewhere: the message decides
-    (-32001, "resource not found", "geth", Refusal.OTHER),
-    (-32004, "method not supported", "", Refusal.OTHER),
-    # geth's -32000, anvil's -32003 and Nethermind's -32010 say only "refused"
-    (-32000, "nonce too low", "geth", Refusal.NONCE_TOO_LOW),
-    (-32000, "replacement transaction underpriced", "geth", Refusal.REPLACEMENT_UNDERPRICED),
-    (-32000, "insufficient funds for gas * price + value", "geth",
-     Refusal.INSUFFICIENT_FUNDS),
-    (-32000, "transaction underpriced", "geth", Refusal.FEE_TOO_LOW),
-    (-32000, "already known", "geth", Refusal.ALREADY_KNOWN),
-    (-32003, "max fee per gas less than block base fee", "anvil", Refusal.FEE_TOO_LOW),
-    (-32003, "transaction already imported", "anvil", Refusal.ALREADY_KNOWN),
-    (-32003, "Insufficient funds for gas * price + value", "anvil",
-     Refusal.INSUFFICIENT_FUNDS),
-    (-32010, "OldNonce", "nethermind", Refusal.NONCE_TOO_LOW),
-    (None, "nonce too low", "", Refusal.NONCE_TOO_LOW),
-    (-32003, "Nonce too high", "anvil", Refusal.OTHER),
-])
-def test_node_errors_are_classified_by_code_where_the_node_has_one(
-        code: int | None, message: str, software: str, expected: Refusal) -> None:
-    assert classify_refusal(code, message, software) is expected
-
-
-class _StubNode:
-    """A JSON-RPC endpoint that answers from ``answers`` (method -> result, or an ``error``
-    dict under ``("error", method)``) and records the methods asked."""
-
-    def __init__(self, answers: dict[Any, Any]) -> None:
-        self.asked: list[str] = []
-        stub = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-                request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                stub.asked.append(request["method"])
-                reply: dict[str, Any] = {"jsonrpc": "2.0", "id": request["id"]}
-                if ("error", request["method"]) in answers:
-                    reply["error"] = answers[("error", request["method"])]
-                else:
-                    reply["result"] = answers[request["method"]]
-                body = json.dumps(reply).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-                return None
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,),
-                                        daemon=True)
-        self._thread.start()
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(5)
-
-
-@pytest.mark.parametrize(("software", "error", "expected"), [
-    ("besu/v24.1.0/linux-x86_64/openjdk-java-17", {"code": -32001, "message": "Nonce too low"},
-     Refusal.NONCE_TOO_LOW),
-    ("besu/v24.1.0/linux-x86_64/openjdk-java-17",
-     {"code": -32009, "message": "Gas price below current base fee"}, Refusal.FEE_TOO_LOW),
-    ("Geth/v1.14.0-stable/linux-amd64/go1.22", {"code": -32001, "message": "Nonce too low?"},
-     Refusal.NONCE_TOO_LOW),
-    ("Geth/v1.14.0-stable/linux-amd64/go1.22", {"code": -32001, "message": "not found"},
-     Refusal.OTHER),
-])
-def test_the_client_reads_refusal_codes_of_the_node_software_that_defines_them(
-        software: str, error: dict[str, Any], expected: Refusal) -> None:
-    stub = _StubNode({"web3_clientVersion": software, ("error", "eth_sendRawTransaction"): error})
-    try:
-        client = RpcClient(stub.url, 5.0, [], Account.create())
-        with pytest.raises(TransactionFailed) as caught:
-            client.send_raw(b"\x02\x01")
-        assert caught.value.refusal is expected
-        assert error["message"] in str(caught.value)
-        with pytest.raises(TransactionFailed):
-            client.send_raw(b"\x02\x01")
-        assert stub.asked.count("web3_clientVersion") == 1  # asked once, and only for a code
-        client.close()
-    finally:
-        stub.close()
-
-
-def test_a_node_without_a_code_of_its_own_is_not_asked_what_it_runs() -> None:
-    stub = _StubNode({("error", "eth_sendRawTransaction"): {
-        "code": -32000, "message": "replacement transaction underpriced"}})
-    try:
-        client = RpcClient(stub.url, 5.0, [], Account.create())
-        with pytest.raises(TransactionFailed) as caught:
-            client.send_raw(b"\x02\x01")
-        assert caught.value.refusal is Refusal.REPLACEMENT_UNDERPRICED
-        assert stub.asked == ["eth_sendRawTransaction"]
-        client.close()
-    finally:
-        stub.close()
-
-
-def test_the_fleet_settings_set_the_maximum_fee() -> None:
-    adapter = SimpleNamespace(max_fee_per_gas=1)
-    Settler(None, Settings(chain_max_fee_gwei=1.5), adapter)  # type: ignore[arg-type]
-    assert adapter.max_fee_per_gas == 1_500_000_000
-    assert Settings().chain_max_fee_gwei * 10**9 == DEFAULT_MAX_FEE_PER_GAS

@@ -1,8 +1,8 @@
 """The settlement contract's Solidity source and its committed compiled artifact.
 
 ``EdgedSettlement.json`` is generated from ``EdgedSettlement.sol`` by
-``python -m sync.contracts.compile`` (solc-js 0.8.28 from the repository's
-``node_modules``); ``python -m sync.contracts.compile --check`` fails when the two
+``python -m sync.settlement.contracts.compile`` (solc-js 0.8.28 from the repository's
+``node_modules``); ``python -m sync.settlement.contracts.compile --check`` fails when the two
 have drifted apart. Loading the artifact needs neither node nor solc.
 """
 
@@ -29,7 +29,8 @@ def load_artifact() -> dict[str, Any]:
         artifact = json.loads(resource.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise ArtifactError(
-            f"{ARTIFACT_FILE} is missing; run `python -m sync.contracts.compile`") from exc
+            f"{ARTIFACT_FILE} is missing; "
+            "run `python -m sync.settlement.contracts.compile`") from exc
     except ValueError as exc:
         raise ArtifactError(f"{ARTIFACT_FILE} is not valid JSON: {exc}") from exc
     if (not isinstance(artifact, dict) or artifact.get("contract") != CONTRACT_NAME

@@ -1,0 +1,73 @@
+"""The one error hierarchy: every error's status is its class's, and each protocol's error
+shape comes from one renderer (``edged.http_common.error_response``)."""
+
+from __future__ import annotations
+
+import pytest
+
+import edged.errors
+import edged.fleet.store
+import edged.settings
+import edged.sync_endpoint
+import sync.auth
+from edged.errors import EdgedError, InvalidRequest, NotFound
+from edged.fleet.store import FleetForbidden, FleetRefused
+from edged.http_common import error_response
+from edged.settings import SettingsError
+from sync.auth import AuthError, UntrustedCaller
+
+DEFINING_MODULES = (edged.errors, edged.fleet.store, edged.settings, edged.sync_endpoint,
+                    sync.auth)
+
+
+def every_error_class() -> list[type[EdgedError]]:
+    found: list[type[EdgedError]] = []
+    pending = [EdgedError]
+    while pending:
+        cls = pending.pop()
+        found.append(cls)
+        pending.extend(cls.__subclasses__())
+    return found
+
+
+def make(cls: type[EdgedError]) -> EdgedError:
+    return cls("message", "some_code") if issubclass(cls, FleetRefused) else cls("message")
+
+
+def test_the_hierarchy_covers_every_module_that_defines_errors() -> None:
+    modules = {cls.__module__ for cls in every_error_class()}
+    assert {module.__name__ for module in DEFINING_MODULES} <= modules
+    assert {AuthError, UntrustedCaller, edged.sync_endpoint.SyncRefused, FleetRefused,
+            SettingsError} <= set(every_error_class())
+
+
+@pytest.mark.parametrize("cls", every_error_class(), ids=lambda cls: cls.__qualname__)
+def test_status_and_type_are_class_attributes_never_set_per_instance(
+        cls: type[EdgedError]) -> None:
+    error = make(cls)
+    assert "status" not in vars(error) and "type" not in vars(error)
+    assert error.status == cls.status and 400 <= cls.status <= 599
+
+
+def test_a_settings_error_is_not_an_http_request_error() -> None:
+    assert not issubclass(SettingsError, InvalidRequest)
+
+
+def test_sync_auth_refusals_answer_401_and_403() -> None:
+    assert (AuthError.status, UntrustedCaller.status) == (401, 403)
+    assert FleetForbidden("revoked", "revoked_node").type == "permission_error"
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/api/models", "/v1/sync/push",
+                                  "/fleet/epochs"])
+def test_openai_shape_everywhere_but_v2(path: str) -> None:
+    response = error_response(NotFound("no such thing", param="id"), path)
+    assert response.status == 404
+    assert response.text == ('{"error":{"message":"no such thing","type":"invalid_request_error",'
+                             '"param":"id","code":"not_found"}}')
+
+
+def test_the_open_inference_protocol_shape_under_v2() -> None:
+    response = error_response(UntrustedCaller("not trusted"), "/v2/models/m/infer")
+    assert response.status == 403
+    assert response.text == '{"error":"not trusted"}'
