@@ -73,9 +73,9 @@ from edged.fleet.epochs import Epochs  # noqa: E402
 from edged.fleet.service import FleetService  # noqa: E402
 from edged.fleet.settle import Settler  # noqa: E402
 from edged.fleet.store import FleetStore  # noqa: E402
+from edged.http.sync_endpoint import MSGPACK  # noqa: E402
 from edged.keys import load_or_create_keys  # noqa: E402
 from edged.settings import Settings  # noqa: E402
-from edged.sync_endpoint import MSGPACK  # noqa: E402
 from sync.auth import sign_request  # noqa: E402
 from sync.batch import MAX_BATCH_RECEIPTS  # noqa: E402
 from sync.checkpoint import Checkpoint  # noqa: E402
@@ -167,7 +167,7 @@ def tree_cpu(root_pid: int) -> float:
 
 
 PROFILE_PATH = [  # (file, function, what) in the order a push goes through them
-    ("edged/api_exchange.py", "_authenticate", "request signature, nonce, is_enrolled"),
+    ("edged/http/exchange.py", "_authenticate", "request signature, nonce, is_enrolled"),
     ("edged/fleet/store.py", "is_enrolled", "a read transaction per request"),
     ("edged/fleet/store.py", "ingest", "everything below, in the executor thread"),
     ("sync/batch.py", "decode", "Batch.decode: msgpack, depth and canonical checks"),

@@ -12,26 +12,28 @@ from collections.abc import AsyncIterator, Callable
 from aiohttp import web
 
 from attribution.spans import SpanParams
-from edged.api_audit import add_audit_routes
-from edged.api_datanets import add_datanet_routes
-from edged.api_exchange import add_exchange_routes
-from edged.api_federation import add_federation_routes
-from edged.api_node import STARTUP_FAILURES, add_node_routes
-from edged.api_openai import add_openai_routes
-from edged.api_peers import add_peer_routes
-from edged.api_sync import add_sync_routes
-from edged.api_v2 import add_v2_routes
 from edged.attributor import Attributor
 from edged.background import running
+from edged.bindings import BINDINGS, InfluenceBindings
 from edged.datanets import DATANETS, DatanetStore
 from edged.demo import install_demo_model
 from edged.demo_classifier import install_demo_classifier
 from edged.errors import Unsupported
-from edged.examples import BINDINGS, InfluenceBindings
 from edged.exchange import EXCHANGE, ExchangeService
 from edged.federation import FEDERATION, Federation
-from edged.http_common import READY, error_middleware, server_handler_args
-from edged.http_metrics import HTTP_METRICS, http_metrics_middleware
+from edged.http.audit import add_audit_routes
+from edged.http.common import READY, error_middleware, server_handler_args
+from edged.http.datanets import add_datanet_routes
+from edged.http.exchange import add_exchange_routes
+from edged.http.federation import add_federation_routes
+from edged.http.log import add_sync_routes
+from edged.http.metrics import HTTP_METRICS, http_metrics_middleware
+from edged.http.node import STARTUP_FAILURES, add_node_routes
+from edged.http.oip import add_v2_routes
+from edged.http.openai import add_openai_routes
+from edged.http.peers import add_peer_routes
+from edged.http.security import add_cors_headers, security_middleware
+from edged.http.sync_endpoint import REQUEST_VERIFIER, SYNC_ENDPOINT
 from edged.inference import SERVICE, InferenceService
 from edged.keys import NODE_KEYS, load_or_create_keys
 from edged.ledger import LEDGER, Ledger
@@ -41,9 +43,7 @@ from edged.peers import PEERS, PeerStore
 from edged.predict import PREDICT, PredictService
 from edged.replicas import ReplicaStore
 from edged.scheduler import SCHEDULER, LoadPlan, Scheduler
-from edged.security import add_cors_headers, security_middleware
 from edged.settings import SETTINGS, Settings, gpu_layers_option
-from edged.sync_endpoint import REQUEST_VERIFIER, SYNC_ENDPOINT
 from runtimes import Backend, ModelSpec, load_backend
 from sync.auth import RequestVerifier
 from sync.clock import unix_millis

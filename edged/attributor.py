@@ -33,8 +33,8 @@ from attribution.payees import PPM, Payee, Role, split_ppm
 from attribution.receipt import AttributionRef
 from attribution.spans import METHOD as SPANS_METHOD
 from attribution.spans import SpanParams, attribute
+from edged.bindings import InfluenceBindings
 from edged.datanets import DatanetStore
-from edged.examples import InfluenceBindings
 from edged.models import Manifest
 
 OWNER_METHOD = "owner/1"

@@ -54,9 +54,9 @@ from attribution.spans import (
     wire_params,
 )
 from edged.attributor import OWNER_METHOD, RELAY_METHOD, Attributor
+from edged.bindings import InfluenceBindings
 from edged.datanets import DatanetNotFound, DatanetStore
 from edged.errors import ModelNotFound
-from edged.examples import InfluenceBindings
 from edged.models import ModelStore
 
 

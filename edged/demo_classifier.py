@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edged.bindings import Examples, InfluenceBindings
 from edged.errors import ModelNotFound
-from edged.examples import Examples, InfluenceBindings
 from edged.models import Manifest, ModelStore, Price
 
 logger = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
 The root, :class:`EdgedError`, is defined in :mod:`sync.errors` (``sync`` raises errors
 of its own and may not import ``edged``) and re-exported here. Statuses, types and codes
-are class attributes. The HTTP layer (``edged.http_common.error_response``) renders any
+are class attributes. The HTTP layer (``edged.http.common.error_response``) renders any
 :class:`EdgedError` in its path's protocol shape with ``status``; anything else becomes a
 500 whose message reveals nothing about the internals. Messages never contain prompts,
 outputs, paths or secrets.

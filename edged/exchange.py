@@ -24,17 +24,17 @@ from nacl.exceptions import CryptoError
 from nacl.signing import VerifyKey
 
 from edged import bounded_json
-from edged.ledger import Ledger
-from edged.peers import PeerStore
-from edged.replicas import ReplicaStore
-from edged.settings import Settings
-from edged.sync_endpoint import (
+from edged.http.sync_endpoint import (
     HELLO_DOMAIN,
     MSGPACK,
     SyncEquivocation,
     SyncForbidden,
     SyncRefused,
 )
+from edged.ledger import Ledger
+from edged.peers import PeerStore
+from edged.replicas import ReplicaStore
+from edged.settings import Settings
 from sync import merkle
 from sync.auth import sign_request
 from sync.batch import (

@@ -1,5 +1,5 @@
 """Prometheus metrics of a node (``GET /metrics``); the HTTP part, which a fleet shares,
-is :mod:`edged.http_metrics`.
+is :mod:`edged.http.metrics`.
 
 Every app holds its own :class:`prometheus_client.CollectorRegistry` (``app[METRICS]``):
 tests run many apps in one process, and module-level metrics would mix them. Events are
@@ -33,8 +33,8 @@ from yarl import URL
 from attribution.receipt import ReceiptDraft
 from edged.errors import EdgedError
 from edged.exchange import EXCHANGE, ExchangeService, PeerState
-from edged.http_common import REQUESTED_MODEL
-from edged.http_metrics import HttpMetrics, exposition
+from edged.http.common import REQUESTED_MODEL
+from edged.http.metrics import HttpMetrics, exposition
 from edged.inference import SERVICE
 from edged.ledger import LEDGER
 from edged.scheduler import SCHEDULER, LoadedModel

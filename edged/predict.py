@@ -26,7 +26,7 @@ from aiohttp import web
 from attribution.receipt import SignedReceipt
 from edged import errors
 from edged.attributor import Attribution, Attributor
-from edged.examples import InfluenceBindings
+from edged.bindings import InfluenceBindings
 from edged.inference import build_draft
 from edged.keys import NodeKeys
 from edged.ledger import Ledger

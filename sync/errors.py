@@ -1,7 +1,7 @@
 """The root of edged's one exception hierarchy, importable by every package of ours.
 
 Each error class carries its HTTP status, OpenAI error ``type`` and ``code`` as class
-attributes, never set per instance; ``edged.http_common`` renders any of them in the shape
+attributes, never set per instance; ``edged.http.common`` renders any of them in the shape
 of the protocol a path belongs to. The root lives in ``sync`` because ``sync`` raises
 errors of its own (``sync.auth.AuthError``) and may not import ``edged``;
 ``edged.errors`` re-exports it beside the daemon's errors. Messages never contain prompts,

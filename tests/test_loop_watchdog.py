@@ -139,7 +139,7 @@ AIOHTTP = str(Path(web.__file__).parent / "web_protocol.py")
     (_stack(("edged/ledger.py", "append", False), ("edged/scheduler.py", "run", True),
             ("tests/edged/test_scheduler.py", "test_run", True)), False),
     # a request handler, even one a test defined
-    (_stack(("tests/edged/test_api_exchange.py", "handler", True),
+    (_stack(("tests/edged/http/test_exchange.py", "handler", True),
             (AIOHTTP, "_handle_request", True)), False),
     # an app's startup context, run while a fixture starts the server
     (_stack(("edged/fleet/app.py", "chain_adapter", False),

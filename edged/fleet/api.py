@@ -10,7 +10,7 @@ from aiohttp import web
 
 from edged.errors import InvalidRequest, NotReady
 from edged.fleet.service import FleetService
-from edged.http_common import READY, json_response, read_json
+from edged.http.common import READY, json_response, read_json
 from edged.peers import validate_key
 
 FLEET = web.AppKey("fleet", FleetService)

@@ -34,22 +34,22 @@ from edged.fleet.metrics import FLEET_METRICS, FleetMetrics, metrics
 from edged.fleet.service import FleetService
 from edged.fleet.settle import Settler
 from edged.fleet.store import FleetRefused, FleetStore
-from edged.http_common import READY, error_middleware, server_handler_args
-from edged.http_metrics import HTTP_METRICS, http_metrics_middleware
-from edged.keys import NodeKeys, load_or_create_keys
-from edged.security import (
+from edged.http.common import READY, error_middleware, server_handler_args
+from edged.http.metrics import HTTP_METRICS, http_metrics_middleware
+from edged.http.security import (
     NODE_SIGNED_PATHS,
     PUBLIC_PATHS,
     add_cors_headers,
     security_middleware,
 )
-from edged.settings import SETTINGS, Settings
-from edged.sync_endpoint import (
+from edged.http.sync_endpoint import (
     REQUEST_VERIFIER,
     SYNC_ENDPOINT,
     SyncEndpoint,
     add_sync_endpoint_routes,
 )
+from edged.keys import NodeKeys, load_or_create_keys
+from edged.settings import SETTINGS, Settings
 from sync.auth import HEADER_NODE, RequestVerifier
 from sync.clock import unix_millis
 

@@ -23,8 +23,8 @@ from prometheus_client.registry import Collector
 from edged.fleet.api import FLEET
 from edged.fleet.service import FleetService
 from edged.fleet.store import FleetRefused
-from edged.http_metrics import HttpMetrics, exposition
-from edged.sync_endpoint import SyncEndpoint
+from edged.http.metrics import HttpMetrics, exposition
+from edged.http.sync_endpoint import SyncEndpoint
 from sync.settlement.txjournal import STATUSES
 
 FLEET_ROUTE_GROUPS: tuple[tuple[str, str], ...] = (("/v1/sync/", "sync"), ("/fleet/", "fleet"))

@@ -16,7 +16,7 @@ TOP_PAYEES = 10
 
 @dataclass
 class FleetService:
-    """Also the fleet's :class:`edged.sync_endpoint.SyncEndpoint`: nodes push to it with the
+    """Also the fleet's :class:`edged.http.sync_endpoint.SyncEndpoint`: nodes push to it with the
     same signed exchange they use between peers."""
 
     store: FleetStore

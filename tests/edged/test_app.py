@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from edged.app import create_app
+from edged.http.serving import serve
 from edged.models import RUNTIMES
-from edged.serving import serve
 from edged.settings import Settings
 from tests.edged.conftest import AppClientFactory, fake_loader
 

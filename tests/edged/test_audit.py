@@ -21,11 +21,11 @@ from click.testing import CliRunner, Result
 import edged.attributor
 from attribution.spans import SpanAttribution
 from edged.app import create_app
-from edged.cli import main
+from edged.cli.main import main
 from edged.models import RUNTIMES
 from edged.settings import Settings
 from tests.edged.conftest import FAKE_MODEL, AppClientFactory, fake_loader
-from tests.edged.test_api_v2 import MODEL, install_onnx_model, tensor
+from tests.edged.http.test_oip import MODEL, install_onnx_model, tensor
 from tests.edged.test_influence_api import LAYER, _examples
 
 Client = TestClient[Any, web.Application]

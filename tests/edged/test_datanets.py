@@ -13,10 +13,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, make_mocked_request
 
 from attribution.receipt import verify_receipt
-from edged.api_datanets import _is_local
 from edged.app import create_app
 from edged.datanets import MAX_SEGMENTS, DatanetNotFound, DatanetStore, read_document_file
 from edged.errors import Conflict, InvalidRequest, NotFound
+from edged.http.datanets import _is_local
 from edged.ledger import LEDGER
 from edged.models import RUNTIMES
 from edged.settings import Settings

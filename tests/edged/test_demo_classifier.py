@@ -10,6 +10,7 @@ import numpy as np
 
 from attribution.influence import influence_weights
 from edged.app import create_app
+from edged.bindings import Binding, Examples, InfluenceBindings
 from edged.demo_classifier import (
     DEMO_CLASSIFIER,
     StandardisedLogisticRegression,
@@ -17,7 +18,6 @@ from edged.demo_classifier import (
     install_demo_classifier,
     train_logistic_regression,
 )
-from edged.examples import Binding, Examples, InfluenceBindings
 from edged.models import Manifest, ModelStore
 from edged.settings import Settings
 from tests.attribution.fidelity import Split, make_split, mean_spearman

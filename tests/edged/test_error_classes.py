@@ -1,5 +1,5 @@
 """The one error hierarchy: every error's status is its class's, and each protocol's error
-shape comes from one renderer (``edged.http_common.error_response``)."""
+shape comes from one renderer (``edged.http.common.error_response``)."""
 
 from __future__ import annotations
 
@@ -7,16 +7,16 @@ import pytest
 
 import edged.errors
 import edged.fleet.store
+import edged.http.sync_endpoint
 import edged.settings
-import edged.sync_endpoint
 import sync.auth
 from edged.errors import EdgedError, InvalidRequest, NotFound
 from edged.fleet.store import FleetForbidden, FleetRefused
-from edged.http_common import error_response
+from edged.http.common import error_response
 from edged.settings import SettingsError
 from sync.auth import AuthError, UntrustedCaller
 
-DEFINING_MODULES = (edged.errors, edged.fleet.store, edged.settings, edged.sync_endpoint,
+DEFINING_MODULES = (edged.errors, edged.fleet.store, edged.settings, edged.http.sync_endpoint,
                     sync.auth)
 
 
@@ -37,7 +37,7 @@ def make(cls: type[EdgedError]) -> EdgedError:
 def test_the_hierarchy_covers_every_module_that_defines_errors() -> None:
     modules = {cls.__module__ for cls in every_error_class()}
     assert {module.__name__ for module in DEFINING_MODULES} <= modules
-    assert {AuthError, UntrustedCaller, edged.sync_endpoint.SyncRefused, FleetRefused,
+    assert {AuthError, UntrustedCaller, edged.http.sync_endpoint.SyncRefused, FleetRefused,
             SettingsError} <= set(every_error_class())
 
 

@@ -16,11 +16,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from edged.app import create_app
-from edged.examples import BINDINGS
+from edged.bindings import BINDINGS
 from edged.ledger import LEDGER
 from edged.settings import Settings
 from tests.edged.conftest import AppClientFactory
-from tests.edged.test_api_v2 import MODEL, install_onnx_model, tensor
+from tests.edged.http.test_oip import MODEL, install_onnx_model, tensor
 
 Client = TestClient[Any, web.Application]
 LAYER = {"features": "input", "weights": "linear.weight", "bias": "linear.bias"}
@@ -198,7 +198,7 @@ async def test_without_a_layer_the_data_share_is_not_paid_at_random(
     """No layer and no opt-in: binding is refused and the data share goes where
     ``unmatched_data_to`` says (owner/1); knn/1 runs only when the owner opts in, and the
     opt-in survives a restart."""
-    from edged.examples import InfluenceBindings
+    from edged.bindings import InfluenceBindings
     from edged.models import ModelStore
 
     probabilities = _write_mlp(tmp_path / "logits.onnx", softmax=False)
@@ -285,7 +285,7 @@ async def test_a_skl2onnx_mlp_is_attributed_through_its_found_layer_after_a_rest
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.neural_network import MLPClassifier
 
-    from edged.examples import InfluenceBindings
+    from edged.bindings import InfluenceBindings
     from edged.models import ModelStore
 
     rng = np.random.default_rng(9)
@@ -370,8 +370,8 @@ async def test_examples_that_do_not_fit_are_400_and_attribution_failures_fall_ba
 async def test_parsing_graph_loading_and_attribution_run_off_the_event_loop(
         aiohttp_client: AppClientFactory, settings: Settings, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    import edged.api_v2
-    import edged.examples
+    import edged.bindings
+    import edged.http.oip
     from edged.predict import PREDICT
 
     classifier = install_onnx_model(settings, tmp_path, influence_layer=LAYER,
@@ -385,9 +385,9 @@ async def test_parsing_graph_loading_and_attribution_run_off_the_event_loop(
             return function(*args)
         return call
 
-    monkeypatch.setattr(edged.api_v2, "parse_examples",
-                        watched("parse", edged.api_v2.parse_examples))
-    monkeypatch.setattr(edged.examples, "_graph", watched("graph", edged.examples._graph))
+    monkeypatch.setattr(edged.http.oip, "parse_examples",
+                        watched("parse", edged.http.oip.parse_examples))
+    monkeypatch.setattr(edged.bindings, "_graph", watched("graph", edged.bindings._graph))
     attributor = client.app[PREDICT].attributor
     monkeypatch.setattr(attributor, "attribute_prediction",
                         watched("attribute", attributor.attribute_prediction))

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from attribution.commitments import digest
 from edged.app import create_app
-from edged.cli import main
+from edged.cli.main import main
 from edged.datanets import DATANETS
 from edged.models import MAX_CARD_CHARS, RUNTIMES, Manifest
 from edged.settings import Settings

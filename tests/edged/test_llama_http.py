@@ -15,7 +15,7 @@ from edged.keys import NODE_KEYS
 from edged.ledger import LEDGER
 from edged.models import RUNTIMES
 from tests.edged.conftest import AppClientFactory, make_settings
-from tests.edged.test_api_v2 import install_onnx_model
+from tests.edged.http.test_oip import install_onnx_model
 from tests.support.tiny_gguf import install_tiny_llama
 
 Client = TestClient[Any, web.Application]

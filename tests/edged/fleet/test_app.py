@@ -10,7 +10,7 @@ import pytest
 
 from edged.fleet.app import create_fleet_app
 from edged.fleet.db import Database
-from edged.serving import serve
+from edged.http.serving import serve
 from edged.settings import Settings
 
 

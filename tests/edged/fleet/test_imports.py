@@ -13,7 +13,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[3]
 # The node's inference stack: services, model runtimes and their native libraries.
 INFERENCE_STACK = ("edged.scheduler", "edged.inference", "edged.predict", "edged.datanets",
-                   "edged.examples", "edged.federation")
+                   "edged.bindings", "edged.federation")
 NATIVE_PACKAGES = ("runtimes", "llama_cpp", "onnxruntime")
 
 

@@ -1,5 +1,5 @@
 """A node's sync routes: the signed endpoints it shares with the fleet
-(:mod:`edged.sync_endpoint`: hello, heads, push) plus ``pull``, all authenticated by the
+(:mod:`edged.http.sync_endpoint`: hello, heads, push) plus ``pull``, all authenticated by the
 caller's node signature (sync.auth), not by API keys, so only trusted keys get through;
 the rest is for the local operator."""
 
@@ -12,9 +12,9 @@ from aiohttp import web
 
 from edged.errors import InvalidRequest
 from edged.exchange import EXCHANGE
-from edged.http_common import json_response
+from edged.http.common import json_response
+from edged.http.sync_endpoint import MSGPACK, add_sync_endpoint_routes, authenticate
 from edged.settings import SETTINGS
-from edged.sync_endpoint import MSGPACK, add_sync_endpoint_routes, authenticate
 
 
 def add_exchange_routes(app: web.Application) -> None:

@@ -8,9 +8,9 @@ from typing import Any
 
 from aiohttp import web
 
-from edged.api_node import RECEIPT_ID, _int_query
 from edged.errors import InvalidRequest, NotFound
-from edged.http_common import json_response
+from edged.http.common import json_response
+from edged.http.node import RECEIPT_ID, _int_query
 from edged.ledger import LEDGER, Ledger
 from sync.checkpoint import SignedCheckpoint
 from sync.clock import unix_millis

@@ -9,9 +9,9 @@ from urllib.parse import quote
 
 import click
 
-from edged.cli_common import cli_settings, print_json
-from edged.client import DaemonClient, DaemonError
-from edged.progress import progress_option, spinner
+from edged.cli.client import DaemonClient, DaemonError
+from edged.cli.common import cli_settings, print_json
+from edged.cli.progress import progress_option, spinner
 from edged.settings import setting_help
 
 
@@ -41,7 +41,7 @@ def fleet_serve(ctx: click.Context, host: str | None, port: int | None, database
                 api_keys: tuple[str, ...]) -> None:
     """Run the fleet manager."""
     from edged.fleet.app import create_fleet_app
-    from edged.serving import run
+    from edged.http.serving import run
 
     settings = cli_settings(ctx, host=host, fleet_port=port, fleet_database=database,
                             api_keys=api_keys or None)

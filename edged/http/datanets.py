@@ -21,7 +21,7 @@ from edged.datanets import (
     validate_duplicates,
 )
 from edged.errors import EdgedError, Forbidden, InvalidRequest, NotFound, error_body
-from edged.http_common import json_response, read_body, read_json
+from edged.http.common import json_response, read_body, read_json
 from edged.inference import SERVICE
 from edged.ledger import LEDGER
 from edged.settings import SETTINGS

@@ -13,11 +13,11 @@ from typing import Any
 import click
 from rich.progress import Progress
 
-from edged.cli_common import call_daemon, cli_settings, daemon_client, print_json
-from edged.cli_datanet import datanet
-from edged.cli_fleet import fleet
-from edged.client import DaemonClient, DaemonError
-from edged.progress import advancer, progress_bars, progress_option
+from edged.cli.client import DaemonClient, DaemonError
+from edged.cli.common import call_daemon, cli_settings, daemon_client, print_json
+from edged.cli.datanet import datanet
+from edged.cli.fleet import fleet
+from edged.cli.progress import advancer, progress_bars, progress_option
 from edged.settings import setting_help
 
 
@@ -44,7 +44,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None, api_keys: tupl
           no_demo_model: bool) -> None:
     """Run the daemon."""
     from edged.app import create_app
-    from edged.serving import run
+    from edged.http.serving import run
 
     settings = cli_settings(ctx, host=host, port=port, api_keys=api_keys or None,
                          keep_alive=keep_alive, max_loaded_models=max_loaded_models,

@@ -1,7 +1,7 @@
 """The Open Inference Protocol v2 (KServe / Triton) over REST, JSON tensors.
 
 Errors on these paths use that protocol's shape ``{"error": "message"}`` (see
-http_common). Binary tensor data (the protocol's binary extension) is not supported:
+edged.http.common). Binary tensor data (the protocol's binary extension) is not supported:
 clients send JSON data (``binary_data=False`` in tritonclient).
 """
 
@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 from aiohttp import web
 
-from edged.api_openai import RECEIPT_HEADER, receipt_ref
+from edged.bindings import BIND_INFLUENCE, BIND_METHODS, BINDINGS, LAYER_FOUND, parse_examples
 from edged.errors import InvalidRequest, ModelNotFound
-from edged.examples import BIND_INFLUENCE, BIND_METHODS, BINDINGS, LAYER_FOUND, parse_examples
-from edged.http_common import READY, json_response, read_body, read_json
+from edged.http.common import READY, json_response, read_body, read_json
+from edged.http.openai import RECEIPT_HEADER, receipt_ref
 from edged.inference import SERVICE
 from edged.models import Manifest
 from edged.predict import PREDICT

@@ -15,9 +15,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from attribution.receipt import verify_receipt
-from edged.api_v2 import decode_tensor
 from edged.app import create_app
 from edged.errors import InvalidRequest
+from edged.http.oip import decode_tensor
 from edged.inference import SERVICE
 from edged.ledger import LEDGER
 from edged.models import Manifest, ModelStore, Price

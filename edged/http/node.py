@@ -11,11 +11,11 @@ from typing import Any
 from aiohttp import web
 
 from attribution.receipt import SignedReceipt
+from edged.bindings import BINDINGS
 from edged.datanets import DATANETS
 from edged.errors import InvalidRequest, NotFound, NotReady
-from edged.examples import BINDINGS
 from edged.federation import FEDERATION
-from edged.http_common import READY, json_response, read_json
+from edged.http.common import READY, json_response, read_json
 from edged.inference import SERVICE
 from edged.keys import NODE_KEYS
 from edged.ledger import LEDGER

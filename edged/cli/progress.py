@@ -33,7 +33,7 @@ from rich.text import Text
 
 PROGRESS_MODES = ("auto", "always", "never")
 PROGRESS_ENV = "EDGED_PROGRESS"
-_MODE_KEY = "edged.progress"  # where the chosen mode lives in click's ctx.meta
+_MODE_KEY = "edged.cli.progress"  # where the chosen mode lives in click's ctx.meta
 
 F = TypeVar("F", bound=Callable[..., Any])
 

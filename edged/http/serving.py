@@ -4,7 +4,7 @@ A request aiohttp cannot parse (a bad header line, an oversized field) is answer
 aiohttp itself, before any middleware runs, as ``text/plain`` quoting the offending
 bytes. Here it is answered in the one error shape, with the status phrase only, so
 that a client sees the same errors everywhere and nothing it sent is echoed or logged
-(the app's ``handler_args`` carry the logger: ``http_common.server_handler_args``).
+(the app's ``handler_args`` carry the logger: ``edged.http.common.server_handler_args``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
 from edged.errors import error_body
-from edged.http_common import json_response
+from edged.http.common import json_response
 
 
 def status_error_response(status: int) -> web.Response:

@@ -36,11 +36,11 @@ from edged.federation import (
     RelayBroken,
     UpstreamError,
 )
-from edged.http_common import json_response, read_body
+from edged.http.common import json_response, read_body
+from edged.http.sync_endpoint import REQUEST_VERIFIER
 from edged.ledger import LEDGER
 from edged.schemas import GenerateRequest, parse_chat, parse_completion
 from edged.settings import SETTINGS
-from edged.sync_endpoint import REQUEST_VERIFIER
 
 FEDERATED_PATHS = frozenset({MODELS_PATH, RECEIPT_PATH, *GENERATE_PATHS.values()})
 
@@ -90,14 +90,14 @@ async def _serve_routed(request: web.Request, kind: str) -> web.StreamResponse:
     if request.app[FEDERATION].servable(parsed.model) is None:
         raise ModelNotFound(f"model {parsed.model!r} is not served to peers here",
                             param="model")
-    from edged.api_openai import generate_locally  # the OpenAI handlers import this module
+    from edged.http.openai import generate_locally  # the OpenAI handlers import this module
 
     return await generate_locally(request, parsed)
 
 
 async def routed_receipt(request: web.Request) -> web.Response:
     await _trusted_peer(request)
-    from edged.api_node import RECEIPT_ID, receipt_json
+    from edged.http.node import RECEIPT_ID, receipt_json
 
     receipt_id = request.query.get("id", "")
     if not RECEIPT_ID.fullmatch(receipt_id):

@@ -3,7 +3,7 @@
 The small core the two roles share (DESIGN.md, "Sync between nodes"): what answers them
 (:class:`SyncEndpoint`, ``app[SYNC_ENDPOINT]``), who checks the caller's signature
 (``app[REQUEST_VERIFIER]``), the refusal they raise, and the routes. A node adds pull and
-its operator routes in :mod:`edged.api_exchange`; the fleet adds nothing of the node's.
+its operator routes in :mod:`edged.http.exchange`; the fleet adds nothing of the node's.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from edged.errors import EdgedError, InvalidRequest, TooManyRequests
-from edged.http_common import json_response, read_body
+from edged.http.common import json_response, read_body
 from sync.auth import RequestVerifier
 from sync.batch import MAX_BATCH_BYTES
 

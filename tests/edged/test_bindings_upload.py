@@ -17,14 +17,14 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from numpy.lib import format as npy_format
 
-from edged import examples
+from edged import bindings as examples
 from edged.app import create_app
+from edged.bindings import BINDINGS, parse_examples
 from edged.errors import InvalidRequest
-from edged.examples import BINDINGS, parse_examples
 from edged.ledger import LEDGER
 from edged.settings import Settings
 from tests.edged.conftest import AppClientFactory
-from tests.edged.test_api_v2 import MODEL, install_onnx_model
+from tests.edged.http.test_oip import MODEL, install_onnx_model
 
 Client = TestClient[Any, web.Application]
 GOOD_LABELS = np.zeros(3, dtype=np.int64)

@@ -14,9 +14,9 @@ from aiohttp.test_utils import TestClient
 from nacl.signing import SigningKey
 
 from edged.exchange import EXCHANGE
+from edged.http.sync_endpoint import MAX_CONCURRENT_PUSHES, PUSH_SLOTS
 from edged.keys import NODE_KEYS
 from edged.peers import PEERS
-from edged.sync_endpoint import MAX_CONCURRENT_PUSHES, PUSH_SLOTS
 from sync import merkle
 from sync.auth import sign_request
 from sync.batch import Batch
@@ -176,7 +176,7 @@ async def test_a_misbehaving_peer_does_not_stop_the_round(client: Client, aiohtt
         return web.Response(body=b"x" * (3 * 1024 * 1024))
 
     async def hello(request: web.Request) -> web.Response:  # the peer proves its key
-        from edged.sync_endpoint import HELLO_DOMAIN
+        from edged.http.sync_endpoint import HELLO_DOMAIN
 
         challenge = bytes.fromhex(request.query["challenge"])
         return web.json_response({"public_key": bytes(peer.verify_key).hex(), "signature":
@@ -211,7 +211,7 @@ async def test_a_request_signed_for_another_node_is_refused(client: Client) -> N
 async def test_hello_proves_the_node_key(client: Client) -> None:
     from nacl.signing import VerifyKey
 
-    from edged.sync_endpoint import HELLO_DOMAIN
+    from edged.http.sync_endpoint import HELLO_DOMAIN
 
     challenge = secrets.token_bytes(16)
     hello = await (await client.get("/v1/sync/hello",

@@ -14,8 +14,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from edged.app import create_app
+from edged.http.serving import AppRunner
 from edged.models import RUNTIMES
-from edged.serving import AppRunner
 from edged.settings import Settings
 from tests.edged.conftest import FAKE_MODEL, AppClientFactory, fake_loader
 

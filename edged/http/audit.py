@@ -11,10 +11,10 @@ import ipaddress
 from aiohttp import web
 
 from edged.audit import NodeData, audit_receipt
+from edged.bindings import BINDINGS
 from edged.datanets import DATANETS
 from edged.errors import Forbidden, InvalidRequest, NotFound
-from edged.examples import BINDINGS
-from edged.http_common import json_response
+from edged.http.common import json_response
 from edged.inference import SERVICE
 from edged.ledger import LEDGER
 

@@ -22,7 +22,7 @@ from edged.settings import Settings
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 CORS_ORIGIN = web.RequestKey("cors_origin", str)  # the Origin that passed the policy
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
-# Federated inference (edged.api_federation) adds its models, routed requests and receipts.
+# Federated inference (edged.http.federation) adds its models, routed requests and receipts.
 NODE_SIGNED_PATHS = frozenset({"/v1/sync/hello", "/v1/sync/heads", "/v1/sync/pull",
                                "/v1/sync/push", "/v1/sync/models", "/v1/sync/chat/completions",
                                "/v1/sync/completions", "/v1/sync/receipt"})

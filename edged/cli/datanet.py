@@ -10,11 +10,11 @@ from typing import Any
 import click
 from rich.progress import Progress
 
-from edged.cli_common import call_daemon, daemon_client, print_json
-from edged.client import DaemonError
+from edged.cli.client import DaemonError
+from edged.cli.common import call_daemon, daemon_client, print_json
+from edged.cli.progress import progress_bars, progress_option
 from edged.datanets import read_document_file
 from edged.errors import EdgedError
-from edged.progress import progress_bars, progress_option
 
 
 @click.group()

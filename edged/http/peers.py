@@ -7,7 +7,7 @@ from typing import Any
 from aiohttp import web
 
 from edged.errors import InvalidRequest
-from edged.http_common import json_response, read_json
+from edged.http.common import json_response, read_json
 from edged.peers import PEERS, TrustedPeer
 from edged.settings import SETTINGS
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from edged.client import DaemonClient, DaemonError
+from edged.cli.client import DaemonClient, DaemonError
 from edged.errors import EdgedError
 from edged.settings import Settings, load_settings
 

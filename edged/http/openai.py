@@ -14,9 +14,9 @@ from typing import Any
 from aiohttp import web
 
 from attribution.receipt import SignedReceipt
-from edged.api_federation import relay_if_remote, remote_model_objects
 from edged.errors import EdgedError, InternalError
-from edged.http_common import json_response, read_json
+from edged.http.common import json_response, read_json
+from edged.http.federation import relay_if_remote, remote_model_objects
 from edged.inference import SERVICE, GenerationStream
 from edged.schemas import GenerateRequest, parse_chat, parse_completion, parse_embeddings
 from edged.settings import SETTINGS
