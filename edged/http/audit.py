@@ -6,15 +6,14 @@ API key when keys are set): it names contributors and documents' counts, never t
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 
 from aiohttp import web
 
 from edged.audit import NodeData, audit_receipt
 from edged.bindings import BINDINGS
 from edged.datanets import DATANETS
-from edged.errors import Forbidden, InvalidRequest, NotFound
-from edged.http.common import json_response
+from edged.errors import Forbidden, NotFound
+from edged.http.common import is_local, json_response, receipt_leaf
 from edged.inference import SERVICE
 from edged.ledger import LEDGER
 
@@ -25,15 +24,9 @@ def add_audit_routes(app: web.Application) -> None:
 
 async def audit(request: web.Request) -> web.Response:
     """Recompute a receipt's split (``edged.audit``); ``ok`` false lists the problems."""
-    if not _is_loopback(request.remote):
+    if not is_local(request):
         raise Forbidden("receipt audits are served to local callers only")
-    receipt_id = request.match_info["id"].lower()
-    try:
-        leaf = bytes.fromhex(receipt_id)
-    except ValueError:
-        leaf = b""
-    if len(leaf) != 32:
-        raise InvalidRequest("a receipt id is 64 hex digits", param="id")
+    leaf = receipt_leaf(request.match_info["id"])
     ledger = request.app[LEDGER]
     receipt = ledger.get(leaf)
     if receipt is None:
@@ -43,10 +36,3 @@ async def audit(request: web.Request) -> web.Response:
                     service.attributor)
     report = await asyncio.to_thread(audit_receipt, receipt, ledger.get_evidence(leaf), node)
     return json_response(report.to_wire())
-
-
-def _is_loopback(remote: str | None) -> bool:
-    try:
-        return ipaddress.ip_address(remote or "").is_loopback
-    except ValueError:
-        return False

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -15,6 +17,7 @@ from edged import bounded_json
 from edged.errors import (
     EdgedError,
     InvalidJSON,
+    InvalidRequest,
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
@@ -119,4 +122,37 @@ class ClientSafeServerLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
 def server_handler_args() -> dict[str, Any]:
     """``web.Application(handler_args=...)`` for every app edged serves."""
     return {"logger": ClientSafeServerLogger(logging.getLogger("aiohttp.server"), {})}
+
+
+RECEIPT_ID = re.compile(r"^[0-9a-f]{64}$")
+
+
+def receipt_leaf(text: str, param: str = "id") -> bytes:
+    """A receipt id (64 hex digits, any case) as its 32-byte leaf hash; 400 otherwise."""
+    text = text.lower()
+    if not RECEIPT_ID.fullmatch(text):
+        raise InvalidRequest("a receipt id is 64 hex digits", param=param)
+    return bytes.fromhex(text)
+
+
+def int_query(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    """An integer query parameter within ``low..high``; 400 naming it otherwise."""
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidRequest(f"'{name}' must be an integer", param=name) from None
+    if not low <= value <= high:
+        raise InvalidRequest(f"'{name}' must be within {low}..{high}", param=name)
+    return value
+
+
+def is_local(request: web.Request) -> bool:
+    """Whether the caller is on this machine (a loopback address)."""
+    try:
+        return ipaddress.ip_address(request.remote or "").is_loopback
+    except ValueError:
+        return False
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import ipaddress
 import json
 import logging
 from collections.abc import Callable
@@ -21,7 +20,7 @@ from edged.datanets import (
     validate_duplicates,
 )
 from edged.errors import EdgedError, Forbidden, InvalidRequest, NotFound, error_body
-from edged.http.common import json_response, read_body, read_json
+from edged.http.common import is_local, json_response, read_body, read_json, receipt_leaf
 from edged.inference import SERVICE
 from edged.ledger import LEDGER
 from edged.settings import SETTINGS
@@ -166,30 +165,17 @@ async def compact_datanet(request: web.Request) -> web.Response:
     return json_response(state.public_view())
 
 
-def _is_local(request: web.Request) -> bool:
-    try:
-        return ipaddress.ip_address(request.remote or "").is_loopback
-    except ValueError:
-        return False
-
-
 async def receipt_evidence(request: web.Request) -> web.Response:
     """The evidence behind a receipt's attribution: for an authorised caller on this
     machine only (it names documents; it never leaves the node and is never synced)."""
-    if not _is_local(request):
+    if not is_local(request):
         raise Forbidden("evidence is served to local callers only")
-    receipt_id = request.match_info["id"].lower()
-    try:
-        leaf = bytes.fromhex(receipt_id)
-    except ValueError:
-        raise InvalidRequest("a receipt id is 64 hex digits", param="id") from None
-    if len(leaf) != 32:
-        raise InvalidRequest("a receipt id is 64 hex digits", param="id")
+    leaf = receipt_leaf(request.match_info["id"])
     ledger = request.app[LEDGER]
     receipt = ledger.get(leaf)
     if receipt is None:
         raise NotFound("no receipt with that id", param="id")
     raw = ledger.get_evidence(leaf)
     evidence: dict[str, Any] = canonical.decode(raw) if raw is not None else {}
-    return json_response({"id": receipt_id, "method": receipt.fields["attr"]["method"],
+    return json_response({"id": leaf.hex(), "method": receipt.fields["attr"]["method"],
                           "evidence": evidence})

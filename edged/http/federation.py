@@ -21,7 +21,6 @@ from edged.errors import (
     Forbidden,
     InternalError,
     InvalidJSON,
-    InvalidRequest,
     ModelNotFound,
     NotFound,
 )
@@ -36,7 +35,7 @@ from edged.federation import (
     RelayBroken,
     UpstreamError,
 )
-from edged.http.common import json_response, read_body
+from edged.http.common import json_response, read_body, receipt_leaf
 from edged.http.sync_endpoint import REQUEST_VERIFIER
 from edged.ledger import LEDGER
 from edged.schemas import GenerateRequest, parse_chat, parse_completion
@@ -97,12 +96,9 @@ async def _serve_routed(request: web.Request, kind: str) -> web.StreamResponse:
 
 async def routed_receipt(request: web.Request) -> web.Response:
     await _trusted_peer(request)
-    from edged.http.node import RECEIPT_ID, receipt_json
+    from edged.http.node import receipt_json
 
-    receipt_id = request.query.get("id", "")
-    if not RECEIPT_ID.fullmatch(receipt_id):
-        raise InvalidRequest("a receipt id is 64 hex digits", param="id")
-    receipt = request.app[LEDGER].get(bytes.fromhex(receipt_id))
+    receipt = request.app[LEDGER].get(receipt_leaf(request.query.get("id", "")))
     if receipt is None:
         raise NotFound("no receipt with that id", param="id")
     return json_response(receipt_json(receipt))

@@ -9,8 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from edged.errors import InvalidRequest, NotFound
-from edged.http.common import json_response
-from edged.http.node import RECEIPT_ID, _int_query
+from edged.http.common import int_query, json_response, receipt_leaf
 from edged.ledger import LEDGER, Ledger
 from sync.checkpoint import SignedCheckpoint
 from sync.clock import unix_millis
@@ -54,21 +53,18 @@ async def get_checkpoint(request: web.Request) -> web.Response:
 
 
 async def get_inclusion_proof(request: web.Request) -> web.Response:
-    receipt_id = request.match_info["id"].lower()
-    if not RECEIPT_ID.fullmatch(receipt_id):
-        raise InvalidRequest("a receipt id is 64 hex digits", param="id")
     ledger = request.app[LEDGER]
-    receipt = ledger.get(bytes.fromhex(receipt_id))
+    receipt = ledger.get(receipt_leaf(request.match_info["id"]))
     if receipt is None:
         raise NotFound("no receipt with that id", param="id")
     size_param = request.query.get("size")
-    size = None if size_param is None else _int_query(request, "size", 0, 1, 2**63 - 1)
+    size = None if size_param is None else int_query(request, "size", 0, 1, 2**63 - 1)
     checkpoint = await _checkpoint_covering(ledger, size)
     size = checkpoint.checkpoint.size
     if receipt.seq >= size:
         raise InvalidRequest("the receipt is not in a tree of that size", param="size")
     proof = await asyncio.to_thread(ledger.inclusion_proof, receipt.seq, size)
-    return json_response({"id": receipt_id, "seq": receipt.seq, "size": size,
+    return json_response({"id": receipt.leaf.hex(), "seq": receipt.seq, "size": size,
                           "proof": [step.hex() for step in proof],
                           "checkpoint": checkpoint_json(checkpoint)})
 
@@ -76,8 +72,8 @@ async def get_inclusion_proof(request: web.Request) -> web.Response:
 async def get_consistency(request: web.Request) -> web.Response:
     ledger = request.app[LEDGER]
     count = ledger.count()
-    first = _int_query(request, "first", 0, 0, count)
-    second = _int_query(request, "second", count, 0, count)
+    first = int_query(request, "first", 0, 0, count)
+    second = int_query(request, "second", count, 0, count)
     if first > second:
         raise InvalidRequest("'first' must not exceed 'second'", param="first")
     proof = await asyncio.to_thread(ledger.consistency_proof, first, second)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
-import re
 from typing import Any
 
 from aiohttp import web
@@ -15,7 +14,7 @@ from edged.bindings import BINDINGS
 from edged.datanets import DATANETS
 from edged.errors import InvalidRequest, NotFound, NotReady
 from edged.federation import FEDERATION
-from edged.http.common import READY, json_response, read_json
+from edged.http.common import READY, int_query, json_response, read_json, receipt_leaf
 from edged.inference import SERVICE
 from edged.keys import NODE_KEYS
 from edged.ledger import LEDGER
@@ -26,7 +25,6 @@ from edged.scheduler import SCHEDULER
 from edged.schemas import parse_keep_alive
 from edged.settings import SETTINGS
 
-RECEIPT_ID = re.compile(r"^[0-9a-f]{64}$")
 MAX_PAGE = 1000
 
 
@@ -69,34 +67,19 @@ def receipt_json(receipt: SignedReceipt) -> dict[str, Any]:
 
 
 async def get_receipt(request: web.Request) -> web.Response:
-    receipt_id = request.match_info["id"].lower()
-    if not RECEIPT_ID.fullmatch(receipt_id):
-        raise InvalidRequest("a receipt id is 64 hex digits", param="id")
-    receipt = request.app[LEDGER].get(bytes.fromhex(receipt_id))
+    leaf = receipt_leaf(request.match_info["id"])
+    receipt = request.app[LEDGER].get(leaf)
     if receipt is None and (federation := request.app.get(FEDERATION)) is not None \
             and federation.enabled:  # a peer's receipt, e.g. of a request routed there
-        receipt = await federation.fetch_receipt(bytes.fromhex(receipt_id))
+        receipt = await federation.fetch_receipt(leaf)
     if receipt is None:
         raise NotFound("no receipt with that id", param="id")
     return json_response(receipt_json(receipt))
 
 
-def _int_query(request: web.Request, name: str, default: int, low: int, high: int) -> int:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise InvalidRequest(f"'{name}' must be an integer", param=name) from None
-    if not low <= value <= high:
-        raise InvalidRequest(f"'{name}' must be within {low}..{high}", param=name)
-    return value
-
-
 async def list_receipts(request: web.Request) -> web.Response:
-    after_seq = _int_query(request, "after_seq", -1, -1, 2**63 - 1)
-    limit = _int_query(request, "limit", 100, 1, MAX_PAGE)
+    after_seq = int_query(request, "after_seq", -1, -1, 2**63 - 1)
+    limit = int_query(request, "limit", 100, 1, MAX_PAGE)
     receipts = request.app[LEDGER].page(after_seq, limit + 1)
     page = receipts[:limit]
     return json_response({

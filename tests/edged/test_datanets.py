@@ -16,7 +16,7 @@ from attribution.receipt import verify_receipt
 from edged.app import create_app
 from edged.datanets import MAX_SEGMENTS, DatanetNotFound, DatanetStore, read_document_file
 from edged.errors import Conflict, InvalidRequest, NotFound
-from edged.http.datanets import _is_local
+from edged.http.common import is_local
 from edged.ledger import LEDGER
 from edged.models import RUNTIMES
 from edged.settings import Settings
@@ -159,9 +159,9 @@ def test_evidence_is_for_local_callers_only() -> None:
 
         return make_mocked_request("GET", "/", transport=Transport())
 
-    assert _is_local(request_from("127.0.0.1"))
-    assert _is_local(request_from("::1"))
-    assert not _is_local(request_from("192.168.1.20"))
+    assert is_local(request_from("127.0.0.1"))
+    assert is_local(request_from("::1"))
+    assert not is_local(request_from("192.168.1.20"))
 
 
 async def _upload(client: Client, contributor: str, documents: list[tuple[str, str]],
