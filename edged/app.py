@@ -38,7 +38,7 @@ from edged.inference import SERVICE, InferenceService
 from edged.keys import NODE_KEYS, load_or_create_keys
 from edged.ledger import LEDGER, Ledger
 from edged.metrics import METRICS, NodeMetrics, add_metrics_route
-from edged.models import SERVING_RUNTIMES, ModelStore
+from edged.models import MODEL_STORE, SERVING_RUNTIMES, ModelStore
 from edged.peers import PEERS, PeerStore
 from edged.predict import PREDICT, PredictService
 from edged.replicas import ReplicaStore
@@ -94,7 +94,9 @@ def create_app(settings: Settings, *, loader: Loader = load_backend,
     app.cleanup_ctx.extend([
         _node_keys,
         _ledger,
-        functools.partial(_models, runtimes=runtimes, loader=loader, clock_ms=clock_ms),
+        _datanets,
+        functools.partial(_scheduler, runtimes=runtimes, loader=loader),
+        functools.partial(_services, clock_ms=clock_ms),
         functools.partial(_sync, clock_ms=clock_ms),
         functools.partial(_federation, clock_ms=clock_ms),
         functools.partial(_background_tasks, clock_ms=clock_ms),
@@ -121,40 +123,53 @@ async def _ledger(app: web.Application) -> AsyncIterator[None]:
         await asyncio.to_thread(ledger.close)
 
 
-async def _models(app: web.Application, *, runtimes: tuple[str, ...], loader: Loader,
-                  clock_ms: Callable[[], int]) -> AsyncIterator[None]:
-    """The model store, datanets and scheduler, and the services that use them."""
-    settings, keys, ledger = app[SETTINGS], app[NODE_KEYS], app[LEDGER]
-    store = ModelStore(settings.models_dir, runtimes=runtimes)
+async def _datanets(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
     datanets = DatanetStore(settings.datanets_dir, span_min_words=settings.span_min_words)
+    app[DATANETS] = datanets
     try:
-        attributor = Attributor(
-            datanets, operator_id=settings.operator_id or "node:" + keys.public_key.hex(),
-            operator_ppm=settings.operator_share_ppm,
-            span_params=SpanParams(min_words=settings.span_min_words))
-        scheduler = Scheduler(_resolver(store, runtimes, default_threads(settings),
-                                        settings),
-                              max_loaded_models=settings.max_loaded_models,
-                              default_keep_alive=settings.keep_alive,
-                              max_queue=settings.max_queue, loader=loader,
-                              clock=time.time,  # expires_at is shown to users: unix time
-                              token_timers=app[METRICS].generation_timer)
-        await scheduler.start()
-        try:
-            app[SCHEDULER] = scheduler
-            app[DATANETS] = datanets
-            app[BINDINGS] = InfluenceBindings(settings.data_dir / "influence")
-            app[PREDICT] = PredictService(store=store, scheduler=scheduler, ledger=ledger,
-                                          keys=keys, attributor=attributor,
-                                          bindings=app[BINDINGS], clock_ms=clock_ms)
-            app[SERVICE] = InferenceService(settings=settings, store=store,
-                                            scheduler=scheduler, ledger=ledger, keys=keys,
-                                            attributor=attributor, clock_ms=clock_ms)
-            yield
-        finally:
-            await scheduler.close()  # lets admitted requests finish and commit first
+        yield
     finally:
         datanets.close()
+
+
+async def _scheduler(app: web.Application, *, runtimes: tuple[str, ...],
+                     loader: Loader) -> AsyncIterator[None]:
+    """The model store and the scheduler that loads its models."""
+    settings = app[SETTINGS]
+    store = ModelStore(settings.models_dir, runtimes=runtimes)
+    scheduler = Scheduler(_resolver(store, runtimes, default_threads(settings), settings),
+                          max_loaded_models=settings.max_loaded_models,
+                          default_keep_alive=settings.keep_alive,
+                          max_queue=settings.max_queue, loader=loader,
+                          clock=time.time,  # expires_at is shown to users: unix time
+                          token_timers=app[METRICS].generation_timer)
+    await scheduler.start()
+    app[MODEL_STORE] = store
+    app[SCHEDULER] = scheduler
+    try:
+        yield
+    finally:
+        await scheduler.close()  # lets admitted requests finish and commit first
+
+
+async def _services(app: web.Application, *, clock_ms: Callable[[], int]) -> AsyncIterator[None]:
+    """The inference and prediction services over the store, scheduler and ledger; they
+    hold nothing of their own to release."""
+    settings, keys, ledger = app[SETTINGS], app[NODE_KEYS], app[LEDGER]
+    store, scheduler = app[MODEL_STORE], app[SCHEDULER]
+    attributor = Attributor(
+        app[DATANETS], operator_id=settings.operator_id or "node:" + keys.public_key.hex(),
+        operator_ppm=settings.operator_share_ppm,
+        span_params=SpanParams(min_words=settings.span_min_words))
+    app[BINDINGS] = InfluenceBindings(settings.data_dir / "influence")
+    app[PREDICT] = PredictService(store=store, scheduler=scheduler, ledger=ledger, keys=keys,
+                                  attributor=attributor, bindings=app[BINDINGS],
+                                  clock_ms=clock_ms)
+    app[SERVICE] = InferenceService(settings=settings, store=store, scheduler=scheduler,
+                                    ledger=ledger, keys=keys, attributor=attributor,
+                                    clock_ms=clock_ms)
+    yield
 
 
 def _resolver(store: ModelStore, runtimes: tuple[str, ...], threads: int,

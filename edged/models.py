@@ -27,6 +27,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from aiohttp import web
+
 from attribution.commitments import digest as canonical_digest
 from edged.errors import Conflict, InvalidRequest, ModelNotFound, PayloadTooLarge
 from runtimes.gguf_file import GGUFError, check_gguf
@@ -621,3 +623,7 @@ def _atomic_write(path: Path, text: str) -> None:
         os.replace(temp_name, path)
     finally:
         Path(temp_name).unlink(missing_ok=True)
+
+
+MODEL_STORE = web.AppKey("model_store", ModelStore)
+"""The node's installed models: ``app[MODEL_STORE]`` (the services hold it too)."""
