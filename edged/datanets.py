@@ -38,7 +38,6 @@ import logging
 import multiprocessing
 import re
 import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -62,6 +61,7 @@ from attribution.span_index import (
 from attribution.spans import DUPLICATE_POLICIES, DuplicatePolicy, SpanSource
 from edged import bounded_json
 from edged.errors import Conflict, InvalidRequest, NotFound
+from edged.files import atomic_write_text
 from edged.models import validate_name
 
 logger = logging.getLogger(__name__)
@@ -238,11 +238,8 @@ class DatanetStore:
         return DatanetState(**copy.deepcopy(cached[1]))
 
     def _write(self, state: DatanetState) -> None:
-        folder = self._dir(state.name)
-        fd, temp = tempfile.mkstemp(dir=folder, prefix=".datanet-")
-        with open(fd, "w", encoding="utf-8") as handle:
-            json.dump(state.to_json(), handle, indent=2, sort_keys=True)
-        Path(temp).replace(folder / "datanet.json")
+        atomic_write_text(self._dir(state.name) / "datanet.json",
+                          json.dumps(state.to_json(), indent=2, sort_keys=True), mode=0o600)
 
     def create(self, name: str, *, duplicates: str = DEFAULT_DUPLICATES) -> DatanetState:
         """A new, empty datanet; ``duplicates`` is its policy for duplicated spans."""

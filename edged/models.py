@@ -31,6 +31,7 @@ from aiohttp import web
 
 from attribution.commitments import digest as canonical_digest
 from edged.errors import Conflict, InvalidRequest, ModelNotFound, PayloadTooLarge
+from edged.files import atomic_write_text
 from runtimes.gguf_file import GGUFError, check_gguf
 
 logger = logging.getLogger(__name__)
@@ -541,7 +542,7 @@ class ModelStore:
             manifest.digest()  # anything that cannot be named in a receipt is refused here
         except ValueError:
             raise InvalidRequest("the manifest holds values out of range") from None
-        _atomic_write(path, json.dumps(manifest.to_dict(), indent=2, sort_keys=True))
+        atomic_write_text(path, json.dumps(manifest.to_dict(), indent=2, sort_keys=True))
         logger.info("model %s added (%s)", manifest.name, manifest.weights[:12])
         return manifest
 
@@ -610,19 +611,6 @@ def file_sha256(path: Path) -> str:
         while block := handle.read(1 << 20):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temp_name, 0o644)
-        os.replace(temp_name, path)
-    finally:
-        Path(temp_name).unlink(missing_ok=True)
 
 
 MODEL_STORE = web.AppKey("model_store", ModelStore)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from typing import Any
 from aiohttp import web
 
 from edged.errors import InvalidRequest, NotFound
+from edged.files import atomic_write_text
 
 KEY_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 
@@ -93,13 +93,9 @@ class PeerStore:
         return _TrustedFile(identity, trusted)
 
     def _save(self, trusted: dict[str, dict[str, Any]]) -> None:
-        fd, temp = tempfile.mkstemp(dir=self.path.parent, prefix=".peers-")
-        with open(fd, "w", encoding="utf-8") as handle:
-            json.dump({"trusted": trusted}, handle, indent=2, sort_keys=True)
-            handle.flush()
-            identity = _identity(os.fstat(handle.fileno()))  # a rename keeps all three
-        Path(temp).replace(self.path)
-        self._cached = _TrustedFile(identity, trusted)
+        written = atomic_write_text(self.path, json.dumps({"trusted": trusted}, indent=2,
+                                                          sort_keys=True), mode=0o600)
+        self._cached = _TrustedFile(_identity(written), trusted)  # a rename keeps all three
 
     def _editable(self) -> dict[str, dict[str, Any]]:
         """A copy of the trusted entries to change and save."""
