@@ -1,7 +1,7 @@
 """Benchmark: a routed stream against the same stream asked of the serving node directly.
 
 Two real ``edged serve`` processes on loopback with ``federation`` on, trusting each
-other: S serves the tiny GGUF (tests/support/tiny_gguf.py), R holds no model and routes
+other: S serves the tiny GGUF (edged/devtools/tiny_gguf.py), R holds no model and routes
 to S. Each round asks S directly and then R (order alternating) for the same streamed
 completion (greedy, ``max_tokens`` tokens, ``ignore_eos``-free prompt chosen so the model
 runs to the limit), timing on the client: TTFT = request sent to the first event with
@@ -26,8 +26,8 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.harness import cpu_model, loadavg  # noqa: E402
-from tests.support.daemon import Daemon, clean_environment  # noqa: E402
-from tests.support.tiny_gguf import write_tiny_llama_gguf  # noqa: E402
+from edged.devtools.daemon import Daemon, clean_environment  # noqa: E402
+from edged.devtools.tiny_gguf import write_tiny_llama_gguf  # noqa: E402
 
 CONTEXT = 4096
 

@@ -68,6 +68,7 @@ from bench.harness import (  # noqa: E402
     free_port,
     loadavg,
 )
+from edged.devtools.simulated_node import SimulatedNode  # noqa: E402
 from edged.fleet.db import Database  # noqa: E402
 from edged.fleet.epochs import Epochs  # noqa: E402
 from edged.fleet.service import FleetService  # noqa: E402
@@ -80,7 +81,6 @@ from sync.auth import sign_request  # noqa: E402
 from sync.batch import MAX_BATCH_RECEIPTS  # noqa: E402
 from sync.checkpoint import Checkpoint  # noqa: E402
 from sync.clock import unix_millis as now_ms  # noqa: E402
-from tests.support.simulated_node import SimulatedNode  # noqa: E402
 
 PUSH = "/v1/sync/push"
 WARMUP_RECEIPTS = 16  # per node, pushed before the timed phase (connections, code paths)
@@ -685,7 +685,7 @@ def main() -> None:
     epochs: list[EpochResult] = []
     try:
         if "postgresql" in stores_wanted:
-            from tests.support.postgres import PostgresCluster
+            from edged.devtools.postgres import PostgresCluster
 
             cluster = PostgresCluster(durable=True, shared_buffers=args.shared_buffers).start()
             with Stores(base, cluster).connect(cluster.dsn()) as connection:

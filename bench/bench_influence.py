@@ -1,6 +1,6 @@
 """Benchmark: fidelity and per-prediction cost of ``influence/1`` (and ``knn/1``).
 
-Runs the fidelity experiment of ``tests/attribution/fidelity.py`` (8 non-IID
+Runs the fidelity experiment of ``edged/devtools/fidelity.py`` (8 non-IID
 contributors, leave-one-contributor-out retraining as ground truth) on
 scikit-learn's bundled breast-cancer, wine and digits data and prints:
 
@@ -41,7 +41,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from attribution.influence import RAW, STANDARDISED  # noqa: E402
-from tests.attribution.fidelity import (  # noqa: E402
+from edged.devtools.fidelity import (  # noqa: E402
     DATASETS,
     ModelResult,
     Split,

@@ -21,7 +21,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from edged.demo_classifier import demo_rows  # noqa: E402
-from tests.support.daemon import Daemon  # noqa: E402
+from edged.devtools.daemon import Daemon  # noqa: E402
 
 MODEL = "demo-classifier"
 

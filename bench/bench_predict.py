@@ -4,7 +4,7 @@ Two graphs are built with ``onnx.helper`` (FP32, dynamic batch dimension):
 
 - ``mlp``: a compute-bound MLP ``512 -> 2048 -> 2048 -> 10`` with Relu (about 5.3M
   parameters);
-- ``tiny``: the 4 -> 3 softmax linear classifier of ``tests/support/tiny_onnx.py``,
+- ``tiny``: the 4 -> 3 softmax linear classifier of ``edged/devtools/tiny_onnx.py``,
   where HTTP, JSON and receipts dominate.
 
 Each is registered twice in one ``edged serve`` subprocess (temp data dir,
@@ -52,9 +52,9 @@ from onnx import TensorProto, helper, numpy_helper
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from edged.devtools.daemon import Daemon, clean_environment  # noqa: E402
+from edged.devtools.tiny_onnx import IR_VERSION, OPSET, write_linear_classifier  # noqa: E402
 from edged.models import Manifest, ModelStore  # noqa: E402
-from tests.support.daemon import Daemon, clean_environment  # noqa: E402
-from tests.support.tiny_onnx import IR_VERSION, OPSET, write_linear_classifier  # noqa: E402
 
 MLP_LAYERS = (512, 2048, 2048, 10)
 CONCURRENCY = (1, 8, 32)

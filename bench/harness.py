@@ -62,7 +62,7 @@ class ServerProcess:
     @staticmethod
     def environment(**settings: str) -> dict[str, str]:
         """This environment without the caller's EDGED_* settings, plus ``settings``;
-        quiet logs, and the repository importable (benches import ``tests.support``)."""
+        quiet logs, and the repository importable (benches import ``edged.devtools``)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("EDGED_")}
         env["EDGED_LOG_LEVEL"] = "warning"
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))

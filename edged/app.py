@@ -31,6 +31,7 @@ from edged.http.metrics import HTTP_METRICS, http_metrics_middleware
 from edged.http.node import STARTUP_FAILURES, add_node_routes
 from edged.http.oip import add_v2_routes
 from edged.http.openai import add_openai_routes
+from edged.http.openapi import add_openapi_route, node_json_bodies
 from edged.http.peers import add_peer_routes
 from edged.http.security import add_cors_headers, security_middleware
 from edged.http.sync_endpoint import REQUEST_VERIFIER, SYNC_ENDPOINT
@@ -88,6 +89,7 @@ def create_app(settings: Settings, *, loader: Loader = load_backend,
     add_audit_routes(app)
     add_v2_routes(app)
     add_metrics_route(app)
+    add_openapi_route(app, "edged node", node_json_bodies())
 
     # One context per resource, opened in this order and closed in the reverse order;
     # each releases what it opened if a later step of its own start-up fails.
@@ -204,22 +206,23 @@ async def _sync(app: web.Application, *, clock_ms: Callable[[], int]) -> AsyncIt
     peers = PeerStore(settings.data_dir / "peers.json", own_key=keys.public_key.hex())
     replicas = await asyncio.to_thread(ReplicaStore, settings.data_dir / "replicas.sqlite3")
     try:
+        discovery = (Discovery(keys.fingerprint, settings.port,
+                               interfaces=list(settings.mdns_interfaces))
+                     if settings.mdns_interfaces else None)
         exchange = ExchangeService(ledger=app[LEDGER], replicas=replicas, peers=peers,
                                    settings=settings, signing_key=keys.signing_key,
-                                   clock_ms=clock_ms)
+                                   clock_ms=clock_ms, discovery=discovery)
         app[PEERS] = peers
         app[EXCHANGE] = exchange
         app[SYNC_ENDPOINT] = exchange
         app[REQUEST_VERIFIER] = RequestVerifier(peers.is_trusted, audience=keys.public_key)
-        if settings.mdns_interfaces:
-            exchange.discovery = Discovery(keys.fingerprint, settings.port,
-                                           interfaces=list(settings.mdns_interfaces))
-            await exchange.discovery.start()
+        if discovery is not None:
+            await discovery.start()
         try:
             yield
         finally:
-            if exchange.discovery is not None:
-                await exchange.discovery.close()
+            if discovery is not None:
+                await discovery.close()
     finally:
         replicas.close()
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from edged.errors import InvalidRequest, UnsupportedParameter
@@ -180,6 +180,7 @@ class Ignored:
     why: str
     valid: Callable[[Any], bool]
     expected: str
+    schema: Mapping[str, Any] = field(default_factory=dict)  # ``valid``, for the OpenAPI document
 
 
 @dataclass(frozen=True)
@@ -196,13 +197,15 @@ class Refused:
 class Fields:
     """The one declaration of an endpoint's request fields.
 
-    ``parsed``: parsed below into the typed request. ``ignored`` and ``refused``: the
+    ``parsed``: parsed below into the typed request, each with the JSON-schema fragment
+    of the values the parser accepts (``null`` always means absent); the OpenAPI document
+    (:mod:`edged.http.openapi`) is built from these. ``ignored`` and ``refused``: the
     other fields edged knows. Any other field is refused as unknown. Supporting a
     refused field means moving its name from ``refused`` to ``parsed`` and parsing it.
     """
 
     endpoint: str
-    parsed: frozenset[str]
+    parsed: Mapping[str, Mapping[str, Any]]
     ignored: Mapping[str, Ignored]
     refused: Mapping[str, Refused]
 
@@ -230,29 +233,87 @@ def _unsupported(reason: str, neutral: Callable[[Any], bool] = _never) -> Refuse
 
 
 _USER_ID = Ignored("an end-user id for the provider's abuse monitoring; edged neither "
-                   "stores nor logs it", _is_str, "a string")
-_GENERATION_PARSED = frozenset({
-    "model", "stream", "stream_options", "max_tokens", "max_completion_tokens",
-    "temperature", "top_p", "seed", "stop", "n", "keep_alive", "cache_prompt",
-    # sampling (llama.cpp's native chain) and structured output (a grammar)
-    "presence_penalty", "frequency_penalty", "logit_bias", "top_k", "min_p",
-    "repeat_penalty", "repetition_penalty", "response_format", "format", "logprobs"})
+                   "stores nor logs it", _is_str, "a string", {"type": "string"})
+_NUMBER, _INTEGER, _BOOLEAN = {"type": "number"}, {"type": "integer"}, {"type": "boolean"}
+_STRING = {"type": "string"}
 
+
+def _within(low: float, high: float, kind: str = "number") -> dict[str, Any]:
+    return {"type": kind, "minimum": low, "maximum": high}
+
+
+_GENERATION_PARSED: dict[str, Mapping[str, Any]] = {
+    "model": {"type": "string", "minLength": 1, "maxLength": 128},
+    "stream": _BOOLEAN,
+    "stream_options": {"type": "object", "additionalProperties": False, "properties": {
+        "include_usage": _BOOLEAN, "include_obfuscation": {"const": False}}},
+    "max_tokens": {"type": "integer", "minimum": 1},
+    "max_completion_tokens": {"type": "integer", "minimum": 1},
+    "temperature": _within(0, 2),
+    "top_p": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+    "seed": _INTEGER,
+    "stop": {"anyOf": [_STRING, {"type": "array", "maxItems": MAX_STOP_SEQUENCES,
+                                 "items": {"type": "string", "minLength": 1}}]},
+    "n": {"type": "integer", "minimum": 1, "maximum": 1},
+    "keep_alive": {"anyOf": [_NUMBER, {"type": "string", "pattern": _DURATION.pattern}],
+                   "description": "seconds, or a duration like '5m'; negative: forever"},
+    "cache_prompt": _BOOLEAN,
+    # sampling (llama.cpp's native chain) and structured output (a grammar)
+    "presence_penalty": _within(-2, 2),
+    "frequency_penalty": _within(-2, 2),
+    "logit_bias": {"type": "object", "maxProperties": MAX_LOGIT_BIAS,
+                   "propertyNames": {"pattern": "^[0-9]{1,9}$"},
+                   "additionalProperties": _within(-100, 100)},
+    "top_k": _within(0, 100_000, "integer"),
+    "min_p": _within(0, 1),
+    "repeat_penalty": _within(0, 10),
+    "repetition_penalty": _within(0, 10),
+    "response_format": {"type": "object", "required": ["type"], "properties": {
+        "type": {"enum": ["text", "json_object", "json_schema"]},
+        "json_schema": {"type": "object"}}},
+    "format": {"anyOf": [{"const": "json"}, {"type": "object"}],
+               "description": "Ollama's structured output: \"json\" or a JSON schema"},
+}
+_MESSAGE_SCHEMA = {
+    "type": "object", "required": ["role", "content"],
+    "properties": {
+        "role": {"enum": list(ROLES)},
+        "content": {"anyOf": [_STRING, {"type": "array", "items": {
+            "type": "object", "required": ["type", "text"],
+            "properties": {"type": {"const": "text"}, "text": _STRING}}}]},
+        "tool_calls": {"type": "array", "minItems": 1, "maxItems": MAX_CALLS, "items": {
+            "type": "object", "required": ["id", "function"], "properties": {
+                "id": _STRING, "type": {"const": "function"},
+                "function": {"type": "object", "required": ["name", "arguments"],
+                             "properties": {"name": _STRING, "arguments": _STRING}}}}},
+        "tool_call_id": _STRING,
+    }}
 CHAT_FIELDS = Fields(
     "/v1/chat/completions",
-    parsed=_GENERATION_PARSED | {"messages", "top_logprobs", "tools", "tool_choice"},
+    parsed=_GENERATION_PARSED | {
+        "messages": {"type": "array", "minItems": 1, "items": _MESSAGE_SCHEMA},
+        "logprobs": _BOOLEAN,
+        "top_logprobs": _within(0, MAX_TOP_LOGPROBS, "integer"),
+        "tools": {"type": "array", "items": {"type": "object", "required": ["type"],
+                                             "properties": {"type": {"const": "function"}}}},
+        "tool_choice": {"anyOf": [{"enum": ["none", "auto", "required"]},
+                                  {"type": "object"}]},
+    },
     ignored={
         "user": _USER_ID,
         "safety_identifier": _USER_ID,
         "metadata": Ignored("tags for stored completions; edged stores none",
-                            _is_metadata, "at most 16 string pairs"),
+                            _is_metadata, "at most 16 string pairs",
+                            {"type": "object", "maxProperties": 16,
+                             "propertyNames": {"maxLength": 64},
+                             "additionalProperties": {"type": "string", "maxLength": 512}}),
         "service_tier": Ignored("edged has one tier", lambda v: v in ("auto", "default"),
-                                "'auto' or 'default'"),
+                                "'auto' or 'default'", {"enum": ["auto", "default"]}),
         "parallel_tool_calls": Ignored("every call the model makes is returned; required "
                                        "and named choices make exactly one", _is_bool,
-                                       "a boolean"),
+                                       "a boolean", {"type": "boolean"}),
         "prompt_cache_key": Ignored("edged reuses shared prompt prefixes by itself "
-                                    "(cache_prompt)", _is_str, "a string"),
+                                    "(cache_prompt)", _is_str, "a string", {"type": "string"}),
     },
     refused={
         "functions": _unsupported("deprecated by OpenAI in favour of 'tools'", _is_empty_list),
@@ -270,7 +331,11 @@ CHAT_FIELDS = Fields(
 
 COMPLETION_FIELDS = Fields(
     "/v1/completions",
-    parsed=_GENERATION_PARSED | {"prompt"},
+    parsed=_GENERATION_PARSED | {
+        "prompt": {"anyOf": [_STRING, {"type": "array", "minItems": 1, "maxItems": 1,
+                                       "items": _STRING}]},
+        "logprobs": _within(0, MAX_TOP_LOGPROBS, "integer"),
+    },
     ignored={"user": _USER_ID},
     refused={
         "echo": _unsupported("edged does not echo prompts", lambda v: v is False),
@@ -280,7 +345,13 @@ COMPLETION_FIELDS = Fields(
 
 EMBEDDING_FIELDS = Fields(
     "/v1/embeddings",
-    parsed=frozenset({"model", "input", "encoding_format", "keep_alive"}),
+    parsed={
+        "model": _GENERATION_PARSED["model"],
+        "input": {"anyOf": [_STRING, {"type": "array", "minItems": 1,
+                                      "maxItems": MAX_EMBEDDING_INPUTS, "items": _STRING}]},
+        "encoding_format": {"enum": ["float", "base64"]},
+        "keep_alive": _GENERATION_PARSED["keep_alive"],
+    },
     ignored={"user": _USER_ID},
     refused={"dimensions": _unsupported("edged returns the model's full vectors")},
 )

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from edged.devtools.tiny_gguf import write_tiny_llama_gguf
 from tests.support.anvil import AnvilError, AnvilNode, start_anvil, write_key_file
-from tests.support.tiny_gguf import write_tiny_llama_gguf
 
 TINY_CONTEXT = 256
 

@@ -130,7 +130,7 @@ AIOHTTP = str(Path(web.__file__).parent / "web_protocol.py")
 @pytest.mark.parametrize(("stack", "by_the_test"), [
     # the test signs receipts to push: product code, called synchronously by the test
     (_stack(("attribution/receipt.py", "finalise", False),
-            ("tests/support/simulated_node.py", "append", False),
+            ("edged/devtools/simulated_node.py", "append", False),
             ("tests/edged/fleet/test_api.py", "test_push", True)), True),
     # a fixture builds an app (edged serve does that before its loop runs)
     (_stack(("edged/app.py", "create_app", False),

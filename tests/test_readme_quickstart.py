@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.daemon import Daemon, clean_environment
+from edged.devtools.daemon import Daemon, clean_environment
 
 pytestmark = [pytest.mark.gemma, pytest.mark.subprocess, pytest.mark.timeout(600)]
 README = Path(__file__).resolve().parents[1] / "README.md"

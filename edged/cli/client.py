@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 
+from edged.errors import EdgedError
 from edged.settings import Settings
 
 CHUNK_BYTES = 1 << 20
@@ -34,8 +35,17 @@ def file_digest(path: Path, advance: Advance | None = None) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-class DaemonError(Exception):
-    """The daemon answered with an error, or could not be reached."""
+class DaemonError(EdgedError):
+    """The daemon answered with an error, or could not be reached.
+
+    Raised on the client's side only (the CLI turns it into its one-line error, see
+    ``edged.cli.common.daemon_errors``); as part of the one hierarchy it says what it would
+    be as an answer of ours: a bad gateway, the daemon being what stands behind the client.
+    """
+
+    status = 502
+    type = "server_error"
+    code = "daemon_error"
 
 
 class DaemonClient:

@@ -10,8 +10,14 @@ from typing import Any
 import click
 from rich.progress import Progress
 
-from edged.cli.client import DaemonError
-from edged.cli.common import call_daemon, daemon_client, print_json
+from edged.cli.common import (
+    Column,
+    call_daemon,
+    daemon_client,
+    daemon_errors,
+    print_json,
+    print_table,
+)
 from edged.cli.progress import progress_bars, progress_option
 from edged.datanets import read_document_file
 from edged.errors import EdgedError
@@ -65,13 +71,10 @@ def datanet_add(ctx: click.Context, name: str, files: tuple[Path, ...], contribu
                            completed=progress["documents"]["done"],
                            total=progress["documents"]["total"])
 
-        try:
-            with daemon_client(ctx) as client:
-                report = client.request_with_progress(
-                    "POST", f"/api/datanets/{name}/documents", follow, params=params,
-                    content=lines(), headers={"Content-Type": "application/x-ndjson"})
-        except DaemonError as exc:
-            raise click.ClickException(str(exc)) from None
+        with daemon_errors(), daemon_client(ctx) as client:
+            report = client.request_with_progress(
+                "POST", f"/api/datanets/{name}/documents", follow, params=params,
+                content=lines(), headers={"Content-Type": "application/x-ndjson"})
     click.echo(f"added {report['documents']} documents ({report['bytes']} bytes) to {name}; "
                f"{report['contributors']} contributors, {report['segments']} segments")
     _echo_duplicates(report["duplicates"])
@@ -113,9 +116,13 @@ def _echo_duplicates(duplicates: dict[str, Any]) -> None:
 @click.pass_context
 def datanet_list(ctx: click.Context) -> None:
     """List datanets."""
-    for state in call_daemon(ctx, "GET", "/api/datanets")["datanets"]:
-        click.echo(f"{state['name']:<32} {state['documents']:>8} docs {state['bytes']:>12} "
-                   f"bytes {len(state['contributors']):>5} contributors")
+    datanets = call_daemon(ctx, "GET", "/api/datanets")["datanets"]
+    # Widths as before units joined the cells: 8 + " docs", 12 + " bytes", 5 + " contributors".
+    print_table([Column("NAME", "<32"), Column("DOCUMENTS", ">13"), Column("BYTES", ">18"),
+                 Column("CONTRIBUTORS", ">18")],
+                [(state["name"], f"{state['documents']} docs", f"{state['bytes']} bytes",
+                  f"{len(state['contributors'])} contributors") for state in datanets],
+                header=False)
 
 
 @datanet.command("show")

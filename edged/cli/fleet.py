@@ -2,28 +2,20 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from typing import Any
 from urllib.parse import quote
 
 import click
 
-from edged.cli.client import DaemonClient, DaemonError
-from edged.cli.common import cli_settings, print_json
+from edged.cli.common import Column, call_daemon, cli_settings, print_json, print_table
 from edged.cli.progress import progress_option, spinner
 from edged.settings import setting_help
 
 
 def call_fleet(ctx: click.Context, method: str, path: str, **kwargs: Any) -> Any:
-    settings = cli_settings(ctx)
-    settings = dataclasses.replace(settings, port=settings.fleet_port)
-    try:
-        with DaemonClient.from_settings(settings, url=ctx.find_root().params.get("url")) \
-                as client:
-            return client.request(method, path, **kwargs)
-    except DaemonError as exc:
-        raise click.ClickException(str(exc)) from None
+    """One request to the fleet manager (its port, or ``--url``), its JSON answer."""
+    return call_daemon(ctx, method, path, fleet=True, **kwargs)
 
 
 @click.group()
@@ -64,12 +56,13 @@ def fleet_key(ctx: click.Context) -> None:
 def fleet_nodes(ctx: click.Context) -> None:
     """List enrolled nodes with their last checkpoint and lag."""
     nodes = call_fleet(ctx, "GET", "/fleet/nodes")["nodes"]
-    click.echo(f"{'NODE':18} {'LABEL':16} {'RECEIPTS':>9} {'LAG':>9}  STATE")
+    rows = []
     for node in nodes:
         state = "revoked" if node["revoked_ms"] else "frozen" if node["frozen"] else "active"
         lag = "-" if node["lag_ms"] is None else f"{node['lag_ms'] / 1000:.1f}s"
-        click.echo(f"{node['node'][:16]:18} {node['label'][:16]:16} {node['size']:>9} "
-                   f"{lag:>9}  {state}")
+        rows.append((node["node"][:16], node["label"][:16], node["size"], lag, state))
+    print_table([Column("NODE", "<18"), Column("LABEL", "<16"), Column("RECEIPTS", ">9"),
+                 Column("LAG", ">9"), Column("STATE", gap="  ")], rows)
 
 
 @fleet.command("enroll")
@@ -104,10 +97,11 @@ def fleet_epochs(ctx: click.Context, epoch: int | None, close: bool) -> None:
     elif epoch is not None:
         print_json(call_fleet(ctx, "GET", f"/fleet/epochs/{epoch}"))
     else:
-        click.echo(f"{'EPOCH':>6} {'RECEIPTS':>9} {'TOTAL':>14}  SETTLEMENT")
-        for item in call_fleet(ctx, "GET", "/fleet/epochs")["epochs"]:
-            click.echo(f"{item['epoch']:>6} {item['receipts']:>9} {item['total']:>14}  "
-                       f"{item['settlement']}")
+        epochs = call_fleet(ctx, "GET", "/fleet/epochs")["epochs"]
+        print_table([Column("EPOCH", ">6"), Column("RECEIPTS", ">9"), Column("TOTAL", ">14"),
+                     Column("SETTLEMENT", gap="  ")],
+                    [(item["epoch"], item["receipts"], item["total"], item["settlement"])
+                     for item in epochs])
 
 
 @fleet.command("proof")

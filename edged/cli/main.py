@@ -14,7 +14,15 @@ import click
 from rich.progress import Progress
 
 from edged.cli.client import DaemonClient, DaemonError
-from edged.cli.common import call_daemon, cli_settings, daemon_client, print_json
+from edged.cli.common import (
+    Column,
+    call_daemon,
+    cli_settings,
+    daemon_client,
+    daemon_errors,
+    print_json,
+    print_table,
+)
 from edged.cli.datanet import datanet
 from edged.cli.fleet import fleet
 from edged.cli.progress import advancer, progress_bars, progress_option
@@ -95,23 +103,20 @@ def run(ctx: click.Context, model: str, prompt: str, max_tokens: int | None,
         path, body["messages"] = "/v1/chat/completions", [{"role": "user", "content": prompt}]
     body = {key: value for key, value in body.items() if value is not None}
     ref = None
-    try:
-        with daemon_client(ctx) as client:
-            for event in client.stream_completion(path, body):
-                for choice in event.get("choices", []):
-                    text = choice.get("delta", {}).get("content") if not raw else choice["text"]
-                    if text:
-                        click.echo(text, nl=False)
-                ref = event.get("receipt", ref)
-            click.echo()
-            if ref:
-                try:
-                    receipt = client.request("GET", f"/v1/receipts/{ref['id']}")
-                except DaemonError:  # the answer stands; its id is enough to look it up
-                    receipt = None
-                click.echo(_receipt_summary(ref, receipt), err=True)
-    except DaemonError as exc:
-        raise click.ClickException(str(exc)) from None
+    with daemon_errors(), daemon_client(ctx) as client:
+        for event in client.stream_completion(path, body):
+            for choice in event.get("choices", []):
+                text = choice.get("delta", {}).get("content") if not raw else choice["text"]
+                if text:
+                    click.echo(text, nl=False)
+            ref = event.get("receipt", ref)
+        click.echo()
+        if ref:
+            try:
+                receipt = client.request("GET", f"/v1/receipts/{ref['id']}")
+            except DaemonError:  # the answer stands; its id is enough to look it up
+                receipt = None
+            click.echo(_receipt_summary(ref, receipt), err=True)
 
 
 @main.group()
@@ -163,23 +168,20 @@ def models_add(ctx: click.Context, path: Path, name: str, owner: str | None,
                options: tuple[str, ...]) -> None:
     """Upload the weights at PATH and register them as NAME."""
     price = _parse_prices(prices)
-    try:
-        with daemon_client(ctx) as client, progress_bars(ctx) as display:
-            click.echo(f"uploading {path.name} ...", err=True)
-            digest = _upload_blob(client, display, path)
-            body: dict[str, Any] = {
-                "name": name, "weights": digest, "owner": owner, "price": price,
-                "chat_format": chat_format, "context_length": context_length,
-                "runtime": runtime, "replace": replace, "datanets": list(datanets),
-                "data_share_ppm": _ppm(data_share), "options": _parse_options(options)}
-            if tokenizer is not None:
-                click.echo(f"uploading {tokenizer.name} ...", err=True)
-                body["tokenizer"] = _upload_blob(client, display, tokenizer)
-            if embedding_output is not None:
-                body["embedding_output"] = embedding_output
-            created = client.request("POST", "/api/models", json=body)
-    except DaemonError as exc:
-        raise click.ClickException(str(exc)) from None
+    with daemon_errors(), daemon_client(ctx) as client, progress_bars(ctx) as display:
+        click.echo(f"uploading {path.name} ...", err=True)
+        digest = _upload_blob(client, display, path)
+        body: dict[str, Any] = {
+            "name": name, "weights": digest, "owner": owner, "price": price,
+            "chat_format": chat_format, "context_length": context_length,
+            "runtime": runtime, "replace": replace, "datanets": list(datanets),
+            "data_share_ppm": _ppm(data_share), "options": _parse_options(options)}
+        if tokenizer is not None:
+            click.echo(f"uploading {tokenizer.name} ...", err=True)
+            body["tokenizer"] = _upload_blob(client, display, tokenizer)
+        if embedding_output is not None:
+            body["embedding_output"] = embedding_output
+        created = client.request("POST", "/api/models", json=body)
     print_json(created)
 
 
@@ -320,13 +322,10 @@ def models_bind(ctx: click.Context, name: str, examples: Path, method: str) -> N
     """Bind contributor examples (.npz: features, labels, contributors; or .csv:
     contributor,label,f1,...) to an ONNX model for influence/1 attribution."""
     kind = "csv" if examples.suffix.lower() == ".csv" else "npz"
-    try:
-        with daemon_client(ctx) as client, progress_bars(ctx) as display:
-            sent = advancer(display, f"uploading {examples.name}", examples.stat().st_size)
-            result = client.send_file("PUT", f"/api/models/{name}/examples", examples,
-                                      sent=sent, params={"format": kind, "method": method})
-    except DaemonError as exc:
-        raise click.ClickException(str(exc)) from None
+    with daemon_errors(), daemon_client(ctx) as client, progress_bars(ctx) as display:
+        sent = advancer(display, f"uploading {examples.name}", examples.stat().st_size)
+        result = client.send_file("PUT", f"/api/models/{name}/examples", examples,
+                                  sent=sent, params={"format": kind, "method": method})
     click.echo(f"bound {result['examples']} examples of {result['contributors']} contributors "
                f"to {name} ({result['method']})")
     _echo_binding(result, err=False)
@@ -347,10 +346,12 @@ def _echo_binding(binding: dict[str, Any], *, err: bool) -> None:
 @click.pass_context
 def models_list(ctx: click.Context) -> None:
     """List installed models and whether they are loaded."""
-    for model in call_daemon(ctx, "GET", "/api/models")["models"]:
-        state = "loaded" if model["loaded"] else "-"
-        click.echo(f"{model['name']:<32} {model['runtime']:<10} {model['size'] / 1e6:>9.1f} MB"
-                   f"  {state}")
+    installed = call_daemon(ctx, "GET", "/api/models")["models"]
+    print_table([Column("NAME", "<32"), Column("RUNTIME", "<10"), Column("SIZE", ">12"),
+                 Column("STATE", gap="  ")],
+                [(model["name"], model["runtime"], f"{model['size'] / 1e6:.1f} MB",
+                  "loaded" if model["loaded"] else "-") for model in installed],
+                header=False)
 
 
 @main.command("ps")
@@ -359,7 +360,7 @@ def ps(ctx: click.Context) -> None:
     """Show the loaded models: size, where they run, slots busy, and until when."""
     import time
 
-    click.echo(f"{'NAME':<28} {'SIZE':>10}  {'PROCESSOR':<22} {'GPU':<18} {'SLOTS':<9} UNTIL")
+    rows = []
     for model in call_daemon(ctx, "GET", "/api/models")["models"]:
         if not model["loaded"]:
             continue
@@ -374,8 +375,11 @@ def ps(ctx: click.Context) -> None:
         if model.get("gpu_layers"):
             gpu = f"{model['gpu_layers']}/{model['layers']} layers " \
                   f"{(model.get('device_memory_bytes') or 0) / 1e6:.0f} MB"
-        click.echo(f"{model['name']:<28} {model['memory_bytes'] / 1e6:>7.1f} MB  "
-                   f"{processor:<22} {gpu:<18} {busy:<9} {until}")
+        rows.append((model["name"], f"{model['memory_bytes'] / 1e6:.1f} MB", processor, gpu,
+                     busy, until))
+    print_table([Column("NAME", "<28"), Column("SIZE", ">10"),
+                 Column("PROCESSOR", "<22", gap="  "), Column("GPU", "<18"),
+                 Column("SLOTS", "<9"), Column("UNTIL")], rows)
 
 
 @models.command("show")
@@ -421,9 +425,11 @@ def receipts() -> None:
 def receipts_list(ctx: click.Context, after_seq: int, limit: int) -> None:
     """List receipts in chain order."""
     page = call_daemon(ctx, "GET", "/v1/receipts", params={"after_seq": after_seq, "limit": limit})
-    for receipt in page["data"]:
-        click.echo(f"{receipt['seq']:>8}  {receipt['id']}  {receipt['kind']:<10} "
-                   f"{receipt['model']['name']:<24} fee {receipt['fee']}")
+    print_table([Column("SEQ", ">8"), Column("ID", gap="  "), Column("KIND", "<10", gap="  "),
+                 Column("MODEL", "<24"), Column("FEE")],
+                [(receipt["seq"], receipt["id"], receipt["kind"], receipt["model"]["name"],
+                  f"fee {receipt['fee']}") for receipt in page["data"]],
+                header=False)
 
 
 @receipts.command("show")

@@ -36,6 +36,7 @@ from edged.fleet.settle import Settler
 from edged.fleet.store import FleetRefused, FleetStore
 from edged.http.common import READY, error_middleware, server_handler_args
 from edged.http.metrics import HTTP_METRICS, http_metrics_middleware
+from edged.http.openapi import add_openapi_route
 from edged.http.security import (
     NODE_SIGNED_PATHS,
     PUBLIC_PATHS,
@@ -99,6 +100,7 @@ def create_fleet_app(settings: Settings, *, clock_ms: Callable[[], int] = unix_m
     add_sync_endpoint_routes(app)
     add_fleet_routes(app)
     app.router.add_get("/metrics", metrics)
+    add_openapi_route(app, "edged fleet manager")
 
     # One context per resource, closed in the reverse order (see edged.app).
     app.cleanup_ctx.extend([

@@ -11,6 +11,7 @@ for a model this node does not hold.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -85,7 +86,8 @@ async def _serve_routed(request: web.Request, kind: str) -> web.StreamResponse:
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise InvalidJSON("the request body is not valid JSON") from None
     parse = parse_chat if kind == "chat" else parse_completion
-    parsed = parse(data, default_max_tokens=settings.default_max_tokens)
+    # Off the loop: a response format is compiled to a grammar (see edged.http.openai).
+    parsed = await asyncio.to_thread(parse, data, default_max_tokens=settings.default_max_tokens)
     if request.app[FEDERATION].servable(parsed.model) is None:
         raise ModelNotFound(f"model {parsed.model!r} is not served to peers here",
                             param="model")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -62,13 +63,17 @@ async def get_model(request: web.Request) -> web.Response:
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     body = await read_json(request)
-    parsed = parse_chat(body, default_max_tokens=request.app[SETTINGS].default_max_tokens)
+    # Off the loop: a response format's JSON schema is compiled to a grammar (and the first
+    # one imports llama_cpp), which takes tens of milliseconds or more.
+    parsed = await asyncio.to_thread(
+        parse_chat, body, default_max_tokens=request.app[SETTINGS].default_max_tokens)
     return await _generate(request, parsed)
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
     body = await read_json(request)
-    parsed = parse_completion(body, default_max_tokens=request.app[SETTINGS].default_max_tokens)
+    parsed = await asyncio.to_thread(  # off the loop, as parse_chat
+        parse_completion, body, default_max_tokens=request.app[SETTINGS].default_max_tokens)
     return await _generate(request, parsed)
 
 

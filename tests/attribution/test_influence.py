@@ -2,7 +2,7 @@
 
 The fidelity experiment (breast-cancer data, 8 non-IID contributors,
 leave-one-contributor-out retraining as ground truth) lives in
-``tests/attribution/fidelity.py``, shared with ``bench/bench_influence.py``.
+``edged/devtools/fidelity.py``, shared with ``bench/bench_influence.py``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from attribution.influence import (
     influence_weights,
 )
 from attribution.knn import KnnIndex
-from tests.attribution.fidelity import CONTRIBUTORS, Array, influence_scores, run_experiment
+from edged.devtools.fidelity import CONTRIBUTORS, Array, influence_scores, run_experiment
 
 # --------------------------------------------------------------------------- fidelity
 

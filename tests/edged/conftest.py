@@ -16,12 +16,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from edged.app import create_app
+from edged.devtools.tiny_gguf import install_tiny_llama
 from edged.models import RUNTIMES, Manifest, ModelStore
 from edged.settings import Settings, load_settings
 from runtimes import Backend, ModelSpec
 from runtimes.fake import FakeBackend
 from tests.support.loop_watchdog import loop_watchdog, pytest_runtest_call  # noqa: F401
-from tests.support.tiny_gguf import install_tiny_llama
 
 # Every aiohttp test server started under tests/edged arms the event-loop watchdog
 # (tests/support/loop_watchdog.py): a trip round the loop blocked for more than 50 ms

@@ -12,11 +12,11 @@ from aiohttp.test_utils import TestClient
 
 from attribution.commitments import commit
 from edged.app import create_app
+from edged.devtools.tiny_gguf import install_tiny_llama
 from edged.keys import NODE_KEYS
 from edged.ledger import LEDGER, Ledger
 from edged.models import RUNTIMES
 from tests.edged.conftest import AppClientFactory, make_settings
-from tests.support.tiny_gguf import install_tiny_llama
 
 Client = TestClient[Any, web.Application]
 PROMPT = "The quick brown fox"

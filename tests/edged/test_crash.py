@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from attribution.chain import verify_chain
+from edged.devtools.daemon import Daemon
 from tests.conftest import TINY_CONTEXT
-from tests.support.daemon import Daemon
 
 pytestmark = pytest.mark.subprocess
 ROUNDS = 4

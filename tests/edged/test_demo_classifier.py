@@ -18,9 +18,9 @@ from edged.demo_classifier import (
     install_demo_classifier,
     train_logistic_regression,
 )
+from edged.devtools.fidelity import Split, make_split, mean_spearman
 from edged.models import Manifest, ModelStore
 from edged.settings import Settings
-from tests.attribution.fidelity import Split, make_split, mean_spearman
 from tests.edged.conftest import AppClientFactory
 
 

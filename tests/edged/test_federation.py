@@ -25,11 +25,11 @@ from nacl.signing import SigningKey
 from attribution import canonical
 from attribution.commitments import commit
 from attribution.receipt import verify_receipt
+from edged.devtools.daemon import Daemon, clean_environment
+from edged.devtools.tiny_gguf import install_tiny_llama, write_tiny_llama_gguf
 from edged.keys import load_or_create_keys
 from edged.models import Manifest
 from sync.auth import sign_request
-from tests.support.daemon import Daemon, clean_environment
-from tests.support.tiny_gguf import install_tiny_llama, write_tiny_llama_gguf
 
 pytestmark = pytest.mark.subprocess
 CONTEXT = 4096  # long enough for a stream that is still running when its client leaves

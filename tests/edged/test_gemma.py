@@ -11,7 +11,7 @@ import openai
 import pytest
 from pydantic import BaseModel, Field
 
-from tests.support.daemon import Daemon
+from edged.devtools.daemon import Daemon
 
 pytestmark = [pytest.mark.gemma, pytest.mark.subprocess]
 GEMMA = "gemma3-270m"

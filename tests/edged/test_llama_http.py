@@ -11,12 +11,12 @@ from aiohttp.test_utils import TestClient
 
 from attribution.commitments import commit
 from edged.app import create_app
+from edged.devtools.tiny_gguf import install_tiny_llama
 from edged.keys import NODE_KEYS
 from edged.ledger import LEDGER
 from edged.models import RUNTIMES
 from tests.edged.conftest import AppClientFactory, make_settings
 from tests.edged.http.test_oip import install_onnx_model
-from tests.support.tiny_gguf import install_tiny_llama
 
 Client = TestClient[Any, web.Application]
 CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}

@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from edged.app import create_app
+from edged.devtools.tiny_gguf import install_tiny_llama
 from edged.exchange import EXCHANGE
 from edged.keys import NODE_KEYS
 from edged.ledger import LEDGER
@@ -27,7 +28,6 @@ from tests.edged.conftest import (
     install_fake_model,
     make_settings,
 )
-from tests.support.tiny_gguf import install_tiny_llama
 from tests.support.waiting import wait_until
 
 Client = TestClient[Any, web.Application]

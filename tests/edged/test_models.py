@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from edged.devtools.tiny_gguf import write_tiny_llama_gguf
 from edged.errors import Conflict, InvalidRequest, ModelNotFound
 from edged.models import Manifest, ModelStore, Price, validate_digest, validate_name
-from tests.support.tiny_gguf import write_tiny_llama_gguf
 
 
 @pytest.fixture(scope="module")

@@ -15,10 +15,10 @@ from aiohttp.test_utils import TestClient
 
 from attribution.receipt import verify_receipt
 from edged.app import create_app
+from edged.devtools.tiny_onnx import TextEmbedder, write_text_embedder
 from edged.models import Manifest, ModelStore, Price
 from edged.settings import Settings
 from tests.edged.conftest import AppClientFactory
-from tests.support.tiny_onnx import TextEmbedder, write_text_embedder
 
 Client = TestClient[Any, web.Application]
 MODEL = "tiny-embedder"

@@ -20,11 +20,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from edged.app import create_app
+from edged.devtools.tiny_gguf import install_tiny_llama
 from edged.ledger import LEDGER
 from edged.models import RUNTIMES
 from edged.schemas import CHAT_FIELDS, COMPLETION_FIELDS, EMBEDDING_FIELDS, Fields
 from tests.edged.conftest import FAKE_MODEL, AppClientFactory, make_settings
-from tests.support.tiny_gguf import install_tiny_llama
 
 Client = TestClient[Any, web.Application]
 MODEL = "tiny"

@@ -13,9 +13,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from pydantic import BaseModel, Field
 
+from edged.devtools.tiny_gguf import byte_token
 from edged.ledger import LEDGER
 from tests.edged.conftest import TinyServed
-from tests.support.tiny_gguf import byte_token
 
 Client = TestClient[Any, web.Application]
 MODEL = "tiny"

@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestClient
 from pydantic import BaseModel, Field
 
 from edged.app import create_app
+from edged.devtools.tiny_gguf import byte_token, install_tiny_llama, write_tiny_llama_gguf
 from edged.ledger import LEDGER
 from edged.tools import (
     OPEN,
@@ -29,7 +30,6 @@ from edged.tools import (
 )
 from runtimes.chat_formats import TemplateChatFormat
 from tests.edged.conftest import AppClientFactory, TinyServed, make_settings, serving_tiny
-from tests.support.tiny_gguf import byte_token, install_tiny_llama, write_tiny_llama_gguf
 
 Client = TestClient[Any, web.Application]
 MODEL = "tiny"

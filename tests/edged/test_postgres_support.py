@@ -8,7 +8,7 @@ import psycopg
 import psycopg.errors
 import pytest
 
-from tests.support.postgres import PostgresCluster, PostgresNotFound, free_port
+from edged.devtools.postgres import PostgresCluster, PostgresNotFound, free_port
 
 
 def test_databases_are_isolated(postgres_cluster: PostgresCluster,

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from edged.devtools.simulated_node import SimulatedNode
 from edged.replicas import ReplicaStore
 from sync import merkle
 from sync.checkpoint import SignedCheckpoint
 from tests.support.receipt_factory import key_from
-from tests.support.simulated_node import SimulatedNode
 
 THREADS = 4
 BATCHES = 12

@@ -10,8 +10,8 @@ from pathlib import Path
 import openai
 import pytest
 
+from edged.devtools.daemon import Daemon
 from tests.conftest import TINY_CONTEXT
-from tests.support.daemon import Daemon
 
 pytestmark = pytest.mark.subprocess
 MODEL = "tiny"
@@ -221,7 +221,7 @@ def test_tritonclient_against_a_real_daemon(daemon: Daemon, tmp_path: Path) -> N
     import numpy as np
     import tritonclient.http as triton
 
-    from tests.support.tiny_onnx import write_linear_classifier
+    from edged.devtools.tiny_onnx import write_linear_classifier
 
     classifier = write_linear_classifier(tmp_path / "clf.onnx", seed=5)
     daemon.cli("models", "add", str(classifier.path), "--name", "clf", "--runtime", "onnx",

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from edged.devtools.daemon import Daemon, clean_environment
 from tests.conftest import TINY_CONTEXT
 from tests.support.cluster import (
     add_tiny_model,
@@ -22,7 +23,6 @@ from tests.support.cluster import (
     wait_converged,
     wait_discovered,
 )
-from tests.support.daemon import Daemon, clean_environment
 
 pytestmark = pytest.mark.subprocess
 NODES = 3

@@ -27,8 +27,8 @@ import pytest
 import yaml
 from dockerfile_parse import DockerfileParser
 
+from edged.devtools.daemon import clean_environment, free_port
 from edged.settings import Settings, SettingsError, load_settings
-from tests.support.daemon import clean_environment, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGING = ROOT / "packaging"

@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.daemon import clean_environment, free_port
+from edged.devtools.daemon import clean_environment, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 # What a checkout holds but a wheel never needs (and the build must not write into).

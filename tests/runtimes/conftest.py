@@ -7,16 +7,16 @@ from pathlib import Path
 
 import pytest
 
+from edged.devtools.tiny_gguf import write_tiny_llama_gguf
 from runtimes.base import ModelSpec
 from runtimes.llama_cpp import LlamaCppBackend
-from tests.support.tiny_gguf import write_tiny_llama_gguf
 
 TINY_CONTEXT = 256
 
 
 @pytest.fixture(scope="session")
 def tiny_gguf_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 2-layer llama with a byte-level vocabulary (see tests.support.tiny_gguf)."""
+    """A 2-layer llama with a byte-level vocabulary (see edged.devtools.tiny_gguf)."""
     directory = tmp_path_factory.mktemp("tiny-gguf")
     return write_tiny_llama_gguf(directory / "tiny.gguf", context_length=TINY_CONTEXT)
 

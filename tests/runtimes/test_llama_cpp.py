@@ -14,6 +14,7 @@ import llama_cpp
 import numpy as np
 import pytest
 
+from edged.devtools.tiny_gguf import N_EMBD, N_LAYER, byte_token, write_tiny_llama_gguf
 from runtimes.base import (
     BackendError,
     ChatMessage,
@@ -28,7 +29,6 @@ from runtimes.chat_formats import format_chat
 from runtimes.llama_cpp import LlamaCppBackend, default_repack
 from runtimes.stop_text import StopTextStream
 from tests.runtimes.conftest import TINY_CONTEXT, tiny_spec
-from tests.support.tiny_gguf import N_EMBD, N_LAYER, byte_token, write_tiny_llama_gguf
 
 PROMPT = "hello"
 PROMPT_TOKENS = 1 + len(PROMPT)  # BOS + one byte token per character

@@ -7,6 +7,7 @@ from pathlib import Path
 import llama_cpp
 import pytest
 
+from edged.devtools.tiny_gguf import N_LAYER
 from runtimes.gguf_file import check_gguf
 from runtimes.llama_cpp import LlamaCppBackend
 from runtimes.llama_devices import (
@@ -20,7 +21,6 @@ from runtimes.llama_devices import (
     processor_label,
 )
 from tests.runtimes.conftest import tiny_spec
-from tests.support.tiny_gguf import N_LAYER
 
 GIB = 1 << 30
 

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
 
+from edged.devtools.tiny_gguf import N_VOCAB, byte_token
 from runtimes.base import Delta, Done, GenerationParams, InvalidInput
 from runtimes.llama_cpp import LlamaCppBackend
 from runtimes.llama_sampling import MAX_TOP_LOGPROBS
 from tests.runtimes.conftest import tiny_spec
-from tests.support.tiny_gguf import N_VOCAB, byte_token
 
 PROMPT = "hello"
 GREEDY = GenerationParams(max_tokens=60, temperature=0.0)

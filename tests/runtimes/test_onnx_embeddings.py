@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edged.devtools.tiny_onnx import TextEmbedder, write_text_embedder
 from runtimes.base import BackendError, ContextLengthExceeded, ModelSpec, UnsupportedOperation
 from runtimes.onnx_runtime import OnnxBackend
-from tests.support.tiny_onnx import TextEmbedder, write_text_embedder
 
 CPU = ["CPUExecutionProvider"]
 MAX_LENGTH = 6

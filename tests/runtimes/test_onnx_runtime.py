@@ -1,4 +1,4 @@
-"""The ONNX Runtime backend on tiny generated graphs (see tests.support.tiny_onnx).
+"""The ONNX Runtime backend on tiny generated graphs (see edged.devtools.tiny_onnx).
 
 This machine's onnxruntime-gpu build lists CUDA (and TensorRT) as available but has no
 CUDA libraries, so sessions really run on CPU: the tests check that the backend reports
@@ -17,6 +17,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from edged.devtools.tiny_onnx import LinearClassifier, write_int64_model, write_linear_classifier
 from runtimes import load_backend
 from runtimes.base import (
     Backend,
@@ -29,7 +30,6 @@ from runtimes.base import (
 )
 from runtimes.fake import FakeBackend
 from runtimes.onnx_runtime import OnnxBackend, choose_providers, graph_metadata
-from tests.support.tiny_onnx import LinearClassifier, write_int64_model, write_linear_classifier
 
 CPU = ["CPUExecutionProvider"]
 

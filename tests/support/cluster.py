@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 
-from tests.support.daemon import Daemon
+from edged.devtools.daemon import Daemon
 
 
 def add_tiny_model(node: Daemon, model_file: str, context_length: int) -> None:

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.postgres import PostgresCluster
+from edged.devtools.postgres import PostgresCluster
 
 
 @pytest.fixture(scope="session")

@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
-
 from nacl.signing import SigningKey
 
 from attribution.payees import Payee, split_ppm
 from attribution.receipt import ZERO_HASH, AttributionRef, ModelRef, ReceiptDraft, SignedReceipt
-
-
-def digest(label: str) -> bytes:
-    """A 32-byte stand-in for a real digest or commitment."""
-    return hashlib.sha256(label.encode()).digest()
+from edged.devtools.simulated_node import digest
 
 
 def make_draft(i: int = 0, *, model_name: str = "tiny-model", kind: str = "chat",

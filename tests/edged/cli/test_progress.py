@@ -24,13 +24,13 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from edged.datanets import DATANETS
+from edged.devtools.daemon import EDGED, Daemon
+from edged.devtools.simulated_node import SimulatedNode
+from edged.devtools.tiny_onnx import write_linear_classifier
 from edged.errors import InvalidRequest
 from edged.fleet.db import Database
 from edged.fleet.store import FleetStore
-from tests.support.daemon import EDGED, Daemon
 from tests.support.receipt_factory import key_from
-from tests.support.simulated_node import SimulatedNode
-from tests.support.tiny_onnx import write_linear_classifier
 
 Client = TestClient[Any, web.Application]
 NDJSON = "application/x-ndjson"

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from edged.devtools.simulated_node import SimulatedNode
 from edged.fleet.db import Database
 from edged.fleet.epochs import Epochs
 from edged.fleet.store import FleetStore
-from tests.support.simulated_node import SimulatedNode
 
 ENROLLED_MS = 1_800_000_000_000
 

@@ -16,6 +16,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from edged.app import create_app
+from edged.devtools.simulated_node import SimulatedNode
 from edged.fleet.api import FLEET
 from edged.fleet.app import create_fleet_app
 from edged.fleet.store import FleetRefused
@@ -25,7 +26,6 @@ from edged.settings import Settings
 from sync.auth import sign_request
 from tests.edged.conftest import FAKE_MODEL, fake_loader, install_fake_model, make_settings
 from tests.support.receipt_factory import key_from
-from tests.support.simulated_node import SimulatedNode
 from tests.support.waiting import wait_until
 
 Client = TestClient[Any, web.Application]

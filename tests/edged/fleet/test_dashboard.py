@@ -25,12 +25,12 @@ from aiohttp.test_utils import TestClient, TestServer
 from playwright.async_api import Page, async_playwright, expect
 
 from attribution.payees import split_ppm
+from edged.devtools.simulated_node import SimulatedNode
 from edged.fleet.api import FLEET
 from edged.fleet.app import create_fleet_app
 from edged.settings import Settings
 from sync.auth import sign_request
 from tests.support.receipt_factory import key_from
-from tests.support.simulated_node import SimulatedNode
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
+from edged.devtools.daemon import Daemon, clean_environment
 from tests.conftest import TINY_CONTEXT
 from tests.support.anvil import AnvilNode
 from tests.support.cluster import own_log, serve_traffic
-from tests.support.daemon import Daemon, clean_environment
 
 pytestmark = [pytest.mark.subprocess, pytest.mark.chain]
 OWNER = "0x" + "a1" * 20

@@ -13,13 +13,13 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from attribution.payees import split_ppm
+from edged.devtools.simulated_node import SimulatedNode
 from edged.fleet.app import create_fleet_app
 from edged.settings import Settings
 from tests.edged.fleet.test_api import _push
 from tests.edged.test_metrics import Samples, scrape, value
 from tests.support.anvil import AnvilNode, RpcGate
 from tests.support.receipt_factory import key_from
-from tests.support.simulated_node import SimulatedNode
 
 Client = TestClient[Any, web.Application]
 PAYEES = split_ppm([("0x" + "d1" * 20, "owner", 60), ("0x" + "d2" * 20, "operator", 40)])

@@ -15,13 +15,13 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from attribution.payees import split_ppm
+from edged.devtools.simulated_node import SimulatedNode
 from edged.fleet.api import FLEET
 from edged.fleet.app import create_fleet_app
 from edged.settings import Settings
 from tests.edged.fleet.test_api import _push
 from tests.support.anvil import AnvilNode, RpcGate
 from tests.support.receipt_factory import key_from
-from tests.support.simulated_node import SimulatedNode
 
 pytestmark = pytest.mark.chain
 Client = TestClient[Any, web.Application]

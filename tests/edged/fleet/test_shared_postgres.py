@@ -12,12 +12,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from edged.devtools.daemon import Daemon, clean_environment
+from edged.devtools.simulated_node import SimulatedNode
 from sync import merkle
 from sync.auth import sign_request
 from sync.batch import Batch
-from tests.support.daemon import Daemon, clean_environment
 from tests.support.receipt_factory import key_from
-from tests.support.simulated_node import SimulatedNode
 
 pytestmark = pytest.mark.subprocess
 

@@ -8,13 +8,13 @@ from collections.abc import Callable
 
 import pytest
 
+from edged.devtools.simulated_node import SimulatedNode
 from edged.fleet.store import FleetRefused, FleetStore
 from sync import merkle
 from sync.batch import Batch
 from sync.checkpoint import SignedCheckpoint
 from tests.edged.fleet.conftest import Clock, enrolled_node
 from tests.support.receipt_factory import key_from
-from tests.support.simulated_node import SimulatedNode
 
 
 def _count(store: FleetStore) -> int:

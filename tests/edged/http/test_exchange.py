@@ -222,21 +222,6 @@ async def test_hello_proves_the_node_key(client: Client) -> None:
     assert (await client.get("/v1/sync/hello", params={"challenge": "zz"})).status == 400
 
 
-def test_batches_are_cut_to_fit_the_byte_limit() -> None:
-    """Receipts with long payee lists can be kilobytes each: a batch of the most receipts
-    allowed must still fit in MAX_BATCH_BYTES, or push and pull would stall there."""
-    from edged.exchange import _fitting
-    from sync.batch import MAX_BATCH_BYTES
-
-    big = [bytes([i % 256]) * 60_000 for i in range(200)]  # 12 MB
-    kept = _fitting(big)
-    assert 0 < len(kept) < len(big) and kept == big[:len(kept)]
-    assert sum(len(raw) + 5 for raw in kept) <= MAX_BATCH_BYTES - 64 * 1024
-    assert sum(len(raw) + 5 for raw in big[:len(kept) + 1]) > MAX_BATCH_BYTES - 64 * 1024
-    small = [b"r" * 600] * 4096
-    assert _fitting(small) == small
-
-
 async def _stalled_body(first: bytes, release: asyncio.Event, rest: bytes = b"") -> Any:
     """A request body that sends ``first``, then waits for ``release`` to send the rest."""
     yield first

@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestClient
 
 from attribution.receipt import verify_receipt
 from edged.app import create_app
+from edged.devtools.tiny_onnx import LinearClassifier, write_linear_classifier
 from edged.errors import InvalidRequest
 from edged.http.oip import decode_tensor
 from edged.inference import SERVICE
@@ -23,7 +24,6 @@ from edged.ledger import LEDGER
 from edged.models import Manifest, ModelStore, Price
 from edged.settings import Settings
 from tests.edged.conftest import AppClientFactory
-from tests.support.tiny_onnx import LinearClassifier, write_linear_classifier
 
 Client = TestClient[Any, web.Application]
 MODEL = "tiny-clf"
@@ -87,13 +87,13 @@ async def test_concurrent_requests_are_batched_with_identical_results(
     requests = [rng.normal(size=(n, 4)).astype(np.float32) for n in (1, 2, 3, 1)]
     commits: list[int] = []
     ledger = client.app[LEDGER]
-    original = ledger._commit_batch
+    original = ledger._writer._commit_batch
 
     def counting(batch: Any) -> None:
         commits.append(len(batch))
         original(batch)
 
-    ledger._commit_batch = counting  # type: ignore[method-assign]
+    ledger._writer._commit_batch = counting  # type: ignore[method-assign]
     bad = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32",
                        "data": [float("nan")] * 4}]}
     responses = await asyncio.gather(

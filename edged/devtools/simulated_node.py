@@ -3,6 +3,7 @@ checkpoints and batches, for fleet tests and the fleet ingest benchmark."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 
@@ -13,7 +14,11 @@ from attribution.receipt import ZERO_HASH, AttributionRef, ModelRef, ReceiptDraf
 from sync import merkle
 from sync.batch import Batch
 from sync.checkpoint import Checkpoint, SignedCheckpoint
-from tests.support.receipt_factory import digest
+
+
+def digest(label: str) -> bytes:
+    """A 32-byte stand-in for a real digest or commitment."""
+    return hashlib.sha256(label.encode()).digest()
 
 
 class _Rows:
