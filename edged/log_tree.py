@@ -18,30 +18,21 @@ import sqlite_utils
 from nacl.signing import SigningKey
 
 from sync.checkpoint import Checkpoint, SignedCheckpoint
-from sync.merkle import completed_subtrees, root
+from sync.merkle import StoredSubtrees, completed_subtrees, root
 
 MERKLE_TABLE = "merkle"
 CHECKPOINT_TABLE = "checkpoints"
 _INSERT_NODE = f"INSERT OR REPLACE INTO {MERKLE_TABLE} (level, idx, hash) VALUES (?, ?, ?)"
 
 
-class SqlSubtrees:
-    """A :class:`sync.merkle.SubtreeReader` over one connection (inside its transaction)."""
+class SqlSubtrees(StoredSubtrees):
+    """The ledger's tree over one connection (inside its transaction)."""
 
     def __init__(self, conn: sqlite3.Connection, receipts_table: str) -> None:
         self.conn = conn
-        self.receipts_table = receipts_table
-
-    def subtree(self, level: int, index: int) -> bytes:
-        if level == 0:
-            row = self.conn.execute(f"SELECT leaf FROM {self.receipts_table} WHERE seq = ?",
-                                    (index,)).fetchone()
-        else:
-            row = self.conn.execute(f"SELECT hash FROM {MERKLE_TABLE} WHERE level = ? AND "
-                                    "idx = ?", (level, index)).fetchone()
-        if row is None:
-            raise LookupError(f"subtree ({level}, {index}) is not stored")
-        return bytes(row[0])
+        super().__init__(lambda sql, params: conn.execute(sql, params).fetchone(),
+                         f"SELECT leaf FROM {receipts_table} WHERE seq = ?",
+                         f"SELECT hash FROM {MERKLE_TABLE} WHERE level = ? AND idx = ?")
 
 
 def create_tables(db: sqlite_utils.Database) -> None:

@@ -19,11 +19,13 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import sqlite_utils
 
 from sync.checkpoint import SignedCheckpoint
 from sync.clock import unix_millis
+from sync.merkle import StoredSubtrees
 
 _BUSY_TIMEOUT_MS = 10_000
 
@@ -34,17 +36,6 @@ class OriginHead:
     size: int  # receipts held, contiguous from 0
     checkpoint: SignedCheckpoint | None
     frozen: bool
-
-
-class OriginSubtrees:
-    """``sync.merkle.SubtreeReader`` over one origin's stored tree (each read locked)."""
-
-    def __init__(self, store: ReplicaStore, origin: bytes) -> None:
-        self.store = store
-        self.origin = origin
-
-    def subtree(self, level: int, index: int) -> bytes:
-        return self.store.subtree(self.origin, level, index)
 
 
 class ReplicaStore:
@@ -98,19 +89,6 @@ class ReplicaStore:
                                (origin, seq)).fetchone()
         return bytes(row[0]) if row else None
 
-    def subtree(self, origin: bytes, level: int, index: int) -> bytes:
-        """One stored Merkle subtree of ``origin`` (level 0: a receipt's leaf)."""
-        with self._connection() as conn:
-            if level == 0:
-                row = conn.execute("SELECT leaf FROM receipts WHERE origin = ? AND seq = ?",
-                                   (origin, index)).fetchone()
-            else:
-                row = conn.execute("SELECT hash FROM merkle WHERE origin = ? AND level = ? "
-                                   "AND idx = ?", (origin, level, index)).fetchone()
-        if row is None:
-            raise LookupError(f"subtree ({level}, {index}) of this origin is not stored")
-        return bytes(row[0])
-
     def raw_range(self, origin: bytes, start: int, end: int) -> list[bytes]:
         with self._connection() as conn:
             rows = conn.execute("SELECT raw FROM receipts WHERE origin = ? AND seq >= ? "
@@ -159,9 +137,17 @@ class ReplicaStore:
         return [(bytes(o), SignedCheckpoint.decode(bytes(a)), SignedCheckpoint.decode(bytes(b)),
                  int(ts)) for o, a, b, ts in rows]
 
-    def subtrees(self, origin: bytes) -> OriginSubtrees:
+    def subtrees(self, origin: bytes) -> StoredSubtrees:
         """A reader of ``origin``'s stored tree for verification and proofs."""
-        return OriginSubtrees(self, origin)
+        return StoredSubtrees(self._fetch_one,
+                              "SELECT leaf FROM receipts WHERE origin = ? AND seq = ?",
+                              "SELECT hash FROM merkle WHERE origin = ? AND level = ? AND idx = ?",
+                              (origin,))
+
+    def _fetch_one(self, sql: str, params: tuple[Any, ...]) -> Any:
+        """The first row of one query, under the store's lock."""
+        with self._connection() as conn:
+            return conn.execute(sql, params).fetchone()
 
     # --- writes -------------------------------------------------------------------------
 

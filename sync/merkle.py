@@ -22,8 +22,8 @@ storage layer can fetch them in one query.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Protocol
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol
 
 HASH_SIZE = 32
 _LEAF_PREFIX = b"\x00"
@@ -136,6 +136,29 @@ def _fold(hashes: Sequence[bytes]) -> bytes:
     for left in reversed(hashes[:-1]):
         result = node_hash(left, result)
     return result
+
+
+class StoredSubtrees:
+    """A :class:`SubtreeReader` over a SQL store of one log: level 0 reads a receipt's
+    leaf (``leaf_sql``, parameters ``(*key, seq)``), a higher level a stored node
+    (``node_sql``, parameters ``(*key, level, index)``). ``key`` selects the log where one
+    store holds many (an origin); ``fetch_one`` runs a query and returns its first row."""
+
+    def __init__(self, fetch_one: Callable[[str, tuple[Any, ...]], Sequence[Any] | None],
+                 leaf_sql: str, node_sql: str, key: tuple[Any, ...] = ()) -> None:
+        self._fetch_one = fetch_one
+        self._leaf_sql = leaf_sql
+        self._node_sql = node_sql
+        self._key = key
+
+    def subtree(self, level: int, index: int) -> bytes:
+        if level == 0:
+            row = self._fetch_one(self._leaf_sql, (*self._key, index))
+        else:
+            row = self._fetch_one(self._node_sql, (*self._key, level, index))
+        if row is None:
+            raise LookupError(f"subtree ({level}, {index}) is not stored")
+        return bytes(row[0])
 
 
 def _range_hash(start: int, end: int, reader: SubtreeReader) -> bytes:

@@ -113,23 +113,11 @@ def _node(row: Any) -> NodeRecord:
                       row[7])
 
 
-class _Subtrees:
+def _subtrees(tx: Transaction, origin: bytes) -> merkle.StoredSubtrees:
     """One origin's stored Merkle rows (level 0: the receipts' leaves), read in ``tx``."""
-
-    def __init__(self, tx: Transaction, origin: bytes) -> None:
-        self._tx = tx
-        self._origin = origin
-
-    def subtree(self, level: int, index: int) -> bytes:
-        if level == 0:
-            row = self._tx.one("SELECT leaf FROM fleet_receipts WHERE origin = ? AND seq = ?",
-                               (self._origin, index))
-        else:
-            row = self._tx.one("SELECT hash FROM fleet_merkle WHERE origin = ? AND level = ? "
-                               "AND idx = ?", (self._origin, level, index))
-        if row is None:
-            raise KeyError((level, index))
-        return bytes(row[0])
+    return merkle.StoredSubtrees(
+        tx.one, "SELECT leaf FROM fleet_receipts WHERE origin = ? AND seq = ?",
+        "SELECT hash FROM fleet_merkle WHERE origin = ? AND level = ? AND idx = ?", (origin,))
 
 
 class FleetStore:
@@ -235,7 +223,7 @@ class FleetStore:
             known = None if row[8] is None else SignedCheckpoint.decode(bytes(row[8]))
             try:
                 verified = verify_batch(batch, known=known, have_through=record.size,
-                                        stored=_Subtrees(tx, origin))
+                                        stored=_subtrees(tx, origin))
             except Equivocation as exc:
                 equivocation = exc
             except BatchError as exc:
@@ -303,7 +291,7 @@ class FleetStore:
             if checkpoint is None or not 0 <= seq < checkpoint.checkpoint.size:
                 raise FleetNotFound("no such receipt held here", "unknown_receipt")
             size = checkpoint.checkpoint.size
-            reader = _Subtrees(tx, origin)
+            reader = _subtrees(tx, origin)
             leaf = reader.subtree(0, seq)
             proof = merkle.inclusion_proof(seq, size, reader)
         return {"origin": origin.hex(), "seq": seq, "leaf": leaf.hex(),
