@@ -7,7 +7,7 @@ import ipaddress
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -70,9 +70,32 @@ def json_response(data: Any, *, status: int = 200,
 
 
 def error_response(exc: EdgedError, path: str = "") -> web.Response:
-    """The OpenAI error shape, or the Open Inference Protocol's under /v2."""
-    body: Any = {"error": exc.message} if path.startswith("/v2") else exc.body()
-    return json_response(body, status=exc.status, headers=exc.headers)
+    """An error in its protocol's shape (see :func:`render_error`)."""
+    return render_error(path, exc.status, exc.message, exc.type, exc.param, exc.code,
+                        exc.headers)
+
+
+def render_error(path: str, status: int, message: str, kind: str,
+                 param: str | None = None, code: str | None = None,
+                 headers: Mapping[str, str] | None = None) -> web.Response:
+    """The one renderer of error answers: the Open Inference Protocol's
+    ``{"error": message}`` under /v2, OpenAI's ``{"error": {...}}`` everywhere else
+    (/v1, /api, /v1/sync and the fleet manager)."""
+    body: Any = {"error": message} if path.startswith("/v2") else error_body(
+        message, kind, param, code)
+    return json_response(body, status=status, headers=dict(headers) if headers else None)
+
+
+def status_error(path: str, status: int, message: str) -> web.Response:
+    """An error whose status aiohttp (not edged) chose."""
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return render_error(path, status, message, kind)
+
+
+def internal_error(path: str) -> web.Response:
+    """An unexpected failure: its words never carry what failed (logged separately)."""
+    return render_error(path, 500, "internal server error", "server_error",
+                        code="internal_error")
 
 
 @web.middleware
@@ -92,14 +115,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        body = error_body(exc.reason, "invalid_request_error" if exc.status < 500
-                          else "server_error", None, None)
-        return json_response(body, status=exc.status)
+        return status_error(path, exc.status, exc.reason)
     except Exception:
         # The traceback names code locations only; request content is never logged.
         logger.exception("unhandled error in %s %s", request.method, request.path)
-        return json_response(error_body("internal server error", "server_error", None,
-                                        "internal_error"), status=500)
+        return internal_error(path)
 
 
 class ClientSafeServerLogger(logging.LoggerAdapter):  # type: ignore[type-arg]

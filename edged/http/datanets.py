@@ -19,7 +19,7 @@ from edged.datanets import (
     parse_document_lines,
     validate_duplicates,
 )
-from edged.errors import EdgedError, Forbidden, InvalidRequest, NotFound, error_body
+from edged.errors import EdgedError, Forbidden, InternalError, InvalidRequest, NotFound
 from edged.http.common import is_local, json_response, read_body, read_json, receipt_leaf
 from edged.inference import SERVICE
 from edged.ledger import LEDGER
@@ -132,8 +132,7 @@ async def _stream_add(request: web.Request, add: Callable[..., AddReport], *,
         if response is None:
             raise
         logger.exception("adding documents failed after streaming began")
-        final = {**error_body("internal server error", "server_error", None,
-                              "internal_error"), "status": 500}
+        final = {**InternalError("internal server error").body(), "status": 500}
     if response is None:
         response = web.StreamResponse(headers={"Content-Type": NDJSON})
         await response.prepare(request)

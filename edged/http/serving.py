@@ -18,18 +18,16 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
-from edged.errors import error_body
-from edged.http.common import json_response
+from edged.http.common import status_error
 
 
-def status_error_response(status: int) -> web.Response:
+def status_error_response(status: int, path: str = "") -> web.Response:
     """The error shape for a status aiohttp chose, worded by the status alone."""
     try:
         phrase = HTTPStatus(status).phrase
     except ValueError:
         phrase = "error"
-    kind = "invalid_request_error" if status < 500 else "server_error"
-    return json_response(error_body(phrase, kind), status=status)
+    return status_error(path, status, phrase)
 
 
 class _ShapedErrorHandler(RequestHandler):
@@ -37,7 +35,7 @@ class _ShapedErrorHandler(RequestHandler):
                      exc: BaseException | None = None,
                      message: str | None = None) -> web.StreamResponse:
         super().handle_error(request, status, exc, message)  # logs; refuses mid-response
-        response = status_error_response(status)
+        response = status_error_response(status, request.path)
         response.force_close()
         return response
 

@@ -3,7 +3,10 @@ shape comes from one renderer (``edged.http.common.error_response``)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
+from aiohttp import web
 
 import edged.errors
 import edged.fleet.store
@@ -12,7 +15,7 @@ import edged.settings
 import sync.auth
 from edged.errors import EdgedError, InvalidRequest, NotFound
 from edged.fleet.store import FleetForbidden, FleetRefused
-from edged.http.common import error_response
+from edged.http.common import error_middleware, error_response
 from edged.settings import SettingsError
 from sync.auth import AuthError, UntrustedCaller
 
@@ -71,3 +74,32 @@ def test_the_open_inference_protocol_shape_under_v2() -> None:
     response = error_response(UntrustedCaller("not trusted"), "/v2/models/m/infer")
     assert response.status == 403
     assert response.text == '{"error":"not trusted"}'
+
+
+async def test_failures_edged_did_not_raise_are_shaped_per_protocol_too(
+        aiohttp_client: Any) -> None:
+    """An unexpected exception and an aiohttp HTTP error go through the same renderer:
+    OIP's shape under /v2, OpenAI's elsewhere."""
+    async def boom(request: web.Request) -> web.Response:
+        raise RuntimeError("a bug")
+
+    async def teapot(request: web.Request) -> web.Response:
+        raise web.HTTPConflict(reason="taken")
+
+    app = web.Application(middlewares=[error_middleware])
+    for prefix in ("/v1", "/v2"):
+        app.router.add_get(f"{prefix}/boom", boom)
+        app.router.add_get(f"{prefix}/teapot", teapot)
+    client = await aiohttp_client(app)
+    for prefix in ("/v1", "/v2"):
+        crashed = await client.get(f"{prefix}/boom")
+        conflict = await client.get(f"{prefix}/teapot")
+        assert (crashed.status, conflict.status) == (500, 409)
+        if prefix == "/v2":
+            assert await crashed.json() == {"error": "internal server error"}
+            assert await conflict.json() == {"error": "taken"}
+        else:
+            assert (await crashed.json())["error"]["code"] == "internal_error"
+            assert (await conflict.json())["error"] == {
+                "message": "taken", "type": "invalid_request_error", "param": None,
+                "code": None}
