@@ -12,8 +12,8 @@ from aiohttp import web
 from edged.audit import NodeData, audit_receipt
 from edged.bindings import BINDINGS
 from edged.datanets import DATANETS
-from edged.errors import Forbidden, NotFound
-from edged.http.common import is_local, json_response, receipt_leaf
+from edged.errors import Forbidden
+from edged.http.common import is_local, json_response, stored_receipt
 from edged.inference import SERVICE
 from edged.ledger import LEDGER
 
@@ -26,13 +26,10 @@ async def audit(request: web.Request) -> web.Response:
     """Recompute a receipt's split (``edged.audit``); ``ok`` false lists the problems."""
     if not is_local(request):
         raise Forbidden("receipt audits are served to local callers only")
-    leaf = receipt_leaf(request.match_info["id"])
-    ledger = request.app[LEDGER]
-    receipt = ledger.get(leaf)
-    if receipt is None:
-        raise NotFound("no receipt with that id", param="id")
+    leaf, receipt = stored_receipt(request)
     service = request.app[SERVICE]
     node = NodeData(service.store, request.app[DATANETS], request.app[BINDINGS],
                     service.attributor)
-    report = await asyncio.to_thread(audit_receipt, receipt, ledger.get_evidence(leaf), node)
+    evidence = request.app[LEDGER].get_evidence(leaf)
+    report = await asyncio.to_thread(audit_receipt, receipt, evidence, node)
     return json_response(report.to_wire())

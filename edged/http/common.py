@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from attribution.receipt import SignedReceipt
 from edged import bounded_json
 from edged.errors import (
     EdgedError,
@@ -23,6 +24,7 @@ from edged.errors import (
     PayloadTooLarge,
     error_body,
 )
+from edged.ledger import LEDGER
 
 logger = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -175,4 +177,14 @@ def is_local(request: web.Request) -> bool:
         return ipaddress.ip_address(request.remote or "").is_loopback
     except ValueError:
         return False
+
+
+def stored_receipt(request: web.Request) -> tuple[bytes, SignedReceipt]:
+    """The receipt the path's ``{id}`` names, with its leaf: 400 for a malformed id, 404
+    when this node's ledger does not hold it."""
+    leaf = receipt_leaf(request.match_info["id"])
+    receipt = request.app[LEDGER].get(leaf)
+    if receipt is None:
+        raise NotFound("no receipt with that id", param="id")
+    return leaf, receipt
 

@@ -19,8 +19,14 @@ from edged.datanets import (
     parse_document_lines,
     validate_duplicates,
 )
-from edged.errors import EdgedError, Forbidden, InternalError, InvalidRequest, NotFound
-from edged.http.common import is_local, json_response, read_body, read_json, receipt_leaf
+from edged.errors import EdgedError, Forbidden, InternalError, InvalidRequest
+from edged.http.common import (
+    is_local,
+    json_response,
+    read_body,
+    read_json,
+    stored_receipt,
+)
 from edged.inference import SERVICE
 from edged.ledger import LEDGER
 from edged.settings import SETTINGS
@@ -169,12 +175,8 @@ async def receipt_evidence(request: web.Request) -> web.Response:
     machine only (it names documents; it never leaves the node and is never synced)."""
     if not is_local(request):
         raise Forbidden("evidence is served to local callers only")
-    leaf = receipt_leaf(request.match_info["id"])
-    ledger = request.app[LEDGER]
-    receipt = ledger.get(leaf)
-    if receipt is None:
-        raise NotFound("no receipt with that id", param="id")
-    raw = ledger.get_evidence(leaf)
+    leaf, receipt = stored_receipt(request)
+    raw = request.app[LEDGER].get_evidence(leaf)
     evidence: dict[str, Any] = canonical.decode(raw) if raw is not None else {}
     return json_response({"id": leaf.hex(), "method": receipt.fields["attr"]["method"],
                           "evidence": evidence})

@@ -9,7 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from edged.errors import InvalidRequest, NotFound
-from edged.http.common import int_query, json_response, receipt_leaf
+from edged.http.common import int_query, json_response, stored_receipt
 from edged.ledger import LEDGER, Ledger
 from sync.checkpoint import SignedCheckpoint
 from sync.clock import unix_millis
@@ -54,9 +54,7 @@ async def get_checkpoint(request: web.Request) -> web.Response:
 
 async def get_inclusion_proof(request: web.Request) -> web.Response:
     ledger = request.app[LEDGER]
-    receipt = ledger.get(receipt_leaf(request.match_info["id"]))
-    if receipt is None:
-        raise NotFound("no receipt with that id", param="id")
+    _, receipt = stored_receipt(request)
     size_param = request.query.get("size")
     size = None if size_param is None else int_query(request, "size", 0, 1, 2**63 - 1)
     checkpoint = await _checkpoint_covering(ledger, size)
