@@ -57,6 +57,7 @@ from attribution.receipt import (
 from edged import bounded_json
 from edged.attributor import RELAY_METHOD
 from edged.errors import EdgedError, NotReady
+from edged.exchange.client import bounded_get
 from edged.federation_adverts import (
     ADVERT_DOMAIN,
     AdvertError,
@@ -65,6 +66,7 @@ from edged.federation_adverts import (
     model_load,
     parse_advert,
 )
+from edged.http.sync_endpoint import SyncRefused
 from edged.keys import NodeKeys
 from edged.ledger import Ledger
 from edged.models import Manifest, ModelStore
@@ -190,17 +192,11 @@ class Federation:
         try:
             headers = sign_request(self.signing_key, "GET", MODELS_PATH, b"", self.clock_ms(),
                                    secrets.token_bytes(16), peer)
-            async with client.stream("GET", url + MODELS_PATH, headers=headers) as reply:
-                reply.raise_for_status()
-                body = bytearray()
-                async for chunk in reply.aiter_bytes():
-                    body += chunk
-                    if len(body) > MAX_ADVERT_BYTES:
-                        raise AdvertError("advertisement too large")
+            body = await bounded_get(client, url, MODELS_PATH, headers, MAX_ADVERT_BYTES)
             models = parse_advert(bounded_json.loads(body), node=peer,
                                   audience=self.keys.public_key, now_ms=self.clock_ms(),
                                   url=url, fetched=time.monotonic())
-        except (httpx.HTTPError, AdvertError, ValueError) as exc:
+        except (httpx.HTTPError, SyncRefused, AdvertError, ValueError) as exc:
             logger.info("models of peer %s not fetched: %s", peer.hex()[:16],
                         exc.__class__.__name__)
             self.adverts.pop(peer, None)

@@ -155,13 +155,19 @@ class ExchangeClient:
 
     async def _bounded_get(self, client: httpx.AsyncClient, url: str, path: str,
                            audience: bytes, limit: int) -> bytes:
-        """A signed GET whose body may not exceed ``limit`` bytes (read as a stream)."""
-        headers = self._signed("GET", path, audience)
-        async with client.stream("GET", url + path, headers=headers) as reply:
-            reply.raise_for_status()
-            body = bytearray()
-            async for chunk in reply.aiter_bytes():
-                body += chunk
-                if len(body) > limit:
-                    raise SyncRefused("peer response too large")
-        return bytes(body)
+        return await bounded_get(client, url, path, self._signed("GET", path, audience), limit)
+
+
+async def bounded_get(client: httpx.AsyncClient, url: str, path: str,
+                      headers: dict[str, str], limit: int) -> bytes:
+    """A (signed) GET of a peer whose body may not exceed ``limit`` bytes, read as a
+    stream so a peer cannot make this node buffer more; :class:`SyncRefused` beyond it."""
+    async with client.stream("GET", url + path, headers=headers) as reply:
+        reply.raise_for_status()
+        body = bytearray()
+        async for chunk in reply.aiter_bytes():
+            body += chunk
+            if len(body) > limit:
+                raise SyncRefused("peer response too large")
+    return bytes(body)
+
