@@ -110,13 +110,13 @@ def test_gemma_structured_output_tools_and_logprobs(gemma_daemon: Daemon) -> Non
                            timeout=120)
     messages: list[Any] = [{"role": "user", "content": "Describe Lisbon as JSON."}]
     parsed = client.chat.completions.parse(model=GEMMA, messages=messages, response_format=City,
-                                           max_tokens=120, temperature=0)
+                                           max_tokens=400, temperature=0)
     city = parsed.choices[0].message.parsed
     assert isinstance(city, City) and parsed.choices[0].finish_reason == "stop"
 
     called = client.chat.completions.create(
         model=GEMMA, messages=[{"role": "user", "content": "Weather in Oslo?"}],
-        tools=[WEATHER_TOOL], tool_choice="required", max_tokens=60)  # type: ignore[list-item]
+        tools=[WEATHER_TOOL], tool_choice="required", max_tokens=300)  # type: ignore[list-item]
     (call,) = called.choices[0].message.tool_calls or []
     assert call.function.name == "get_weather"  # type: ignore[union-attr]
     assert set(json.loads(call.function.arguments)) == {"city"}  # type: ignore[union-attr]
@@ -125,6 +125,8 @@ def test_gemma_structured_output_tools_and_logprobs(gemma_daemon: Daemon) -> Non
     scored = client.completions.create(model=GEMMA, prompt="The capital of France is",
                                        max_tokens=5, temperature=0, logprobs=3)
     logprobs = scored.choices[0].logprobs
-    assert logprobs is not None and len(logprobs.tokens or []) == 5
+    assert logprobs is not None and scored.usage is not None
+    # One entry per generated token (an end of text before 5 is allowed on any CPU).
+    assert 0 < len(logprobs.tokens or []) == scored.usage.completion_tokens <= 5
     assert all(value <= 0 for value in logprobs.token_logprobs or [])
     assert all(len(top) == 3 for top in logprobs.top_logprobs or [])
