@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import json
 import logging
@@ -25,6 +26,7 @@ from edged.errors import (
     error_body,
 )
 from edged.ledger import LEDGER
+from edged.schema import Body, Query, validated
 
 logger = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -147,6 +149,33 @@ def server_handler_args() -> dict[str, Any]:
 
 
 RECEIPT_ID = re.compile(r"^[0-9a-f]{64}$")
+
+
+def accepts(*, body: type[Body] | None = None, query: type[Query] | None = None
+            ) -> Callable[[Callable[..., Awaitable[web.StreamResponse]]], Handler]:
+    """Declare what a handler reads, once: its JSON ``body`` and its ``query`` models
+    (:mod:`edged.schema`). The wrapper validates both before the handler runs (a failure
+    is a 400 naming its param, and the handler never sees an unchecked value), passes them
+    as the keyword arguments ``body`` and ``query``, and keeps the models on itself, where
+    the OpenAPI document (:mod:`edged.http.openapi`) reads them."""
+
+    def decorate(handler: Callable[..., Awaitable[web.StreamResponse]]) -> Handler:
+        @functools.wraps(handler)
+        async def validating(request: web.Request) -> web.StreamResponse:
+            arguments: dict[str, Any] = {}
+            if query is not None:
+                # the first value of a repeated parameter, as request.query.get gives
+                arguments["query"] = validated(
+                    query, {name: request.query.get(name) for name in request.query})
+            if body is not None:
+                arguments["body"] = validated(body, await read_json(request))
+            return await handler(request, **arguments)
+
+        validating.body_model = body  # type: ignore[attr-defined]
+        validating.query_model = query  # type: ignore[attr-defined]
+        return validating
+
+    return decorate
 
 
 def receipt_leaf(text: str, param: str = "id") -> bytes:

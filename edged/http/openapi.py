@@ -31,6 +31,7 @@ from aiohttp import web
 from edged.errors import EdgedError
 from edged.http.common import json_response
 from edged.http.security import NODE_SIGNED_PATHS, PUBLIC_PATHS
+from edged.schema import json_schema, query_parameters
 
 if TYPE_CHECKING:
     from edged.schemas import Fields
@@ -113,27 +114,27 @@ def add_openapi_route(app: web.Application, title: str,
 def openapi_document(app: web.Application, title: str,
                      json_bodies: Mapping[str, Fields]) -> dict[str, Any]:
     """The OpenAPI 3.1 document of every route of ``app``."""
-    routes: dict[str, dict[str, str]] = {}  # path -> {method: handler doc}
+    routes: dict[str, dict[str, Any]] = {}  # path -> {method: handler}
     for route in app.router.routes():
         canonical = route.resource.canonical if route.resource is not None else ""
         if route.method == "*" or not canonical:
             continue
-        doc = (getattr(route.handler, "__doc__", None) or "").strip()
-        routes.setdefault(_PARAM.sub(r"{\1}", canonical), {})[route.method] = doc
+        routes.setdefault(_PARAM.sub(r"{\1}", canonical), {})[route.method] = route.handler
     paths: dict[str, Any] = {}
+    definitions = dict(ERROR_SCHEMAS)
     for path, methods in sorted(routes.items()):
         item: dict[str, Any] = {}
-        for method, doc in methods.items():
+        for method, handler in methods.items():
             if method == "HEAD" and "GET" in methods:
                 continue  # aiohttp's automatic HEAD of a GET
-            item[method.lower()] = _operation(method, path, doc, json_bodies)
+            item[method.lower()] = _operation(method, path, handler, json_bodies, definitions)
         paths[path] = item
     return {
         "openapi": "3.1.0",
         "info": {"title": title, "version": "1"},
         "paths": paths,
         "components": {
-            "schemas": ERROR_SCHEMAS,
+            "schemas": definitions,
             "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}},
         },
         # An API key when the node has keys; none when it has none.
@@ -141,8 +142,9 @@ def openapi_document(app: web.Application, title: str,
     }
 
 
-def _operation(method: str, path: str, doc: str,
-               json_bodies: Mapping[str, Fields]) -> dict[str, Any]:
+def _operation(method: str, path: str, handler: Any, json_bodies: Mapping[str, Fields],
+               definitions: dict[str, Any]) -> dict[str, Any]:
+    doc = (getattr(handler, "__doc__", None) or "").strip()
     error = "OIPError" if path.startswith("/v2") else "Error"
     operation: dict[str, Any] = {
         "operationId": f"{method.lower()} {path}",
@@ -161,9 +163,16 @@ def _operation(method: str, path: str, doc: str,
                   for name in _PARAM.findall(path)]
     parameters += [{"name": name, "in": "query", "required": False, "schema": dict(schema)}
                    for name, schema in QUERY.get((method, path), {}).items()]
+    query_model = getattr(handler, "query_model", None)
+    if query_model is not None:
+        parameters += query_parameters(query_model)
     if parameters:
         operation["parameters"] = parameters
-    if method in ("POST", "PUT", "PATCH"):
+    body_model = getattr(handler, "body_model", None)
+    if body_model is not None:
+        operation["requestBody"] = {"required": True, "content": {"application/json": {
+            "schema": json_schema(body_model, definitions)}}}
+    elif method in ("POST", "PUT", "PATCH"):
         operation["requestBody"] = _request_body(path, json_bodies)
     return operation
 

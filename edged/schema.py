@@ -1,0 +1,170 @@
+"""The one schema source: request bodies, query parameters and manifests are Pydantic v2
+models, declared once, and that declaration drives three things:
+
+- validation (:func:`validated`), in strict mode for JSON (``true`` is not ``1``, ``"1"``
+  is not ``1``; unknown fields are refused) and in lax mode for query strings, which are
+  text by nature;
+- the error: the first failure becomes :class:`~edged.errors.InvalidRequest` (or
+  :class:`~edged.errors.UnsupportedParameter`) whose ``param`` is the failing location,
+  written ``messages[0].content``;
+- the OpenAPI 3.1 document (:mod:`edged.http.openapi`), via :func:`json_schema`.
+
+Why Pydantic rather than msgspec: edged's bodies are small and parsed once, so speed is
+not the constraint; what matters is an exact error location for every failure, custom
+rules beside the types (refused fields, lone surrogates), and a JSON Schema generator
+whose output OpenAPI 3.1 and schemathesis read as they are. Pydantic does all three,
+and it is already in every environment edged runs in (the OpenAI client and schemathesis
+need it). Errors never echo the input (``hide_input_in_errors``): a prompt must not reach
+a log through an error message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any, ClassVar, TypeVar
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import PydanticCustomError
+
+from edged.errors import InvalidRequest, UnsupportedParameter
+
+M = TypeVar("M", bound=BaseModel)
+MAX_SHOWN = 64  # characters of an unknown field's name repeated in an error
+_UNSUPPORTED = "unsupported"  # the error type of a refused field or value
+
+
+class Body(BaseModel):
+    """A JSON request body (or a manifest): strict types, unknown fields refused,
+    immutable once validated."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True, allow_inf_nan=False,
+                              hide_input_in_errors=True)
+    endpoint: ClassVar[str] = "this endpoint"  # named in "'x' is not a parameter of ..."
+
+
+class Query(BaseModel):
+    """A request's query parameters: text converted to the declared types; parameters
+    edged does not read are ignored, as HTTP servers do."""
+
+    model_config = ConfigDict(strict=False, extra="ignore", frozen=True, allow_inf_nan=False,
+                              hide_input_in_errors=True)
+
+
+def validated(model: type[M], data: Any, *, strict: bool | None = None) -> M:
+    """``data`` as a ``model``, or the first failure as an edged error naming its param."""
+    if isinstance(model, type) and issubclass(model, Body) and not isinstance(data, dict):
+        raise InvalidRequest("the request body must be a JSON object")
+    try:
+        return model.model_validate(data, strict=strict)
+    except ValidationError as exc:
+        raise _edged_error(model, data, exc) from None
+
+
+def param_name(loc: tuple[int | str, ...]) -> str:
+    """A validation location as a param: ``("messages", 0, "content")`` is
+    ``messages[0].content``; long unknown names are cut."""
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            shown = part if len(part) <= MAX_SHOWN else part[:MAX_SHOWN - 3] + "..."
+            text += f".{shown}" if text else shown
+    return text
+
+
+def _edged_error(model: type[BaseModel], data: Any, exc: ValidationError) -> Exception:
+    errors = exc.errors(include_url=False, include_input=False)
+    # Unknown and refused fields first, in the body's order (what a client sent that
+    # edged would not honour), then type and range failures in declaration order.
+    order = list(data) if isinstance(data, dict) else []
+    refusals = [e for e in errors if e["type"] in ("extra_forbidden", _UNSUPPORTED)]
+    refusals.sort(key=lambda e: order.index(e["loc"][0]) if e["loc"] and e["loc"][0] in order
+                  else len(order))
+    error = (refusals or errors)[0]
+    param = param_name(error["loc"]) or None
+    if error["type"] == "extra_forbidden":
+        endpoint = getattr(model, "endpoint", "this endpoint") if len(error["loc"]) == 1 \
+            else "this object"
+        return UnsupportedParameter(f"'{param}' is not a parameter of {endpoint}",
+                                    param=param)
+    if error["type"] == _UNSUPPORTED:
+        return UnsupportedParameter(f"'{param}' is {error['msg']}", param=param)
+    if error["type"] == "missing":
+        return InvalidRequest(f"'{param}' is required", param=param)
+    if param is None:
+        return InvalidRequest(error["msg"])
+    message = error["msg"]
+    return InvalidRequest(f"'{param}': {message[:1].lower()}{message[1:]}", param=param)
+
+
+def refuse(why: str) -> PydanticCustomError:
+    """The error a validator raises for a field or value edged does not implement: 400
+    ``UnsupportedParameter`` reading "'<param>' is <why>"."""
+    return PydanticCustomError(_UNSUPPORTED, why)
+
+
+def invalid(message: str) -> PydanticCustomError:
+    """The error a validator raises for a value that breaks a rule the type cannot say."""
+    return PydanticCustomError("invalid", message)
+
+
+def _unicode_text(value: str) -> str:
+    """JSON allows lone surrogates; UTF-8, tokenizers and hashes do not."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise invalid("not valid Unicode text") from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(_unicode_text)]
+"""A string that is valid Unicode text."""
+
+
+def refused(why: str, neutral: Callable[[Any], bool] | None = None,
+            neutral_schema: Mapping[str, Any] | None = None) -> Any:
+    """A field edged does not implement: ``null``, or the ``neutral`` value that asks for
+    exactly what edged does anyway (``tools: []``), and nothing else."""
+
+    def check(value: Any) -> Any:
+        if value is not None and (neutral is None or not neutral(value)):
+            raise refuse(f"not supported: {why}")
+        return value
+
+    schema: dict[str, Any] = {"description": f"refused: {why}"}
+    schema["anyOf"] = [{"type": "null"}] + ([dict(neutral_schema)] if neutral_schema else [])
+    return Annotated[Any, AfterValidator(check), Field(json_schema_extra=schema)]
+
+
+def ignored(annotation: Any, why: str) -> Any:
+    """A field accepted and type-checked, and without effect; ``why`` says why that is
+    honest (and appears in the OpenAPI document)."""
+    return Annotated[annotation, Field(description=f"accepted without effect: {why}")]
+
+
+def json_schema(model: type[BaseModel], definitions: dict[str, Any]) -> dict[str, Any]:
+    """``model``'s JSON schema for an OpenAPI 3.1 document; nested models are added to
+    ``definitions`` (the document's ``components.schemas``) and referenced there."""
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}",
+                                     mode="validation")
+    for name, definition in schema.pop("$defs", {}).items():
+        definitions[name] = definition
+    return schema
+
+
+def query_parameters(model: type[Query]) -> list[dict[str, Any]]:
+    """``model``'s fields as OpenAPI query parameters."""
+    schema = model.model_json_schema(mode="validation")
+    required = set(schema.get("required", ()))
+    return [{"name": name, "in": "query", "required": name in required, "schema": field}
+            for name, field in schema.get("properties", {}).items()]
+
+
+def field_names(model: type[BaseModel]) -> frozenset[str]:
+    """The names ``model`` declares (for tests that compare a declaration with a use)."""
+    return frozenset(model.model_fields)
+
+
+__all__ = ["Body", "Query", "Text", "field_names", "ignored", "invalid", "json_schema",
+           "param_name", "query_parameters", "refuse", "refused", "validated"]
