@@ -31,7 +31,7 @@ from edged.http.metrics import HTTP_METRICS, http_metrics_middleware
 from edged.http.node import STARTUP_FAILURES, add_node_routes
 from edged.http.oip import add_v2_routes
 from edged.http.openai import add_openai_routes
-from edged.http.openapi import add_openapi_route, node_json_bodies
+from edged.http.openapi import add_openapi_route
 from edged.http.peers import add_peer_routes
 from edged.http.security import add_cors_headers, security_middleware
 from edged.http.sync_endpoint import REQUEST_VERIFIER, SYNC_ENDPOINT
@@ -89,7 +89,7 @@ def create_app(settings: Settings, *, loader: Loader = load_backend,
     add_audit_routes(app)
     add_v2_routes(app)
     add_metrics_route(app)
-    add_openapi_route(app, "edged node", node_json_bodies())
+    add_openapi_route(app, "edged node")
 
     # One context per resource, opened in this order and closed in the reverse order;
     # each releases what it opened if a later step of its own start-up fails.

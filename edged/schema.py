@@ -21,10 +21,19 @@ a log through an error message.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
-from pydantic_core import PydanticCustomError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
+    ValidationError,
+)
+from pydantic_core import CoreSchema, PydanticCustomError, core_schema
 
 from edged.errors import InvalidRequest, UnsupportedParameter
 
@@ -60,11 +69,19 @@ def validated(model: type[M], data: Any, *, strict: bool | None = None) -> M:
         raise _edged_error(model, data, exc) from None
 
 
-def param_name(loc: tuple[int | str, ...]) -> str:
+def param_name(loc: tuple[int | str, ...], data: Any, *, missing: bool = False) -> str:
     """A validation location as a param: ``("messages", 0, "content")`` is
-    ``messages[0].content``; long unknown names are cut."""
-    text = ""
-    for part in loc:
+    ``messages[0].content``; long unknown names are cut. Pydantic's locations also name
+    the member of a union it tried (``str``, ``list[str]``) and a dict key's check
+    (``[key]``); the ``data`` validated tells those from the body's own keys."""
+    text, here = "", data
+    for index, part in enumerate(loc):
+        in_body = isinstance(here, dict) and part in here or (
+            isinstance(here, list) and isinstance(part, int) and 0 <= part < len(here))
+        if in_body:
+            here = here[part]  # type: ignore[index]
+        elif not (missing and index == len(loc) - 1):
+            continue  # not a place in the body; a missing key (the last part) is kept
         if isinstance(part, int):
             text += f"[{part}]"
         else:
@@ -81,8 +98,13 @@ def _edged_error(model: type[BaseModel], data: Any, exc: ValidationError) -> Exc
     refusals = [e for e in errors if e["type"] in ("extra_forbidden", _UNSUPPORTED)]
     refusals.sort(key=lambda e: order.index(e["loc"][0]) if e["loc"] and e["loc"][0] in order
                   else len(order))
-    error = (refusals or errors)[0]
-    param = param_name(error["loc"]) or None
+    if refusals:
+        error = refusals[0]
+    else:  # the first field that failed; within it, the deepest place (in a union, the
+        # member that got furthest says more than "input should be a valid string")
+        first = [e for e in errors if e["loc"][:1] == errors[0]["loc"][:1]]
+        error = max(first, key=lambda e: len(e["loc"]))
+    param = param_name(error["loc"], data, missing=error["type"] == "missing") or None
     if error["type"] == "extra_forbidden":
         endpoint = getattr(model, "endpoint", "this endpoint") if len(error["loc"]) == 1 \
             else "this object"
@@ -122,25 +144,38 @@ Text = Annotated[str, AfterValidator(_unicode_text)]
 """A string that is valid Unicode text."""
 
 
-def refused(why: str, neutral: Callable[[Any], bool] | None = None,
-            neutral_schema: Mapping[str, Any] | None = None) -> Any:
-    """A field edged does not implement: ``null``, or the ``neutral`` value that asks for
-    exactly what edged does anyway (``tools: []``), and nothing else."""
+@dataclass(frozen=True)
+class Refused:
+    """Marks a field edged does not implement, in its annotation
+    (``Annotated[Any, Refused("why")] = None``): ``null``, or the ``neutral`` value that
+    asks for exactly what edged does anyway (``tools: []``), and nothing else; any other
+    value is a 400 ``UnsupportedParameter`` reading "'<field>' is not supported: <why>"."""
 
-    def check(value: Any) -> Any:
-        if value is not None and (neutral is None or not neutral(value)):
-            raise refuse(f"not supported: {why}")
+    why: str
+    neutral: Callable[[Any], bool] | None = None
+    neutral_schema: Mapping[str, Any] | None = None  # the neutral value, for the document
+
+    def __get_pydantic_core_schema__(self, source: Any,
+                                     handler: GetCoreSchemaHandler) -> CoreSchema:
+        return core_schema.no_info_after_validator_function(self._check, handler(source))
+
+    def __get_pydantic_json_schema__(self, schema: CoreSchema,
+                                     handler: GetJsonSchemaHandler) -> dict[str, Any]:
+        allowed = [{"type": "null"}] + ([dict(self.neutral_schema)] if self.neutral_schema
+                                        else [])
+        return {"anyOf": allowed, "description": f"refused: {self.why}"}
+
+    def _check(self, value: Any) -> Any:
+        if value is not None and (self.neutral is None or not self.neutral(value)):
+            raise refuse(f"not supported: {self.why}")
         return value
 
-    schema: dict[str, Any] = {"description": f"refused: {why}"}
-    schema["anyOf"] = [{"type": "null"}] + ([dict(neutral_schema)] if neutral_schema else [])
-    return Annotated[Any, AfterValidator(check), Field(json_schema_extra=schema)]
 
-
-def ignored(annotation: Any, why: str) -> Any:
-    """A field accepted and type-checked, and without effect; ``why`` says why that is
-    honest (and appears in the OpenAPI document)."""
-    return Annotated[annotation, Field(description=f"accepted without effect: {why}")]
+def ignored(why: str) -> Any:
+    """Field metadata for a field accepted and type-checked, and without effect
+    (``Annotated[str, ignored("why")]``); ``why`` says why that is honest, in the OpenAPI
+    document too."""
+    return Field(description=f"accepted without effect: {why}")
 
 
 def json_schema(model: type[BaseModel], definitions: dict[str, Any]) -> dict[str, Any]:
@@ -161,10 +196,11 @@ def query_parameters(model: type[Query]) -> list[dict[str, Any]]:
             for name, field in schema.get("properties", {}).items()]
 
 
-def field_names(model: type[BaseModel]) -> frozenset[str]:
-    """The names ``model`` declares (for tests that compare a declaration with a use)."""
-    return frozenset(model.model_fields)
+def refused_fields(model: type[BaseModel]) -> list[str]:
+    """The fields ``model`` declares :class:`Refused`, in declaration order."""
+    return [name for name, info in model.model_fields.items()
+            if any(isinstance(item, Refused) for item in info.metadata)]
 
 
-__all__ = ["Body", "Query", "Text", "field_names", "ignored", "invalid", "json_schema",
-           "param_name", "query_parameters", "refuse", "refused", "validated"]
+__all__ = ["Body", "Query", "Refused", "Text", "ignored", "invalid", "json_schema",
+           "param_name", "query_parameters", "refuse", "refused_fields", "validated"]

@@ -1,25 +1,34 @@
-"""Typed requests, validated from JSON bodies.
+"""The OpenAI request bodies, declared once, and the typed requests they become.
 
-Validation turns any bad field into :class:`InvalidRequest` naming the
-``param``; nothing downstream sees an unchecked value. Each OpenAI endpoint declares
-its request fields once (:data:`CHAT_FIELDS`, :data:`COMPLETION_FIELDS`,
-:data:`EMBEDDING_FIELDS`): a field edged does not implement is refused with 400,
-never silently ignored, so a client never pays for an answer it did not ask for.
+:class:`ChatBody`, :class:`CompletionBody` and :class:`EmbeddingBody` are strict Pydantic
+models (:mod:`edged.schema`): the one declaration of every field an endpoint knows, with
+its type and range, that validates the body, names the failing ``param``, and is the
+endpoint's schema in ``/openapi.json``. A field edged does not implement is declared
+``refused`` and answered with 400, never silently ignored, so a client never pays for an
+answer it did not ask for; a field without effect is declared ``ignored``, with why.
+The rules between fields (``max_tokens`` against ``max_completion_tokens``, tools
+against logprobs and grammars) run when a body becomes a :class:`GenerateRequest`.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import AfterValidator, Field, model_validator
 
 from edged.errors import InvalidRequest, UnsupportedParameter
+from edged.schema import Body, Refused, Text, ignored, invalid, refuse, validated
 from edged.structured import grammar_for, schema_grammar
 from edged.tools import (
     MAX_CALLS,
+    MAX_TOOLS,
+    TOOL_NAME,
     Message,
+    Tool,
     ToolCall,
     ToolUse,
     conversation,
@@ -28,7 +37,6 @@ from edged.tools import (
 )
 from runtimes import GenerationParams, Prompt
 
-T = TypeVar("T")
 MAX_STOP_SEQUENCES = 4
 MAX_EMBEDDING_INPUTS = 256
 MAX_LOGIT_BIAS = 300  # OpenAI's limit on logit_bias entries
@@ -97,37 +105,13 @@ class EmbeddingRequest:
     encoding_format: str = "float"  # or "base64": little-endian float32 bytes
 
 
-def _get(body: dict[str, Any], name: str, check: Callable[[Any], bool], expected: str,
-         default: Any = None, *, required: bool = False) -> Any:
-    if name not in body or body[name] is None:
-        if required:
-            raise InvalidRequest(f"'{name}' is required", param=name)
-        return default
-    value = body[name]
-    if not check(value):
-        raise InvalidRequest(f"'{name}' must be {expected}", param=name)
-    return value
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _is_str(value: Any) -> bool:
-    return isinstance(value, str)
-
-
 def parse_keep_alive(value: Any) -> float | None:
     """Seconds as a number, or a duration like ``"5m"``, ``"30s"``, ``"-1"`` (as Ollama).
     Anything beyond ``MAX_KEEP_ALIVE`` means forever (-1)."""
     seconds: float | None = None
     if value is None:
         return None
-    if _is_number(value):
+    if isinstance(value, int | float) and not isinstance(value, bool):
         seconds = float(value)
     elif isinstance(value, str) and (match := _DURATION.fullmatch(value.strip())):
         seconds = float(match.group(1)) * _UNITS[match.group(2)]
@@ -137,456 +121,341 @@ def parse_keep_alive(value: Any) -> float | None:
     return -1.0 if seconds > MAX_KEEP_ALIVE else seconds
 
 
-def _text(value: str, param: str) -> str:
-    """Strings must be valid Unicode text (JSON allows lone surrogates; UTF-8 does not)."""
+
+
+def _keep_alive(value: float | str) -> float | str:
     try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidRequest(f"'{param}' is not valid Unicode text", param=param) from None
+        parse_keep_alive(value)
+    except InvalidRequest:
+        raise invalid("seconds, or a duration like '5m'") from None
     return value
 
 
-def _never(value: Any) -> bool:
-    return False
+# Field types, each declared once and shared by the bodies below.
+ModelName = Annotated[str, Field(min_length=1, max_length=128)]
+KeepAlive = Annotated[float | Annotated[str, Field(pattern=_DURATION.pattern)],
+                      AfterValidator(_keep_alive),
+                      Field(description="seconds, or a duration like '5m'; negative: forever")]
+Penalty = Annotated[float, Field(ge=-2, le=2)]  # OpenAI's range
+RepeatPenalty = Annotated[float, Field(ge=0, le=10)]
+TopLogprobs = Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)]
+StopText = Annotated[Text, Field(min_length=1)]
+UserId = Annotated[str, ignored("an end-user id for the provider's abuse monitoring; edged "
+                                "neither stores nor logs it")]
 
 
-def _is_zero(value: Any) -> bool:
-    return _is_number(value) and value == 0
+def _is_exactly(expected: Any) -> Callable[[Any], bool]:
+    """A neutral value test that tells ``true`` from ``1`` (JSON does, Python does not)."""
+    return lambda value: type(value) is type(expected) and value == expected
 
 
-def _is_empty_list(value: Any) -> bool:
-    return isinstance(value, list) and not value
+def _only_one(value: int) -> int:
+    if value > 1:
+        raise refuse("limited to 1: edged answers one choice per request")
+    return value
 
 
-def _is_empty_object(value: Any) -> bool:
-    return isinstance(value, dict) and not value
+def _no_obfuscation(value: bool) -> bool:
+    # include_obfuscation pads chunks against length side channels; edged does not.
+    if value:
+        raise refuse("not supported: edged does not pad stream chunks")
+    return value
 
 
-def _is_bool(value: Any) -> bool:
-    return isinstance(value, bool)
+class _Nested(Body):
+    endpoint: ClassVar[str] = "this object"
 
 
-def _is_metadata(value: Any) -> bool:
-    """OpenAI's limits: at most 16 string pairs, keys up to 64 and values up to 512 chars."""
-    return isinstance(value, dict) and len(value) <= 16 and all(
-        isinstance(k, str) and len(k) <= 64 and isinstance(v, str) and len(v) <= 512
-        for k, v in value.items())
+class StreamOptions(_Nested):
+    include_usage: bool | None = None
+    include_obfuscation: Annotated[bool, AfterValidator(_no_obfuscation)] | None = None
 
 
-@dataclass(frozen=True)
-class Ignored:
-    """A field accepted, type-checked, and without effect; ``why`` says why that is honest."""
-
-    why: str
-    valid: Callable[[Any], bool]
-    expected: str
-    schema: Mapping[str, Any] = field(default_factory=dict)  # ``valid``, for the OpenAPI document
+class JsonSchemaFormat(_Nested):
+    name: Annotated[str, Field(min_length=1, max_length=64)]
+    description: str | None = None
+    schema_: Annotated[dict[str, Any] | None, Field(alias="schema")] = None
+    strict: bool | None = None
 
 
-@dataclass(frozen=True)
-class Refused:
-    """A field edged does not implement: 400 naming it, except for ``null`` and the
-    ``neutral`` value, which asks for exactly what edged does anyway (``tools: []``).
-    ``why`` completes the error message "'<field>' is ..."."""
-
-    why: str
-    neutral: Callable[[Any], bool] = _never
+class ResponseFormat(_Nested):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
 
 
-@dataclass(frozen=True)
-class Fields:
-    """The one declaration of an endpoint's request fields.
-
-    ``parsed``: parsed below into the typed request, each with the JSON-schema fragment
-    of the values the parser accepts (``null`` always means absent); the OpenAPI document
-    (:mod:`edged.http.openapi`) is built from these. ``ignored`` and ``refused``: the
-    other fields edged knows. Any other field is refused as unknown. Supporting a
-    refused field means moving its name from ``refused`` to ``parsed`` and parsing it.
-    """
-
-    endpoint: str
-    parsed: Mapping[str, Mapping[str, Any]]
-    ignored: Mapping[str, Ignored]
-    refused: Mapping[str, Refused]
-
-    def check(self, body: dict[str, Any]) -> None:
-        """Raise for the first field (in body order) that edged would not honour."""
-        for name, value in body.items():
-            if name in self.parsed:
-                continue
-            shown = name if len(name) <= 64 else name[:61] + "..."
-            if name in self.ignored:
-                rule = self.ignored[name]
-                if value is not None and not rule.valid(value):
-                    raise InvalidRequest(f"'{shown}' must be {rule.expected}", param=shown)
-            elif name in self.refused:
-                if value is not None and not self.refused[name].neutral(value):
-                    raise UnsupportedParameter(
-                        f"'{shown}' is {self.refused[name].why}", param=shown)
-            else:
-                raise UnsupportedParameter(
-                    f"'{shown}' is not a parameter of {self.endpoint}", param=shown)
+class TextPart(_Nested):
+    type: Literal["text"]
+    text: Text
 
 
-def _unsupported(reason: str, neutral: Callable[[Any], bool] = _never) -> Refused:
-    return Refused(f"not supported: {reason}", neutral)
+class CalledFunction(_Nested):
+    name: str
+    arguments: str  # JSON text, as OpenAI sends it
 
 
-_USER_ID = Ignored("an end-user id for the provider's abuse monitoring; edged neither "
-                   "stores nor logs it", _is_str, "a string", {"type": "string"})
-_NUMBER, _INTEGER, _BOOLEAN = {"type": "number"}, {"type": "integer"}, {"type": "boolean"}
-_STRING = {"type": "string"}
+class CallBody(_Nested):
+    id: str
+    type: Literal["function"] | None = None
+    function: CalledFunction
 
 
-def _within(low: float, high: float, kind: str = "number") -> dict[str, Any]:
-    return {"type": kind, "minimum": low, "maximum": high}
+class ChatMessage(_Nested):
+    """A chat message. Keys beyond these with a ``null`` value are dropped; with any other
+    value (``name``, ``audio``...) they are refused, naming ``messages[i].key``."""
+
+    role: Literal[ROLES]  # type: ignore[valid-type]
+    content: Text | list[TextPart] | None = None
+    tool_calls: Annotated[list[CallBody], Field(min_length=1, max_length=MAX_CALLS)] | None = None
+    tool_call_id: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _without_nulls(cls, data: Any) -> Any:
+        return {k: v for k, v in data.items() if v is not None} if isinstance(data, dict) \
+            else data
+
+    @model_validator(mode="after")
+    def _tool_fields(self) -> ChatMessage:
+        if self.tool_calls is not None and self.role != "assistant":
+            raise invalid("'tool_calls' is for assistant messages")
+        if (self.role == "tool") != (self.tool_call_id is not None):
+            raise invalid("'tool_call_id' is required on tool messages, and only there")
+        if self.content is None and not self.tool_calls:
+            raise invalid("'content' is required unless the message calls tools")
+        return self
+
+    def message(self) -> Message:
+        content = self.content or ""
+        if isinstance(content, list):  # content parts: only text is supported
+            content = "".join(part.text for part in content)
+        calls = tuple(ToolCall(c.id, c.function.name, c.function.arguments)
+                      for c in self.tool_calls or ())
+        return Message("system" if self.role == "developer" else self.role, content, calls,
+                       self.tool_call_id)
 
 
-_GENERATION_PARSED: dict[str, Mapping[str, Any]] = {
-    "model": {"type": "string", "minLength": 1, "maxLength": 128},
-    "stream": _BOOLEAN,
-    "stream_options": {"type": "object", "additionalProperties": False, "properties": {
-        "include_usage": _BOOLEAN, "include_obfuscation": {"const": False}}},
-    "max_tokens": {"type": "integer", "minimum": 1},
-    "max_completion_tokens": {"type": "integer", "minimum": 1},
-    "temperature": _within(0, 2),
-    "top_p": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
-    "seed": _INTEGER,
-    "stop": {"anyOf": [_STRING, {"type": "array", "maxItems": MAX_STOP_SEQUENCES,
-                                 "items": {"type": "string", "minLength": 1}}]},
-    "n": {"type": "integer", "minimum": 1, "maximum": 1},
-    "keep_alive": {"anyOf": [_NUMBER, {"type": "string", "pattern": _DURATION.pattern}],
-                   "description": "seconds, or a duration like '5m'; negative: forever"},
-    "cache_prompt": _BOOLEAN,
+class FunctionSpec(_Nested):
+    name: Annotated[str, Field(pattern=TOOL_NAME.pattern)]
+    description: str | None = None
+    parameters: dict[str, Any] | None = None  # a JSON schema; none: no arguments
+    strict: bool | None = None  # always strict: required calls are grammar-constrained
+
+
+class ToolSpec(_Nested):
+    type: Literal["function"]
+    function: FunctionSpec
+
+
+class NamedFunction(_Nested):
+    name: str
+
+
+class NamedChoice(_Nested):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class _OpenAIBody(Body):
+    """What every OpenAI body shares: ``null`` means absent, for every declared field."""
+
+    model: ModelName
+    keep_alive: KeepAlive | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nulls_are_absent(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        return {k: v for k, v in data.items() if v is not None or k not in cls.model_fields}
+
+
+class _GenerationBody(_OpenAIBody):
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Field(gt=0, le=1)] | None = None
+    seed: int | None = None
+    stop: Text | Annotated[list[StopText], Field(max_length=MAX_STOP_SEQUENCES)] | None = None
+    n: Annotated[int, Field(ge=1), AfterValidator(_only_one)] | None = None
+    cache_prompt: bool | None = None
     # sampling (llama.cpp's native chain) and structured output (a grammar)
-    "presence_penalty": _within(-2, 2),
-    "frequency_penalty": _within(-2, 2),
-    "logit_bias": {"type": "object", "maxProperties": MAX_LOGIT_BIAS,
-                   "propertyNames": {"pattern": "^[0-9]{1,9}$"},
-                   "additionalProperties": _within(-100, 100)},
-    "top_k": _within(0, 100_000, "integer"),
-    "min_p": _within(0, 1),
-    "repeat_penalty": _within(0, 10),
-    "repetition_penalty": _within(0, 10),
-    "response_format": {"type": "object", "required": ["type"], "properties": {
-        "type": {"enum": ["text", "json_object", "json_schema"]},
-        "json_schema": {"type": "object"}}},
-    "format": {"anyOf": [{"const": "json"}, {"type": "object"}],
-               "description": "Ollama's structured output: \"json\" or a JSON schema"},
-}
-_MESSAGE_SCHEMA = {
-    "type": "object", "required": ["role", "content"],
-    "properties": {
-        "role": {"enum": list(ROLES)},
-        "content": {"anyOf": [_STRING, {"type": "array", "items": {
-            "type": "object", "required": ["type", "text"],
-            "properties": {"type": {"const": "text"}, "text": _STRING}}}]},
-        "tool_calls": {"type": "array", "minItems": 1, "maxItems": MAX_CALLS, "items": {
-            "type": "object", "required": ["id", "function"], "properties": {
-                "id": _STRING, "type": {"const": "function"},
-                "function": {"type": "object", "required": ["name", "arguments"],
-                             "properties": {"name": _STRING, "arguments": _STRING}}}}},
-        "tool_call_id": _STRING,
-    }}
-CHAT_FIELDS = Fields(
-    "/v1/chat/completions",
-    parsed=_GENERATION_PARSED | {
-        "messages": {"type": "array", "minItems": 1, "items": _MESSAGE_SCHEMA},
-        "logprobs": _BOOLEAN,
-        "top_logprobs": _within(0, MAX_TOP_LOGPROBS, "integer"),
-        "tools": {"type": "array", "items": {"type": "object", "required": ["type"],
-                                             "properties": {"type": {"const": "function"}}}},
-        "tool_choice": {"anyOf": [{"enum": ["none", "auto", "required"]},
-                                  {"type": "object"}]},
-    },
-    ignored={
-        "user": _USER_ID,
-        "safety_identifier": _USER_ID,
-        "metadata": Ignored("tags for stored completions; edged stores none",
-                            _is_metadata, "at most 16 string pairs",
-                            {"type": "object", "maxProperties": 16,
-                             "propertyNames": {"maxLength": 64},
-                             "additionalProperties": {"type": "string", "maxLength": 512}}),
-        "service_tier": Ignored("edged has one tier", lambda v: v in ("auto", "default"),
-                                "'auto' or 'default'", {"enum": ["auto", "default"]}),
-        "parallel_tool_calls": Ignored("every call the model makes is returned; required "
-                                       "and named choices make exactly one", _is_bool,
-                                       "a boolean", {"type": "boolean"}),
-        "prompt_cache_key": Ignored("edged reuses shared prompt prefixes by itself "
-                                    "(cache_prompt)", _is_str, "a string", {"type": "string"}),
-    },
-    refused={
-        "functions": _unsupported("deprecated by OpenAI in favour of 'tools'", _is_empty_list),
-        "function_call": _unsupported("deprecated by OpenAI in favour of 'tool_choice'",
-                                      lambda v: v == "none"),
-        "store": _unsupported("edged never stores prompts or outputs", lambda v: v is False),
-        "modalities": _unsupported("edged generates text only", lambda v: v == ["text"]),
-        "audio": _unsupported("edged generates text only"),
-        "prediction": _unsupported("edged has no predicted outputs"),
-        "reasoning_effort": _unsupported("edged has no reasoning-effort control"),
-        "verbosity": _unsupported("edged has no verbosity control"),
-        "web_search_options": _unsupported("edged has no web search"),
-        "prompt_cache_retention": _unsupported("edged keeps no prompt cache across loads"),
-    })
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    logit_bias: Annotated[
+        dict[Annotated[str, Field(pattern="^[0-9]{1,9}$")],
+             Annotated[float, Field(ge=-100, le=100)]],
+        Field(max_length=MAX_LOGIT_BIAS)] | None = None
+    top_k: Annotated[int, Field(ge=0, le=100_000)] | None = None
+    min_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    repeat_penalty: RepeatPenalty | None = None
+    repetition_penalty: RepeatPenalty | None = None
+    response_format: ResponseFormat | None = None
+    format: Annotated[Literal["json"] | dict[str, Any], Field(
+        description="Ollama's structured output: \"json\" or a JSON schema")] | None = None
 
-COMPLETION_FIELDS = Fields(
-    "/v1/completions",
-    parsed=_GENERATION_PARSED | {
-        "prompt": {"anyOf": [_STRING, {"type": "array", "minItems": 1, "maxItems": 1,
-                                       "items": _STRING}]},
-        "logprobs": _within(0, MAX_TOP_LOGPROBS, "integer"),
-    },
-    ignored={"user": _USER_ID},
-    refused={
-        "echo": _unsupported("edged does not echo prompts", lambda v: v is False),
-        "best_of": _unsupported("one candidate per request", lambda v: _is_int(v) and v == 1),
-        "suffix": _unsupported("edged has no fill-in-the-middle"),
-    })
+    def params(self, default_max_tokens: int, logprobs: int | None) -> GenerationParams:
+        """The generation parameters, after the rules between fields."""
+        if None not in (self.max_tokens, self.max_completion_tokens) and \
+                self.max_tokens != self.max_completion_tokens:
+            raise InvalidRequest("'max_tokens' and 'max_completion_tokens' differ; give one",
+                                 param="max_completion_tokens")
+        if None not in (self.repeat_penalty, self.repetition_penalty) and \
+                self.repeat_penalty != self.repetition_penalty:
+            raise InvalidRequest("'repeat_penalty' and 'repetition_penalty' differ; give one",
+                                 param="repetition_penalty")
+        max_tokens = self.max_tokens or self.max_completion_tokens or default_max_tokens
+        repeat = self.repeat_penalty if self.repeat_penalty is not None \
+            else self.repetition_penalty
+        stops = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+        return GenerationParams(
+            max_tokens=max_tokens,
+            temperature=1.0 if self.temperature is None else self.temperature,
+            top_p=1.0 if self.top_p is None else self.top_p,
+            stop=tuple(s for s in stops if s), seed=self.seed,
+            cache_prompt=self.cache_prompt is not False, grammar=self._grammar(),
+            logprobs=logprobs,
+            presence_penalty=self.presence_penalty or 0.0,
+            frequency_penalty=self.frequency_penalty or 0.0,
+            repeat_penalty=repeat,
+            logit_bias=tuple(sorted((int(k), v) for k, v in (self.logit_bias or {}).items())),
+            top_k=self.top_k, min_p=self.min_p)
 
-EMBEDDING_FIELDS = Fields(
-    "/v1/embeddings",
-    parsed={
-        "model": _GENERATION_PARSED["model"],
-        "input": {"anyOf": [_STRING, {"type": "array", "minItems": 1,
-                                      "maxItems": MAX_EMBEDDING_INPUTS, "items": _STRING}]},
-        "encoding_format": {"enum": ["float", "base64"]},
-        "keep_alive": _GENERATION_PARSED["keep_alive"],
-    },
-    ignored={"user": _USER_ID},
-    refused={"dimensions": _unsupported("edged returns the model's full vectors")},
-)
-
-MESSAGE_FIELDS = frozenset({"role", "content", "tool_calls", "tool_call_id"})
-"""Chat message keys; any other key with a non-null value (``name``, ``audio``...) is
-refused, naming it as ``messages[i].key``."""
-
-
-def _max_tokens(body: dict[str, Any], default: int) -> int:
-    """``max_tokens``, or its newer OpenAI name ``max_completion_tokens``."""
-    check, expected = (lambda v: _is_int(v) and v >= 1), "a positive integer"
-    old = _get(body, "max_tokens", check, expected)
-    new = _get(body, "max_completion_tokens", check, expected)
-    if old is not None and new is not None and old != new:
-        raise InvalidRequest("'max_tokens' and 'max_completion_tokens' differ; give one",
-                             param="max_completion_tokens")
-    value: int = old if old is not None else new if new is not None else default
-    return value
-
-
-def _sampling(body: dict[str, Any]) -> dict[str, Any]:
-    """The sampler fields beyond temperature and top_p (llama.cpp's native chain)."""
-    def number_within(low: float, high: float) -> Callable[[Any], bool]:
-        return lambda v: _is_number(v) and low <= v <= high
-
-    penalty = number_within(-2.0, 2.0)  # OpenAI's range
-    repeat = _get(body, "repeat_penalty", number_within(0.0, 10.0), "a number within 0..10")
-    alias = _get(body, "repetition_penalty", number_within(0.0, 10.0),
-                 "a number within 0..10")
-    if repeat is not None and alias is not None and repeat != alias:
-        raise InvalidRequest("'repeat_penalty' and 'repetition_penalty' differ; give one",
-                             param="repetition_penalty")
-    bias = _get(body, "logit_bias", lambda v: isinstance(v, dict) and len(v) <= MAX_LOGIT_BIAS,
-                f"an object of at most {MAX_LOGIT_BIAS} token ids", {})
-    pairs = []
-    for token, value in bias.items():
-        if not (isinstance(token, str) and token.isdigit() and len(token) <= 9) or not (
-                _is_number(value) and -100 <= value <= 100):
-            raise InvalidRequest("'logit_bias' maps token ids to numbers within -100..100",
-                                 param="logit_bias")
-        pairs.append((int(token), float(value)))
-    top_k = _get(body, "top_k", lambda v: _is_int(v) and 0 <= v <= 100_000,
-                 "an integer within 0..100000")
-    min_p = _get(body, "min_p", number_within(0.0, 1.0), "a number within 0..1")
-    return {
-        "presence_penalty": float(_get(body, "presence_penalty", penalty,
-                                       "a number within -2..2", 0.0)),
-        "frequency_penalty": float(_get(body, "frequency_penalty", penalty,
-                                        "a number within -2..2", 0.0)),
-        "repeat_penalty": None if repeat is None and alias is None else float(
-            repeat if repeat is not None else alias),
-        "logit_bias": tuple(sorted(pairs)),
-        "top_k": top_k,
-        "min_p": None if min_p is None else float(min_p),
-    }
-
-
-def _structured(body: dict[str, Any]) -> str | None:
-    """The grammar for ``response_format`` (OpenAI) or ``format`` (Ollama: "json" or a
-    JSON schema)."""
-    response_format = body.get("response_format")
-    ollama = body.get("format")
-    if response_format is not None and ollama is not None:
-        raise InvalidRequest("give 'response_format' or 'format', not both", param="format")
-    if ollama is not None:
-        if ollama == "json":
+    def _grammar(self) -> str | None:
+        """The grammar for ``response_format`` (OpenAI) or ``format`` (Ollama: "json" or
+        a JSON schema)."""
+        if self.response_format is not None and self.format is not None:
+            raise InvalidRequest("give 'response_format' or 'format', not both", param="format")
+        if self.format == "json":
             return grammar_for({"type": "json_object"}, "format")
-        if isinstance(ollama, dict):
-            return schema_grammar(ollama, "format")
-        raise InvalidRequest("'format' must be \"json\" or a JSON schema", param="format")
-    return grammar_for(response_format)
+        if isinstance(self.format, dict):
+            return schema_grammar(self.format, "format")
+        if self.response_format is None:
+            return None
+        return grammar_for(self.response_format.model_dump(exclude_none=True, by_alias=True))
+
+    def streaming(self) -> tuple[bool, bool]:
+        """``stream`` and ``stream_options.include_usage``."""
+        options = self.stream_options
+        return bool(self.stream), bool(options is not None and options.include_usage)
 
 
-def _logprobs(body: dict[str, Any], chat: bool) -> int | None:
-    """How many alternatives per token to return (None: no logprobs). Chat: ``logprobs``
-    true and ``top_logprobs`` 0..20; completions: ``logprobs`` 0..20."""
-    if not chat:
-        value: int | None = _get(body, "logprobs",
-                                 lambda v: _is_int(v) and 0 <= v <= MAX_TOP_LOGPROBS,
-                                 f"an integer within 0..{MAX_TOP_LOGPROBS}")
-        return value
-    wanted = _get(body, "logprobs", _is_bool, "a boolean", False)
-    top = _get(body, "top_logprobs", lambda v: _is_int(v) and 0 <= v <= MAX_TOP_LOGPROBS,
-               f"an integer within 0..{MAX_TOP_LOGPROBS}")
-    if top and not wanted:
-        raise InvalidRequest("'top_logprobs' needs 'logprobs': true", param="top_logprobs")
-    return (top or 0) if wanted else None
+class ChatBody(_GenerationBody):
+    """``POST /v1/chat/completions``. Every field OpenAI's API knows is declared: parsed,
+    accepted without effect (with the reason), or refused (with the reason); any other
+    field is refused as unknown, so a client never pays for an answer it did not ask for."""
+
+    endpoint: ClassVar[str] = "/v1/chat/completions"
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    logprobs: bool | None = None
+    top_logprobs: TopLogprobs | None = None
+    tools: Annotated[list[ToolSpec], Field(max_length=MAX_TOOLS)] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedChoice | None = None
+    # accepted without effect
+    user: UserId | None = None
+    safety_identifier: UserId | None = None
+    metadata: Annotated[dict[Annotated[str, Field(max_length=64)],
+                             Annotated[str, Field(max_length=512)]],
+                        Field(max_length=16),
+                        ignored("tags for stored completions; edged stores none")] | None = None
+    service_tier: Annotated[Literal["auto", "default"],
+                            ignored("edged has one tier")] | None = None
+    parallel_tool_calls: Annotated[bool, ignored(
+        "every call the model makes is returned; required and named choices make exactly "
+        "one")] | None = None
+    prompt_cache_key: Annotated[str, ignored(
+        "edged reuses shared prompt prefixes by itself (cache_prompt)")] | None = None
+    # refused
+    functions: Annotated[Any, Refused(
+        "deprecated by OpenAI in favour of 'tools'", lambda v: v == [], {"const": []})] = None
+    function_call: Annotated[Any, Refused(
+        "deprecated by OpenAI in favour of 'tool_choice'", _is_exactly("none"),
+        {"const": "none"})] = None
+    store: Annotated[Any, Refused("edged never stores prompts or outputs",
+                                  _is_exactly(False), {"const": False})] = None
+    modalities: Annotated[Any, Refused("edged generates text only", lambda v: v == ["text"],
+                                       {"const": ["text"]})] = None
+    audio: Annotated[Any, Refused("edged generates text only")] = None
+    prediction: Annotated[Any, Refused("edged has no predicted outputs")] = None
+    reasoning_effort: Annotated[Any, Refused("edged has no reasoning-effort control")] = None
+    verbosity: Annotated[Any, Refused("edged has no verbosity control")] = None
+    web_search_options: Annotated[Any, Refused("edged has no web search")] = None
+    prompt_cache_retention: Annotated[Any, Refused(
+        "edged keeps no prompt cache across loads")] = None
+
+    def request(self, *, default_max_tokens: int) -> GenerateRequest:
+        """The typed request: tools, logprobs and grammars checked against each other."""
+        if self.top_logprobs and not self.logprobs:
+            raise InvalidRequest("'top_logprobs' needs 'logprobs': true", param="top_logprobs")
+        tools = tuple(Tool(t.function.name, t.function.description or "",
+                           t.function.parameters or {"type": "object", "properties": {}})
+                      for t in self.tools or ())
+        choice = self.tool_choice
+        use = parse_tools(tools, choice if not isinstance(choice, NamedChoice)
+                          else f"function:{choice.function.name}")
+        logprobs = (self.top_logprobs or 0) if self.logprobs else None
+        params = self.params(default_max_tokens, logprobs)
+        if use is not None:
+            if params.logprobs is not None:
+                raise UnsupportedParameter("'logprobs' cannot be combined with tools yet",
+                                           param="logprobs")
+            grammar = use.grammar()
+            if grammar is not None:
+                if params.grammar is not None:
+                    raise InvalidRequest("a required tool call and a response format exclude "
+                                         "each other", param="tool_choice")
+                params = replace(params, grammar=grammar)
+        stream, include_usage = self.streaming()
+        return GenerateRequest("chat", self.model, tuple(m.message() for m in self.messages),
+                               params, stream, include_usage, parse_keep_alive(self.keep_alive),
+                               use)
 
 
-def _params(body: dict[str, Any], default_max_tokens: int, *, chat: bool) -> GenerationParams:
-    max_tokens = _max_tokens(body, default_max_tokens)
-    temperature = _get(body, "temperature", lambda v: _is_number(v) and 0 <= v <= 2,
-                       "a number between 0 and 2", 1.0)
-    top_p = _get(body, "top_p", lambda v: _is_number(v) and 0 < v <= 1,
-                 "a number in (0, 1]", 1.0)
-    seed = _get(body, "seed", _is_int, "an integer")
-    stop = _get(body, "stop", lambda v: isinstance(v, str) or (
-        isinstance(v, list) and len(v) <= MAX_STOP_SEQUENCES
-        and all(isinstance(s, str) and s for s in v)),
-        f"a string or a list of at most {MAX_STOP_SEQUENCES} non-empty strings", [])
-    stops = tuple(_text(s, "stop") for s in ((stop,) if isinstance(stop, str) else stop))
-    n = _get(body, "n", lambda v: _is_int(v) and v >= 1, "a positive integer")
-    if n is not None and n > 1:
-        raise UnsupportedParameter("'n' must be 1: edged answers one choice per request",
-                                   param="n")
-    cache_prompt = _get(body, "cache_prompt", lambda v: isinstance(v, bool), "a boolean", True)
-    return GenerationParams(max_tokens=max_tokens, temperature=float(temperature),
-                            top_p=float(top_p), stop=tuple(s for s in stops if s), seed=seed,
-                            cache_prompt=cache_prompt, grammar=_structured(body),
-                            logprobs=_logprobs(body, chat), **_sampling(body))
+class CompletionBody(_GenerationBody):
+    """``POST /v1/completions`` (OpenAI's legacy completions), declared as :class:`ChatBody`."""
+
+    endpoint: ClassVar[str] = "/v1/completions"
+    prompt: Text | Annotated[list[Text], Field(min_length=1, max_length=1)]
+    logprobs: TopLogprobs | None = None
+    user: UserId | None = None
+    echo: Annotated[Any, Refused("edged does not echo prompts", _is_exactly(False),
+                                 {"const": False})] = None
+    best_of: Annotated[Any, Refused("one candidate per request", _is_exactly(1),
+                                    {"const": 1})] = None
+    suffix: Annotated[Any, Refused("edged has no fill-in-the-middle")] = None
+
+    def request(self, *, default_max_tokens: int) -> GenerateRequest:
+        prompt = self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+        stream, include_usage = self.streaming()
+        return GenerateRequest("completion", self.model, prompt,
+                               self.params(default_max_tokens, self.logprobs), stream,
+                               include_usage, parse_keep_alive(self.keep_alive))
 
 
-def _message(index: int, raw: Any) -> Message:
-    param = f"messages[{index}]"
-    if not isinstance(raw, dict):
-        raise InvalidRequest(f"'{param}' must be an object", param=param)
-    for key, value in raw.items():
-        if key not in MESSAGE_FIELDS and value is not None:
-            shown = f"{param}.{key if len(key) <= 64 else key[:61] + '...'}"
-            raise UnsupportedParameter(f"'{shown}' is not supported", param=shown)
-    role = raw.get("role")
-    if role not in ROLES:
-        raise InvalidRequest(f"'{param}.role' must be one of {list(ROLES)}", param=param)
-    calls = _tool_calls(raw.get("tool_calls"), f"{param}.tool_calls") \
-        if role == "assistant" else ()
-    if raw.get("tool_calls") is not None and role != "assistant":
-        raise InvalidRequest(f"'{param}.tool_calls' is for assistant messages", param=param)
-    content = raw.get("content")
-    if content is None and calls:
-        content = ""
-    if isinstance(content, list):  # content parts: only text is supported
-        texts = []
-        for part in content:
-            if not (isinstance(part, dict) and part.get("type") == "text"
-                    and isinstance(part.get("text"), str)):
-                raise InvalidRequest(f"'{param}.content' parts must be text", param=param)
-            texts.append(part["text"])
-        content = "".join(texts)
-    if not isinstance(content, str):
-        raise InvalidRequest(f"'{param}.content' must be a string", param=param)
-    call_id = raw.get("tool_call_id")
-    if (role == "tool") != isinstance(call_id, str):
-        raise InvalidRequest(f"'{param}.tool_call_id' is required on tool messages, and only "
-                             f"there", param=param)
-    return Message("system" if role == "developer" else role, _text(content, param), calls,
-                   call_id)
+class EmbeddingBody(_OpenAIBody):
+    """``POST /v1/embeddings``, declared as :class:`ChatBody`."""
 
+    endpoint: ClassVar[str] = "/v1/embeddings"
+    input: Text | Annotated[list[Text], Field(min_length=1, max_length=MAX_EMBEDDING_INPUTS)]
+    encoding_format: Literal["float", "base64"] | None = None
+    user: UserId | None = None
+    dimensions: Annotated[Any, Refused("edged returns the model's full vectors")] = None
 
-def _tool_calls(raw: Any, param: str) -> tuple[ToolCall, ...]:
-    """An assistant message's earlier calls: ``[{"id", "type": "function", "function":
-    {"name", "arguments"}}]``."""
-    if raw is None:
-        return ()
-    if not isinstance(raw, list) or not 0 < len(raw) <= MAX_CALLS:
-        raise InvalidRequest(f"'{param}' must be a list of 1-{MAX_CALLS} calls", param=param)
-    calls = []
-    for call in raw:
-        function = call.get("function") if isinstance(call, dict) else None
-        if not (isinstance(function, dict) and isinstance(call.get("id"), str)
-                and isinstance(function.get("name"), str)
-                and isinstance(function.get("arguments"), str)):
-            raise InvalidRequest(f"'{param}' items need an id and a function with a name "
-                                 f"and arguments (a JSON string)", param=param)
-        calls.append(ToolCall(call["id"], function["name"], function["arguments"]))
-    return tuple(calls)
-
-
-def _common(body: Any, fields: Fields) -> tuple[str, float | None]:
-    """Check the body against the endpoint's fields; return its model and keep_alive."""
-    if not isinstance(body, dict):
-        raise InvalidRequest("the request body must be a JSON object")
-    fields.check(body)
-    model = _get(body, "model", lambda v: _is_str(v) and 0 < len(v) <= 128,
-                 "a model name", required=True)
-    return model, parse_keep_alive(body.get("keep_alive"))
-
-
-def _streaming(body: dict[str, Any]) -> tuple[bool, bool]:
-    """``stream`` and ``stream_options.include_usage``."""
-    stream = _get(body, "stream", _is_bool, "a boolean", False)
-    options = _get(body, "stream_options", lambda v: isinstance(v, dict), "an object", {})
-    for key, value in options.items():
-        # include_obfuscation pads chunks against length side channels; edged does not.
-        if not (key == "include_usage" or (key == "include_obfuscation" and value is False)):
-            raise UnsupportedParameter(f"'stream_options.{key[:64]}' is not supported",
-                                       param="stream_options")
-    include_usage = options.get("include_usage", False)
-    if not isinstance(include_usage, bool):
-        raise InvalidRequest("'stream_options.include_usage' must be a boolean",
-                             param="stream_options")
-    return stream, include_usage
+    def request(self) -> EmbeddingRequest:
+        inputs = (self.input,) if isinstance(self.input, str) else tuple(self.input)
+        return EmbeddingRequest(self.model, inputs, parse_keep_alive(self.keep_alive),
+                                self.encoding_format or "float")
 
 
 def parse_chat(body: Any, *, default_max_tokens: int) -> GenerateRequest:
-    model, keep_alive = _common(body, CHAT_FIELDS)
-    stream, include_usage = _streaming(body)
-    raw_messages = _get(body, "messages", lambda v: isinstance(v, list) and len(v) > 0,
-                        "a non-empty list of messages", required=True)
-    use = parse_tools(body)
-    messages = tuple(_message(i, m) for i, m in enumerate(raw_messages))
-    params = _params(body, default_max_tokens, chat=True)
-    if use is not None:
-        if params.logprobs is not None:
-            raise UnsupportedParameter("'logprobs' cannot be combined with tools yet",
-                                       param="logprobs")
-        grammar = use.grammar()
-        if grammar is not None:
-            if params.grammar is not None:
-                raise InvalidRequest("a required tool call and a response format exclude "
-                                     "each other", param="tool_choice")
-            params = replace(params, grammar=grammar)
-    return GenerateRequest("chat", model, messages, params, stream, include_usage, keep_alive,
-                           use)
+    """A chat body (parsed JSON) as a typed request; 400 naming the param otherwise."""
+    return validated(ChatBody, body).request(default_max_tokens=default_max_tokens)
 
 
 def parse_completion(body: Any, *, default_max_tokens: int) -> GenerateRequest:
-    model, keep_alive = _common(body, COMPLETION_FIELDS)
-    stream, include_usage = _streaming(body)
-    prompt = _get(body, "prompt", lambda v: isinstance(v, str) or (
-        isinstance(v, list) and len(v) == 1 and isinstance(v[0], str)),
-        "a string", required=True)
-    prompt = _text(prompt if isinstance(prompt, str) else prompt[0], "prompt")
-    return GenerateRequest("completion", model, prompt,
-                           _params(body, default_max_tokens, chat=False), stream, include_usage,
-                           keep_alive)
+    return validated(CompletionBody, body).request(default_max_tokens=default_max_tokens)
 
 
 def parse_embeddings(body: Any) -> EmbeddingRequest:
-    model, keep_alive = _common(body, EMBEDDING_FIELDS)
-    raw = _get(body, "input", lambda v: isinstance(v, str) or (
-        isinstance(v, list) and 0 < len(v) <= MAX_EMBEDDING_INPUTS
-        and all(isinstance(s, str) for s in v)),
-        f"a string or a list of 1-{MAX_EMBEDDING_INPUTS} strings", required=True)
-    encoding = _get(body, "encoding_format", lambda v: v in ("float", "base64"),
-                    "'float' or 'base64'", "float")
-    inputs = tuple(_text(text, "input") for text in ((raw,) if isinstance(raw, str) else raw))
-    return EmbeddingRequest(model, inputs, keep_alive, encoding)
+    return validated(EmbeddingBody, body).request()

@@ -36,7 +36,7 @@ from runtimes import ChatMessage
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 MAX_TOOLS = 64
 MAX_CALLS = 16  # tool calls one assistant message may carry
-_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _CALL_BLOCK = re.compile(re.escape(OPEN) + r"(.*?)" + re.escape(CLOSE), re.DOTALL)
 
 
@@ -117,55 +117,24 @@ class ToolUse:
         return "\n".join(lines)
 
 
-def parse_tools(body: dict[str, Any]) -> ToolUse | None:
-    """``tools`` and ``tool_choice`` from a chat body; None when no tool may be called."""
-    raw_tools = body.get("tools") or []
-    choice = body.get("tool_choice")
-    if not isinstance(raw_tools, list) or len(raw_tools) > MAX_TOOLS:
-        raise InvalidRequest(f"'tools' must be a list of at most {MAX_TOOLS} tools",
-                             param="tools")
-    tools = tuple(_tool(index, raw) for index, raw in enumerate(raw_tools))
-    if len({tool.name for tool in tools}) != len(tools):
+def parse_tools(tools: Sequence[Tool], choice: str | None) -> ToolUse | None:
+    """The tools a chat may call and ``tool_choice`` (``none``, ``auto``, ``required``
+    or ``function:<name>``); None when no tool may be called. The fields' shapes are
+    checked by their declaration (:class:`edged.schemas.ChatBody`); this checks them
+    against each other."""
+    names = {tool.name for tool in tools}
+    if len(names) != len(tools):
         raise InvalidRequest("tool names must be unique", param="tools")
     if choice is None:
         choice = "auto" if tools else "none"
-    if isinstance(choice, dict):
-        function = choice.get("function") if choice.get("type") == "function" else None
-        name = function.get("name") if isinstance(function, dict) else None
-        if not isinstance(name, str) or name not in {tool.name for tool in tools}:
-            raise InvalidRequest("'tool_choice' must name one of the given tools",
-                                 param="tool_choice")
-        choice = f"function:{name}"
-    elif choice not in ("none", "auto", "required"):
-        raise InvalidRequest("'tool_choice' must be none, auto, required or a function",
+    if choice.startswith("function:") and choice.removeprefix("function:") not in names:
+        raise InvalidRequest("'tool_choice' must name one of the given tools",
                              param="tool_choice")
     if choice == "none":
         return None
     if not tools:
         raise InvalidRequest(f"'tool_choice' {choice!r} needs 'tools'", param="tool_choice")
-    return ToolUse(tools, choice)
-
-
-def _tool(index: int, raw: Any) -> Tool:
-    param = f"tools[{index}]"
-    function = raw.get("function") if isinstance(raw, dict) and raw.get("type") == "function" \
-        else None
-    if not isinstance(function, dict):
-        raise InvalidRequest(f"'{param}' must be {{\"type\": \"function\", \"function\": ...}}",
-                             param=param)
-    name, description = function.get("name"), function.get("description") or ""
-    parameters = function.get("parameters") or {"type": "object", "properties": {}}
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise InvalidRequest(f"'{param}.function.name' must be 1-64 letters, digits, _ or -",
-                             param=param)
-    if not isinstance(description, str) or not isinstance(parameters, dict):
-        raise InvalidRequest(f"'{param}.function' has a bad description or parameters",
-                             param=param)
-    extra = set(function) - {"name", "description", "parameters", "strict"}
-    if extra:
-        raise InvalidRequest(f"'{param}.function.{sorted(extra)[0]}' is not supported",
-                             param=param)
-    return Tool(name, description, parameters)
+    return ToolUse(tuple(tools), choice)
 
 
 def conversation(messages: Sequence[Message], use: ToolUse | None) -> tuple[ChatMessage, ...]:

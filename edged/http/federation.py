@@ -39,7 +39,8 @@ from edged.federation import (
 from edged.http.common import json_response, read_body, receipt_leaf
 from edged.http.sync_endpoint import REQUEST_VERIFIER
 from edged.ledger import LEDGER
-from edged.schemas import GenerateRequest, parse_chat, parse_completion
+from edged.schema import validated
+from edged.schemas import ChatBody, CompletionBody, GenerateRequest
 from edged.settings import SETTINGS
 
 FEDERATED_PATHS = frozenset({MODELS_PATH, RECEIPT_PATH, *GENERATE_PATHS.values()})
@@ -67,14 +68,22 @@ async def advertise_models(request: web.Request) -> web.Response:
 
 
 async def routed_chat(request: web.Request) -> web.StreamResponse:
-    return await _serve_routed(request, "chat")
+    return await _serve_routed(request, ChatBody)
 
 
 async def routed_completion(request: web.Request) -> web.StreamResponse:
-    return await _serve_routed(request, "completion")
+    return await _serve_routed(request, CompletionBody)
 
 
-async def _serve_routed(request: web.Request, kind: str) -> web.StreamResponse:
+# Their bodies are read only once the peer's signature over the raw bytes checks out, so
+# the handlers validate them (with these models) rather than edged.http.common.accepts;
+# the models are shown to /openapi.json the same way accepts shows them.
+routed_chat.body_model = ChatBody  # type: ignore[attr-defined]
+routed_completion.body_model = CompletionBody  # type: ignore[attr-defined]
+
+
+async def _serve_routed(request: web.Request,
+                        model: type[ChatBody] | type[CompletionBody]) -> web.StreamResponse:
     """A peer routed a request here: served like a local one, with this node's receipt."""
     # Nobody gets a body read before their headers pass.
     request.app[REQUEST_VERIFIER].precheck(request.headers)
@@ -85,9 +94,9 @@ async def _serve_routed(request: web.Request, kind: str) -> web.StreamResponse:
         data = bounded_json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise InvalidJSON("the request body is not valid JSON") from None
-    parse = parse_chat if kind == "chat" else parse_completion
     # Off the loop: a response format is compiled to a grammar (see edged.http.openai).
-    parsed = await asyncio.to_thread(parse, data, default_max_tokens=settings.default_max_tokens)
+    parsed = await asyncio.to_thread(validated(model, data).request,
+                                     default_max_tokens=settings.default_max_tokens)
     if request.app[FEDERATION].servable(parsed.model) is None:
         raise ModelNotFound(f"model {parsed.model!r} is not served to peers here",
                             param="model")

@@ -16,10 +16,10 @@ from aiohttp import web
 
 from attribution.receipt import SignedReceipt
 from edged.errors import EdgedError, InternalError
-from edged.http.common import json_response, read_json
+from edged.http.common import accepts, json_response
 from edged.http.federation import relay_if_remote, remote_model_objects
 from edged.inference import SERVICE, GenerationStream
-from edged.schemas import GenerateRequest, parse_chat, parse_completion, parse_embeddings
+from edged.schemas import ChatBody, CompletionBody, EmbeddingBody, GenerateRequest
 from edged.settings import SETTINGS
 from edged.tools import CallSplitter, ToolCall, find_calls
 from runtimes import Done, TokenLogprob
@@ -61,25 +61,25 @@ async def get_model(request: web.Request) -> web.Response:
     return json_response(_model_object(request.app[SERVICE].store.get(request.match_info["name"])))
 
 
-async def chat_completions(request: web.Request) -> web.StreamResponse:
-    body = await read_json(request)
+@accepts(body=ChatBody)
+async def chat_completions(request: web.Request, body: ChatBody) -> web.StreamResponse:
     # Off the loop: a response format's JSON schema is compiled to a grammar (and the first
     # one imports llama_cpp), which takes tens of milliseconds or more.
     parsed = await asyncio.to_thread(
-        parse_chat, body, default_max_tokens=request.app[SETTINGS].default_max_tokens)
+        body.request, default_max_tokens=request.app[SETTINGS].default_max_tokens)
     return await _generate(request, parsed)
 
 
-async def completions(request: web.Request) -> web.StreamResponse:
-    body = await read_json(request)
-    parsed = await asyncio.to_thread(  # off the loop, as parse_chat
-        parse_completion, body, default_max_tokens=request.app[SETTINGS].default_max_tokens)
+@accepts(body=CompletionBody)
+async def completions(request: web.Request, body: CompletionBody) -> web.StreamResponse:
+    parsed = await asyncio.to_thread(  # off the loop, as for chat
+        body.request, default_max_tokens=request.app[SETTINGS].default_max_tokens)
     return await _generate(request, parsed)
 
 
-async def embeddings(request: web.Request) -> web.Response:
-    body = await read_json(request)
-    parsed = parse_embeddings(body)
+@accepts(body=EmbeddingBody)
+async def embeddings(request: web.Request, body: EmbeddingBody) -> web.Response:
+    parsed = body.request()
     result = await request.app[SERVICE].embed(parsed)
     as_base64 = parsed.encoding_format == "base64"
     data = [{"object": "embedding", "index": index,

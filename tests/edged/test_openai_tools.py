@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 from edged.app import create_app
 from edged.devtools.tiny_gguf import byte_token, install_tiny_llama, write_tiny_llama_gguf
 from edged.ledger import LEDGER
+from edged.schemas import parse_chat
 from edged.tools import (
     OPEN,
     CallSplitter,
@@ -26,7 +27,6 @@ from edged.tools import (
     ToolUse,
     find_calls,
     native_messages,
-    parse_tools,
 )
 from runtimes.chat_formats import TemplateChatFormat
 from tests.edged.conftest import AppClientFactory, TinyServed, make_settings, serving_tiny
@@ -149,7 +149,8 @@ async def test_auto_returns_plain_answers_as_content(
     ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "x"}}},
      "tool_choice"),
     ({"tool_choice": "required"}, "tool_choice"),
-    ({"tools": [{"type": "function", "function": {"name": "bad name"}}]}, "tools[0]"),
+    ({"tools": [{"type": "function", "function": {"name": "bad name"}}]},
+     "tools[0].function.name"),
     ({"tools": [WEATHER, WEATHER]}, "tools"),
     ({"tools": [WEATHER], "logprobs": True}, "logprobs"),
 ])
@@ -174,7 +175,9 @@ async def test_a_tool_message_needs_its_call_id(
 
 
 def use_of(*tools: dict[str, Any]) -> ToolUse:
-    use = parse_tools({"tools": list(tools)})
+    """The tools of a chat body, as the parser makes them."""
+    use = parse_chat({"model": MODEL, "messages": ASK, "tools": list(tools)},
+                     default_max_tokens=1).tools
     assert use is not None
     return use
 
@@ -248,8 +251,7 @@ async def test_a_template_that_renders_tools_gets_them_natively(
     answered = (*asked, Message("assistant", "", (ToolCall(
         call.id, call.function.name, call.function.arguments),)),  # type: ignore[union-attr]
         Message("tool", "sunny", (), call.id))
-    use = parse_tools({"tools": [WEATHER]})
-    assert use is not None
+    use = use_of(WEATHER)
     # One token per byte: the counts differ exactly as the template's renderings do.
     assert without_tools - plain == rendered_bytes(answered) - rendered_bytes(asked)
     assert native - plain == rendered_bytes(answered, use.openai()) - rendered_bytes(asked)

@@ -14,7 +14,8 @@ from edged.errors import UnsupportedParameter
 from edged.fleet.app import create_fleet_app
 from edged.http.openapi import OPENAPI_PATH
 from edged.models import RUNTIMES
-from edged.schemas import CHAT_FIELDS, COMPLETION_FIELDS, EMBEDDING_FIELDS, Fields, parse_chat
+from edged.schema import Body, json_schema, refused_fields
+from edged.schemas import ChatBody, CompletionBody, EmbeddingBody, parse_chat
 from tests.edged.conftest import FAKE_MODEL, AppClientFactory, fake_loader, make_settings
 
 
@@ -66,18 +67,43 @@ async def test_the_document_needs_an_api_key_when_keys_are_set(
     assert (await allowed.json())["openapi"] == "3.1.0"
 
 
-@pytest.mark.parametrize("fields", [CHAT_FIELDS, COMPLETION_FIELDS, EMBEDDING_FIELDS],
-                         ids=lambda fields: fields.endpoint)
-async def test_the_documented_bodies_are_the_parsers_fields(
-        client: TestClient[Any, Any], fields: Fields) -> None:
+@pytest.mark.parametrize(("path", "model"), [
+    ("/v1/chat/completions", ChatBody), ("/v1/completions", CompletionBody),
+    ("/v1/embeddings", EmbeddingBody), ("/v1/sync/chat/completions", ChatBody),
+    ("/v1/sync/completions", CompletionBody)], ids=lambda value: str(value))
+async def test_the_documented_bodies_are_the_validators_models(
+        client: TestClient[Any, Any], path: str, model: type[Body]) -> None:
     document = await (await client.get(OPENAPI_PATH)).json()
-    body = document["paths"][fields.endpoint]["post"]["requestBody"]["content"][
+    body = document["paths"][path]["post"]["requestBody"]["content"][
         "application/json"]["schema"]
-    assert set(body["properties"]) == set(fields.parsed) | set(fields.ignored) | set(
-        fields.refused)
+    definitions: dict[str, Any] = {}
+    assert body == json_schema(model, definitions)
+    assert definitions.items() <= document["components"]["schemas"].items()
     assert body["additionalProperties"] is False
-    for name in fields.refused:  # documented as null only: the parser refuses a value
-        assert body["properties"][name]["type"] == "null"
+    assert set(body["properties"]) == set(model.model_fields)
+    for name in refused_fields(model):  # null, or the one value that asks for nothing
+        assert {"type": "null"} in body["properties"][name]["anyOf"]
+
+
+async def test_every_reference_in_the_document_resolves(client: TestClient[Any, Any]) -> None:
+    document = await (await client.get(OPENAPI_PATH)).json()
+    references: list[str] = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, dict):
+            references.extend([value["$ref"]] if isinstance(value.get("$ref"), str) else [])
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+
+    walk(document)
+    assert "#/components/schemas/ChatMessage" in references
+    for reference in references:
+        assert reference.startswith("#/components/schemas/")
+        assert reference.removeprefix("#/components/schemas/") in document["components"][
+            "schemas"]
 
 
 def test_a_field_outside_the_document_is_refused_by_the_parser() -> None:
