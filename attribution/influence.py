@@ -1,5 +1,9 @@
 """``influence/1``: closed-form influence through a model's final linear layer.
 
+Why one module of ~490 lines: binding and scoring are the two halves of one closed form
+and must agree on the logit reduction, the damping basis and the vectors' layout; some
+75 lines are the derivation below.
+
 The model's output is a softmax (or, for binary models, a sigmoid) over
 ``z = h @ W + b``, where ``h`` [d] are the features entering the final linear
 layer (the inputs themselves for a linear model). Only that layer is treated

@@ -1,5 +1,10 @@
 """``spans/1``: credit the contributors whose documents an output reuses verbatim.
 
+Why one module of ~430 lines: finding each span's holders, scoring it and writing the
+evidence are one integer formula that an auditor recomputes from that evidence; the
+index, the search and duplicate screening are apart (``attribution/span_index.py``,
+``attribution/span_search.py``, ``attribution/span_duplicates.py``).
+
 Anchors: OLMoTrace and infini-gram. The output is normalised like the corpus
 (``attribution.normalise``); the finder reports every *maximal* span of whole
 words (at least ``min_words``) that occurs verbatim, word-aligned, in some

@@ -40,7 +40,8 @@ from typing import TYPE_CHECKING, Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from runtimes.llama_cpp import _llama_type, default_repack  # noqa: E402
+from runtimes.llama_placement import default_repack  # noqa: E402
+from runtimes.llama_placement import llama_type as _llama_type  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
 import harness  # noqa: E402

@@ -1,5 +1,11 @@
 """Datanets: named collections of contributor documents, indexed for ``spans/1``.
 
+Why one module of ~460 lines: every change to a datanet (create, add, remove a
+contributor, compact, delete) is the store's one job of rewriting ``datanet.json`` and
+its segment list under one lock by the compaction rule below, and the duplicate policy
+and state digest are part of that state. Parsing uploads (``edged/datanet_documents.py``)
+and the child-process index build (``edged/datanet_build.py``) are apart.
+
 Layout under ``<data_dir>/datanets/<name>/``::
 
     datanet.json          contributors, segments, removed contributors
@@ -35,15 +41,12 @@ import copy
 import functools
 import json
 import logging
-import multiprocessing
 import re
 import shutil
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
-from multiprocessing.queues import SimpleQueue
 from pathlib import Path
 from typing import Any
 
@@ -51,15 +54,10 @@ from aiohttp import web
 
 from attribution.commitments import digest
 from attribution.span_duplicates import DuplicateFinding, screen_documents
-from attribution.span_index import (
-    CorpusDocument,
-    CorpusError,
-    Segment,
-    SegmentInfo,
-    build_segment,
-)
+from attribution.span_index import CorpusDocument, CorpusError, Segment
 from attribution.spans import DUPLICATE_POLICIES, DuplicatePolicy, SpanSource
-from edged import bounded_json
+from edged.datanet_build import build_in_child
+from edged.datanet_documents import MAX_DOCUMENT_ID, is_unicode_text
 from edged.errors import Conflict, InvalidRequest, NotFound
 from edged.files import atomic_write_text
 from edged.models import validate_name
@@ -69,40 +67,8 @@ logger = logging.getLogger(__name__)
 MAX_SEGMENTS = 8
 CONTRIBUTOR_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@+-]{0,127}$")
 PAYOUT_PATTERN = re.compile(r"^0x[0-9a-fA-F]{40}$")
-TEXT_SUFFIXES = (".txt", ".md", ".markdown", ".text")
-JSONL_SUFFIXES = (".jsonl", ".ndjson")
-MAX_DOCUMENT_ID = 256
 DEFAULT_DUPLICATES: DuplicatePolicy = "first"
 
-
-def _is_unicode_text(value: str) -> bool:
-    """False for strings UTF-8 cannot hold (lone surrogates, which JSON allows)."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def parse_document_lines(body: bytes) -> list[tuple[str, str]]:
-    """A JSON Lines upload, one ``{"id": ..., "text": ...}`` per line, as (id, text) pairs.
-
-    Linear in the body's size (one split, no re-joining of partial lines); anything
-    malformed, too deeply nested or not Unicode text is refused with the line's number."""
-    documents: list[tuple[str, str]] = []
-    for number, line in enumerate(body.split(b"\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = bounded_json.loads(line)
-        except (ValueError, RecursionError):
-            raise InvalidRequest(f"line {number} is not JSON", param="documents") from None
-        if not isinstance(record, dict) or not isinstance(record.get("text"), str) \
-                or not isinstance(record.get("id"), str):
-            raise InvalidRequest(f"line {number} needs string 'id' and 'text'",
-                                 param="documents")
-        documents.append((record["id"], record["text"]))
-    return documents
 
 AddProgress = Callable[[str, int], None]
 """``progress(stage, documents_done)`` during ``DatanetStore.add_documents``: stage
@@ -299,7 +265,7 @@ class DatanetStore:
                 raise InvalidRequest(f"document {doc_id!r} is empty", param="documents")
             if "\x00" in text:
                 raise InvalidRequest(f"document {doc_id!r} is binary", param="documents")
-            if not _is_unicode_text(doc_id) or not _is_unicode_text(text):
+            if not is_unicode_text(doc_id) or not is_unicode_text(text):
                 raise InvalidRequest(f"document {doc_id!r} is not valid Unicode text",
                                      param="documents")
         started = time.perf_counter()
@@ -402,27 +368,10 @@ class DatanetStore:
                 yield CorpusDocument(doc_id, contributor, segment.document_text(index),
                                      duplicate_of=segment.duplicate_of.get(index))
 
-    @staticmethod
-    def _build(directory: Path, documents: Sequence[CorpusDocument],
-               progress: Callable[[int], None] | None) -> None:
-        """Build in a child process: the suffix array's construction needs several times
-        the corpus in memory, and a daemon's heap would keep that after the build.
-        ``progress`` gets the builder's counts of documents read, relayed from the child."""
-        context = multiprocessing.get_context("spawn")
-        updates: SimpleQueue[int] = context.SimpleQueue()
-        try:
-            with ProcessPoolExecutor(max_workers=1, mp_context=context,
-                                     initializer=_send_build_progress_to,
-                                     initargs=(updates if progress else None,)) as pool:
-                future = pool.submit(_build_segment_reporting, directory, list(documents))
-                try:
-                    if progress is not None:
-                        _relay_progress(future, updates, progress)
-                    future.result()
-                except CorpusError as exc:
-                    raise InvalidRequest(str(exc), param="documents") from None
-        finally:
-            updates.close()
+    # Every build runs in a child process (edged/datanet_build.py); an attribute, so that
+    # a test can make one fail.
+    _build = staticmethod(build_in_child)
+
 
     def _segment(self, directory: Path) -> Segment:
         with self._lock:
@@ -483,37 +432,6 @@ class DatanetStore:
             self._open_segments.clear()
 
 
-# In a build child only: where build_segment's progress goes (None: nowhere). A pool
-# initializer is the one way to hand a worker a queue, so it lives in a module global.
-_build_progress: SimpleQueue[int] | None = None
-
-
-def _send_build_progress_to(updates: SimpleQueue[int] | None) -> None:
-    """Pool initializer of a build child: keep the queue its progress counts go to."""
-    global _build_progress
-    _build_progress = updates
-
-
-def _build_segment_reporting(directory: Path, documents: list[CorpusDocument]) -> SegmentInfo:
-    """``build_segment`` in a build child, its document counts sent to the parent."""
-    return build_segment(directory, documents,
-                         progress=None if _build_progress is None else _build_progress.put)
-
-
-def _relay_progress(future: Future[Any], updates: SimpleQueue[int],
-                    progress: Callable[[int], None]) -> None:
-    """Pass the build child's counts to ``progress`` until its ``future`` is done."""
-    while True:
-        # The child writes each count before it returns, so once the future is done
-        # every count it sent is readable here.
-        finished = future.done()
-        while not updates.empty():
-            progress(updates.get())
-        if finished:
-            return
-        wait([future], timeout=0.1)
-
-
 def state_digest(state: DatanetState, segments: Sequence[Segment]) -> str:
     """Hex SHA-256 of what decides a datanet's credit: its name, duplicate policy,
     segments (each ``segment.json`` digest pins every file) and removed contributors."""
@@ -533,45 +451,6 @@ def _unique_ids(contributor: str, documents: Sequence[tuple[str, str]]
         seen[full] = seen.get(full, 0) + 1
         unique.append((full if seen[full] == 1 else f"{full}#{seen[full]}", text))
     return unique
-
-
-def read_document_file(path: Path) -> list[tuple[str, str]]:
-    """Parse one file into ``(document id, text)`` pairs.
-
-    Plain text and Markdown are one document each; JSON Lines give one document per
-    line, from its ``text`` field (and ``id`` when present). Empty, binary and non-UTF-8
-    files are refused with a clear message.
-    """
-    data = path.read_bytes()
-    if not data.strip():
-        raise InvalidRequest(f"{path.name} is empty")
-    if b"\x00" in data:
-        raise InvalidRequest(f"{path.name} looks binary (it contains NUL bytes)")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InvalidRequest(f"{path.name} is not UTF-8 (byte {exc.start})") from None
-    suffix = path.suffix.lower()
-    if suffix in JSONL_SUFFIXES:
-        documents = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                record = bounded_json.loads(line)
-            except (ValueError, RecursionError):
-                raise InvalidRequest(f"{path.name}:{number} is not JSON") from None
-            if not isinstance(record, dict) or not isinstance(record.get("text"), str) \
-                    or not record["text"].strip():
-                raise InvalidRequest(f"{path.name}:{number} has no non-empty 'text' field")
-            doc_id = str(record.get("id") or f"{path.name}:{number}")
-            documents.append((doc_id[:MAX_DOCUMENT_ID], record["text"]))
-        if not documents:
-            raise InvalidRequest(f"{path.name} holds no documents")
-        return documents
-    if suffix in TEXT_SUFFIXES or not suffix:
-        return [(path.name[:MAX_DOCUMENT_ID], text)]
-    raise InvalidRequest(f"{path.name}: use .txt, .md or .jsonl files")
 
 
 DATANETS = web.AppKey("datanets", DatanetStore)

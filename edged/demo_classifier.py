@@ -18,8 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edged.bindings import Examples, InfluenceBindings
+from edged.bindings import InfluenceBindings
 from edged.errors import ModelNotFound
+from edged.example_files import Examples
 from edged.models import Manifest, ModelStore, Price
 
 logger = logging.getLogger(__name__)

@@ -1,5 +1,10 @@
 """Federated inference: serve a model this node does not hold by routing to a trusted peer.
 
+Why one module of ~500 lines: advertising, routing and relay receipts are one protocol
+over one peer set, HTTP session, signing key and in-flight count (the ``Federation``
+object), and ``RelayStream`` is its streaming half, calling its routing; the
+advertisement format is apart, in ``edged/federation_adverts.py``.
+
 See DESIGN.md, "Federated inference". Three parts:
 
 - **Advertisement.** A node answers the signed ``GET /v1/sync/models`` with the models it

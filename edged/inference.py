@@ -27,9 +27,10 @@ from edged.background import wait_through_cancellation
 from edged.keys import NodeKeys
 from edged.ledger import Ledger
 from edged.models import Manifest, ModelStore
-from edged.scheduler import Lease, Scheduler, TokenStream
+from edged.scheduler import Lease, Scheduler
 from edged.schemas import EmbeddingRequest, GenerateRequest
 from edged.settings import Settings
+from edged.token_stream import TokenStream
 from runtimes import (
     ContextLengthExceeded,
     Delta,

@@ -6,7 +6,8 @@ training datanet named without a state digest is pinned at the *current* state d
 of the node's datanet of that name (``edged.datanets.state_digest``: its segments,
 duplicate policy and removed contributors), so the lineage says exactly which data the
 model was trained on; a datanet this node does not hold must come with its digest.
-The result is checked by :func:`edged.models.check_lineage` with the manifest.
+The request's shape is declared by :class:`edged.models.LineageRequest` (checked before
+this runs), and the result by :class:`edged.models.Lineage`, with the manifest.
 """
 
 from __future__ import annotations

@@ -1,5 +1,11 @@
 """The model scheduler: which models are loaded, and who may use them when.
 
+Why one module of ~530 lines: loading, slots, the FIFO queue, eviction, expiry and the
+``Lease`` a request holds are one state machine over each load (``_Model``): a lease
+frees its slot through it and ``close``/``unload`` reach into the leases, so apart they
+would share private state. The generation's thread-to-loop stream is apart, in
+``edged/token_stream.py``.
+
 Modelled on Ollama's scheduler:
 
 - A model is loaded on its first lease (the blocking loader runs in a thread);
@@ -25,26 +31,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar, cast
+from typing import Any, TypeVar
 
 from aiohttp import web
 
 import runtimes
 from edged.background import wait_through_cancellation
 from edged.errors import NotReady, Overloaded
-from runtimes import Backend, Delta, Done, GenerationParams, ModelSpec, Prompt
+from edged.token_stream import TokenStream, TokenTimer
+from runtimes import Backend, GenerationParams, ModelSpec, Prompt
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-_END = object()  # the stream's last queue item after a normal finish
 _DEFAULT_HOLD_S = 1.0  # assumed request duration before a model has served one
 _MAX_RETRY_AFTER_S = 300
 
@@ -74,12 +79,6 @@ class LoadedModel:
     last_used: float
     details: dict[str, Any] = field(default_factory=dict)  # backend.describe(): providers...
     slots: int = 1  # leases served at once (the backend's max_concurrency)
-
-
-class TokenTimer(Protocol):
-    """Told of each batch of tokens one generation hands to the loop (edged.metrics)."""
-
-    def tokens(self, count: int) -> None: ...
 
 
 class _Abandoned(NotReady):
@@ -511,7 +510,7 @@ class Lease:
     async def _drain(self) -> None:
         self._ended = True
         threads = list(self._threads)
-        threads += [t for t in (stream._stop() for stream in self._streams) if t is not None]
+        threads += [t for t in (stream.stop() for stream in self._streams) if t is not None]
         interrupted = False
         for future in threads:  # wait for all even when cancelled, then re-raise
             try:
@@ -520,88 +519,6 @@ class Lease:
                 interrupted = True
         if interrupted:
             raise asyncio.CancelledError
-
-
-class TokenStream:
-    """The events of one generation. A worker thread, started by the first
-    ``__anext__``, pulls the backend's generator and hands each event to the loop
-    with ``call_soon_threadsafe``: no executor round trip per token. Setting
-    ``cancel`` makes the backend finish early with ``Done("cancelled")``."""
-
-    def __init__(self, backend: Backend, executor: ThreadPoolExecutor, prompt: Prompt,
-                 params: GenerationParams, timer: TokenTimer | None = None) -> None:
-        self.cancel = threading.Event()  # handed to the backend
-        self._gone = threading.Event()  # the consumer left: stop pulling events
-        self._backend = backend
-        self._executor = executor
-        self._prompt = prompt
-        self._params = params
-        self._queue: asyncio.Queue[object] = asyncio.Queue()
-        self._thread: asyncio.Future[None] | None = None
-        self._finished = False
-        self._timer = timer
-
-    def __aiter__(self) -> TokenStream:
-        return self
-
-    async def __anext__(self) -> Delta | Done:
-        if self._finished:
-            raise StopAsyncIteration
-        if self._thread is None:
-            loop = asyncio.get_running_loop()
-            self._thread = loop.run_in_executor(self._executor, self._pump, loop)
-        item = await self._queue.get()
-        if item is _END:
-            self._finished = True
-            raise StopAsyncIteration
-        if isinstance(item, BaseException):
-            self._finished = True
-            raise item
-        if self._timer is not None and isinstance(item, Delta) and item.tokens:
-            self._timer.tokens(item.tokens)
-        return cast("Delta | Done", item)
-
-    async def aclose(self) -> None:
-        """Stop the generation and wait until the backend has returned."""
-        thread = self._stop()
-        if thread is not None:
-            await wait_through_cancellation(thread)
-
-    def _stop(self) -> asyncio.Future[None] | None:
-        """End the stream; return the worker's future if it still runs."""
-        self._finished = True
-        if self._thread is None or self._thread.done():
-            return None
-        self._gone.set()
-        self.cancel.set()
-        return self._thread
-
-    def _pump(self, loop: asyncio.AbstractEventLoop) -> None:
-        def emit(item: object) -> None:
-            try:
-                loop.call_soon_threadsafe(self._queue.put_nowait, item)
-            except RuntimeError:  # the loop is closed: nobody is listening
-                self._gone.set()
-                self.cancel.set()
-
-        try:
-            events = self._backend.generate(self._prompt, self._params, self.cancel)
-        except BaseException as exc:  # anything, or the consumer would wait forever
-            emit(exc)
-            return
-        try:
-            for event in events:
-                if self._gone.is_set():
-                    break
-                emit(event)
-            else:
-                emit(_END)
-        except BaseException as exc:
-            emit(exc)
-        finally:
-            close = getattr(events, "close", None)
-            if callable(close):
-                close()  # runs the generator's cleanup here, before the slot is freed
 
 
 def _close_orphan(future: asyncio.Future[tuple[Backend, int, int]]) -> None:

@@ -1,5 +1,9 @@
 """GGUF models through llama-cpp-python.
 
+Why one module of ~410 lines: it is the one backend class, whose generation, embeddings
+and lifetime share the model instance, its locks and the batched engine; the engine, the
+samplers, the devices and the load's placement already live in their own modules.
+
 Generation runs on the batched engine (:mod:`runtimes.llama_batch`), one llama.cpp
 context of ``parallel`` sequences (1 by default here; the daemon's ``parallel`` setting
 gives 4) with native per-request sampler chains, instead of ``create_completion``: token
@@ -18,9 +22,9 @@ see :mod:`runtimes.llama_devices`; a count; -1 for all); ``main_gpu``, ``tensor_
 ``n_batch``, ``n_ubatch``, ``flash_attn``, ``use_mmap``, ``use_mlock``, ``type_k``,
 ``type_v`` and ``kv_overrides``, passed to ``llama_cpp.Llama``; ``embedding_batch``,
 tokens per decode step when embedding with a generative model; ``repack`` (default: see
-:func:`default_repack`): false is llama.cpp's ``--no-repack``, which keeps weights out of
-the CPU's extra buffer types (weight repacking, AMX). Some VMs advertise AMX but fault on
-its instructions; ``repack=False`` avoids that.
+:func:`runtimes.llama_placement.default_repack`): false is llama.cpp's ``--no-repack``,
+which keeps weights out of the CPU's extra buffer types (weight repacking, AMX). Some VMs
+advertise AMX but fault on its instructions; ``repack=False`` avoids that.
 
 Embeddings use a second llama.cpp instance on the same file, kept on the CPU (mmap shares
 its weight pages with the first): offloading it too would hold the weights twice in GPU
@@ -32,8 +36,6 @@ from __future__ import annotations
 import ctypes
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runtimes.base import (
@@ -56,16 +58,9 @@ from runtimes.chat_formats import (
     chat_format_names,
     format_chat,
 )
-from runtimes.gguf_file import GGUFError, check_gguf
 from runtimes.llama_batch import BatchEngine
-from runtimes.llama_devices import (
-    AUTO,
-    gpu_free_bytes,
-    list_devices,
-    offloaded_layers,
-    plan_gpu_layers,
-    processor_label,
-)
+from runtimes.llama_devices import offloaded_layers, processor_label
+from runtimes.llama_placement import GpuPlacement, default_repack, kv_cache_bytes, llama_type
 from runtimes.llama_sampling import SamplerSettings, SequenceSampler
 
 if TYPE_CHECKING:
@@ -84,7 +79,6 @@ _ENGINE_CONTEXT_OPTIONS = ("n_ubatch", "type_k", "type_v")
 DEFAULT_BATCH_TOKENS = 512  # tokens per decode step of the batched engine
 COMPLETIONS_ONLY = "none"  # the chat format of a model that serves no chat
 _SMALLEST_CONTEXT = 256  # llama.cpp pads any context to this
-_KV_CACHE_BYTES_PER_VALUE = 2  # llama.cpp's default K/V cache type is f16
 
 
 class LlamaCppBackend(Backend):
@@ -107,14 +101,14 @@ class LlamaCppBackend(Backend):
         self._vocab = llm._model.vocab  # llama-cpp-python exposes no public vocab handle
         self._pieces: dict[int, bytes | None] = {}  # token id -> bytes, None for end-of-generation
         self._template = _chat_template(llm)  # the GGUF's own, if it has one
-        self._gpu = _GpuPlacement(n_gpu_layers=0)  # load() sets what it planned and measured
+        self._gpu = GpuPlacement(n_gpu_layers=0)  # load() sets what it planned and measured
         self._sampler = _sampler_settings(spec)
         # The engine holds the generation context (``parallel`` sequences), ``llm`` the
         # model, its vocabulary and metadata.
         self._engine: BatchEngine | None = _batch_engine(llama_cpp, llm, spec, self._piece)
         self._n_ctx = min(spec.context_length, self._engine.context_length)
         self._weights_bytes = spec.path.stat().st_size
-        self._kv_bytes_per_context = _kv_cache_bytes(self._metadata, self._n_ctx)
+        self._kv_bytes_per_context = kv_cache_bytes(self._metadata, self._n_ctx)
 
     @classmethod
     def load(cls, spec: ModelSpec) -> LlamaCppBackend:
@@ -134,13 +128,13 @@ class LlamaCppBackend(Backend):
         if not spec.path.is_file():
             raise BackendError(f"the weights file of model {spec.name!r} is missing")
         kwargs = {k: v for k, v in spec.options.items() if k in LLAMA_OPTIONS}
-        gpu = _GpuPlacement.plan(llama_cpp, spec)
+        gpu = GpuPlacement.plan(llama_cpp, spec, parallel=_parallel(spec))
         kwargs["n_gpu_layers"] = gpu.n_gpu_layers
         # This instance only holds the model and tokenizes (the batched engine has the
         # generation context): its own context is kept at llama.cpp's smallest.
         n_ctx = min(spec.context_length, _SMALLEST_CONTEXT)
         try:
-            llm = _llama_type(llama_cpp, bool(spec.options.get("repack", default_repack())))(
+            llm = llama_type(llama_cpp, bool(spec.options.get("repack", default_repack())))(
                 model_path=str(spec.path),
                 n_ctx=n_ctx,
                 n_threads=spec.threads,
@@ -286,7 +280,7 @@ class LlamaCppBackend(Backend):
                 default = max(8, min(512, (8 << 20) // max(self._n_vocab, 1)))
                 chunk = min(int(self.spec.options.get("embedding_batch", default)), self._n_ctx)
             kwargs = {**self._llama_kwargs, "n_batch": chunk, "n_ubatch": chunk}
-            self._embedder = _llama_type(self._llama_cpp, self._repack)(
+            self._embedder = llama_type(self._llama_cpp, self._repack)(
                 model_path=str(self.spec.path),
                 n_ctx=self._n_ctx,
                 n_threads=self.spec.threads,
@@ -352,99 +346,6 @@ class LlamaCppBackend(Backend):
         if self._llm is None or self._engine is None:
             raise BackendError(f"model {self.spec.name!r} is closed")
         return self._llm
-
-
-def default_repack(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
-    """Whether to let llama.cpp repack weights into its extra CPU buffer types by default.
-
-    Off when the CPU advertises AMX: llama.cpp then routes quantised matmuls through AMX
-    tiles, and some VMs (this project's build machine among them) advertise AMX but fault
-    on its first ``ldtilecfg``, killing the process. Elsewhere repacking is a speed-up.
-    """
-    try:
-        with cpuinfo.open(encoding="ascii", errors="replace") as handle:
-            for line in handle:
-                if line.startswith("flags"):
-                    return "amx_tile" not in line.split()
-    except OSError:
-        pass
-    return True
-
-
-def _llama_type(llama_cpp: ModuleType, repack: bool) -> type[Llama]:
-    """``llama_cpp.Llama``, or a subclass that loads with ``use_extra_bufts=False``.
-
-    ``Llama()`` has no parameter for it, but its ``__init__`` assigns ``self.model_params``
-    before loading the model: a property setter adjusts the struct at that moment.
-    """
-    if repack:
-        llama: type[Llama] = llama_cpp.Llama
-        return llama
-
-    class NoRepackLlama(llama_cpp.Llama):  # type: ignore[name-defined]
-        @property
-        def model_params(self) -> Any:
-            return self.__dict__["_no_repack_model_params"]
-
-        @model_params.setter
-        def model_params(self, params: Any) -> None:
-            params.use_extra_bufts = False
-            self.__dict__["_no_repack_model_params"] = params
-
-    return NoRepackLlama
-
-
-@dataclass(frozen=True)
-class _GpuPlacement:
-    """The ``n_gpu_layers`` a model was loaded with, and the GPU memory the load took
-    (free GPU memory before it minus after it, engine contexts included)."""
-
-    n_gpu_layers: int
-    free_before: int = 0
-    device_bytes: int = 0
-
-    @classmethod
-    def plan(cls, llama_cpp: ModuleType, spec: ModelSpec) -> _GpuPlacement:
-        """``spec.options["n_gpu_layers"]`` (a count, -1 for all, or ``"auto"``, the
-        default) for this build and the GPUs' free memory now (see llama_devices)."""
-        requested = spec.options.get("n_gpu_layers", AUTO)
-        if not llama_cpp.llama_supports_gpu_offload():
-            return cls(0)
-        try:
-            summary = check_gguf(spec.path)
-        except GGUFError as exc:
-            raise BackendError(f"model {spec.name!r}: {exc}") from None
-        metadata = {key: str(value) for key, value in summary.values.items()}
-        free = gpu_free_bytes(list_devices(llama_cpp))
-        kv_bytes = _kv_cache_bytes(metadata, spec.context_length) * _parallel(spec)
-        n_gpu_layers = plan_gpu_layers(
-            requested, supports_offload=True, n_layers=summary.number("block_count"),
-            weights_bytes=spec.path.stat().st_size, kv_cache_bytes=kv_bytes, free_bytes=free)
-        return cls(n_gpu_layers, free_before=free)
-
-    def loaded(self, llama_cpp: ModuleType) -> _GpuPlacement:
-        """This placement with the GPU memory the load took, read from the devices."""
-        if self.n_gpu_layers == 0:
-            return self
-        used = self.free_before - gpu_free_bytes(list_devices(llama_cpp))
-        return replace(self, device_bytes=max(0, used))
-
-
-def _kv_cache_bytes(metadata: Mapping[str, str], n_ctx: int) -> int:
-    """K and V for every layer and position, from the GGUF's hyperparameters."""
-    arch = metadata.get("general.architecture", "")
-
-    def number(key: str, default: int) -> int:
-        value = metadata.get(f"{arch}.{key}")
-        return int(value) if value and value.isdigit() else default
-
-    n_embd = number("embedding_length", 0)
-    n_head = max(number("attention.head_count", 1), 1)
-    n_head_kv = number("attention.head_count_kv", n_head)
-    key_length = number("attention.key_length", n_embd // n_head)
-    value_length = number("attention.value_length", n_embd // n_head)
-    per_token = number("block_count", 0) * n_head_kv * (key_length + value_length)
-    return per_token * n_ctx * _KV_CACHE_BYTES_PER_VALUE
 
 
 def _normalise(vector: Any) -> list[float]:

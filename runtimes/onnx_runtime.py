@@ -1,5 +1,10 @@
 """ONNX models (classifiers, scorers, embedders) through ONNX Runtime.
 
+Why one module of ~500 lines: it is one backend whose input checks, ``describe`` and
+:func:`graph_metadata` (the same description read from the file, without a session)
+share the datatype tables, so all three name tensors alike; the tables and this
+docstring are a quarter of it.
+
 Tensors in and out: :meth:`OnnxBackend.predict` takes named numpy arrays, checks them
 against the graph (names, datatype, rank, fixed dimensions, and NaN/Inf in float inputs)
 and raises :class:`~runtimes.base.InvalidInput` before anything runs, then returns every

@@ -1,5 +1,9 @@
 """RFC 6962 / RFC 9162 Merkle tree over receipt leaf hashes, backed by stored subtrees.
 
+Why one module of ~440 lines: appending, roots, proofs and their verification are one
+tree whose split and range arithmetic they share, kept beside the naive reference
+definitions they are tested against.
+
 Leaves are already hashed: a receipt's id is ``SHA-256(0x00 || signed bytes)``
 (:func:`attribution.receipt.leaf_hash`). Interior nodes are
 ``SHA-256(0x01 || left || right)``, a tree of ``n > 1`` leaves splits at the

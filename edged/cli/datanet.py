@@ -19,7 +19,7 @@ from edged.cli.common import (
     print_table,
 )
 from edged.cli.progress import progress_bars, progress_option
-from edged.datanets import read_document_file
+from edged.datanet_documents import read_document_file
 from edged.errors import EdgedError
 
 

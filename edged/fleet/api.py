@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 from importlib import resources
-from typing import Any
+from typing import Annotated, Any, ClassVar
 
 from aiohttp import web
+from pydantic import Field
 
 from edged.errors import InvalidRequest, NotReady
 from edged.fleet.service import FleetService
-from edged.http.common import READY, json_response, read_json
+from edged.http.common import READY, accepts, json_response
 from edged.peers import validate_key
+from edged.schema import Body, Text
 
 FLEET = web.AppKey("fleet", FleetService)
 DASHBOARD_HEADERS = {
@@ -87,16 +89,18 @@ async def list_nodes(request: web.Request) -> web.Response:
     return json_response({"nodes": await asyncio.to_thread(_fleet(request).nodes)})
 
 
-async def enroll_node(request: web.Request) -> web.Response:
-    body = await read_json(request)
-    if not isinstance(body, dict):
-        raise InvalidRequest("the body is a JSON object {node, label}")
-    node = _node_key(body.get("node"))
-    label = body.get("label", "")
-    if not isinstance(label, str) or len(label) > 128:
-        raise InvalidRequest("label is a string of at most 128 characters", param="label")
+class EnrollNode(Body):
+    endpoint: ClassVar[str] = "/fleet/nodes"
+    # Any case, surrounding blanks allowed: normalised by edged.peers.validate_key.
+    node: Annotated[str, Field(pattern=r"^\s*[0-9a-fA-F]{64}\s*$",
+                               description="the node's key, 64 hex digits")]
+    label: Annotated[Text, Field(max_length=128)] = ""
+
+
+@accepts(body=EnrollNode)
+async def enroll_node(request: web.Request, *, body: EnrollNode) -> web.Response:
     fleet = _fleet(request)
-    record = await asyncio.to_thread(fleet.store.enroll, node, label)
+    record = await asyncio.to_thread(fleet.store.enroll, _node_key(body.node), body.label)
     return json_response(record.to_json(fleet.clock_ms()), status=201)
 
 
@@ -141,14 +145,17 @@ async def list_payees(request: web.Request) -> web.Response:
     return json_response({"addresses": await asyncio.to_thread(_fleet(request).epochs.addresses)})
 
 
-async def set_payee_address(request: web.Request) -> web.Response:
-    body = await read_json(request)
-    address = body.get("address") if isinstance(body, dict) else None
-    if not isinstance(address, str):
-        raise InvalidRequest("the body is {\"address\": \"0x...\"}", param="address")
+class PayeeAddress(Body):
+    endpoint: ClassVar[str] = "/fleet/payees/{payee}"
+    # Checked by the epochs (code payee_not_address), as every address the fleet stores.
+    address: Annotated[Text, Field(description="the payee's address, 0x and 40 hex digits")]
+
+
+@accepts(body=PayeeAddress)
+async def set_payee_address(request: web.Request, *, body: PayeeAddress) -> web.Response:
     payee = request.match_info["payee"]
-    await asyncio.to_thread(_fleet(request).epochs.set_address, payee, address)
-    return json_response({"payee": payee, "address": address.lower()})
+    await asyncio.to_thread(_fleet(request).epochs.set_address, payee, body.address)
+    return json_response({"payee": payee, "address": body.address.lower()})
 
 
 async def settlement(request: web.Request) -> web.Response:

@@ -7,28 +7,26 @@ import functools
 import json
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any, ClassVar
 
 from aiohttp import web
+from pydantic import Field
 
 from attribution import canonical
+from attribution.spans import DuplicatePolicy
+from edged.datanet_documents import parse_document_lines
 from edged.datanets import (
+    CONTRIBUTOR_PATTERN,
     DATANETS,
     DEFAULT_DUPLICATES,
+    PAYOUT_PATTERN,
     AddReport,
-    parse_document_lines,
-    validate_duplicates,
 )
-from edged.errors import EdgedError, Forbidden, InternalError, InvalidRequest
-from edged.http.common import (
-    is_local,
-    json_response,
-    read_body,
-    read_json,
-    stored_receipt,
-)
+from edged.errors import EdgedError, Forbidden, InternalError
+from edged.http.common import accepts, is_local, json_response, read_body, stored_receipt
 from edged.inference import SERVICE
 from edged.ledger import LEDGER
+from edged.schema import Body, Query, Text
 from edged.settings import SETTINGS
 
 logger = logging.getLogger(__name__)
@@ -56,17 +54,18 @@ async def show_datanet(request: web.Request) -> web.Response:
     return json_response(state.public_view())
 
 
-async def create_datanet(request: web.Request) -> web.Response:
-    """Body: ``{"name": ..., "duplicates": "first" | "split"}`` (policy optional, ``first``)."""
-    body = await read_json(request)
-    name = body.get("name") if isinstance(body, dict) else None
-    if not isinstance(name, str):
-        raise InvalidRequest("'name' is required", param="name")
-    duplicates = body.get("duplicates", DEFAULT_DUPLICATES)
-    if not isinstance(duplicates, str):
-        raise InvalidRequest("'duplicates' is 'first' or 'split'", param="duplicates")
-    state = await asyncio.to_thread(request.app[DATANETS].create, name,
-                                    duplicates=validate_duplicates(duplicates))
+class CreateDatanet(Body):
+    endpoint: ClassVar[str] = "/api/datanets"
+    name: Annotated[Text, Field(description="the datanet's name (the store checks its rules)")]
+    duplicates: DuplicatePolicy = Field(DEFAULT_DUPLICATES,
+                                        description="who is credited for duplicated spans")
+
+
+@accepts(body=CreateDatanet)
+async def create_datanet(request: web.Request, *, body: CreateDatanet) -> web.Response:
+    """Create a datanet, with its duplicate policy (``first`` unless named)."""
+    state = await asyncio.to_thread(request.app[DATANETS].create, body.name,
+                                    duplicates=body.duplicates)
     return json_response(state.public_view(), status=201)
 
 
@@ -77,7 +76,17 @@ async def remove_datanet(request: web.Request) -> web.Response:
     return json_response({"deleted": name})
 
 
-async def add_documents(request: web.Request) -> web.StreamResponse:
+class DocumentsQuery(Query):
+    # The store refuses ".." in an id too (the pattern engine has no lookahead).
+    contributor: Annotated[str, Field(pattern=CONTRIBUTOR_PATTERN.pattern,
+                                      description="the contributor the documents are from")]
+    payout: str | None = Field(None, pattern="^(?:" + PAYOUT_PATTERN.pattern.strip("^$") + ")?$",
+                               description="the contributor's payout address (empty: none)")
+
+
+@accepts(query=DocumentsQuery)
+async def add_documents(request: web.Request, *, query: DocumentsQuery
+                        ) -> web.StreamResponse:
     """Body: JSON Lines, one ``{"id": ..., "text": ...}`` per document, for one contributor
     (query ``contributor``, optional ``payout``). Streamed, so it may exceed the usual body
     limit up to ``max_datanet_upload_bytes``; indexed as one new segment. The answer
@@ -86,13 +95,11 @@ async def add_documents(request: web.Request) -> web.StreamResponse:
     With ``Accept: application/x-ndjson`` the answer is 200 and JSON Lines instead: a
     ``{"progress": ...}`` line per step (see ``_stream_add``), then ``{"result": ...}``
     holding the answer above, or ``{"error": {...}, "status": n}``."""
-    contributor = request.query.get("contributor", "")
-    payout = request.query.get("payout") or None
     limit = request.app[SETTINGS].max_datanet_upload_bytes
     body = await read_body(request, limit, "the documents exceed max_datanet_upload_bytes")
     documents = await asyncio.to_thread(parse_document_lines, body)
     add = functools.partial(request.app[DATANETS].add_documents, request.match_info["name"],
-                            contributor, documents, payout=payout)
+                            query.contributor, documents, payout=query.payout or None)
     if NDJSON in request.headers.get("Accept", ""):
         return await _stream_add(request, add, documents=len(documents), received=len(body))
     report = await asyncio.to_thread(add)

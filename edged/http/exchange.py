@@ -6,14 +6,16 @@ the rest is for the local operator."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Annotated, Any
 
 from aiohttp import web
+from pydantic import Field
 
 from edged.errors import InvalidRequest
 from edged.exchange import EXCHANGE
-from edged.http.common import json_response
-from edged.http.sync_endpoint import MSGPACK, add_sync_endpoint_routes, authenticate
+from edged.http.common import accepts, json_response
+from edged.http.sync_endpoint import MSGPACK, add_sync_endpoint_routes, signed
+from edged.schema import Query
 from edged.settings import SETTINGS
 
 
@@ -25,34 +27,24 @@ def add_exchange_routes(app: web.Application) -> None:
     app.router.add_get("/api/sync/status", sync_status)
 
 
-def _hex_query(request: web.Request, name: str) -> bytes:
+Count = Annotated[int, Field(ge=0, le=10**18 - 1)]
+
+
+class PullQuery(Query):
+    origin: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$",
+                                 description="the origin's node key, 64 hex digits")]
+    have: Count = 0
+    known: Count = 0
+    limit: Count = 1000
+
+
+@signed  # the signature (over the path and query) is checked before the query
+@accepts(query=PullQuery)
+async def pull(request: web.Request, *, query: PullQuery) -> web.Response:
     try:
-        value = bytes.fromhex(request.query.get(name, ""))
-    except ValueError:
-        value = b""
-    if len(value) != 32:
-        raise InvalidRequest(f"'{name}' must be 64 hex digits", param=name)
-    return value
-
-
-def _count_query(request: web.Request, name: str, default: int) -> int:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    if not raw.isdigit() or len(raw) > 18:
-        raise InvalidRequest(f"'{name}' must be a non-negative integer", param=name)
-    return int(raw)
-
-
-async def pull(request: web.Request) -> web.Response:
-    await authenticate(request)
-    origin = _hex_query(request, "origin")
-    have = _count_query(request, "have", 0)
-    known = _count_query(request, "known", 0)
-    limit = _count_query(request, "limit", 1000)
-    try:
-        batch = await asyncio.to_thread(request.app[EXCHANGE].make_batch, origin, have, known,
-                                        limit)
+        batch = await asyncio.to_thread(request.app[EXCHANGE].make_batch,
+                                        bytes.fromhex(query.origin), query.have, query.known,
+                                        query.limit)
     except ValueError as exc:
         raise InvalidRequest(str(exc)) from None
     return web.Response(body=batch.encode(), content_type=MSGPACK)

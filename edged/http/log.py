@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from typing import Any
+from typing import Annotated, Any
 
 from aiohttp import web
+from pydantic import Field
 
 from edged.errors import InvalidRequest, NotFound
-from edged.http.common import int_query, json_response, stored_receipt
+from edged.http.common import accepts, json_response, stored_receipt
 from edged.ledger import LEDGER, Ledger
+from edged.schema import Query
 from sync.checkpoint import SignedCheckpoint
 from sync.clock import unix_millis
 
@@ -43,21 +45,33 @@ async def _checkpoint_covering(ledger: Ledger, size: int | None) -> SignedCheckp
     return existing
 
 
-async def get_checkpoint(request: web.Request) -> web.Response:
+Size = Annotated[int, Field(ge=0, le=2**63 - 1)]  # a tree size: a count of receipts
+
+
+class CheckpointQuery(Query):
+    fresh: bool = Field(False, description="cut a new checkpoint even if the log has not grown")
+
+
+@accepts(query=CheckpointQuery)
+async def get_checkpoint(request: web.Request, *, query: CheckpointQuery) -> web.Response:
     ledger = request.app[LEDGER]
-    if request.query.get("fresh") in ("1", "true"):
+    if query.fresh:
         signed = await asyncio.to_thread(ledger.cut_checkpoint, unix_millis())
     else:
         signed = await _checkpoint_covering(ledger, None)
     return json_response(checkpoint_json(signed))
 
 
-async def get_inclusion_proof(request: web.Request) -> web.Response:
+class ProofQuery(Query):
+    size: Annotated[int, Field(ge=1, le=2**63 - 1)] | None = Field(
+        None, description="the tree size; the whole log's if absent")
+
+
+@accepts(query=ProofQuery)
+async def get_inclusion_proof(request: web.Request, *, query: ProofQuery) -> web.Response:
     ledger = request.app[LEDGER]
     _, receipt = stored_receipt(request)
-    size_param = request.query.get("size")
-    size = None if size_param is None else int_query(request, "size", 0, 1, 2**63 - 1)
-    checkpoint = await _checkpoint_covering(ledger, size)
+    checkpoint = await _checkpoint_covering(ledger, query.size)
     size = checkpoint.checkpoint.size
     if receipt.seq >= size:
         raise InvalidRequest("the receipt is not in a tree of that size", param="size")
@@ -67,11 +81,19 @@ async def get_inclusion_proof(request: web.Request) -> web.Response:
                           "checkpoint": checkpoint_json(checkpoint)})
 
 
-async def get_consistency(request: web.Request) -> web.Response:
+class ConsistencyQuery(Query):
+    first: Size = 0
+    second: Size | None = Field(None, description="the whole log's size if absent")
+
+
+@accepts(query=ConsistencyQuery)
+async def get_consistency(request: web.Request, *, query: ConsistencyQuery) -> web.Response:
     ledger = request.app[LEDGER]
     count = ledger.count()
-    first = int_query(request, "first", 0, 0, count)
-    second = int_query(request, "second", count, 0, count)
+    first, second = query.first, count if query.second is None else query.second
+    for name, value in (("first", first), ("second", second)):  # the log's size: not static
+        if value > count:
+            raise InvalidRequest(f"'{name}' must be within 0..{count}", param=name)
     if first > second:
         raise InvalidRequest("'first' must not exceed 'second'", param="first")
     proof = await asyncio.to_thread(ledger.consistency_proof, first, second)

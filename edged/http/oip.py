@@ -10,19 +10,22 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import math
-from typing import Any
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 from aiohttp import web
+from pydantic import Field
 
-from edged.bindings import BIND_INFLUENCE, BIND_METHODS, BINDINGS, LAYER_FOUND, parse_examples
+from edged.bindings import BINDINGS, LAYER_FOUND
 from edged.errors import InvalidRequest, ModelNotFound
-from edged.http.common import READY, json_response, read_body, read_json
+from edged.example_files import parse_examples
+from edged.http.common import READY, accepts, json_response, read_body
 from edged.http.openai import RECEIPT_HEADER, receipt_ref
 from edged.inference import SERVICE
 from edged.models import Manifest
 from edged.predict import PREDICT
 from edged.scheduler import SCHEDULER
+from edged.schema import Body, Query, Text, ignored
 from edged.settings import SETTINGS
 
 # OIP datatype <-> numpy dtype
@@ -87,26 +90,46 @@ async def model_ready(request: web.Request) -> web.Response:
     return json_response({"name": manifest.name, "ready": True, "loaded": loaded})
 
 
-def decode_tensor(spec: Any, index: int) -> tuple[str, np.ndarray]:
-    """One JSON input tensor; any malformed field is a 400 that names the field."""
+Datatype = Literal["BOOL", "UINT8", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64"]
+# The protocol's "parameters" objects: tritonclient sends some (binary_data: false).
+Parameters = Annotated[dict[str, Any] | None, ignored("edged reads no protocol parameters")]
+
+
+class Tensor(Body):
+    """One JSON input tensor."""
+
+    name: Annotated[Text, Field(min_length=1)]
+    shape: list[Annotated[int, Field(ge=0, le=MAX_ELEMENTS)]]
+    datatype: Datatype
+    # Nested lists of JSON values: their count and types depend on shape and datatype,
+    # which a type cannot say; decode_tensor checks them.
+    data: list[Any]
+    parameters: Parameters = None
+
+
+class RequestedOutput(Body):
+    name: Text
+    parameters: Parameters = None
+
+
+class InferRequest(Body):
+    endpoint: ClassVar[str] = "/v2/models/{name}/infer"
+    id: Text | None = None
+    inputs: Annotated[list[Tensor], Field(min_length=1)]
+    outputs: list[RequestedOutput] | None = None
+    parameters: Parameters = None
+
+
+def decode_tensor(spec: Tensor, index: int) -> tuple[str, np.ndarray]:
+    """One input tensor's data as an array: a 400 naming the tensor unless its data holds
+    exactly ``shape``'s elements, each a JSON value of ``datatype`` that fits it."""
     param = f"inputs[{index}]"
-    if not isinstance(spec, dict):
-        raise InvalidRequest(f"{param} must be an object", param=param)
-    name, shape, datatype, data = (spec.get(k) for k in ("name", "shape", "datatype", "data"))
-    if not isinstance(name, str) or not name:
-        raise InvalidRequest(f"{param}.name must be a string", param=param)
-    if not isinstance(datatype, str) or datatype not in DATATYPES:
-        raise InvalidRequest(f"{param}.datatype must be one of {sorted(DATATYPES)}",
-                             param=param)
-    if not isinstance(shape, list) or not all(
-            type(d) is int and 0 <= d <= MAX_ELEMENTS for d in shape):
-        raise InvalidRequest(f"{param}.shape must be a list of non-negative integers",
-                             param=param)
+    shape, datatype, data = spec.shape, spec.datatype, spec.data
     size = math.prod(shape)
     if size > MAX_ELEMENTS:
         raise InvalidRequest(f"{param} has more than {MAX_ELEMENTS} elements", param=param)
     try:  # nested lists of uneven lengths are refused here or by the element check below
-        flat = np.asarray(data, dtype=object).ravel() if isinstance(data, list) else None
+        flat = np.asarray(data, dtype=object).ravel()
     except ValueError:
         flat = None
     if flat is None or flat.size != size:
@@ -119,7 +142,7 @@ def decode_tensor(spec: Any, index: int) -> tuple[str, np.ndarray]:
             array: np.ndarray = flat.astype(DATATYPES[datatype]).reshape(shape)
     except (TypeError, ValueError, OverflowError, FloatingPointError):
         raise InvalidRequest(f"{param}.data does not fit {datatype}", param=param) from None
-    return name, array
+    return spec.name, array
 
 
 def encode_tensor(name: str, array: np.ndarray) -> dict[str, Any]:
@@ -130,22 +153,15 @@ def encode_tensor(name: str, array: np.ndarray) -> dict[str, Any]:
     return {"name": name, "shape": list(array.shape), "datatype": datatype, "data": data}
 
 
-async def infer(request: web.Request) -> web.Response:
+@accepts(body=InferRequest)
+async def infer(request: web.Request, *, body: InferRequest) -> web.Response:
     manifest = _tensor_model(request)
-    body = await read_json(request)
-    if not isinstance(body, dict) or not isinstance(body.get("inputs"), list) \
-            or not body["inputs"]:
-        raise InvalidRequest("'inputs' must be a non-empty list of tensors", param="inputs")
-    inputs = dict(decode_tensor(spec, i) for i, spec in enumerate(body["inputs"]))
-    if len(inputs) != len(body["inputs"]):
+    inputs = dict(decode_tensor(spec, i) for i, spec in enumerate(body.inputs))
+    if len(inputs) != len(body.inputs):
         raise InvalidRequest("an input is given twice", param="inputs")
-    requested = body.get("outputs")
     wanted: list[str] | None = None
-    if requested is not None:
-        if not isinstance(requested, list) or not all(
-                isinstance(o, dict) and isinstance(o.get("name"), str) for o in requested):
-            raise InvalidRequest("'outputs' must be a list of {name}", param="outputs")
-        wanted = [o["name"] for o in requested]
+    if body.outputs is not None:
+        wanted = [o.name for o in body.outputs]
         known = {str(o.get("name")) for o in manifest.outputs}
         missing = [name for name in wanted if name not in known]
         if missing:  # checked before running: a refused request writes no receipt
@@ -161,25 +177,28 @@ async def infer(request: web.Request) -> web.Response:
                        "receipt_seq": prediction.receipt.seq},
         "receipt": receipt_ref(prediction.receipt),
     }
-    if isinstance(body.get("id"), str):
-        response["id"] = body["id"]
+    if body.id is not None:
+        response["id"] = body.id
     return json_response(response, headers={RECEIPT_HEADER: prediction.receipt.leaf.hex()})
 
 
-async def bind_examples(request: web.Request) -> web.Response:
+class ExamplesQuery(Query):
+    method: Literal["influence", "knn"] = "influence"  # edged.bindings.BIND_METHODS
+    format: Literal["npz", "csv"] = "npz"
+
+
+@accepts(query=ExamplesQuery)
+async def bind_examples(request: web.Request, *, query: ExamplesQuery) -> web.Response:
     """Bind tabular contributor examples (``?format=npz|csv``) for ``influence/1``, or
     for ``knn/1`` when the owner opts in with ``?method=knn``. The answer names the
     method, the layer used and, for ``knn/1``, its fidelity warning."""
     manifest = _tensor_model(request)
-    method = request.query.get("method", BIND_INFLUENCE)
-    if method not in BIND_METHODS:  # before the upload is read
-        raise InvalidRequest(f"method must be one of {list(BIND_METHODS)}", param="method")
     limit = request.app[SETTINGS].max_datanet_upload_bytes
     data = await read_body(request, limit, "the examples exceed max_datanet_upload_bytes")
-    examples = await asyncio.to_thread(parse_examples, data, request.query.get("format", "npz"))
+    examples = await asyncio.to_thread(parse_examples, data, query.format)
     weights = request.app[SERVICE].store.weights_path(manifest)
     binding = await asyncio.to_thread(request.app[BINDINGS].bind, manifest, weights, examples,
-                                      method=method)
+                                      method=query.method)
     if binding.layer is not None and binding.layer.source == LAYER_FOUND \
             and manifest.influence_layer != binding.layer.describe():
         # The manifest records the layer edged found, so every receipt's manifest digest

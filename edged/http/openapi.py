@@ -4,27 +4,22 @@ Derived, never written by hand where the code already declares something:
 
 - paths, methods and path parameters come from the application's router
   (``app.router.routes()``), so a route cannot exist undocumented;
-- the OpenAI request bodies come from the one declaration the parser checks bodies
-  against (:data:`edged.schemas.CHAT_FIELDS` and the others): each parsed field with its
-  JSON-schema fragment, each ignored or refused field with its reason, and no other
-  property (the parser refuses unknown fields);
+- request bodies and query parameters come from the Pydantic models each handler
+  declares (``edged.http.common.accepts``; :mod:`edged.schema`), the same models that
+  validate them, so the document, the validator and the fuzzer cannot drift;
 - the error responses are the shapes :func:`edged.http.common.error_response` writes:
   OpenAI's ``{"error": {"message", "type", "param", "code"}}``, and the Open Inference
   Protocol's ``{"error": "..."}`` under ``/v2``.
 
-The smaller ``/api``, ``/fleet`` and ``/v2`` bodies are validated field by field in their
-handlers; we chose not to add Pydantic models for them here, because a model beside a
-hand-written check is a second source that can drift from it. Those bodies are documented
-as "a JSON object" (or bytes, for uploads), and the fuzz test (tests/edged/http/
-test_fuzz.py) sends arbitrary ones. The query parameters the handlers read are listed in
-:data:`QUERY` below (aiohttp routes do not declare them).
+Bodies read as bytes (uploads, signed sync batches) are documented as such. Handlers
+that read a JSON body without a model are documented as "a JSON object".
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
@@ -32,9 +27,6 @@ from edged.errors import EdgedError
 from edged.http.common import json_response
 from edged.http.security import NODE_SIGNED_PATHS, PUBLIC_PATHS
 from edged.schema import json_schema, query_parameters
-
-if TYPE_CHECKING:
-    from edged.schemas import Fields
 
 OPENAPI_PATH = "/openapi.json"
 _PARAM = re.compile(r"\{([^}:]+)(?::[^}]*)?\}")
@@ -44,16 +36,7 @@ _BYTE_BODIES = frozenset({"/api/blobs/{digest}", "/api/models/{name}/examples",
 _INTEGER, _STRING = {"type": "integer"}, {"type": "string"}
 _HEX32 = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
 QUERY: Mapping[tuple[str, str], Mapping[str, Mapping[str, Any]]] = {
-    ("GET", "/v1/receipts"): {"after_seq": _INTEGER, "limit": _INTEGER},
-    ("GET", "/v1/sync/checkpoint"): {"fresh": {"enum": ["1", "true"]}, "size": _INTEGER},
-    ("GET", "/v1/sync/consistency"): {"first": _INTEGER, "second": _INTEGER},
-    ("GET", "/v1/sync/pull"): {"origin": _HEX32, "have": _INTEGER, "limit": _INTEGER},
-    ("GET", "/v1/sync/evidence"): {"origin": _HEX32},
-    ("GET", "/v1/sync/hello"): {"challenge": _STRING},
     ("GET", "/v1/sync/receipt"): {"id": _HEX32},
-    ("POST", "/api/datanets/{name}/documents"): {"contributor": _STRING, "payout": _STRING},
-    ("PUT", "/api/models/{name}/examples"): {"method": _STRING,
-                                             "format": {"enum": ["npz", "csv"]}},
 }
 def _error_types() -> list[str]:
     """Every ``type`` an error can carry (the middleware's own two included)."""
@@ -82,37 +65,19 @@ _OIP_ERROR = {"type": "object", "required": ["error"], "additionalProperties": F
 ERROR_SCHEMAS = {"Error": _OPENAI_ERROR, "OIPError": _OIP_ERROR}
 
 
-def node_json_bodies() -> Mapping[str, Fields]:
-    """The node's JSON bodies declared in :mod:`edged.schemas` (the fleet manager has
-    none, and imports nothing of the node's inference stack)."""
-    from edged.schemas import CHAT_FIELDS, COMPLETION_FIELDS, EMBEDDING_FIELDS
-
-    return {
-        "/v1/chat/completions": CHAT_FIELDS,
-        "/v1/completions": COMPLETION_FIELDS,
-        "/v1/embeddings": EMBEDDING_FIELDS,
-        "/v1/sync/chat/completions": CHAT_FIELDS,  # relayed from a peer, node-signed
-        "/v1/sync/completions": COMPLETION_FIELDS,
-    }
-
-
-def add_openapi_route(app: web.Application, title: str,
-                      json_bodies: Mapping[str, Fields] | None = None) -> None:
-    """Serve the document of ``app``'s routes (built once, on first request);
-    ``json_bodies`` declares the request bodies that have their own schema."""
+def add_openapi_route(app: web.Application, title: str) -> None:
+    """Serve the document of ``app``'s routes (built once, on first request)."""
     document: list[dict[str, Any]] = []
-    bodies = json_bodies or {}
 
     async def openapi(request: web.Request) -> web.Response:
         if not document:
-            document.append(openapi_document(request.app, title, bodies))
+            document.append(openapi_document(request.app, title))
         return json_response(document[0])
 
     app.router.add_get(OPENAPI_PATH, openapi)
 
 
-def openapi_document(app: web.Application, title: str,
-                     json_bodies: Mapping[str, Fields]) -> dict[str, Any]:
+def openapi_document(app: web.Application, title: str) -> dict[str, Any]:
     """The OpenAPI 3.1 document of every route of ``app``."""
     routes: dict[str, dict[str, Any]] = {}  # path -> {method: handler}
     for route in app.router.routes():
@@ -127,7 +92,7 @@ def openapi_document(app: web.Application, title: str,
         for method, handler in methods.items():
             if method == "HEAD" and "GET" in methods:
                 continue  # aiohttp's automatic HEAD of a GET
-            item[method.lower()] = _operation(method, path, handler, json_bodies, definitions)
+            item[method.lower()] = _operation(method, path, handler, definitions)
         paths[path] = item
     return {
         "openapi": "3.1.0",
@@ -142,7 +107,7 @@ def openapi_document(app: web.Application, title: str,
     }
 
 
-def _operation(method: str, path: str, handler: Any, json_bodies: Mapping[str, Fields],
+def _operation(method: str, path: str, handler: Any,
                definitions: dict[str, Any]) -> dict[str, Any]:
     doc = (getattr(handler, "__doc__", None) or "").strip()
     error = "OIPError" if path.startswith("/v2") else "Error"
@@ -173,33 +138,14 @@ def _operation(method: str, path: str, handler: Any, json_bodies: Mapping[str, F
         operation["requestBody"] = {"required": True, "content": {"application/json": {
             "schema": json_schema(body_model, definitions)}}}
     elif method in ("POST", "PUT", "PATCH"):
-        operation["requestBody"] = _request_body(path, json_bodies)
+        operation["requestBody"] = _request_body(path)
     return operation
 
 
-def _request_body(path: str, json_bodies: Mapping[str, Fields]) -> dict[str, Any]:
+def _request_body(path: str) -> dict[str, Any]:
+    """A body no model declares: bytes, or a JSON object its handler checks itself."""
     if path in _BYTE_BODIES:
         return {"required": True, "content": {"application/octet-stream": {
             "schema": {"type": "string", "format": "binary"}}}}
-    fields = json_bodies.get(path)
-    if fields is None:
-        return {"required": False, "content": {"application/json": {
-            "schema": {"type": "object"}}}}
-    return {"required": True, "content": {"application/json": {
-        "schema": fields_schema(fields)}}}
-
-
-def fields_schema(fields: Fields) -> dict[str, Any]:
-    """The JSON schema of an endpoint's body, from its :class:`edged.schemas.Fields`."""
-    required = [name for name in ("model", "messages", "prompt", "input")
-                if name in fields.parsed]
-    properties: dict[str, Any] = {
-        name: dict(schema) if name in required else {"anyOf": [dict(schema), {"type": "null"}]}
-        for name, schema in fields.parsed.items()}
-    for name, ignored in fields.ignored.items():
-        properties[name] = {**ignored.schema, "description": f"accepted without effect: "
-                                                              f"{ignored.why}"}
-    for name, refused in fields.refused.items():
-        properties[name] = {"type": "null", "description": f"refused: {refused.why}"}
-    return {"type": "object", "required": required, "properties": properties,
-            "additionalProperties": False}
+    return {"required": False, "content": {"application/json": {
+        "schema": {"type": "object"}}}}

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, ClassVar
 
 from aiohttp import web
+from pydantic import Field
 
-from edged.errors import InvalidRequest
-from edged.http.common import json_response, read_json
+from edged.http.common import accepts, json_response
 from edged.peers import PEERS, TrustedPeer
+from edged.schema import Body, Text
 from edged.settings import SETTINGS
 
 
@@ -29,14 +30,19 @@ async def list_peers(request: web.Request) -> web.Response:
                           "static": list(request.app[SETTINGS].peers)})
 
 
-async def trust_peer(request: web.Request) -> web.Response:
-    body = await read_json(request)
-    if not isinstance(body, dict) or not isinstance(body.get("key"), str):
-        raise InvalidRequest("'key' is required", param="key")
-    label = body.get("label") or ""
-    if not isinstance(label, str):
-        raise InvalidRequest("'label' must be a string", param="label")
-    return json_response(_peer_json(request.app[PEERS].trust(body["key"], label)), status=201)
+class TrustPeer(Body):
+    endpoint: ClassVar[str] = "/api/peers/trust"
+    # Any case, surrounding blanks allowed: the store normalises (edged.peers.validate_key).
+    key: Annotated[str, Field(pattern=r"^\s*[0-9a-fA-F]{64}\s*$",
+                              description="the peer's node key, 64 hex digits")]
+    label: Annotated[Text, Field(max_length=64)] | None = Field(
+        None, description="a name for the operator")
+
+
+@accepts(body=TrustPeer)
+async def trust_peer(request: web.Request, *, body: TrustPeer) -> web.Response:
+    peer = request.app[PEERS].trust(body.key, body.label or "")
+    return json_response(_peer_json(peer), status=201)
 
 
 async def untrust_peer(request: web.Request) -> web.Response:

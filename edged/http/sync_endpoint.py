@@ -9,12 +9,16 @@ its operator routes in :mod:`edged.http.exchange`; the fleet adds nothing of the
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Protocol
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, Protocol
 
 from aiohttp import web
+from pydantic import Field
 
-from edged.errors import EdgedError, InvalidRequest, TooManyRequests
-from edged.http.common import json_response, read_body
+from edged.errors import EdgedError, TooManyRequests
+from edged.http.common import accepts, json_response, read_body
+from edged.schema import Query
 from sync.auth import RequestVerifier
 from sync.batch import MAX_BATCH_BYTES
 
@@ -81,15 +85,32 @@ async def authenticate(request: web.Request, body: bytes = b"") -> bytes:
                                                 request.headers, body)
 
 
-async def hello(request: web.Request) -> web.Response:
+def signed(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+           ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """``handler`` behind :func:`authenticate` (a request without a body): the caller's
+    signature is checked before anything else, its query included. The models
+    :func:`edged.http.common.accepts` keeps on ``handler`` stay visible (``wraps``)."""
+
+    @functools.wraps(handler)
+    async def checked(request: web.Request) -> web.StreamResponse:
+        await authenticate(request)
+        return await handler(request)
+
+    return checked
+
+
+class HelloQuery(Query):
+    challenge: Annotated[str, Field(pattern=r"^[0-9a-f]{32}$",
+                                    description="16 random bytes in lowercase hex")]
+
+
+@accepts(query=HelloQuery)
+async def hello(request: web.Request, *, query: HelloQuery) -> web.Response:
     """Who answers here: the node key a caller signs its sync requests for, with a
     signature over the caller's challenge (proof this server holds that key)."""
-    challenge = request.query.get("challenge", "")
-    if len(challenge) != 32 or not all(c in "0123456789abcdef" for c in challenge):
-        raise InvalidRequest("'challenge' is 16 random bytes in lowercase hex",
-                             param="challenge")
     service = request.app[SYNC_ENDPOINT]
-    signature = service.signing_key.sign(HELLO_DOMAIN + bytes.fromhex(challenge)).signature
+    signature = service.signing_key.sign(
+        HELLO_DOMAIN + bytes.fromhex(query.challenge)).signature
     return json_response({"public_key": service.origin.hex(), "signature": signature.hex()})
 
 
@@ -100,6 +121,7 @@ async def heads(request: web.Request) -> web.Response:
 
 
 async def push(request: web.Request) -> web.Response:
+    # No body model: a push is a msgpack batch, signed over its raw bytes (sync.auth).
     # Nobody gets a body read before their headers pass: a trusted key, a fresh
     # timestamp, an unused nonce. The signature over the body is checked after.
     request.app[REQUEST_VERIFIER].precheck(request.headers)

@@ -17,10 +17,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from numpy.lib import format as npy_format
 
-from edged import bindings as examples
+from edged import example_files as examples
 from edged.app import create_app
-from edged.bindings import BINDINGS, parse_examples
+from edged.bindings import BINDINGS
 from edged.errors import InvalidRequest
+from edged.example_files import parse_examples
 from edged.ledger import LEDGER
 from edged.settings import Settings
 from tests.edged.conftest import AppClientFactory

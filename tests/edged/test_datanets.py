@@ -14,7 +14,8 @@ from aiohttp.test_utils import TestClient, make_mocked_request
 
 from attribution.receipt import verify_receipt
 from edged.app import create_app
-from edged.datanets import MAX_SEGMENTS, DatanetNotFound, DatanetStore, read_document_file
+from edged.datanet_documents import read_document_file
+from edged.datanets import MAX_SEGMENTS, DatanetNotFound, DatanetStore
 from edged.errors import Conflict, InvalidRequest, NotFound
 from edged.http.common import is_local
 from edged.ledger import LEDGER

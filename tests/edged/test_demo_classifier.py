@@ -10,7 +10,7 @@ import numpy as np
 
 from attribution.influence import influence_weights
 from edged.app import create_app
-from edged.bindings import Binding, Examples, InfluenceBindings
+from edged.bindings import Binding, InfluenceBindings
 from edged.demo_classifier import (
     DEMO_CLASSIFIER,
     StandardisedLogisticRegression,
@@ -19,6 +19,7 @@ from edged.demo_classifier import (
     train_logistic_regression,
 )
 from edged.devtools.fidelity import Split, make_split, mean_spearman
+from edged.example_files import Examples
 from edged.models import Manifest, ModelStore
 from edged.settings import Settings
 from tests.edged.conftest import AppClientFactory

@@ -26,7 +26,8 @@ from runtimes.base import (
     Prompt,
 )
 from runtimes.chat_formats import format_chat
-from runtimes.llama_cpp import LlamaCppBackend, default_repack
+from runtimes.llama_cpp import LlamaCppBackend
+from runtimes.llama_placement import default_repack
 from runtimes.stop_text import StopTextStream
 from tests.runtimes.conftest import TINY_CONTEXT, tiny_spec
 

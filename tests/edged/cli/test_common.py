@@ -7,7 +7,6 @@ lines below are those f-strings, kept verbatim.
 
 from __future__ import annotations
 
-import importlib
 import time
 from pathlib import Path
 from typing import Any
@@ -17,14 +16,14 @@ import pytest
 from click.testing import CliRunner
 
 from edged.cli import datanet, fleet
+from edged.cli import models as models_cli
+from edged.cli import receipts as receipts_cli
 from edged.cli.client import DaemonError
 from edged.cli.common import Column, daemon_errors, print_table
 from edged.cli.main import main
 from edged.devtools.daemon import free_port
 from edged.errors import EdgedError
 
-# ``edged.cli.main`` the module (the package re-exports the ``main`` group under that name).
-main_module = importlib.import_module("edged.cli.main")
 LONG = "a-name-much-longer-than-any-column-of-the-table-is-wide"
 
 
@@ -67,7 +66,7 @@ def test_models_list_and_ps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
          "gpu_layers": 12, "layers": 24, "device_memory_bytes": 4_000_000_000},
         {"name": "cold", "runtime": "llama.cpp", "size": 1, "loaded": False},
     ]
-    answering(monkeypatch, main_module, {"/api/models": {"models": models}})
+    answering(monkeypatch, models_cli, {"/api/models": {"models": models}})
 
     expected = []
     for model in models:
@@ -91,7 +90,7 @@ def test_receipts_list(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     receipts = [{"seq": 7, "id": "ab" * 32, "kind": "chat", "model": {"name": "tiny"}, "fee": 30},
                 {"seq": 123_456_789, "id": "r", "kind": "a-long-kind-name",
                  "model": {"name": LONG}, "fee": 0}]
-    answering(monkeypatch, main_module, {"/v1/receipts": {"data": receipts}})
+    answering(monkeypatch, receipts_cli, {"/v1/receipts": {"data": receipts}})
     assert run_cli(tmp_path, "receipts", "list") == [
         f"{receipt['seq']:>8}  {receipt['id']}  {receipt['kind']:<10} "
         f"{receipt['model']['name']:<24} fee {receipt['fee']}" for receipt in receipts]

@@ -108,6 +108,35 @@ async def test_bad_operator_input_is_refused_in_the_error_shape(fleet: Client) -
     _assert_error(await reply.json(), "no_chain")
 
 
+@pytest.mark.parametrize(("method", "path", "body", "param"), [
+    ("post", "/fleet/nodes", {"node": "ab" * 32, "lable": "typo"}, "lable"),
+    ("post", "/fleet/nodes", {"node": "ab" * 32, "label": "x" * 129}, "label"),
+    ("post", "/fleet/nodes", {"node": "ab" * 31}, "node"),
+    ("post", "/fleet/nodes", {}, "node"),
+    ("put", "/fleet/payees/someone", {}, "address"),
+    ("put", "/fleet/payees/someone", {"address": "0x" + "ab" * 20, "chain": 1}, "chain"),
+])
+async def test_operator_bodies_are_checked_against_their_declaration(
+        fleet: Client, method: str, path: str, body: dict[str, Any], param: str) -> None:
+    reply = await getattr(fleet, method)(path, json=body)
+    assert reply.status == 400
+    error = (await reply.json())["error"]
+    assert error["param"] == param and error["type"] == "invalid_request_error"
+
+
+async def test_a_node_key_is_normalised_and_the_bodies_are_documented(fleet: Client) -> None:
+    node = SimulatedNode(key_from("a"))
+    reply = await fleet.post("/fleet/nodes", json={"node": f" {node.origin.hex().upper()} "})
+    assert reply.status == 201
+    nodes = (await (await fleet.get("/fleet/nodes")).json())["nodes"]
+    assert [n["node"] for n in nodes] == [node.origin.hex()]
+    document = await (await fleet.get("/openapi.json")).json()
+    schema = document["paths"]["/fleet/nodes"]["post"]["requestBody"]["content"][
+        "application/json"]["schema"]
+    assert set(schema["properties"]) == {"node", "label"} and schema["required"] == ["node"]
+    assert schema["additionalProperties"] is False
+
+
 async def test_epoch_and_proof_endpoints(fleet: Client) -> None:
     node = SimulatedNode(key_from("a"), fee=100)
     await fleet.post("/fleet/nodes", json={"node": node.origin.hex()})

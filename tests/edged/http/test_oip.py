@@ -7,7 +7,7 @@ import asyncio
 import base64
 import hashlib
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import pytest
@@ -16,9 +16,10 @@ from aiohttp.test_utils import TestClient
 
 from attribution.receipt import verify_receipt
 from edged.app import create_app
+from edged.bindings import BIND_INFLUENCE, BIND_METHODS
 from edged.devtools.tiny_onnx import LinearClassifier, write_linear_classifier
 from edged.errors import InvalidRequest
-from edged.http.oip import decode_tensor
+from edged.http.oip import DATATYPES, Datatype, ExamplesQuery, Tensor, decode_tensor
 from edged.inference import SERVICE
 from edged.ledger import LEDGER
 from edged.models import Manifest, ModelStore, Price
@@ -177,7 +178,7 @@ async def test_data_nested_past_the_json_parser_is_400(
 def test_tensor_data_must_be_json_values_of_its_datatype(datatype: str, data: list[Any]) -> None:
     spec = {"name": "x", "shape": [4], "datatype": datatype, "data": data}
     with pytest.raises(InvalidRequest) as refused:
-        decode_tensor(spec, 0)
+        decode_tensor(Tensor.model_validate(spec), 0)
     assert refused.value.param == "inputs[0]"
     assert "false" not in refused.value.message  # the message names no values
 
@@ -185,8 +186,8 @@ def test_tensor_data_must_be_json_values_of_its_datatype(datatype: str, data: li
 def test_well_formed_tensors_decode() -> None:
     for datatype, data in (("BOOL", [True, False]), ("INT64", [-1, 2**40]),
                            ("UINT8", [0, 255]), ("FP16", [1, 0.5]), ("FP64", [1e300, -2])):
-        name, array = decode_tensor({"name": "x", "shape": [1, 2], "datatype": datatype,
-                                     "data": [data]}, 0)  # nested data, row-major
+        name, array = decode_tensor(Tensor.model_validate(  # nested data, row-major
+            {"name": "x", "shape": [1, 2], "datatype": datatype, "data": [data]}), 0)
         assert name == "x" and array.shape == (1, 2) and array.ravel().tolist() == data
 
 
@@ -194,8 +195,48 @@ async def test_unknown_model_and_version(v2: tuple[Client, LinearClassifier]) ->
     client, _ = v2
     assert (await client.get("/v2/models/nope")).status == 404
     assert (await client.get(f"/v2/models/{MODEL}/versions/7")).status == 404
-    missing = await client.post("/v2/models/nope/infer", json={"inputs": []})
+    # (the body is validated first: a malformed one is a 400 whatever the model)
+    missing = await client.post("/v2/models/nope/infer", json={"inputs": [GOOD_TENSOR]})
     assert missing.status == 404 and "error" in await missing.json()
+
+
+@pytest.mark.parametrize(("body", "param"), [
+    ({"inputs": [GOOD_TENSOR], "priority": 1}, "priority"),
+    ({"inputs": [{**GOOD_TENSOR, "extra": 1}]}, "inputs[0].extra"),
+    ({"inputs": [GOOD_TENSOR], "outputs": [{"name": "logits", "binary_data": True}]},
+     "outputs[0].binary_data"),
+    ({"inputs": [{**GOOD_TENSOR, "shape": [1, True]}]}, "inputs[0].shape[1]"),
+    ({"inputs": [{**GOOD_TENSOR, "datatype": "FP99"}]}, "inputs[0].datatype"),
+    ({"inputs": [GOOD_TENSOR], "id": 7}, "id"),
+])
+async def test_a_body_off_its_declaration_is_refused_in_the_protocols_shape(
+        v2: tuple[Client, LinearClassifier], body: dict[str, Any], param: str) -> None:
+    """The declared InferRequest (edged.http.oip) checks the body before the handler runs;
+    the refusal is the protocol's {"error": message}, naming the field."""
+    client, _ = v2
+    response = await client.post(f"/v2/models/{MODEL}/infer", json=body)
+    assert response.status == 400
+    error = await response.json()
+    assert set(error) == {"error"} and f"'{param}'" in error["error"]
+    assert client.app[LEDGER].head()[0] == 0
+
+
+async def test_the_protocols_parameters_objects_are_accepted(
+        v2: tuple[Client, LinearClassifier]) -> None:
+    """tritonclient sends "parameters" (binary_data: false) on a request, its inputs and
+    its outputs; edged reads none of them."""
+    client, _ = v2
+    response = await client.post(f"/v2/models/{MODEL}/infer", json={
+        "parameters": {}, "inputs": [{**GOOD_TENSOR, "parameters": {"binary_data": False}}],
+        "outputs": [{"name": "logits", "parameters": {"binary_data": False}}]})
+    assert response.status == 200
+    assert [o["name"] for o in (await response.json())["outputs"]] == ["logits"]
+
+
+def test_the_declarations_name_what_the_code_knows() -> None:
+    assert set(get_args(Datatype)) == set(DATATYPES)
+    method = ExamplesQuery.model_fields["method"]
+    assert get_args(method.annotation) == BIND_METHODS and method.default == BIND_INFLUENCE
 
 
 async def test_api_models_reports_the_providers_actually_in_use(
