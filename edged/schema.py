@@ -66,7 +66,7 @@ def validated(model: type[M], data: Any, *, strict: bool | None = None) -> M:
     try:
         return model.model_validate(data, strict=strict)
     except ValidationError as exc:
-        raise _edged_error(model, data, exc) from None
+        raise validation_error(model, data, exc) from None
 
 
 def param_name(loc: tuple[int | str, ...], data: Any, *, missing: bool = False) -> str:
@@ -90,7 +90,8 @@ def param_name(loc: tuple[int | str, ...], data: Any, *, missing: bool = False) 
     return text
 
 
-def _edged_error(model: type[BaseModel], data: Any, exc: ValidationError) -> Exception:
+def validation_error(model: type[BaseModel], data: Any, exc: ValidationError) -> Exception:
+    """The edged error for a failed validation of ``data`` against ``model``."""
     errors = exc.errors(include_url=False, include_input=False)
     # Unknown and refused fields first, in the body's order (what a client sent that
     # edged would not honour), then type and range failures in declaration order.
@@ -203,4 +204,5 @@ def refused_fields(model: type[BaseModel]) -> list[str]:
 
 
 __all__ = ["Body", "Query", "Refused", "Text", "ignored", "invalid", "json_schema",
-           "param_name", "query_parameters", "refuse", "refused_fields", "validated"]
+           "param_name", "query_parameters", "refuse", "refused_fields", "validated",
+           "validation_error"]

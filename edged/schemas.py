@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import AfterValidator, ConfigDict, Field, model_validator
 
 from edged.errors import InvalidRequest, UnsupportedParameter
 from edged.schema import Body, Refused, Text, ignored, invalid, refuse, validated
@@ -44,7 +44,6 @@ MAX_STOP_SEQUENCES = 4
 MAX_EMBEDDING_INPUTS = 256
 MAX_LOGIT_BIAS = 300  # OpenAI's limit on logit_bias entries
 MAX_TOP_LOGPROBS = 20
-ROLES = ("system", "user", "assistant", "developer", "tool")
 MAX_KEEP_ALIVE = 365 * 24 * 3600.0
 _DURATION = re.compile(r"^(-?\d+(?:\.\d+)?)(ms|s|m|h)?$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -202,14 +201,15 @@ class CallBody(_Nested):
     function: CalledFunction
 
 
-class ChatMessage(_Nested):
-    """A chat message. Keys beyond these with a ``null`` value are dropped; with any other
-    value (``name``, ``audio``...) they are refused, naming ``messages[i].key``."""
+Content = Text | list[TextPart]  # content parts: only text is supported
 
-    role: Literal[ROLES]  # type: ignore[valid-type]
-    content: Text | list[TextPart] | None = None
-    tool_calls: Annotated[list[CallBody], Field(min_length=1, max_length=MAX_CALLS)] | None = None
-    tool_call_id: str | None = None
+
+class _Message(_Nested):
+    """A chat message. Keys beyond its role's with a ``null`` value are dropped; with any
+    other value (``name``, ``audio``...) they are refused, naming ``messages[i].key``."""
+
+    role: str
+    content: Content | None
 
     @model_validator(mode="before")
     @classmethod
@@ -217,24 +217,45 @@ class ChatMessage(_Nested):
         return {k: v for k, v in data.items() if v is not None} if isinstance(data, dict) \
             else data
 
+    def message(self) -> Message:
+        content = self.content
+        text = "".join(part.text for part in content) if isinstance(content, list) \
+            else content or ""
+        calls = tuple(ToolCall(c.id, c.function.name, c.function.arguments)
+                      for c in getattr(self, "tool_calls", None) or ())
+        return Message("system" if self.role == "developer" else self.role, text, calls,
+                       getattr(self, "tool_call_id", None))
+
+
+class TextMessage(_Message):
+    role: Literal["system", "developer", "user"]
+    content: Content
+
+
+class AssistantMessage(_Message):
+    model_config = ConfigDict(json_schema_extra={
+        "anyOf": [{"required": ["content"], "properties": {"content": {"not": {"type": "null"}}}},
+                  {"required": ["tool_calls"],
+                   "properties": {"tool_calls": {"not": {"type": "null"}}}}]})
+    role: Literal["assistant"]
+    content: Content | None = None  # none: the turn only called tools
+    tool_calls: Annotated[list[CallBody], Field(min_length=1, max_length=MAX_CALLS)] | None = None
+
     @model_validator(mode="after")
-    def _tool_fields(self) -> ChatMessage:
-        if self.tool_calls is not None and self.role != "assistant":
-            raise invalid("'tool_calls' is for assistant messages")
-        if (self.role == "tool") != (self.tool_call_id is not None):
-            raise invalid("'tool_call_id' is required on tool messages, and only there")
+    def _says_or_calls(self) -> AssistantMessage:
         if self.content is None and not self.tool_calls:
             raise invalid("'content' is required unless the message calls tools")
         return self
 
-    def message(self) -> Message:
-        content = self.content or ""
-        if isinstance(content, list):  # content parts: only text is supported
-            content = "".join(part.text for part in content)
-        calls = tuple(ToolCall(c.id, c.function.name, c.function.arguments)
-                      for c in self.tool_calls or ())
-        return Message("system" if self.role == "developer" else self.role, content, calls,
-                       self.tool_call_id)
+
+class ToolMessage(_Message):
+    role: Literal["tool"]
+    content: Content
+    tool_call_id: str  # the call this answers
+
+
+ChatMessage = Annotated[TextMessage | AssistantMessage | ToolMessage,
+                        Field(discriminator="role")]
 
 
 class FunctionSpec(_Nested):
@@ -281,7 +302,8 @@ class _GenerationBody(_OpenAIBody):
     top_p: Annotated[float, Field(gt=0, le=1)] | None = None
     seed: int | None = None
     stop: Text | Annotated[list[StopText], Field(max_length=MAX_STOP_SEQUENCES)] | None = None
-    n: Annotated[int, Field(ge=1), AfterValidator(_only_one)] | None = None
+    n: Annotated[int, Field(ge=1, json_schema_extra={"maximum": 1}),
+                 AfterValidator(_only_one)] | None = None
     cache_prompt: bool | None = None
     # sampling (llama.cpp's native chain) and structured output (a grammar)
     presence_penalty: Penalty | None = None

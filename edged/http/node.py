@@ -5,24 +5,47 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
-from typing import Any
+from typing import Annotated, Any, ClassVar
 
 from aiohttp import web
+from pydantic import Field, model_validator
 
 from attribution.receipt import SignedReceipt
 from edged.bindings import BINDINGS
 from edged.datanets import DATANETS
 from edged.errors import InvalidRequest, NotFound, NotReady
 from edged.federation import FEDERATION
-from edged.http.common import READY, int_query, json_response, read_json, receipt_leaf
+from edged.http.common import READY, accepts, json_response, receipt_leaf
 from edged.inference import SERVICE
 from edged.keys import NODE_KEYS
 from edged.ledger import LEDGER
 from edged.lineage import resolve_lineage
-from edged.models import Manifest, Price, validate_digest, validate_name
+from edged.models import (
+    BatchDelayUs,
+    ChatFormat,
+    ContextLength,
+    Datanets,
+    DataSharePpm,
+    Declared,
+    Digest,
+    EmbeddingOutput,
+    LabelNames,
+    Layer,
+    LineageRequest,
+    Manifest,
+    MaxBatchSize,
+    Name,
+    Options,
+    Owner,
+    Price,
+    Runtime,
+    UnmatchedDataTo,
+    validate_digest,
+)
 from edged.predict import PREDICT
 from edged.scheduler import SCHEDULER
-from edged.schemas import parse_keep_alive
+from edged.schema import Body, Query, invalid
+from edged.schemas import KeepAlive, parse_keep_alive
 from edged.settings import SETTINGS
 
 MAX_PAGE = 1000
@@ -77,9 +100,14 @@ async def get_receipt(request: web.Request) -> web.Response:
     return json_response(receipt_json(receipt))
 
 
-async def list_receipts(request: web.Request) -> web.Response:
-    after_seq = int_query(request, "after_seq", -1, -1, 2**63 - 1)
-    limit = int_query(request, "limit", 100, 1, MAX_PAGE)
+class ReceiptsPage(Query):
+    after_seq: Annotated[int, Field(ge=-1, le=2**63 - 1)] = -1  # the page starts after it
+    limit: Annotated[int, Field(ge=1, le=MAX_PAGE)] = 100
+
+
+@accepts(query=ReceiptsPage)
+async def list_receipts(request: web.Request, *, query: ReceiptsPage) -> web.Response:
+    after_seq, limit = query.after_seq, query.limit
     receipts = request.app[LEDGER].page(after_seq, limit + 1)
     page = receipts[:limit]
     return json_response({
@@ -126,87 +154,50 @@ async def show_model(request: web.Request) -> web.Response:
     return json_response(await _model_view(request, manifest))
 
 
-async def create_model(request: web.Request) -> web.Response:
+# The default of a field a request may leave out but not send as null: typed Any so that
+# a field whose type refuses null can default to it (pydantic does not validate defaults),
+# and left out of the document, where null would not be a valid value.
+def _undocumented_default(schema: dict[str, Any]) -> None:
+    del schema["default"]
+
+
+ABSENT: Any = Field(default=None, json_schema_extra=_undocumented_default)
+
+
+class CreateModel(Body):
+    """A model to register; a field left out or null takes the manifest's default (the
+    runtime llama.cpp, and this node as the owner)."""
+
+    endpoint: ClassVar[str] = "POST /api/models"
+    name: Name
+    weights: Digest
+    runtime: Runtime | None = None
+    owner: Owner | None = None
+    price: Price | None = None
+    chat_format: ChatFormat | None = None
+    context_length: ContextLength | None = None
+    datanets: Datanets | None = None
+    data_share_ppm: DataSharePpm | None = None
+    unmatched_data_to: UnmatchedDataTo | None = None
+    embedding_output: EmbeddingOutput | None = None
+    tokenizer: Digest | None = None  # an uploaded tokenizer.json (ONNX text embedders)
+    options: Options | None = None
+    federate: bool = True
+    replace: bool | None = None  # replace a model of the same name
+
+
+@accepts(body=CreateModel)
+async def create_model(request: web.Request, *, body: CreateModel) -> web.Response:
     """Register a model whose weights were uploaded to /api/blobs first."""
-    body = await read_json(request)
-    if not isinstance(body, dict):
-        raise InvalidRequest("the request body must be a JSON object")
-    manifest = Manifest(
-        name=validate_name(body.get("name", "")),
-        runtime=body.get("runtime") or "llama.cpp",
-        weights=validate_digest(body.get("weights", "")),
-        size=0,
-        owner=body.get("owner") or "node:" + request.app[NODE_KEYS].public_key.hex(),
-        price=_price(body.get("price")),
-        chat_format=body.get("chat_format"),
-        context_length=_int_field(body, "context_length", 2048),
-        datanets=tuple(_string_list(body.get("datanets") or [], "datanets")),
-        data_share_ppm=_int_field(body, "data_share_ppm", 0),
-        unmatched_data_to=body.get("unmatched_data_to") or "owner",
-        embedding_output=_optional_string(body, "embedding_output"),
-        tokenizer=_tokenizer_digest(request, body.get("tokenizer")),
-        options=_options(body.get("options")),
-        federate=body.get("federate", True),
-    )
+    given = {name: value for name, value in body if value is not None and name != "replace"}
+    given.setdefault("runtime", "llama.cpp")
+    given.setdefault("owner", "node:" + request.app[NODE_KEYS].public_key.hex())
+    manifest = Manifest(size=0, **given)
     await _require_datanets(request, manifest.datanets)
     # Off the loop: registration reads the weights' header and tensor table.
     stored = await asyncio.to_thread(request.app[SERVICE].store.add, manifest,
-                                     replace_existing=bool(body.get("replace")))
+                                     replace_existing=bool(body.replace))
     return json_response(await _model_view(request, stored), status=201)
-
-
-def _options(value: Any) -> dict[str, Any]:
-    """A manifest's ``options`` object (its keys and values are checked with the manifest)."""
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise InvalidRequest("'options' must be an object", param="options")
-    return dict(value)
-
-
-def _optional_string(body: dict[str, Any], name: str) -> str | None:
-    value = body.get(name)
-    if value is not None and (not isinstance(value, str) or not value):
-        raise InvalidRequest(f"'{name}' must be a non-empty string", param=name)
-    return value
-
-
-def _tokenizer_digest(request: web.Request, value: Any) -> str | None:
-    """The digest of an uploaded tokenizer.json blob, or None."""
-    if value is None:
-        return None
-    try:
-        digest = validate_digest(value)
-    except InvalidRequest:
-        raise InvalidRequest("'tokenizer' is sha256:<64 lowercase hex digits>",
-                             param="tokenizer") from None
-    if not request.app[SERVICE].store.has_blob(digest):
-        raise InvalidRequest("no blob with the tokenizer's digest; upload it first",
-                             param="tokenizer")
-    return digest
-
-
-def _price(value: Any) -> Price:
-    if value is None:
-        return Price()
-    if not isinstance(value, dict):
-        raise InvalidRequest("'price' must be an object", param="price")
-    return Price.from_dict(value)
-
-
-def _string_list(value: Any, param: str) -> list[str]:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise InvalidRequest(f"'{param}' must be a list of strings", param=param)
-    return value
-
-
-def _int_field(body: dict[str, Any], name: str, default: int) -> int:
-    value = body.get(name)
-    if value is None:
-        return default
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise InvalidRequest(f"'{name}' must be an integer", param=name)
-    return value
 
 
 async def _require_datanets(request: web.Request, names: tuple[str, ...]) -> None:
@@ -214,37 +205,60 @@ async def _require_datanets(request: web.Request, names: tuple[str, ...]) -> Non
         await asyncio.to_thread(request.app[DATANETS].get, name)  # DatanetNotFound: 404
 
 
-UPDATABLE = {"owner", "price", "datanets", "data_share_ppm", "unmatched_data_to",
-             "chat_format", "context_length", "max_batch_size", "batch_delay_us",
-             "influence_layer", "label_names", "options", "lineage", "federate"}
+class UpdateModel(Body):
+    """The manifest fields to change (not the weights); a field left out is unchanged.
+    null clears chat_format, influence_layer, options, lineage and price, and leaves the
+    integer fields as they are."""
+
+    endpoint: ClassVar[str] = "PATCH /api/models/{name}"
+    owner: Owner = ABSENT
+    price: Price | None = None
+    datanets: Datanets = ABSENT
+    data_share_ppm: DataSharePpm | None = None
+    unmatched_data_to: UnmatchedDataTo = ABSENT
+    chat_format: ChatFormat | None = None
+    context_length: ContextLength | None = None
+    max_batch_size: MaxBatchSize | None = None
+    batch_delay_us: BatchDelayUs | None = None
+    influence_layer: Layer | None = None
+    label_names: LabelNames = ABSENT
+    options: Options | None = None
+    # training datanets without a state digest are pinned at their state now
+    lineage: Annotated[dict[str, Any], Declared(LineageRequest)] | None = None
+    federate: bool = ABSENT
+
+    @model_validator(mode="before")
+    @classmethod
+    def _updatable(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            if not data:
+                raise invalid("send an object with the fields to change")
+            if unknown := [name for name in data if name not in UPDATABLE]:
+                raise InvalidRequest(f"cannot update {unknown}; updatable: {sorted(UPDATABLE)}",
+                                     param=unknown[0])
+        return data
 
 
-async def update_model(request: web.Request) -> web.Response:
+UPDATABLE = frozenset(UpdateModel.model_fields)
+UNCHANGED_BY_NULL = ("data_share_ppm", "context_length", "max_batch_size", "batch_delay_us")
+
+
+@accepts(body=UpdateModel)
+async def update_model(request: web.Request, *, body: UpdateModel) -> web.Response:
     """Change manifest fields (not the weights); the model reloads on next use."""
-    body = await read_json(request)
-    if not isinstance(body, dict) or not body:
-        raise InvalidRequest("send an object with the fields to change")
-    unknown = set(body) - UPDATABLE
-    if unknown:
-        raise InvalidRequest(f"cannot update {sorted(unknown)}; updatable: {sorted(UPDATABLE)}")
     store = request.app[SERVICE].store
     current = store.get(request.match_info["name"])
-    changes: dict[str, Any] = dict(body)
+    changes: dict[str, Any] = {name: getattr(body, name) for name in body.model_fields_set
+                               if not (name in UNCHANGED_BY_NULL and getattr(body, name) is None)}
     if "price" in changes:
-        changes["price"] = _price(changes["price"])
-    if "datanets" in changes:
-        changes["datanets"] = tuple(_string_list(changes["datanets"], "datanets"))
-        await _require_datanets(request, changes["datanets"])
+        changes["price"] = changes["price"] or Price()
     if "options" in changes:
-        changes["options"] = _options(changes["options"])
+        changes["options"] = changes["options"] or {}
+    if "datanets" in changes:
+        await _require_datanets(request, changes["datanets"])
     if "lineage" in changes:  # training datanets without a digest: pinned at their state now
         changes["lineage"] = await asyncio.to_thread(resolve_lineage, changes["lineage"],
                                                      request.app[DATANETS])
-    if "label_names" in changes:
-        changes["label_names"] = tuple(_string_list(changes["label_names"], "label_names"))
-    for name in ("data_share_ppm", "context_length", "max_batch_size", "batch_delay_us"):
-        if name in changes:
-            changes[name] = _int_field(body, name, getattr(current, name))
     updated = store.add(dataclasses.replace(current, **changes), replace_existing=True)
     # Requests already running finish on the old load; the next one loads the new manifest.
     request.app[SCHEDULER].reload(updated.name)
@@ -259,10 +273,16 @@ async def remove_model(request: web.Request) -> web.Response:
     return json_response({"deleted": name})
 
 
-async def load_model(request: web.Request) -> web.Response:
+class LoadModel(Body):
+    endpoint: ClassVar[str] = "POST /api/models/{name}/load"
+    keep_alive: KeepAlive | None = None  # how long the model stays loaded (else the setting)
+
+
+@accepts(body=LoadModel)
+async def load_model(request: web.Request, *, body: LoadModel) -> web.Response:
+    """Load a model now, optionally for ``keep_alive``."""
     name = request.match_info["name"]
-    body = await read_json(request)
-    keep_alive = parse_keep_alive(body.get("keep_alive")) if isinstance(body, dict) else None
+    keep_alive = parse_keep_alive(body.keep_alive)
     request.app[SERVICE].store.get(name)
     await request.app[SCHEDULER].load(name, keep_alive=keep_alive)
     return json_response(await _model_view(request, request.app[SERVICE].store.get(name)))

@@ -19,7 +19,7 @@ from attribution.commitments import digest
 from edged.app import create_app
 from edged.cli.main import main
 from edged.datanets import DATANETS
-from edged.models import MAX_CARD_CHARS, RUNTIMES, Manifest
+from edged.models import MAX_CARD_CHARS, MAX_TRAINED_ON, RUNTIMES, Manifest
 from edged.settings import Settings
 from tests.edged.conftest import FAKE_MODEL, AppClientFactory, fake_loader
 from tests.edged.test_datanets_duplicates import run_cli
@@ -37,8 +37,8 @@ def _manifest(**fields: Any) -> Manifest:
 def test_a_manifest_without_lineage_keeps_its_digest() -> None:
     plain = _manifest()
     assert "lineage" not in plain.to_dict()
-    before_lineage = {**asdict(plain), "datanets": [], "inputs": [], "outputs": [],
-                      "label_names": []}
+    before_lineage = {**asdict(plain), "price": plain.price.model_dump(), "datanets": [],
+                      "inputs": [], "outputs": [], "label_names": []}
     for absent in ("tokenizer", "options", "lineage", "federate"):
         del before_lineage[absent]
     assert plain.digest() == digest(before_lineage)
@@ -106,7 +106,7 @@ async def test_lineage_through_the_api_pins_datanets_and_enters_the_receipt(
 
 @pytest.mark.parametrize(("lineage", "param"), [
     ("a string", "lineage"),
-    ({"parent": BASE}, "lineage"),
+    ({"parent": BASE}, "lineage.parent"),
     ({"base": "12345"}, "lineage.base"),
     ({"base": 7}, "lineage.base"),
     ({"trained_on": []}, "lineage.trained_on"),
@@ -119,7 +119,10 @@ async def test_lineage_through_the_api_pins_datanets_and_enters_the_receipt(
     ({"trained_on": [{"datanet": "x", "state": BASE}, {"datanet": "x", "state": BASE}]},
      "lineage.trained_on[1]"),
     ({"trained_on": [{"datanet": "x", "state": BASE, "extra": 1}]},
-     "lineage.trained_on[0]"),
+     "lineage.trained_on[0].extra"),
+    ({"trained_on": [{"state": BASE}]}, "lineage.trained_on[0].datanet"),
+    ({"trained_on": [{"datanet": "x"}] * (MAX_TRAINED_ON + 1)}, "lineage.trained_on"),
+    ({"card": "a\x00b"}, "lineage.card"),
     ({"card": ""}, "lineage.card"),
     ({"card": "x" * (MAX_CARD_CHARS + 1)}, "lineage.card"),
     ({"card": ["not", "text"]}, "lineage.card"),

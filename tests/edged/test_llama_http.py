@@ -102,4 +102,4 @@ async def test_a_models_options_set_its_slots_and_a_change_reloads_it(
     assert patched.status == 200 and (await patched.json())["options"] == {"parallel": 2}
     assert (await slots())["total"] == 2  # reloaded with the model's own
     bad = await client.patch("/api/models/tiny", json={"options": {"parallel": "two"}})
-    assert bad.status == 400 and (await bad.json())["error"]["param"] == "options"
+    assert bad.status == 400 and (await bad.json())["error"]["param"] == "options.parallel"

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import os
 import struct
 from dataclasses import replace
@@ -159,26 +161,85 @@ def test_llama_options_are_validated_and_kept(tmp_path: Path, gguf_bytes: bytes)
     assert tuned.digest() != replace(tuned, options={}).digest()
 
 
-@pytest.mark.parametrize("options", [
-    {"paralel": 2},  # unknown
-    {"parallel": 0}, {"parallel": 65}, {"parallel": 2.5}, {"parallel": True},
-    {"flash_attn": 1}, {"min_p": 2}, {"min_p": "0.1"}, {"min_p": float("nan")},
-    {"n_gpu_layers": "all"}, {"n_gpu_layers": -2}, {"main_gpu": -1},
-    {"tensor_split": []}, {"tensor_split": [1, -1]}, {"tensor_split": "3,1"},
-    {"tensor_split": [1] * 17},
-    [("parallel", 2)],
+@pytest.mark.parametrize(("options", "param"), [
+    ({"paralel": 2}, "options.paralel"),  # unknown
+    ({"parallel": 0}, "options.parallel"), ({"parallel": 65}, "options.parallel"),
+    ({"parallel": 2.5}, "options.parallel"), ({"parallel": True}, "options.parallel"),
+    ({"flash_attn": 1}, "options.flash_attn"), ({"min_p": 2}, "options.min_p"),
+    ({"min_p": "0.1"}, "options.min_p"), ({"min_p": float("nan")}, "options.min_p"),
+    ({"min_p": True}, "options.min_p"),
+    ({"n_gpu_layers": "all"}, "options.n_gpu_layers"),
+    ({"n_gpu_layers": -2}, "options.n_gpu_layers"), ({"main_gpu": -1}, "options.main_gpu"),
+    ({"tensor_split": []}, "options.tensor_split"),
+    ({"tensor_split": [1, -1]}, "options.tensor_split[1]"),
+    ({"tensor_split": "3,1"}, "options.tensor_split"),
+    ({"tensor_split": [1] * 17}, "options.tensor_split"),
+    ([("parallel", 2)], "options"),
 ])
 def test_bad_llama_options_are_refused(tmp_path: Path, gguf_bytes: bytes,
-                                       options: object) -> None:
+                                       options: object, param: str) -> None:
     store = ModelStore(tmp_path)
     digest = _upload(store, gguf_bytes)
     with pytest.raises(InvalidRequest) as refused:
         store.add(_manifest("bad", digest, options=options))
-    assert refused.value.param == "options"
+    assert refused.value.param == param
+    assert store.list() == []
 
 
 def test_options_are_for_llama_models_only() -> None:
-    manifest = _manifest("onnx-model", "a" * 64, runtime="onnx", options={"parallel": 2})
     with pytest.raises(InvalidRequest) as refused:
-        manifest.checked()
+        _manifest("onnx-model", "a" * 64, runtime="onnx", options={"parallel": 2})
     assert refused.value.param == "options"
+
+
+@pytest.mark.parametrize(("fields", "param"), [
+    ({"name": "a..b"}, "name"), ({"name": 7}, "name"), ({"weights": "sha256:" + "A" * 64},
+                                                        "weights"),
+    ({"runtime": "vllm"}, "runtime"), ({"chat_format": "alpaca"}, "chat_format"),
+    ({"owner": ""}, "owner"), ({"owner": "x" * 129}, "owner"), ({"size": "3"}, "size"),
+    ({"context_length": 8}, "context_length"), ({"context_length": True}, "context_length"),
+    ({"price": {"request": -1}}, "price.request"),
+    ({"price": {"request": 2**40 + 1}}, "price.request"), ({"price": {"tip": 1}}, "price.tip"),
+    ({"price": 5}, "price"), ({"datanets": ["Bad Name"]}, "datanets[0]"),
+    ({"datanets": "books"}, "datanets"), ({"data_share_ppm": 1_000_001}, "data_share_ppm"),
+    ({"data_share_ppm": 5}, "data_share_ppm"),  # a data share needs a datanet
+    ({"unmatched_data_to": "nobody"}, "unmatched_data_to"),
+    ({"max_batch_size": 0}, "max_batch_size"), ({"batch_delay_us": -1}, "batch_delay_us"),
+    ({"tokenizer": "zz"}, "tokenizer"), ({"federate": "no"}, "federate"),
+    ({"embedding_output": ""}, "embedding_output"),
+    ({"influence_layer": {"features": "x", "weights": "w"}}, "influence_layer.bias"),
+    ({"influence_layer": {"features": "x", "weights": "w", "bias": "b", "source": "me"}},
+     "influence_layer.source"),
+    ({"inputs": [5]}, "inputs[0]"), ({"colour": "red"}, "colour"),
+])
+def test_a_bad_manifest_is_a_400_naming_the_field(fields: dict[str, object],
+                                                  param: str) -> None:
+    data = {**_manifest("m", "a" * 64).to_dict(), **fields}
+    with pytest.raises(InvalidRequest) as refused:
+        Manifest(**data)  # type: ignore[arg-type]
+    assert refused.value.param == param
+    if "colour" not in fields:  # a stored file's unknown field is ignored (below)
+        with pytest.raises(InvalidRequest) as refused:
+            Manifest.from_dict(json.loads(json.dumps(data)))
+        assert refused.value.param == param
+
+
+def test_a_stored_manifest_may_hold_fields_edged_no_longer_knows() -> None:
+    manifest = _manifest("m", "a" * 64, created=1)
+    assert Manifest.from_dict({**manifest.to_dict(), "family": "llama"}) == manifest
+
+
+def test_a_manifest_holds_tuples_and_bare_digests_and_whole_numbers_stay_ints() -> None:
+    manifest = _manifest("m", "sha256:" + "a" * 64, datanets=["books"], label_names=["x"],
+                         tokenizer="sha256:" + "b" * 64,
+                         options={"min_p": 0, "repeat_penalty": 1.5, "tensor_split": [3, 1.0]})
+    assert manifest.weights == "a" * 64 and manifest.tokenizer == "b" * 64
+    assert manifest.datanets == ("books",) and manifest.label_names == ("x",)
+    assert manifest.options == {"min_p": 0, "repeat_penalty": 1.5, "tensor_split": [3, 1.0]}
+    assert type(manifest.options["min_p"]) is int
+    assert [type(x) for x in manifest.options["tensor_split"]] == [int, float]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        manifest.name = "other"  # type: ignore[misc]
+    with pytest.raises(InvalidRequest) as refused:
+        replace(manifest, context_length=1)
+    assert refused.value.param == "context_length"

@@ -171,7 +171,7 @@ async def test_a_tool_message_needs_its_call_id(
     with pytest.raises(openai.BadRequestError) as refused:
         await official.chat.completions.create(
             model=MODEL, max_tokens=5, messages=[*ASK, {"role": "tool", "content": "x"}])
-    assert refused.value.body["param"] == "messages[1]"  # type: ignore[index]
+    assert refused.value.body["param"] == "messages[1].tool_call_id"  # type: ignore[index]
 
 
 def use_of(*tools: dict[str, Any]) -> ToolUse:

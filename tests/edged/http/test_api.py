@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from typing import Any
 
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
@@ -239,3 +241,130 @@ async def test_cache_prompt_is_a_boolean(client: Client) -> None:
     assert fresh.status == 200
     wrong = await client.post("/v1/chat/completions", json={**CHAT, "cache_prompt": "no"})
     assert wrong.status == 400 and (await wrong.json())["error"]["param"] == "cache_prompt"
+
+
+FAKE_BLOB = "sha256:" + hashlib.sha256(f"fake weights for {FAKE_MODEL}".encode()).hexdigest()
+
+
+async def test_registering_a_model_takes_the_clis_body_with_its_nulls(client: Client) -> None:
+    """``edged models add`` sends every field, null where not given: null is the default."""
+    body = {"name": "second", "weights": FAKE_BLOB, "owner": None, "price": {"request": 3},
+            "chat_format": None, "context_length": None, "runtime": "fake", "replace": False,
+            "datanets": [], "data_share_ppm": None, "options": {}}
+    created = await client.post("/api/models", json=body)
+    assert created.status == 201, await created.text()
+    view = await created.json()
+    assert view["owner"].startswith("node:") and view["context_length"] == 2048
+    assert view["price"] == {"request": 3, "input_per_1k": 0, "output_per_1k": 0, "per_row": 0}
+    again = await client.post("/api/models", json=body)
+    assert again.status == 409
+    replaced = await client.post("/api/models", json={**body, "replace": True,
+                                                      "owner": "someone"})
+    assert replaced.status == 201 and (await replaced.json())["owner"] == "someone"
+
+
+@pytest.mark.parametrize(("fields", "param", "code"), [
+    ({"name": "../x"}, "name", "invalid_request"),
+    ({"weights": "sha256:" + "z" * 64}, "weights", "invalid_request"),
+    ({"runtime": "vllm"}, "runtime", "invalid_request"),
+    ({"price": {"request": -1}}, "price.request", "invalid_request"),
+    ({"price": {"request": 10**23}}, "price.request", "invalid_request"),
+    ({"price": {"tip": 1}}, "price.tip", "unsupported_parameter"),
+    ({"price": "free"}, "price", "invalid_request"),
+    ({"context_length": "abc"}, "context_length", "invalid_request"),
+    ({"datanets": ["Not A Name"]}, "datanets[0]", "invalid_request"),
+    ({"data_share_ppm": 5}, "data_share_ppm", "invalid_request"),  # no datanet to share with
+    ({"options": {"parallel": 2}}, "options", "invalid_request"),  # not a llama.cpp model
+    ({"tokenizer": "sha256:" + "0" * 64}, "tokenizer", "invalid_request"),  # no such blob
+    ({"federate": None}, "federate", "invalid_request"),
+    ({"colour": "red"}, "colour", "unsupported_parameter"),
+])
+async def test_a_bad_registration_is_a_400_naming_the_field(
+        client: Client, fields: dict[str, Any], param: str, code: str) -> None:
+    response = await client.post("/api/models", json={
+        "name": "second", "runtime": "fake", "weights": FAKE_BLOB, **fields})
+    assert response.status == 400
+    error = (await response.json())["error"]
+    assert (error["param"], error["code"]) == (param, code)
+    listed = (await (await client.get("/api/models")).json())["models"]
+    assert [m["name"] for m in listed] == [FAKE_MODEL]
+
+
+async def test_updating_a_model_changes_what_was_sent(client: Client) -> None:
+    before = await (await client.get(f"/api/models/{FAKE_MODEL}")).json()
+    updated = await client.patch(f"/api/models/{FAKE_MODEL}", json={
+        "price": {"output_per_1k": 4}, "label_names": ["a"], "chat_format": "chatml",
+        "context_length": None, "max_batch_size": 8})
+    assert updated.status == 200, await updated.text()
+    view = await updated.json()
+    assert view["price"]["output_per_1k"] == 4 and view["label_names"] == ["a"]
+    assert view["chat_format"] == "chatml" and view["max_batch_size"] == 8
+    assert view["context_length"] == before["context_length"]  # null: unchanged
+    assert view["owner"] == before["owner"] and view["digest"] != before["digest"]
+    cleared = await (await client.patch(f"/api/models/{FAKE_MODEL}", json={
+        "price": None, "chat_format": None, "label_names": [], "max_batch_size": 32})).json()
+    assert cleared["digest"] == before["digest"]  # back where it was
+
+
+@pytest.mark.parametrize(("body", "param", "code"), [
+    ({}, None, "invalid_request"),
+    ({"weights": "x"}, "weights", "invalid_request"),  # not updatable
+    ({"owner": 5}, "owner", "invalid_request"),
+    ({"owner": None}, "owner", "invalid_request"),
+    ({"datanets": 5}, "datanets", "invalid_request"),
+    ({"price": {"request": 1.5}}, "price.request", "invalid_request"),
+    ({"max_batch_size": 0}, "max_batch_size", "invalid_request"),
+    ({"influence_layer": {"features": "x"}}, "influence_layer.weights", "invalid_request"),
+    ({"options": {"parallel": 2}}, "options", "invalid_request"),  # not a llama.cpp model
+    ({"data_share_ppm": 10}, "data_share_ppm", "invalid_request"),  # no datanet
+    ({"federate": "no"}, "federate", "invalid_request"),
+])
+async def test_a_bad_update_is_a_400_naming_the_field_and_changes_nothing(
+        client: Client, body: dict[str, Any], param: str | None, code: str) -> None:
+    before = await (await client.get(f"/api/models/{FAKE_MODEL}")).json()
+    response = await client.patch(f"/api/models/{FAKE_MODEL}", json=body)
+    assert response.status == 400
+    error = (await response.json())["error"]
+    assert (error["param"], error["code"]) == (param, code)
+    after = await (await client.get(f"/api/models/{FAKE_MODEL}")).json()
+    assert after["digest"] == before["digest"]
+
+
+async def test_loading_takes_a_keep_alive(client: Client) -> None:
+    loaded = await client.post(f"/api/models/{FAKE_MODEL}/load", json={"keep_alive": "5m"})
+    assert loaded.status == 200 and (await loaded.json())["loaded"] is True
+    for bad in ({"keep_alive": "soon"}, {"keep_alive": True}, {"keep": 1}):
+        refused = await client.post(f"/api/models/{FAKE_MODEL}/load", json=bad)
+        assert refused.status == 400
+        assert (await refused.json())["error"]["param"] in ("keep_alive", "keep")
+    missing = await client.post("/api/models/no-such/load", json={"keep_alive": 10})
+    assert missing.status == 404
+
+
+@pytest.mark.parametrize(("params", "param"), [
+    ({"limit": "0"}, "limit"), ({"limit": "1001"}, "limit"), ({"limit": "ten"}, "limit"),
+    ({"after_seq": "x"}, "after_seq"), ({"after_seq": "-2"}, "after_seq"),
+])
+async def test_bad_receipt_page_parameters_are_400s(client: Client, params: dict[str, str],
+                                                    param: str) -> None:
+    response = await client.get("/v1/receipts", params=params)
+    assert response.status == 400
+    assert (await response.json())["error"]["param"] == param
+
+
+async def test_the_model_admin_bodies_are_documented_as_declared(client: Client) -> None:
+    from edged.http.node import CreateModel, LoadModel, UpdateModel
+    from edged.http.openapi import OPENAPI_PATH
+
+    document = await (await client.get(OPENAPI_PATH)).json()
+    paths = document["paths"]
+    for path, method, model in (("/api/models", "post", CreateModel),
+                                ("/api/models/{name}", "patch", UpdateModel),
+                                ("/api/models/{name}/load", "post", LoadModel)):
+        schema = paths[path][method]["requestBody"]["content"]["application/json"]["schema"]
+        assert set(schema["properties"]) == set(model.model_fields)
+        assert schema["additionalProperties"] is False
+    created = paths["/api/models"]["post"]["requestBody"]["content"]["application/json"]
+    assert set(created["schema"]["required"]) == {"name", "weights"}
+    query = {p["name"] for p in paths["/v1/receipts"]["get"]["parameters"]}
+    assert query == {"after_seq", "limit"}

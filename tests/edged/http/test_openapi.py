@@ -99,7 +99,7 @@ async def test_every_reference_in_the_document_resolves(client: TestClient[Any, 
                 walk(item)
 
     walk(document)
-    assert "#/components/schemas/ChatMessage" in references
+    assert "#/components/schemas/TextMessage" in references
     for reference in references:
         assert reference.startswith("#/components/schemas/")
         assert reference.removeprefix("#/components/schemas/") in document["components"][
