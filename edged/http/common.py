@@ -9,7 +9,7 @@ import json
 import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -27,6 +27,8 @@ from edged.errors import (
 )
 from edged.ledger import LEDGER
 from edged.schema import Body, Query, validated
+
+Q = TypeVar("Q", bound=Query)
 
 logger = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -164,9 +166,7 @@ def accepts(*, body: type[Body] | None = None, query: type[Query] | None = None
         async def validating(request: web.Request) -> web.StreamResponse:
             arguments: dict[str, Any] = {}
             if query is not None:
-                # the first value of a repeated parameter, as request.query.get gives
-                arguments["query"] = validated(
-                    query, {name: request.query.get(name) for name in request.query})
+                arguments["query"] = validated_query(request, query)
             if body is not None:
                 arguments["body"] = validated(body, await read_json(request))
             return await handler(request, **arguments)
@@ -178,26 +178,18 @@ def accepts(*, body: type[Body] | None = None, query: type[Query] | None = None
     return decorate
 
 
+def validated_query(request: web.Request, model: type[Q]) -> Q:
+    """``request``'s query parameters as ``model``; a repeated parameter counts with its
+    first value, as ``request.query.get`` gives it."""
+    return validated(model, {name: request.query.get(name) for name in request.query})
+
+
 def receipt_leaf(text: str, param: str = "id") -> bytes:
     """A receipt id (64 hex digits, any case) as its 32-byte leaf hash; 400 otherwise."""
     text = text.lower()
     if not RECEIPT_ID.fullmatch(text):
         raise InvalidRequest("a receipt id is 64 hex digits", param=param)
     return bytes.fromhex(text)
-
-
-def int_query(request: web.Request, name: str, default: int, low: int, high: int) -> int:
-    """An integer query parameter within ``low..high``; 400 naming it otherwise."""
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise InvalidRequest(f"'{name}' must be an integer", param=name) from None
-    if not low <= value <= high:
-        raise InvalidRequest(f"'{name}' must be within {low}..{high}", param=name)
-    return value
 
 
 def is_local(request: web.Request) -> bool:

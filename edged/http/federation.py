@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from typing import Annotated, Any
 
 from aiohttp import web
+from pydantic import Field
 
 from edged import bounded_json
 from edged.errors import (
@@ -36,10 +37,10 @@ from edged.federation import (
     RelayBroken,
     UpstreamError,
 )
-from edged.http.common import json_response, read_body, receipt_leaf
+from edged.http.common import json_response, read_body, validated_query
 from edged.http.sync_endpoint import REQUEST_VERIFIER
 from edged.ledger import LEDGER
-from edged.schema import validated
+from edged.schema import Query, validated
 from edged.schemas import ChatBody, CompletionBody, GenerateRequest
 from edged.settings import SETTINGS
 
@@ -105,14 +106,22 @@ async def _serve_routed(request: web.Request,
     return await generate_locally(request, parsed)
 
 
+class ReceiptById(Query):
+    id: Annotated[str, Field(pattern="^[0-9a-fA-F]{64}$", description="a receipt id")]
+
+
 async def routed_receipt(request: web.Request) -> web.Response:
-    await _trusted_peer(request)
+    await _trusted_peer(request)  # first: nothing is parsed for an untrusted caller
     from edged.http.node import receipt_json
 
-    receipt = request.app[LEDGER].get(receipt_leaf(request.query.get("id", "")))
+    query = validated_query(request, ReceiptById)
+    receipt = request.app[LEDGER].get(bytes.fromhex(query.id.lower()))
     if receipt is None:
         raise NotFound("no receipt with that id", param="id")
     return json_response(receipt_json(receipt))
+
+
+routed_receipt.query_model = ReceiptById  # type: ignore[attr-defined]  # as the bodies above
 
 
 async def relay_if_remote(request: web.Request,

@@ -17,14 +17,14 @@ that read a JSON body without a model are documented as "a JSON object".
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
-from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
 
 from edged.errors import EdgedError
-from edged.http.common import json_response
 from edged.http.security import NODE_SIGNED_PATHS, PUBLIC_PATHS
 from edged.schema import json_schema, query_parameters
 
@@ -33,11 +33,7 @@ _PARAM = re.compile(r"\{([^}:]+)(?::[^}]*)?\}")
 # Bodies read as bytes: weights, documents, example sets, signed sync batches.
 _BYTE_BODIES = frozenset({"/api/blobs/{digest}", "/api/models/{name}/examples",
                           "/api/datanets/{name}/documents", "/v1/sync/push"})
-_INTEGER, _STRING = {"type": "integer"}, {"type": "string"}
-_HEX32 = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
-QUERY: Mapping[tuple[str, str], Mapping[str, Mapping[str, Any]]] = {
-    ("GET", "/v1/sync/receipt"): {"id": _HEX32},
-}
+_STRING = {"type": "string"}
 def _error_types() -> list[str]:
     """Every ``type`` an error can carry (the middleware's own two included)."""
     found, todo = {"invalid_request_error", "server_error"}, [EdgedError]
@@ -66,13 +62,16 @@ ERROR_SCHEMAS = {"Error": _OPENAI_ERROR, "OIPError": _OIP_ERROR}
 
 
 def add_openapi_route(app: web.Application, title: str) -> None:
-    """Serve the document of ``app``'s routes (built once, on first request)."""
-    document: list[dict[str, Any]] = []
+    """Serve the document of ``app``'s routes (built once, on first request, off the
+    event loop: generating the models' JSON schemas takes tens of milliseconds)."""
+    document: list[bytes] = []
 
     async def openapi(request: web.Request) -> web.Response:
         if not document:
-            document.append(openapi_document(request.app, title))
-        return json_response(document[0])
+            document.append(await asyncio.to_thread(
+                lambda: json.dumps(openapi_document(request.app, title),
+                                   separators=(",", ":")).encode()))
+        return web.Response(body=document[0], content_type="application/json")
 
     app.router.add_get(OPENAPI_PATH, openapi)
 
@@ -126,8 +125,6 @@ def _operation(method: str, path: str, handler: Any,
         operation["security"] = []  # open, or signed by a node key (sync.auth)
     parameters = [{"name": name, "in": "path", "required": True, "schema": _STRING}
                   for name in _PARAM.findall(path)]
-    parameters += [{"name": name, "in": "query", "required": False, "schema": dict(schema)}
-                   for name, schema in QUERY.get((method, path), {}).items()]
     query_model = getattr(handler, "query_model", None)
     if query_model is not None:
         parameters += query_parameters(query_model)
