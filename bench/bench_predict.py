@@ -54,7 +54,8 @@ sys.path.insert(0, str(ROOT))
 
 from edged.devtools.daemon import Daemon, clean_environment  # noqa: E402
 from edged.devtools.tiny_onnx import IR_VERSION, OPSET, write_linear_classifier  # noqa: E402
-from edged.models import Manifest, ModelStore  # noqa: E402
+from edged.manifest import Manifest  # noqa: E402
+from edged.models import ModelStore  # noqa: E402
 
 MLP_LAYERS = (512, 2048, 2048, 10)
 CONCURRENCY = (1, 8, 32)

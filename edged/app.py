@@ -38,8 +38,9 @@ from edged.http.sync_endpoint import REQUEST_VERIFIER, SYNC_ENDPOINT
 from edged.inference import SERVICE, InferenceService
 from edged.keys import NODE_KEYS, load_or_create_keys
 from edged.ledger import LEDGER, Ledger
+from edged.manifest import SERVING_RUNTIMES
 from edged.metrics import METRICS, NodeMetrics, add_metrics_route
-from edged.models import MODEL_STORE, SERVING_RUNTIMES, ModelStore
+from edged.models import MODEL_STORE, ModelStore
 from edged.peers import PEERS, PeerStore
 from edged.predict import PREDICT, PredictService
 from edged.replicas import ReplicaStore

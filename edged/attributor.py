@@ -35,7 +35,7 @@ from attribution.spans import METHOD as SPANS_METHOD
 from attribution.spans import SpanParams, attribute
 from edged.bindings import InfluenceBindings
 from edged.datanets import DatanetStore
-from edged.models import Manifest
+from edged.manifest import Manifest
 
 OWNER_METHOD = "owner/1"
 # A relay receipt (edged/federation.py): the routing node's operator gets the relay fee;

@@ -36,7 +36,7 @@ from attribution.knn import KnnIndex
 from attribution.onnx_layers import find_final_linear_layer
 from edged.errors import InvalidRequest
 from edged.example_files import Examples
-from edged.models import Manifest, validate_name
+from edged.manifest import Manifest, validate_name
 
 LAYER_FROM_MANIFEST = "manifest"
 LAYER_FOUND = "found"

@@ -60,7 +60,7 @@ from edged.datanet_build import build_in_child
 from edged.datanet_documents import MAX_DOCUMENT_ID, is_unicode_text
 from edged.errors import Conflict, InvalidRequest, NotFound
 from edged.files import atomic_write_text
-from edged.models import validate_name
+from edged.manifest import validate_name
 
 logger = logging.getLogger(__name__)
 

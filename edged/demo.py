@@ -10,7 +10,8 @@ from pathlib import Path
 
 from edged.datanets import DatanetNotFound, DatanetStore
 from edged.errors import ModelNotFound
-from edged.models import Manifest, ModelStore, Price
+from edged.manifest import Manifest, Price
+from edged.models import ModelStore
 
 logger = logging.getLogger(__name__)
 

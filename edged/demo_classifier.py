@@ -21,7 +21,8 @@ import numpy as np
 from edged.bindings import InfluenceBindings
 from edged.errors import ModelNotFound
 from edged.example_files import Examples
-from edged.models import Manifest, ModelStore, Price
+from edged.manifest import Manifest, Price
+from edged.models import ModelStore
 
 logger = logging.getLogger(__name__)
 

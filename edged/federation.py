@@ -74,7 +74,8 @@ from edged.federation_adverts import (
 from edged.http.sync_endpoint import SyncRefused
 from edged.keys import NodeKeys
 from edged.ledger import Ledger
-from edged.models import Manifest, ModelStore
+from edged.manifest import Manifest
+from edged.models import ModelStore
 from edged.peers import PeerStore
 from edged.scheduler import Scheduler
 from edged.schemas import GenerateRequest

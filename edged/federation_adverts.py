@@ -15,7 +15,7 @@ from nacl.exceptions import CryptoError
 from nacl.signing import VerifyKey
 
 from attribution import canonical
-from edged.models import Manifest
+from edged.manifest import Manifest
 from edged.scheduler import LoadedModel
 
 ADVERT_DOMAIN = b"edged/models/v1\0"

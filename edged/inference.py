@@ -26,7 +26,8 @@ from edged.attributor import Attribution, Attributor
 from edged.background import wait_through_cancellation
 from edged.keys import NodeKeys
 from edged.ledger import Ledger
-from edged.models import Manifest, ModelStore
+from edged.manifest import Manifest
+from edged.models import ModelStore
 from edged.scheduler import Lease, Scheduler
 from edged.schemas import EmbeddingRequest, GenerateRequest
 from edged.settings import Settings

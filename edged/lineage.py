@@ -6,8 +6,8 @@ training datanet named without a state digest is pinned at the *current* state d
 of the node's datanet of that name (``edged.datanets.state_digest``: its segments,
 duplicate policy and removed contributors), so the lineage says exactly which data the
 model was trained on; a datanet this node does not hold must come with its digest.
-The request's shape is declared by :class:`edged.models.LineageRequest` (checked before
-this runs), and the result by :class:`edged.models.Lineage`, with the manifest.
+The request's shape is declared by :class:`edged.manifest.LineageRequest` (checked before
+this runs), and the result by :class:`edged.manifest.Lineage`, with the manifest.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 from edged.datanets import DatanetNotFound, DatanetStore
 from edged.errors import InvalidRequest
-from edged.models import validate_digest
+from edged.manifest import validate_digest
 
 
 def resolve_lineage(value: Any, datanets: DatanetStore) -> dict[str, Any]:

@@ -30,7 +30,8 @@ from edged.bindings import InfluenceBindings
 from edged.inference import build_draft
 from edged.keys import NodeKeys
 from edged.ledger import Ledger
-from edged.models import Manifest, ModelStore
+from edged.manifest import Manifest
+from edged.models import ModelStore
 from edged.scheduler import Scheduler
 from runtimes.base import InvalidInput
 

@@ -31,7 +31,8 @@ from typing import Any
 import gguf
 import numpy as np
 
-from edged.models import RUNTIMES, Manifest, ModelStore
+from edged.manifest import RUNTIMES, Manifest
+from edged.models import ModelStore
 
 N_EMBD = 64
 N_HEAD = 2

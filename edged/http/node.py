@@ -20,7 +20,7 @@ from edged.inference import SERVICE
 from edged.keys import NODE_KEYS
 from edged.ledger import LEDGER
 from edged.lineage import resolve_lineage
-from edged.models import (
+from edged.manifest import (
     BatchDelayUs,
     ChatFormat,
     ContextLength,

@@ -22,7 +22,7 @@ from edged.example_files import parse_examples
 from edged.http.common import READY, accepts, json_response, read_body
 from edged.http.openai import RECEIPT_HEADER, receipt_ref
 from edged.inference import SERVICE
-from edged.models import Manifest
+from edged.manifest import Manifest
 from edged.predict import PREDICT
 from edged.scheduler import SCHEDULER
 from edged.schema import Body, Query, Text, ignored

@@ -17,7 +17,8 @@ from aiohttp.test_utils import TestClient
 
 from edged.app import create_app
 from edged.devtools.tiny_gguf import install_tiny_llama
-from edged.models import RUNTIMES, Manifest, ModelStore
+from edged.manifest import RUNTIMES, Manifest
+from edged.models import ModelStore
 from edged.settings import Settings, load_settings
 from runtimes import Backend, ModelSpec
 from runtimes.fake import FakeBackend

@@ -10,7 +10,7 @@ import pytest
 
 from edged.app import create_app
 from edged.http.serving import serve
-from edged.models import RUNTIMES
+from edged.manifest import RUNTIMES
 from edged.settings import Settings
 from tests.edged.conftest import AppClientFactory, fake_loader
 

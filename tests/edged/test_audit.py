@@ -22,7 +22,7 @@ import edged.attributor
 from attribution.spans import SpanAttribution
 from edged.app import create_app
 from edged.cli.main import main
-from edged.models import RUNTIMES
+from edged.manifest import RUNTIMES
 from edged.settings import Settings
 from tests.edged.conftest import FAKE_MODEL, AppClientFactory, fake_loader
 from tests.edged.http.test_oip import MODEL, install_onnx_model, tensor

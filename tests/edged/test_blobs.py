@@ -18,7 +18,8 @@ from edged import models
 from edged.app import create_app
 from edged.errors import InvalidRequest, PayloadTooLarge
 from edged.inference import SERVICE
-from edged.models import RUNTIMES, ModelStore
+from edged.manifest import RUNTIMES
+from edged.models import ModelStore
 from edged.settings import Settings
 from tests.edged.conftest import AppClientFactory, fake_loader
 

@@ -15,7 +15,7 @@ from edged.app import create_app
 from edged.devtools.tiny_gguf import install_tiny_llama
 from edged.keys import NODE_KEYS
 from edged.ledger import LEDGER, Ledger
-from edged.models import RUNTIMES
+from edged.manifest import RUNTIMES
 from tests.edged.conftest import AppClientFactory, make_settings
 
 Client = TestClient[Any, web.Application]

@@ -19,7 +19,7 @@ from edged.datanets import MAX_SEGMENTS, DatanetNotFound, DatanetStore
 from edged.errors import Conflict, InvalidRequest, NotFound
 from edged.http.common import is_local
 from edged.ledger import LEDGER
-from edged.models import RUNTIMES
+from edged.manifest import RUNTIMES
 from edged.settings import Settings
 from tests.edged.conftest import FAKE_MODEL, AppClientFactory, fake_loader
 

@@ -16,7 +16,7 @@ from click.testing import CliRunner, Result
 from attribution.commitments import digest
 from edged.app import create_app
 from edged.cli.main import main
-from edged.models import RUNTIMES
+from edged.manifest import RUNTIMES
 from edged.settings import Settings
 from tests.edged.conftest import FAKE_MODEL, AppClientFactory, fake_loader
 

@@ -20,7 +20,8 @@ from edged.demo_classifier import (
 )
 from edged.devtools.fidelity import Split, make_split, mean_spearman
 from edged.example_files import Examples
-from edged.models import Manifest, ModelStore
+from edged.manifest import Manifest
+from edged.models import ModelStore
 from edged.settings import Settings
 from tests.edged.conftest import AppClientFactory
 

@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestClient
 
 from edged.app import create_app
 from edged.ledger import LEDGER
-from edged.models import RUNTIMES
+from edged.manifest import RUNTIMES
 from edged.scheduler import SCHEDULER
 from edged.settings import Settings
 from runtimes import Backend, Delta, Done, ModelSpec

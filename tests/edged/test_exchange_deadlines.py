@@ -20,7 +20,7 @@ from edged.app import create_app
 from edged.exchange import EXCHANGE, ExchangeService
 from edged.fleet.api import FLEET
 from edged.fleet.app import create_fleet_app
-from edged.models import RUNTIMES
+from edged.manifest import RUNTIMES
 from edged.settings import Settings
 from tests.edged.conftest import FAKE_MODEL, fake_loader, install_fake_model, make_settings
 from tests.support.waiting import wait_until

@@ -28,7 +28,7 @@ from attribution.receipt import verify_receipt
 from edged.devtools.daemon import Daemon, clean_environment
 from edged.devtools.tiny_gguf import install_tiny_llama, write_tiny_llama_gguf
 from edged.keys import load_or_create_keys
-from edged.models import Manifest
+from edged.manifest import Manifest
 from sync.auth import sign_request
 
 pytestmark = pytest.mark.subprocess

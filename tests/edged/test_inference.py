@@ -10,7 +10,7 @@ import pytest
 from edged.app import create_app
 from edged.inference import SERVICE
 from edged.ledger import LEDGER
-from edged.models import RUNTIMES
+from edged.manifest import RUNTIMES
 from edged.schemas import GenerateRequest
 from edged.settings import Settings
 from runtimes import GenerationParams

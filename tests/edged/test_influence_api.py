@@ -154,7 +154,8 @@ async def _bind_and_predict(client: Client, model: str, probabilities: Any,
 def _add_model(settings: Settings, path: Path, name: str, **fields: Any) -> None:
     import hashlib
 
-    from edged.models import Manifest, ModelStore
+    from edged.manifest import Manifest
+    from edged.models import ModelStore
 
     store = ModelStore(settings.models_dir)
     data = path.read_bytes()

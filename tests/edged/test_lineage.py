@@ -19,7 +19,7 @@ from attribution.commitments import digest
 from edged.app import create_app
 from edged.cli.main import main
 from edged.datanets import DATANETS
-from edged.models import MAX_CARD_CHARS, MAX_TRAINED_ON, RUNTIMES, Manifest
+from edged.manifest import MAX_CARD_CHARS, MAX_TRAINED_ON, RUNTIMES, Manifest
 from edged.settings import Settings
 from tests.edged.conftest import FAKE_MODEL, AppClientFactory, fake_loader
 from tests.edged.test_datanets_duplicates import run_cli

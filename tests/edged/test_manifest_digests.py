@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from edged.models import Manifest, Price
+from edged.manifest import Manifest, Price
 
 BASE = dict(name="m", runtime="fake", weights="cd" * 32, size=3, owner="o", created=1)
 MANIFESTS: dict[str, dict[str, Any]] = {

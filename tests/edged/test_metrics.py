@@ -19,7 +19,7 @@ from edged.devtools.tiny_gguf import install_tiny_llama
 from edged.exchange import EXCHANGE
 from edged.keys import NODE_KEYS
 from edged.ledger import LEDGER
-from edged.models import RUNTIMES
+from edged.manifest import RUNTIMES
 from edged.peers import PEERS
 from tests.edged.conftest import (
     FAKE_MODEL,

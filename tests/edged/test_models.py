@@ -12,7 +12,8 @@ import pytest
 
 from edged.devtools.tiny_gguf import write_tiny_llama_gguf
 from edged.errors import Conflict, InvalidRequest, ModelNotFound
-from edged.models import Manifest, ModelStore, Price, validate_digest, validate_name
+from edged.manifest import Manifest, Price, validate_digest, validate_name
+from edged.models import ModelStore
 
 
 @pytest.fixture(scope="module")

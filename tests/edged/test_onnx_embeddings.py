@@ -16,7 +16,8 @@ from aiohttp.test_utils import TestClient
 from attribution.receipt import verify_receipt
 from edged.app import create_app
 from edged.devtools.tiny_onnx import TextEmbedder, write_text_embedder
-from edged.models import Manifest, ModelStore, Price
+from edged.manifest import Manifest, Price
+from edged.models import ModelStore
 from edged.settings import Settings
 from tests.edged.conftest import AppClientFactory
 

@@ -23,7 +23,7 @@ from aiohttp.test_utils import TestClient
 from edged.app import create_app
 from edged.devtools.tiny_gguf import install_tiny_llama
 from edged.ledger import LEDGER
-from edged.models import RUNTIMES
+from edged.manifest import RUNTIMES
 from edged.schema import Body, refused_fields
 from edged.schemas import ChatBody, CompletionBody, EmbeddingBody
 from tests.edged.conftest import FAKE_MODEL, AppClientFactory, make_settings

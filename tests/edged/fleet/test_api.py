@@ -21,7 +21,7 @@ from edged.fleet.api import FLEET
 from edged.fleet.app import create_fleet_app
 from edged.fleet.store import FleetRefused
 from edged.ledger import LEDGER
-from edged.models import RUNTIMES
+from edged.manifest import RUNTIMES
 from edged.settings import Settings
 from sync.auth import sign_request
 from tests.edged.conftest import FAKE_MODEL, fake_loader, install_fake_model, make_settings

@@ -15,7 +15,7 @@ from attribution.chain import verify_chain
 from attribution.receipt import leaf_hash, verify_receipt
 from edged.app import create_app
 from edged.ledger import LEDGER
-from edged.models import RUNTIMES
+from edged.manifest import RUNTIMES
 from tests.edged.conftest import FAKE_MODEL, AppClientFactory, fake_loader
 
 Client = TestClient[Any, web.Application]

@@ -22,7 +22,8 @@ from edged.errors import InvalidRequest
 from edged.http.oip import DATATYPES, Datatype, ExamplesQuery, Tensor, decode_tensor
 from edged.inference import SERVICE
 from edged.ledger import LEDGER
-from edged.models import Manifest, ModelStore, Price
+from edged.manifest import Manifest, Price
+from edged.models import ModelStore
 from edged.settings import Settings
 from tests.edged.conftest import AppClientFactory
 

@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient
 
 from edged.app import create_app
 from edged.http.serving import AppRunner
-from edged.models import RUNTIMES
+from edged.manifest import RUNTIMES
 from edged.settings import Settings
 from tests.edged.conftest import FAKE_MODEL, AppClientFactory, fake_loader
 
