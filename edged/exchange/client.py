@@ -7,11 +7,12 @@ import asyncio
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeAlias
+from typing import Annotated, Any, TypeAlias
 
 import httpx
 from nacl.exceptions import CryptoError
 from nacl.signing import VerifyKey
+from pydantic import BaseModel, ConfigDict, Field
 
 from edged import bounded_json
 from edged.exchange.server import ExchangeServer
@@ -28,26 +29,27 @@ MAX_HELLO_BYTES = 4096
 PeerHook: TypeAlias = Callable[[httpx.AsyncClient, str, bytes], Awaitable[None]]
 
 
+class PeerHead(BaseModel):
+    model_config = ConfigDict(strict=True, frozen=True)
+    origin: Annotated[str, Field(pattern="^[0-9a-fA-F]{64}$")]
+    size: Annotated[int, Field(ge=0)]
+
+
+class PeerHeads(BaseModel):
+    """A peer's ``GET /v1/sync/heads`` answer, declared (fields a newer peer adds are
+    ignored)."""
+
+    model_config = ConfigDict(strict=True, frozen=True)
+    heads: Annotated[list[PeerHead], Field(max_length=MAX_HEADS)]
+
+
 def parse_heads(body: bytes) -> list[tuple[bytes, int]]:
     """A peer's heads, strictly: a bounded list of {origin: 64 hex, size: int >= 0}."""
     try:
-        heads = bounded_json.loads(body)["heads"]
-    except (ValueError, KeyError, TypeError):
+        answer = PeerHeads.model_validate(bounded_json.loads(body))
+    except (ValueError, RecursionError):  # pydantic's ValidationError is a ValueError
         raise SyncRefused("malformed heads") from None
-    if not isinstance(heads, list) or len(heads) > MAX_HEADS:
-        raise SyncRefused("malformed heads")
-    parsed = []
-    for head in heads:
-        origin, size = (head.get("origin"), head.get("size")) if isinstance(head, dict) \
-            else (None, None)
-        if not isinstance(origin, str) or len(origin) != 64 or not isinstance(size, int) \
-                or isinstance(size, bool) or size < 0:
-            raise SyncRefused("malformed heads")
-        try:
-            parsed.append((bytes.fromhex(origin), size))
-        except ValueError:
-            raise SyncRefused("malformed heads") from None
-    return parsed
+    return [(bytes.fromhex(head.origin), head.size) for head in answer.heads]
 
 
 class ExchangeClient:
