@@ -11,8 +11,8 @@ Derived, never written by hand where the code already declares something:
   OpenAI's ``{"error": {"message", "type", "param", "code"}}``, and the Open Inference
   Protocol's ``{"error": "..."}`` under ``/v2``.
 
-Bodies read as bytes (uploads, signed sync batches) are documented as such. Handlers
-that read a JSON body without a model are documented as "a JSON object".
+Bodies read as bytes (uploads, signed sync batches) are documented as such; every JSON
+body has its model, and a route without either reads no body.
 """
 
 from __future__ import annotations
@@ -134,15 +134,8 @@ def _operation(method: str, path: str, handler: Any,
     if body_model is not None:
         operation["requestBody"] = {"required": True, "content": {"application/json": {
             "schema": json_schema(body_model, definitions)}}}
-    elif method in ("POST", "PUT", "PATCH"):
-        operation["requestBody"] = _request_body(path)
-    return operation
-
-
-def _request_body(path: str) -> dict[str, Any]:
-    """A body no model declares: bytes, or a JSON object its handler checks itself."""
-    if path in _BYTE_BODIES:
-        return {"required": True, "content": {"application/octet-stream": {
+    elif path in _BYTE_BODIES:
+        operation["requestBody"] = {"required": True, "content": {"application/octet-stream": {
             "schema": {"type": "string", "format": "binary"}}}}
-    return {"required": False, "content": {"application/json": {
-        "schema": {"type": "object"}}}}
+    # any other route reads no body (POST /api/sync/now, /fleet/epochs...): none documented
+    return operation

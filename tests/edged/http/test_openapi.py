@@ -127,3 +127,14 @@ async def test_a_large_response_format_is_compiled_off_the_event_loop(
     # Parsed and compiled (the fake runtime then refuses grammars at generation).
     assert response.status == 400
     assert (await response.json())["error"]["param"] == "response_format"
+
+
+def test_json_bodies_and_queries_are_read_only_through_their_declarations() -> None:
+    """No handler reads a JSON body or a query parameter past its model: the one reader
+    of each is edged.http.common (accepts, validated_query), so what /openapi.json shows
+    is what the handlers check."""
+    package = Path(__file__).resolve().parents[3] / "edged"
+    readers = {str(path.relative_to(package.parent))
+               for path in package.rglob("*.py")
+               if any(use in path.read_text() for use in ("read_json(", "request.query"))}
+    assert readers == {"edged/http/common.py"}
