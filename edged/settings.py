@@ -202,7 +202,7 @@ def gpu_layers_option(value: str) -> str | int:
 
 
 def _is_layer_count(value: str) -> bool:
-    return value.lstrip("-").isdigit() and int(value) >= -1
+    return value.lstrip("-").isascii() and value.lstrip("-").isdigit() and int(value) >= -1
 
 
 def _is_usable_key(key: str) -> bool:

@@ -100,7 +100,7 @@ def _parse_prices(prices: tuple[str, ...]) -> dict[str, int]:
     price: dict[str, int] = {}
     for item in prices:
         key, _, value = item.partition("=")
-        if not value.isdigit():
+        if not (value.isascii() and value.isdigit()):
             raise click.BadParameter(f"{item!r} is not KEY=N", param_hint="--price")
         price[key.strip()] = int(value)
     return price
@@ -163,7 +163,8 @@ def models_update(ctx: click.Context, name: str, owner: str | None, prices: tupl
     if options:
         changes["options"] = _parse_options(options)
     if gpu_layers is not None:
-        if gpu_layers != "auto" and not gpu_layers.lstrip("-").isdigit():
+        count = gpu_layers.lstrip("-")
+        if gpu_layers != "auto" and not (count.isascii() and count.isdigit()):
             raise click.BadParameter("a count of layers, -1 or auto", param_hint="--gpu-layers")
         current = changes.get("options")
         if current is None:

@@ -93,8 +93,10 @@ async def test_bad_operator_input_is_refused_in_the_error_shape(fleet: Client) -
     reply = await fleet.get("/fleet/epochs/1")
     assert reply.status == 404
     _assert_error(await reply.json(), "unknown_epoch")
-    reply = await fleet.get("/fleet/epochs/x")
-    assert reply.status == 400
+    for bad in ("x", "%C2%B3", "1" * 19):  # "³" is a Unicode digit, not an epoch (a 500 once)
+        reply = await fleet.get(f"/fleet/epochs/{bad}")
+        assert reply.status == 400
+        assert (await reply.json())["error"]["param"] == "epoch"
     reply = await fleet.post("/fleet/epochs")
     assert reply.status == 409
     _assert_error(await reply.json(), "empty_epoch")
@@ -160,6 +162,8 @@ async def test_epoch_and_proof_endpoints(fleet: Client) -> None:
     assert listed["epochs"][0]["settlement"] == "local"
     inclusion = await fleet.get(f"/fleet/receipts/{node.origin.hex()}/2/proof")
     assert inclusion.status == 200 and (await inclusion.json())["seq"] == 2
+    refused = await fleet.get(f"/fleet/receipts/{node.origin.hex()}/%C2%B2/proof")  # "²"
+    assert refused.status == 400 and (await refused.json())["error"]["param"] == "seq"
 
 
 async def test_a_node_pushes_to_the_fleet_it_trusts(fleet: Client, data_dir: Path,
