@@ -76,9 +76,9 @@ from edged.keys import NodeKeys
 from edged.ledger import Ledger
 from edged.manifest import Manifest
 from edged.models import ModelStore
+from edged.openai_requests import GenerateRequest
 from edged.peers import PeerStore
 from edged.scheduler import Scheduler
-from edged.schemas import GenerateRequest
 from edged.settings import Settings
 from sync.auth import sign_request
 

@@ -28,8 +28,8 @@ from edged.keys import NodeKeys
 from edged.ledger import Ledger
 from edged.manifest import Manifest
 from edged.models import ModelStore
+from edged.openai_requests import EmbeddingRequest, GenerateRequest
 from edged.scheduler import Lease, Scheduler
-from edged.schemas import EmbeddingRequest, GenerateRequest
 from edged.settings import Settings
 from edged.token_stream import TokenStream
 from runtimes import (

@@ -120,7 +120,7 @@ class ToolUse:
 def parse_tools(tools: Sequence[Tool], choice: str | None) -> ToolUse | None:
     """The tools a chat may call and ``tool_choice`` (``none``, ``auto``, ``required``
     or ``function:<name>``); None when no tool may be called. The fields' shapes are
-    checked by their declaration (:class:`edged.schemas.ChatBody`); this checks them
+    checked by their declaration (:class:`edged.openai_requests.ChatBody`); this checks them
     against each other."""
     names = {tool.name for tool in tools}
     if len(names) != len(tools):

@@ -40,8 +40,8 @@ from edged.federation import (
 from edged.http.common import json_response, read_body, validated_query
 from edged.http.sync_endpoint import REQUEST_VERIFIER
 from edged.ledger import LEDGER
+from edged.openai_requests import ChatBody, CompletionBody, GenerateRequest
 from edged.schema import Query, validated
-from edged.schemas import ChatBody, CompletionBody, GenerateRequest
 from edged.settings import SETTINGS
 
 FEDERATED_PATHS = frozenset({MODELS_PATH, RECEIPT_PATH, *GENERATE_PATHS.values()})

@@ -42,10 +42,10 @@ from edged.manifest import (
     UnmatchedDataTo,
     validate_digest,
 )
+from edged.openai_requests import KeepAlive, parse_keep_alive
 from edged.predict import PREDICT
 from edged.scheduler import SCHEDULER
 from edged.schema import Body, Query, invalid
-from edged.schemas import KeepAlive, parse_keep_alive
 from edged.settings import SETTINGS
 
 MAX_PAGE = 1000

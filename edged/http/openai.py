@@ -19,7 +19,7 @@ from edged.errors import EdgedError, InternalError
 from edged.http.common import accepts, json_response
 from edged.http.federation import relay_if_remote, remote_model_objects
 from edged.inference import SERVICE, GenerationStream
-from edged.schemas import ChatBody, CompletionBody, EmbeddingBody, GenerateRequest
+from edged.openai_requests import ChatBody, CompletionBody, EmbeddingBody, GenerateRequest
 from edged.settings import SETTINGS
 from edged.tools import CallSplitter, ToolCall, find_calls
 from runtimes import Done, TokenLogprob

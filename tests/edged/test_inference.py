@@ -11,7 +11,7 @@ from edged.app import create_app
 from edged.inference import SERVICE
 from edged.ledger import LEDGER
 from edged.manifest import RUNTIMES
-from edged.schemas import GenerateRequest
+from edged.openai_requests import GenerateRequest
 from edged.settings import Settings
 from runtimes import GenerationParams
 from tests.edged.conftest import FAKE_MODEL, AppClientFactory, fake_loader

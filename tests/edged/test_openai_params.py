@@ -24,8 +24,8 @@ from edged.app import create_app
 from edged.devtools.tiny_gguf import install_tiny_llama
 from edged.ledger import LEDGER
 from edged.manifest import RUNTIMES
+from edged.openai_requests import ChatBody, CompletionBody, EmbeddingBody
 from edged.schema import Body, refused_fields
-from edged.schemas import ChatBody, CompletionBody, EmbeddingBody
 from tests.edged.conftest import FAKE_MODEL, AppClientFactory, make_settings
 
 Client = TestClient[Any, web.Application]

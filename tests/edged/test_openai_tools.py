@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 from edged.app import create_app
 from edged.devtools.tiny_gguf import byte_token, install_tiny_llama, write_tiny_llama_gguf
 from edged.ledger import LEDGER
-from edged.schemas import parse_chat
+from edged.openai_requests import parse_chat
 from edged.tools import (
     OPEN,
     CallSplitter,

@@ -14,8 +14,8 @@ from edged.errors import UnsupportedParameter
 from edged.fleet.app import create_fleet_app
 from edged.http.openapi import OPENAPI_PATH
 from edged.manifest import RUNTIMES
+from edged.openai_requests import ChatBody, CompletionBody, EmbeddingBody, parse_chat
 from edged.schema import Body, json_schema, refused_fields
-from edged.schemas import ChatBody, CompletionBody, EmbeddingBody, parse_chat
 from tests.edged.conftest import FAKE_MODEL, AppClientFactory, fake_loader, make_settings
 
 
