@@ -23,6 +23,9 @@ the chunk that carries the receipt: the attribution (spans/1 only), the receipt'
 and its durable SQLite commit all happen there. Not a test: no asserts on timings.
 
 Run: ``.venv/bin/python bench/bench_attribution_e2e.py [--mb 20] [--reps 5] [--per-run]``.
+
+Why one script of ~460 lines: a benchmark is read and run as one file; its set-up,
+phases and report table describe one experiment.
 """
 
 from __future__ import annotations

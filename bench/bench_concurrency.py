@@ -33,6 +33,9 @@ builds on a machine with a CUDA toolkit and an NVIDIA driver).
 
 Not a test: no asserts on timings. Run:
 ``.venv/bin/python bench/bench_concurrency.py [--reps 1] [--streams 1,2,4,8] [--gpu]``.
+
+Why one script of ~660 lines: a benchmark is read and run as one file; building and
+starting the three servers, the bursts and the report describe one experiment.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Ingest: a real ``edged fleet serve`` subprocess (SQLite in its data dir, or a database
 of a throwaway, durable PostgreSQL cluster); ``--nodes`` simulated nodes (real Ed25519
-receipts, Merkle rows, signed checkpoints and batches: ``tests/support/simulated_node``)
+receipts, Merkle rows, signed checkpoints and batches: ``edged/devtools/simulated_node.py``)
 are enrolled over ``POST /fleet/nodes`` and push signed batches to ``/v1/sync/push``
 concurrently from this process (asyncio + httpx, like ``edged.exchange.push_peer``).
 Receipts are signed before the timed phase; in it, a receipt is *committed at its node*
@@ -26,6 +26,9 @@ the ``Epochs.close()`` of the filled stores (those rows are marked, their times 
 
 Not a test: prints tables, asserts nothing about timings. Run from the repository root:
 ``.venv/bin/python bench/bench_fleet.py`` (``--quick`` for a smoke run).
+
+Why one script of ~770 lines: a benchmark is read and run as one file; the simulated
+nodes, both stores, the paced and backlog runs and the report describe one experiment.
 """
 
 from __future__ import annotations

@@ -55,7 +55,6 @@ from attribution.commitments import digest as canonical_digest
 from edged.errors import InvalidRequest
 from edged.schema import (
     Body,
-    Text,
     invalid,
     validation_error,  # the one ValidationError -> 400
 )
@@ -63,7 +62,6 @@ from edged.schema import (
 T = TypeVar("T")
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}[a-z0-9]$|^[a-z0-9]$")
-DIGEST_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 NAME_RULE = ("names are 1-64 characters of a-z, 0-9, '.', '_' and '-', starting and ending "
              "with a letter or digit")
 DIGEST_RULE = "a digest is sha256:<64 lowercase hex digits>"
@@ -142,7 +140,7 @@ Digest = Annotated[str, Field(pattern=r"^(sha256:)?[0-9a-f]{64}$"),
 Runtime = Literal["llama.cpp", "onnx", "fake"]
 ChatFormat = Literal["gemma", "chatml", "none"]
 UnmatchedDataTo = Literal["owner", "operator"]  # who gets the data share when no span matches
-Owner = Annotated[Text, Field(min_length=1, max_length=128, description="payee id"),
+Owner = Annotated[str, Field(min_length=1, max_length=128, description="payee id"),
                   _says("an owner is a payee id of 1-128 characters")]
 ContextLength = Annotated[int, Field(ge=16, le=1 << 20)]
 DataSharePpm = Annotated[int, Field(ge=0, le=1_000_000,
@@ -155,15 +153,13 @@ LabelNames = Annotated[tuple[str, ...], BeforeValidator(_as_tuple)]
 TensorSpecs = Annotated[tuple[dict[str, Any], ...], BeforeValidator(_as_tuple)]
 EmbeddingOutput = Annotated[str, Field(min_length=1)]
 PriceUnits = Annotated[int, Field(ge=0, le=MAX_PRICE)]
-Card = Annotated[Text, Field(min_length=1, max_length=MAX_CARD_CHARS, pattern=r"^[^\x00]*$"),
+Card = Annotated[str, Field(min_length=1, max_length=MAX_CARD_CHARS, pattern=r"^[^\x00]*$"),
                  _says(f"a model card is text of 1-{MAX_CARD_CHARS} characters")]
 
 RUNTIMES: tuple[str, ...] = get_args(Runtime)  # every runtime a manifest may name
 SERVING_RUNTIMES = ("llama.cpp", "onnx")  # what a daemon serves unless told otherwise (fake: tests)
 # Built-in chat formats, and "none": a model that serves completions only. A llama.cpp
 # model without one uses the chat template in its GGUF (refused at registration if none).
-CHAT_FORMATS: tuple[str, ...] = get_args(ChatFormat)
-UNMATCHED_DATA_TO: tuple[str, ...] = get_args(UnmatchedDataTo)
 
 
 @with_config(CONFIG)
@@ -279,7 +275,7 @@ def validate_name(name: str) -> str:
     try:
         return _NAME.validate_python(name)
     except ValidationError:
-        raise InvalidRequest(f"model {NAME_RULE}", param="name") from None
+        raise InvalidRequest(NAME_RULE[:1].upper() + NAME_RULE[1:], param="name") from None
 
 
 def validate_digest(digest: str) -> str:

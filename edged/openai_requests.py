@@ -9,7 +9,7 @@ answer it did not ask for; a field without effect is declared ``ignored``, with 
 The rules between fields (``max_tokens`` against ``max_completion_tokens``, tools
 against logprobs and grammars) run when a body becomes a :class:`GenerateRequest`.
 
-Why one module of ~460 lines: three bodies that share their field types, and the typed
+Why one module of ~490 lines: three bodies that share their field types, and the typed
 requests they become; apart, a field's declaration and its meaning would sit in two files.
 """
 
@@ -24,7 +24,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import AfterValidator, ConfigDict, Field, model_validator
 
 from edged.errors import InvalidRequest, UnsupportedParameter
-from edged.schema import Body, Refused, Text, ignored, invalid, refuse, validated
+from edged.schema import Body, Refused, ignored, invalid, refuse, validated
 from edged.structured import grammar_for, schema_grammar
 from edged.tools import (
     MAX_CALLS,
@@ -123,8 +123,6 @@ def parse_keep_alive(value: Any) -> float | None:
     return -1.0 if seconds > MAX_KEEP_ALIVE else seconds
 
 
-
-
 def _keep_alive(value: float | str) -> float | str:
     try:
         parse_keep_alive(value)
@@ -141,7 +139,7 @@ KeepAlive = Annotated[float | Annotated[str, Field(pattern=_DURATION.pattern)],
 Penalty = Annotated[float, Field(ge=-2, le=2)]  # OpenAI's range
 RepeatPenalty = Annotated[float, Field(ge=0, le=10)]
 TopLogprobs = Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)]
-StopText = Annotated[Text, Field(min_length=1)]
+StopText = Annotated[str, Field(min_length=1)]
 UserId = Annotated[str, ignored("an end-user id for the provider's abuse monitoring; edged "
                                 "neither stores nor logs it")]
 
@@ -181,13 +179,21 @@ class JsonSchemaFormat(_Nested):
 
 
 class ResponseFormat(_Nested):
+    model_config = ConfigDict(json_schema_extra={"if": {"properties": {
+        "type": {"const": "json_schema"}}}, "then": {"required": ["json_schema"]}})
     type: Literal["text", "json_object", "json_schema"]
-    json_schema: JsonSchemaFormat | None = None
+    json_schema: JsonSchemaFormat | None = None  # required with type json_schema
+
+    @model_validator(mode="after")
+    def _schema_with_its_type(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise invalid("type json_schema needs 'json_schema'")
+        return self
 
 
 class TextPart(_Nested):
     type: Literal["text"]
-    text: Text
+    text: str
 
 
 class CalledFunction(_Nested):
@@ -201,7 +207,7 @@ class CallBody(_Nested):
     function: CalledFunction
 
 
-Content = Text | list[TextPart]  # content parts: only text is supported
+Content = str | list[TextPart]  # content parts: only text is supported
 
 
 class _Message(_Nested):
@@ -301,7 +307,7 @@ class _GenerationBody(_OpenAIBody):
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     top_p: Annotated[float, Field(gt=0, le=1)] | None = None
     seed: int | None = None
-    stop: Text | Annotated[list[StopText], Field(max_length=MAX_STOP_SEQUENCES)] | None = None
+    stop: str | Annotated[list[StopText], Field(max_length=MAX_STOP_SEQUENCES)] | None = None
     n: Annotated[int, Field(ge=1, json_schema_extra={"maximum": 1}),
                  AfterValidator(_only_one)] | None = None
     cache_prompt: bool | None = None
@@ -441,7 +447,7 @@ class CompletionBody(_GenerationBody):
     """``POST /v1/completions`` (OpenAI's legacy completions), declared as :class:`ChatBody`."""
 
     endpoint: ClassVar[str] = "/v1/completions"
-    prompt: Text | Annotated[list[Text], Field(min_length=1, max_length=1)]
+    prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)]
     logprobs: TopLogprobs | None = None
     user: UserId | None = None
     echo: Annotated[Any, Refused("edged does not echo prompts", _is_exactly(False),
@@ -462,7 +468,7 @@ class EmbeddingBody(_OpenAIBody):
     """``POST /v1/embeddings``, declared as :class:`ChatBody`."""
 
     endpoint: ClassVar[str] = "/v1/embeddings"
-    input: Text | Annotated[list[Text], Field(min_length=1, max_length=MAX_EMBEDDING_INPUTS)]
+    input: str | Annotated[list[str], Field(min_length=1, max_length=MAX_EMBEDDING_INPUTS)]
     encoding_format: Literal["float", "base64"] | None = None
     user: UserId | None = None
     dimensions: Annotated[Any, Refused("edged returns the model's full vectors")] = None

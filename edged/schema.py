@@ -11,21 +11,22 @@ models, declared once, and that declaration drives three things:
 
 Why Pydantic rather than msgspec: edged's bodies are small and parsed once, so speed is
 not the constraint; what matters is an exact error location for every failure, custom
-rules beside the types (refused fields, lone surrogates), and a JSON Schema generator
-whose output OpenAPI 3.1 and schemathesis read as they are. Pydantic does all three,
-and it is already in every environment edged runs in (the OpenAI client and schemathesis
-need it). Errors never echo the input (``hide_input_in_errors``): a prompt must not reach
-a log through an error message.
+rules beside the types (refused fields), and a JSON Schema generator whose output
+OpenAPI 3.1 and schemathesis read as they are. Pydantic does all three, and the OpenAI
+client and schemathesis need it anyway. Errors never echo the input
+(``hide_input_in_errors``, and a discriminator's tag is not quoted back): a prompt must
+not reach a log through an error message. Text that is not valid Unicode (a lone
+surrogate, which JSON's escapes can spell) is refused for the whole body before any
+model sees it (:func:`edged.http.common.json_body`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -101,11 +102,19 @@ def validation_error(model: type[BaseModel], data: Any, exc: ValidationError) ->
                   else len(order))
     if refusals:
         error = refusals[0]
-    else:  # the first field that failed; within it, the deepest place (in a union, the
-        # member that got furthest says more than "input should be a valid string")
+    else:  # the first field that failed; within it, in a union, the member the value's
+        # type matched (a too-short list says more than "input should be a valid string"),
+        # then the deepest place
         first = [e for e in errors if e["loc"][:1] == errors[0]["loc"][:1]]
-        error = max(first, key=lambda e: len(e["loc"]))
+        error = max(first, key=lambda e: (not e["type"].endswith("_type"), len(e["loc"])))
     param = param_name(error["loc"], data, missing=error["type"] == "missing") or None
+    if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        # Pydantic's message quotes the tag the client sent: never repeat client text.
+        tag = str(error.get("ctx", {}).get("discriminator", "")).strip("'")
+        expected = error.get("ctx", {}).get("expected_tags")
+        param = f"{param}.{tag}" if param else tag
+        return InvalidRequest(f"'{param}' must be one of {expected}" if expected else
+                              f"'{param}' is required", param=param)
     if error["type"] == "extra_forbidden":
         endpoint = getattr(model, "endpoint", "this endpoint") if len(error["loc"]) == 1 \
             else "this object"
@@ -132,17 +141,6 @@ def invalid(message: str) -> PydanticCustomError:
     return PydanticCustomError("invalid", message)
 
 
-def _unicode_text(value: str) -> str:
-    """JSON allows lone surrogates; UTF-8, tokenizers and hashes do not."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise invalid("not valid Unicode text") from None
-    return value
-
-
-Text = Annotated[str, AfterValidator(_unicode_text)]
-"""A string that is valid Unicode text."""
 
 
 @dataclass(frozen=True)
@@ -203,6 +201,6 @@ def refused_fields(model: type[BaseModel]) -> list[str]:
             if any(isinstance(item, Refused) for item in info.metadata)]
 
 
-__all__ = ["Body", "Query", "Refused", "Text", "ignored", "invalid", "json_schema",
+__all__ = ["Body", "Query", "Refused", "ignored", "invalid", "json_schema",
            "param_name", "query_parameters", "refuse", "refused_fields", "validated",
            "validation_error"]

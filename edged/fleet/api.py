@@ -14,7 +14,7 @@ from edged.errors import InvalidRequest, NotReady
 from edged.fleet.service import FleetService
 from edged.http.common import READY, accepts, json_response
 from edged.peers import validate_key
-from edged.schema import Body, Text
+from edged.schema import Body
 
 FLEET = web.AppKey("fleet", FleetService)
 DASHBOARD_HEADERS = {
@@ -101,7 +101,7 @@ class EnrollNode(Body):
     # Any case, surrounding blanks allowed: normalised by edged.peers.validate_key.
     node: Annotated[str, Field(pattern=r"^\s*[0-9a-fA-F]{64}\s*$",
                                description="the node's key, 64 hex digits")]
-    label: Annotated[Text, Field(max_length=128)] = ""
+    label: Annotated[str, Field(max_length=128)] = ""
 
 
 @accepts(body=EnrollNode)
@@ -153,7 +153,7 @@ async def list_payees(request: web.Request) -> web.Response:
 class PayeeAddress(Body):
     endpoint: ClassVar[str] = "/fleet/payees/{payee}"
     # Checked by the epochs (code payee_not_address), as every address the fleet stores.
-    address: Annotated[Text, Field(description="the payee's address, 0x and 40 hex digits")]
+    address: Annotated[str, Field(description="the payee's address, 0x and 40 hex digits")]
 
 
 @accepts(body=PayeeAddress)

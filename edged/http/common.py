@@ -26,7 +26,7 @@ from edged.errors import (
     error_body,
 )
 from edged.ledger import LEDGER
-from edged.schema import Body, Query, validated
+from edged.schema import Body, Query, param_name, validated
 
 Q = TypeVar("Q", bound=Query)
 
@@ -46,13 +46,56 @@ async def read_json(request: web.Request) -> Any:
         raise PayloadTooLarge("the request body is too large") from None
     if not raw:
         return {}
+    body = json_body(raw)
+    if isinstance(body, dict) and isinstance(body.get("model"), str):
+        request[REQUESTED_MODEL] = body["model"]
+    return body
+
+
+def json_body(raw: bytes) -> Any:
+    """A request body's JSON, whose every string is valid Unicode text: JSON's escapes can
+    spell a lone surrogate (``"\\ud800"``), which no tokenizer, hash or UTF-8 encoder
+    takes; one check here covers every field, free-form schemas included."""
     try:
         body = bounded_json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise InvalidJSON("the request body is not valid JSON") from None
-    if isinstance(body, dict) and isinstance(body.get("model"), str):
-        request[REQUESTED_MODEL] = body["model"]
+    if b"\\u" in raw:  # only an escape (always "\\u") spells a surrogate; UTF-8 cannot
+        try:
+            json.dumps(body, ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            param = param_name(_invalid_text_at(body) or (), body) or None
+            raise InvalidRequest(f"'{param}' is not valid Unicode text (a lone surrogate)"
+                                 if param else "the request body holds text that is not valid "
+                                 "Unicode (a lone surrogate)", param=param) from None
     return body
+
+
+def _invalid_text_at(value: Any, loc: tuple[int | str, ...] = ()
+                     ) -> tuple[int | str, ...] | None:
+    """Where the first string UTF-8 cannot encode is (for a key: the object holding it,
+    so the key itself is never repeated in the error); None if there is none."""
+    if isinstance(value, str):
+        return loc if _not_utf8(value) else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if _not_utf8(key):
+                return loc
+            if (found := _invalid_text_at(item, (*loc, key))) is not None:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            if (found := _invalid_text_at(item, (*loc, index))) is not None:
+                return found
+    return None
+
+
+def _not_utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 async def read_body(request: web.Request, limit: int, message: str) -> bytes:

@@ -26,7 +26,8 @@ from edged.errors import EdgedError, Forbidden, InternalError
 from edged.http.common import accepts, is_local, json_response, read_body, stored_receipt
 from edged.inference import SERVICE
 from edged.ledger import LEDGER
-from edged.schema import Body, Query, Text
+from edged.manifest import Name
+from edged.schema import Body, Query
 from edged.settings import SETTINGS
 
 logger = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ async def show_datanet(request: web.Request) -> web.Response:
 
 class CreateDatanet(Body):
     endpoint: ClassVar[str] = "/api/datanets"
-    name: Annotated[Text, Field(description="the datanet's name (the store checks its rules)")]
+    name: Name  # also a path component: the rule model names follow
     duplicates: DuplicatePolicy = Field(DEFAULT_DUPLICATES,
                                         description="who is credited for duplicated spans")
 

@@ -18,11 +18,9 @@ from typing import Annotated, Any
 from aiohttp import web
 from pydantic import Field
 
-from edged import bounded_json
 from edged.errors import (
     Forbidden,
     InternalError,
-    InvalidJSON,
     ModelNotFound,
     NotFound,
 )
@@ -37,7 +35,7 @@ from edged.federation import (
     RelayBroken,
     UpstreamError,
 )
-from edged.http.common import json_response, read_body, validated_query
+from edged.http.common import json_body, json_response, read_body, validated_query
 from edged.http.sync_endpoint import REQUEST_VERIFIER
 from edged.ledger import LEDGER
 from edged.openai_requests import ChatBody, CompletionBody, GenerateRequest
@@ -91,10 +89,7 @@ async def _serve_routed(request: web.Request,
     settings = request.app[SETTINGS]
     body = await read_body(request, settings.max_body_bytes, "the request body is too large")
     await _trusted_peer(request, body)
-    try:
-        data = bounded_json.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise InvalidJSON("the request body is not valid JSON") from None
+    data = json_body(body)
     # Off the loop: a response format is compiled to a grammar (see edged.http.openai).
     parsed = await asyncio.to_thread(validated(model, data).request,
                                      default_max_tokens=settings.default_max_tokens)

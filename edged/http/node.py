@@ -45,7 +45,7 @@ from edged.manifest import (
 from edged.openai_requests import KeepAlive, parse_keep_alive
 from edged.predict import PREDICT
 from edged.scheduler import SCHEDULER
-from edged.schema import Body, Query, invalid
+from edged.schema import Body, Query, invalid, param_name
 from edged.settings import SETTINGS
 
 MAX_PAGE = 1000
@@ -165,8 +165,8 @@ ABSENT: Any = Field(default=None, json_schema_extra=_undocumented_default)
 
 
 class CreateModel(Body):
-    """A model to register; a field left out or null takes the manifest's default (the
-    runtime llama.cpp, and this node as the owner)."""
+    """A model to register; a field left out (or, but for ``federate``, null) takes the
+    manifest's default (the runtime llama.cpp, and this node as the owner)."""
 
     endpoint: ClassVar[str] = "POST /api/models"
     name: Name
@@ -182,7 +182,7 @@ class CreateModel(Body):
     embedding_output: EmbeddingOutput | None = None
     tokenizer: Digest | None = None  # an uploaded tokenizer.json (ONNX text embedders)
     options: Options | None = None
-    federate: bool = True
+    federate: bool = True  # offered to federated peers; true or false, never null
     replace: bool | None = None  # replace a model of the same name
 
 
@@ -234,8 +234,9 @@ class UpdateModel(Body):
             if not data:
                 raise invalid("send an object with the fields to change")
             if unknown := [name for name in data if name not in UPDATABLE]:
-                raise InvalidRequest(f"cannot update {unknown}; updatable: {sorted(UPDATABLE)}",
-                                     param=unknown[0])
+                shown = param_name((unknown[0],), data)  # cut when long
+                raise InvalidRequest(f"cannot update '{shown}'; updatable: {sorted(UPDATABLE)}",
+                                     param=shown)
         return data
 
 

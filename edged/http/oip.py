@@ -25,7 +25,7 @@ from edged.inference import SERVICE
 from edged.manifest import Manifest
 from edged.predict import PREDICT
 from edged.scheduler import SCHEDULER
-from edged.schema import Body, Query, Text, ignored
+from edged.schema import Body, Query, ignored
 from edged.settings import SETTINGS
 
 # OIP datatype <-> numpy dtype
@@ -98,7 +98,7 @@ Parameters = Annotated[dict[str, Any] | None, ignored("edged reads no protocol p
 class Tensor(Body):
     """One JSON input tensor."""
 
-    name: Annotated[Text, Field(min_length=1)]
+    name: Annotated[str, Field(min_length=1)]
     shape: list[Annotated[int, Field(ge=0, le=MAX_ELEMENTS)]]
     datatype: Datatype
     # Nested lists of JSON values: their count and types depend on shape and datatype,
@@ -108,13 +108,13 @@ class Tensor(Body):
 
 
 class RequestedOutput(Body):
-    name: Text
+    name: str
     parameters: Parameters = None
 
 
 class InferRequest(Body):
     endpoint: ClassVar[str] = "/v2/models/{name}/infer"
-    id: Text | None = None
+    id: str | None = None
     inputs: Annotated[list[Tensor], Field(min_length=1)]
     outputs: list[RequestedOutput] | None = None
     parameters: Parameters = None

@@ -34,6 +34,8 @@ _PARAM = re.compile(r"\{([^}:]+)(?::[^}]*)?\}")
 _BYTE_BODIES = frozenset({"/api/blobs/{digest}", "/api/models/{name}/examples",
                           "/api/datanets/{name}/documents", "/v1/sync/push"})
 _STRING = {"type": "string"}
+
+
 def _error_types() -> list[str]:
     """Every ``type`` an error can carry (the middleware's own two included)."""
     found, todo = {"invalid_request_error", "server_error"}, [EdgedError]
@@ -42,7 +44,6 @@ def _error_types() -> list[str]:
         found.add(cls.type)
         todo.extend(cls.__subclasses__())
     return sorted(found)
-
 
 
 _OPENAI_ERROR = {
@@ -132,8 +133,10 @@ def _operation(method: str, path: str, handler: Any,
         operation["parameters"] = parameters
     body_model = getattr(handler, "body_model", None)
     if body_model is not None:
-        operation["requestBody"] = {"required": True, "content": {"application/json": {
-            "schema": json_schema(body_model, definitions)}}}
+        schema = json_schema(body_model, definitions)
+        # A body whose every field is optional may be left out (an empty body is {}).
+        operation["requestBody"] = {"required": bool(schema.get("required")), "content": {
+            "application/json": {"schema": schema}}}
     elif path in _BYTE_BODIES:
         operation["requestBody"] = {"required": True, "content": {"application/octet-stream": {
             "schema": {"type": "string", "format": "binary"}}}}

@@ -9,7 +9,7 @@ from pydantic import Field
 
 from edged.http.common import accepts, json_response
 from edged.peers import PEERS, TrustedPeer
-from edged.schema import Body, Text
+from edged.schema import Body
 from edged.settings import SETTINGS
 
 
@@ -35,7 +35,7 @@ class TrustPeer(Body):
     # Any case, surrounding blanks allowed: the store normalises (edged.peers.validate_key).
     key: Annotated[str, Field(pattern=r"^\s*[0-9a-fA-F]{64}\s*$",
                               description="the peer's node key, 64 hex digits")]
-    label: Annotated[Text, Field(max_length=64)] | None = Field(
+    label: Annotated[str, Field(max_length=64)] | None = Field(
         None, description="a name for the operator")
 
 

@@ -108,6 +108,16 @@ ERROR_CASES: list[tuple[str, str, dict[str, Any], int, str | None]] = [
     ("POST", "/v1/chat/completions", {"data": b'{"model": "fake-model", "messages": '
                                       b'[{"role": "user", "content": "\\udfff"}]}'},
      400, "invalid_request"),
+    # a lone surrogate anywhere (a tool call's arguments, a tool's description): a 400, not
+    # the 500 the receipt's commitment or the runtime would make of it
+    ("POST", "/v1/chat/completions", {"data": b'{"model": "fake-model", "messages": [{"role": '
+                                      b'"assistant", "tool_calls": [{"id": "c", "function": '
+                                      b'{"name": "f", "arguments": "\\ud800"}}]}]}'},
+     400, "invalid_request"),
+    ("POST", "/v1/chat/completions", {"data": b'{"model": "fake-model", "messages": [{"role": '
+                                      b'"user", "content": "hi"}], "tools": [{"type": '
+                                      b'"function", "function": {"name": "f", "description": '
+                                      b'"\\udfff"}}]}'}, 400, "invalid_request"),
     ("POST", "/v1/completions", {"data": b'{"model": "fake-model", "prompt": "x", '
                                  b'"keep_alive": NaN}'}, 400, "invalid_json"),
     ("POST", "/v1/completions", {"json": {"model": FAKE_MODEL, "prompt": "x",

@@ -296,3 +296,13 @@ async def test_listing_routes_take_no_body(client: Client, path: str) -> None:
     assert response.status == 405
     assert (await response.json())["error"]["code"] == "method_not_allowed"
     assert client.app[LEDGER].head() == before
+
+
+async def test_an_unknown_role_is_named_but_never_repeated(client: Client) -> None:
+    """Pydantic's own message quotes the tag it got; a role can be a pasted prompt."""
+    response = await client.post("/v1/chat/completions", json={
+        "model": FAKE_MODEL, "messages": [{"role": "my secret text", "content": "hi"}]})
+    assert response.status == 400
+    error = (await response.json())["error"]
+    assert error["param"] == "messages[0].role"
+    assert "secret" not in error["message"] and "user" in error["message"]

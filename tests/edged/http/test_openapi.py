@@ -130,11 +130,15 @@ async def test_a_large_response_format_is_compiled_off_the_event_loop(
 
 
 def test_json_bodies_and_queries_are_read_only_through_their_declarations() -> None:
-    """No handler reads a JSON body or a query parameter past its model: the one reader
-    of each is edged.http.common (accepts, validated_query), so what /openapi.json shows
-    is what the handlers check."""
-    package = Path(__file__).resolve().parents[3] / "edged"
-    readers = {str(path.relative_to(package.parent))
-               for path in package.rglob("*.py")
-               if any(use in path.read_text() for use in ("read_json(", "request.query"))}
-    assert readers == {"edged/http/common.py"}
+    """No handler reads a JSON body or a query parameter past its model: the readers are
+    edged.http.common (accepts, validated_query, json_body) and the federated routes,
+    which call json_body and validate with the same models after the peer's signature
+    checks out; so what /openapi.json shows is what the handlers check."""
+    root = Path(__file__).resolve().parents[3]
+    reads = ("read_json(", "request.query", "json_body(", "json.loads(", "request.json(",
+             "request.post(")
+    readers = {str(path.relative_to(root))
+               for folder in ("edged/http", "edged/fleet")
+               for path in (root / folder).rglob("*.py")
+               if any(read in path.read_text() for read in reads)}
+    assert readers == {"edged/http/common.py", "edged/http/federation.py"}
