@@ -133,7 +133,10 @@ def _keep_alive(value: float | str) -> float | str:
 
 # Field types, each declared once and shared by the bodies below.
 ModelName = Annotated[str, Field(min_length=1, max_length=128)]
-KeepAlive = Annotated[float | Annotated[str, Field(pattern=_DURATION.pattern)],
+# The duration's pattern is documented, and checked by _keep_alive (whose message says
+# what a duration is, where the pattern's would show a regular expression).
+KeepAlive = Annotated[float | Annotated[str, Field(json_schema_extra={
+    "pattern": r"^\s*" + _DURATION.pattern[1:-1] + r"\s*$"})],
                       AfterValidator(_keep_alive),
                       Field(description="seconds, or a duration like '5m'; negative: forever")]
 Penalty = Annotated[float, Field(ge=-2, le=2)]  # OpenAI's range
