@@ -24,7 +24,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import AfterValidator, ConfigDict, Field, model_validator
 
 from edged.errors import InvalidRequest, UnsupportedParameter
-from edged.schema import Body, Refused, ignored, invalid, refuse, validated
+from edged.schema import Body, Refused, ignored, invalid, refuse
 from edged.structured import grammar_for, schema_grammar
 from edged.tools import (
     MAX_CALLS,
@@ -480,16 +480,3 @@ class EmbeddingBody(_OpenAIBody):
         inputs = (self.input,) if isinstance(self.input, str) else tuple(self.input)
         return EmbeddingRequest(self.model, inputs, parse_keep_alive(self.keep_alive),
                                 self.encoding_format or "float")
-
-
-def parse_chat(body: Any, *, default_max_tokens: int) -> GenerateRequest:
-    """A chat body (parsed JSON) as a typed request; 400 naming the param otherwise."""
-    return validated(ChatBody, body).request(default_max_tokens=default_max_tokens)
-
-
-def parse_completion(body: Any, *, default_max_tokens: int) -> GenerateRequest:
-    return validated(CompletionBody, body).request(default_max_tokens=default_max_tokens)
-
-
-def parse_embeddings(body: Any) -> EmbeddingRequest:
-    return validated(EmbeddingBody, body).request()

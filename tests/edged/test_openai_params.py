@@ -25,8 +25,8 @@ from edged.devtools.tiny_gguf import install_tiny_llama
 from edged.errors import InvalidRequest
 from edged.ledger import LEDGER
 from edged.manifest import RUNTIMES
-from edged.openai_requests import ChatBody, CompletionBody, EmbeddingBody, parse_completion
-from edged.schema import Body, refused_fields
+from edged.openai_requests import ChatBody, CompletionBody, EmbeddingBody
+from edged.schema import Body, refused_fields, validated
 from tests.edged.conftest import FAKE_MODEL, AppClientFactory, make_settings
 
 Client = TestClient[Any, web.Application]
@@ -313,15 +313,15 @@ async def test_an_unknown_role_is_named_but_never_repeated(client: Client) -> No
     ("5m", 300.0), (" 5m ", 300.0), ("1.5h", 5400.0), ("250ms", 0.25), (30, 30.0), ("-1", -1.0),
     (10**12, -1.0)])
 def test_keep_alive_is_seconds_or_an_ollama_duration(keep_alive: Any, seconds: float) -> None:
-    parsed = parse_completion({"model": FAKE_MODEL, "prompt": "x", "keep_alive": keep_alive},
-                              default_max_tokens=1)
+    body = {"model": FAKE_MODEL, "prompt": "x", "keep_alive": keep_alive}
+    parsed = validated(CompletionBody, body).request(default_max_tokens=1)
     assert parsed.keep_alive == seconds
 
 
 @pytest.mark.parametrize("keep_alive", ["soon", " ", "5 m", True, [5]])
 def test_anything_else_as_keep_alive_is_a_400_naming_it(keep_alive: Any) -> None:
+    body = {"model": FAKE_MODEL, "prompt": "x", "keep_alive": keep_alive}
     with pytest.raises(InvalidRequest) as refused:
-        parse_completion({"model": FAKE_MODEL, "prompt": "x", "keep_alive": keep_alive},
-                         default_max_tokens=1)
+        validated(CompletionBody, body).request(default_max_tokens=1)
     assert refused.value.param == "keep_alive"
     assert "^" not in refused.value.message  # says what a duration is, not a regex

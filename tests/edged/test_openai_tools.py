@@ -18,7 +18,8 @@ from pydantic import BaseModel, Field
 from edged.app import create_app
 from edged.devtools.tiny_gguf import byte_token, install_tiny_llama, write_tiny_llama_gguf
 from edged.ledger import LEDGER
-from edged.openai_requests import parse_chat
+from edged.openai_requests import ChatBody
+from edged.schema import validated
 from edged.tools import (
     OPEN,
     CallSplitter,
@@ -176,8 +177,8 @@ async def test_a_tool_message_needs_its_call_id(
 
 def use_of(*tools: dict[str, Any]) -> ToolUse:
     """The tools of a chat body, as the parser makes them."""
-    use = parse_chat({"model": MODEL, "messages": ASK, "tools": list(tools)},
-                     default_max_tokens=1).tools
+    body = validated(ChatBody, {"model": MODEL, "messages": ASK, "tools": list(tools)})
+    use = body.request(default_max_tokens=1).tools
     assert use is not None
     return use
 

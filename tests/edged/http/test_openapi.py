@@ -14,8 +14,8 @@ from edged.errors import UnsupportedParameter
 from edged.fleet.app import create_fleet_app
 from edged.http.openapi import OPENAPI_PATH
 from edged.manifest import RUNTIMES
-from edged.openai_requests import ChatBody, CompletionBody, EmbeddingBody, parse_chat
-from edged.schema import Body, json_schema, refused_fields
+from edged.openai_requests import ChatBody, CompletionBody, EmbeddingBody
+from edged.schema import Body, json_schema, refused_fields, validated
 from tests.edged.conftest import FAKE_MODEL, AppClientFactory, fake_loader, make_settings
 
 
@@ -108,8 +108,8 @@ async def test_every_reference_in_the_document_resolves(client: TestClient[Any, 
 
 def test_a_field_outside_the_document_is_refused_by_the_parser() -> None:
     with pytest.raises(UnsupportedParameter) as refused:
-        parse_chat({"model": FAKE_MODEL, "messages": [{"role": "user", "content": "hi"}],
-                    "not_a_field": 1}, default_max_tokens=8)
+        validated(ChatBody, {"model": FAKE_MODEL, "not_a_field": 1,
+                             "messages": [{"role": "user", "content": "hi"}]})
     assert refused.value.param == "not_a_field"
 
 
